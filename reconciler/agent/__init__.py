@@ -1,0 +1,1 @@
+"""reconciler.agent: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""reconciler.backends: see docs/architecture.md."""

@@ -1,0 +1,80 @@
+"""The ``meshops`` command line: the only place that prints and picks exit codes.
+
+``main()`` builds one argparse tree. Each command group lives in its own module
+here (``repo``, ``secrets``, ``pki``, ``hub``, ``agent``, ``lab``) and exposes
+``register(subparsers)``; handlers take the parsed ``args`` and return an exit
+code. Group modules import only the standard library at module level and
+import their layer lazily inside handlers, so ``meshops agent apply`` does not
+pay for the hub's imports.
+
+Exit codes: 0 success, 1 invalid/refused/permanent error, 2 usage (cannot run),
+75 temporary failure (EX_TEMPFAIL, retry later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+GROUPS = (
+    "reconciler.cli.repo",  # validate, plan, device add
+    "reconciler.cli.secrets",  # secrets encrypt/decrypt
+    "reconciler.cli.pki",  # ca init, manifest verify
+    "reconciler.cli.hub",  # hub publish, hub serve
+    "reconciler.cli.agent",  # agent init/apply/run/status/render
+    "reconciler.cli.lab",  # lab up/down/status
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 itself; keep that, add usage
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"meshops: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="meshops", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in GROUPS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a group not built yet must not break the others
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from reconciler.errors import MeshopsError, TemporaryError, UsageError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except UsageError as exc:
+        print(f"meshops: {exc}", file=sys.stderr)
+        return 2
+    except TemporaryError as exc:
+        print(f"meshops: temporary failure: {exc} (retry in {exc.delay:g}s)", file=sys.stderr)
+        return 75
+    except MeshopsError as exc:
+        print(f"meshops: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""reconciler.config: see docs/architecture.md."""

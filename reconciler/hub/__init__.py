@@ -1,0 +1,1 @@
+"""reconciler.hub: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""reconciler.lab: see docs/architecture.md."""

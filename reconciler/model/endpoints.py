@@ -1,0 +1,47 @@
+"""The live endpoint feed: what agents report and the hub serves.
+
+Agents POST an ``EndpointReport``; the hub stores it (``reconciler.hub.store``),
+merges reflected observations, and serves a signed ``EndpointFeed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CANDIDATE_KINDS = ("stun", "local", "static", "reflected", "observed")
+MAPPINGS = ("independent", "dependent", "unknown")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kind: str  # one of CANDIDATE_KINDS
+    address: str  # "ip:port"
+
+
+@dataclass(frozen=True)
+class EndpointReport:
+    org: str
+    device: str
+    candidates: tuple[Candidate, ...]
+    mapping: str = "unknown"  # NAT mapping behaviour: independent | dependent | unknown
+    listen_port: int = 0
+    serial: int = 0  # manifest serial the agent has applied
+    observed_addr: str | None = None  # filled in by the hub: source address of the request
+    reported_at: int = 0  # unix seconds, set by the hub
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    device: str
+    candidates: tuple[Candidate, ...]
+    mapping: str
+    public_ip: str | None
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class EndpointFeed:
+    org: str
+    revision: int  # monotonic; long-poll with ?since=REV
+    generated_at: int
+    entries: tuple[FeedEntry, ...]

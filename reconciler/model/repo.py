@@ -1,0 +1,173 @@
+"""The org repository as validated data.
+
+Built by ``reconciler.config.loader``; read by policy, pki, hub and the plan
+diff. Every object keeps its ``Source`` (file and per-field line numbers) so
+later checks can point at ``file:line``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an object came from. ``lines`` maps a dotted field path
+    (``"wireguard.public_key"``, ``"tunnel_ips.1"``) to its 1-based line."""
+
+    file: str
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
+    blob: str = field(default="", compare=False, hash=False)
+
+    def line(self, path: str = "") -> int:
+        """Line of ``path``, else of its nearest parent, else 1."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path.rpartition(".")[0]
+        return self.lines.get("", 1)
+
+
+NO_SOURCE = Source("<memory>")
+
+
+@dataclass(frozen=True)
+class Mesh:
+    hub_url: str
+    stun_servers: tuple[str, ...] = ()
+    cert_lifetime_days: int = 30
+    cert_renew_fraction: float = 2 / 3
+    manifest_lifetime_days: int = 7
+    pgp_recipients: tuple[str, ...] = ()
+    require_signed_commits: bool = False
+    source: Source = NO_SOURCE
+
+
+@dataclass(frozen=True)
+class OrgDefaults:
+    listen_port: int = 51820
+    keepalive: int = 25
+
+
+@dataclass(frozen=True)
+class Organization:
+    name: str
+    cidr_v4: str
+    cidr_v6: str | None = None
+    owners: tuple[str, ...] = ()
+    defaults: OrgDefaults = OrgDefaults()
+    description: str = ""
+    source: Source = NO_SOURCE
+
+
+ROLES = ("owner", "admin", "member")
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    org: str
+    email: str
+    oidc_issuer: str
+    oidc_subject: str
+    role: str = "member"
+    pgp_fingerprint: str | None = None
+    source: Source = NO_SOURCE
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    org: str
+    owner: str
+    wireguard_public_key: str
+    identity_public_key: str
+    tunnel_ips: tuple[str, ...]
+    tags: tuple[str, ...] = ()
+    relay: bool = False
+    endpoint: str | None = None
+    routes: tuple[str, ...] = ()
+    exit_node: bool = False
+    keepalive: int | None = None
+    description: str = ""
+    disabled: bool = False
+    source: Source = NO_SOURCE
+
+
+@dataclass(frozen=True)
+class PortRange:
+    lo: int
+    hi: int
+
+    def __str__(self) -> str:
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
+
+PROTOS = ("tcp", "udp", "icmp", "any")
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    users: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Accept traffic from any ``src`` selector to any ``dst`` selector.
+
+    Selectors: ``"*"``, ``"group:NAME"``, ``"tag:NAME"``, ``"device:NAME"``,
+    ``"user:NAME"`` (the user's devices). Empty ``ports`` means all ports."""
+
+    src: tuple[str, ...]
+    dst: tuple[str, ...]
+    proto: str = "any"
+    ports: tuple[PortRange, ...] = ()
+    name: str = ""
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class PolicyTest:
+    src: str
+    dst: str
+    proto: str
+    port: int | None
+    expect: str  # "accept" | "deny"
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class Policy:
+    groups: Mapping[str, Group] = field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
+    tests: tuple[PolicyTest, ...] = ()
+    source: Source = NO_SOURCE
+
+
+@dataclass(frozen=True)
+class OrgState:
+    """One organization with everything under ``orgs/<org>/``."""
+
+    organization: Organization
+    users: Mapping[str, User] = field(default_factory=dict)
+    devices: Mapping[str, Device] = field(default_factory=dict)
+    policy: Policy | None = None  # None: full mesh
+    ca_cert_pem: str | None = None  # orgs/<org>/ca.crt, when present
+
+    @property
+    def name(self) -> str:
+        return self.organization.name
+
+    def enabled_devices(self) -> list[Device]:
+        return [d for _, d in sorted(self.devices.items()) if not d.disabled]
+
+
+@dataclass(frozen=True)
+class Repo:
+    mesh: Mesh
+    orgs: Mapping[str, OrgState] = field(default_factory=dict)
+    commit: str | None = None

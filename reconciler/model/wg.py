@@ -1,0 +1,60 @@
+"""Desired and observed WireGuard interface state.
+
+The agent computes a ``DesiredInterface`` from a verified manifest and the
+endpoint feed; a backend returns an ``ObservedInterface``;
+``reconciler.plan.plan(desired, observed, now)`` diffs them. Keys are base64
+(as in ``wg``); backends convert to hex for UAPI. Allowed IPs, addresses and
+routes are canonical CIDR strings (``ipaddress.ip_network(..., strict=False)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class DesiredPeer:
+    public_key: str
+    allowed_ips: tuple[str, ...]  # sorted, canonical
+    endpoint: str | None = None  # "ip:port" / "[v6]:port"; None = leave to roaming
+    keepalive: int = 0
+    name: str = ""  # for humans; not part of the WireGuard state
+
+
+@dataclass(frozen=True)
+class DesiredInterface:
+    name: str
+    private_key: str = field(repr=False)  # base64; never logged
+    listen_port: int
+    addresses: tuple[str, ...]  # "10.0.0.1/24" style interface addresses
+    peers: Mapping[str, DesiredPeer]  # by public key
+    routes: tuple[str, ...] = ()  # extra CIDRs routed into the interface
+    mtu: int = 1420
+
+
+@dataclass(frozen=True)
+class ObservedPeer:
+    public_key: str
+    allowed_ips: tuple[str, ...]
+    endpoint: str | None = None
+    keepalive: int = 0
+    last_handshake: float | None = None  # unix seconds, None = never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ObservedInterface:
+    name: str
+    exists: bool
+    public_key: str | None = None  # derived from the configured private key
+    listen_port: int = 0
+    addresses: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+    up: bool = False
+    mtu: int = 0
+    peers: Mapping[str, ObservedPeer] = field(default_factory=dict)
+
+
+ABSENT = ObservedInterface(name="", exists=False)

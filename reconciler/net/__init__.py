@@ -1,0 +1,1 @@
+"""reconciler.net: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""reconciler.pki: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""reconciler.plan: see docs/architecture.md."""

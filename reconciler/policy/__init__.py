@@ -1,0 +1,1 @@
+"""reconciler.policy: see docs/architecture.md."""

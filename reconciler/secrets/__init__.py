@@ -1,0 +1,1 @@
+"""reconciler.secrets: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""reconciler.stun: see docs/architecture.md."""
