@@ -20,7 +20,8 @@ import sys
 from typing import Sequence
 
 GROUPS = (
-    "reconciler.cli.repo",  # validate, plan, device add
+    "reconciler.cli.repo",  # validate
+    "reconciler.cli.plan",  # plan, device add
     "reconciler.cli.secrets",  # secrets encrypt/decrypt
     "reconciler.cli.pki",  # ca init, manifest verify
     "reconciler.cli.hub",  # hub publish, hub serve

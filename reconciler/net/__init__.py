@@ -1,1 +1,4 @@
-"""reconciler.net: see docs/architecture.md."""
+"""Host networking below the agent: link state, addresses and routes.
+
+``reconciler.net.iproute.IPRouteLinks`` is the only pyroute2 IPRoute user.
+"""

@@ -1,0 +1,198 @@
+"""Pure: a verified manifest + peering decisions -> this device's ``DesiredInterface``.
+
+Called by ``agent.reconcile`` every pass (and by ``agent render``). No I/O,
+no clock: the caller passes the allowed peer set (``policy.peers_allowed``),
+one ``PeerPath`` per peer (``agent.peering`` decides them from the endpoint
+feed), the private key and the listen port.
+
+Rules (docs/operations.md, "What the agent configures"), the allowed-ips
+layout of ``agent.peering``:
+
+* interface addresses: the device's tunnel IPs with the org prefix length
+  (``10.77.0.2/24``);
+* a **direct** or **lan** peer carries its tunnel IPs as host routes (/32,
+  /128) plus the subnets it advertises (``routes``), at the endpoint the
+  path chose;
+* a peer reached **via a relay** carries nothing itself (its WireGuard peer
+  stays, with its endpoint and keepalive, so a direct session can come
+  back): its prefixes go on the relay's peer;
+* this device's own primary relay (``my_relay``) carries the org CIDRs as a
+  catch-all, so relayed traffic from anyone is accepted through it; the
+  direct peers' host routes win by longest prefix;
+* relays are peers of everyone who needs them, whatever the policy says
+  (policy is enforced at the ends, a relay only forwards);
+* keepalive: this device's own ``keepalive`` when set, else the org default;
+* a device missing from the manifest (removed or disabled in git) keeps its
+  interface but gets no peers: it is cut off, fail-closed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from reconciler.model.manifest import Manifest, ManifestDevice
+from reconciler.model.wg import DesiredInterface, DesiredPeer
+
+PATHS = ("direct", "lan", "relay")
+
+
+@dataclass(frozen=True)
+class PeerPath:
+    """How this device reaches one peer: ``direct``, ``lan`` or ``relay`` (``via``)."""
+
+    peer: str
+    path: str = "direct"
+    endpoint: str | None = None  # "ip:port"; None = wait for the peer / roaming
+    via: str | None = None  # relay device name when path == "relay"
+
+
+@dataclass(frozen=True)
+class PeerSummary:
+    """Per-peer facts ``agent status`` shows (not WireGuard state)."""
+
+    name: str
+    public_key: str
+    tunnel_ips: tuple[str, ...]
+    path: str
+    via: str | None = None
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class Desired:
+    interface: DesiredInterface
+    peers: tuple[PeerSummary, ...]  # every allowed peer, also those reached via a relay
+    member: bool  # False: this device is not in the manifest (cut off)
+
+
+def host_network(ip: str) -> str:
+    """``10.0.0.3`` -> ``10.0.0.3/32``; ``fd00::3`` -> ``fd00::3/128``."""
+    addr = ipaddress.ip_interface(ip).ip
+    return f"{addr}/{addr.max_prefixlen}"
+
+
+def canonical(cidr: str) -> str:
+    return str(ipaddress.ip_network(cidr, strict=False))
+
+
+def sort_cidrs(cidrs: Iterable[str]) -> tuple[str, ...]:
+    nets = {ipaddress.ip_network(c, strict=False) for c in cidrs}
+    return tuple(str(n) for n in sorted(nets, key=lambda n: (n.version, n.network_address,
+                                                            n.prefixlen)))
+
+
+def interface_addresses(manifest: Manifest, device: ManifestDevice) -> tuple[str, ...]:
+    out = []
+    for ip in device.tunnel_ips:
+        addr = ipaddress.ip_interface(ip).ip
+        cidr = manifest.cidr_v4 if addr.version == 4 else manifest.cidr_v6
+        prefix = ipaddress.ip_network(cidr).prefixlen if cidr else addr.max_prefixlen
+        out.append(f"{addr}/{prefix}")
+    return tuple(out)
+
+
+def _literal(endpoint: str | None) -> str | None:
+    """A static ``ip:port`` endpoint as is; hostnames need resolving (``agent.paths``)."""
+    if not endpoint:
+        return None
+    host = endpoint.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return endpoint
+
+
+def org_cidrs(manifest: Manifest) -> tuple[str, ...]:
+    return tuple(canonical(c) for c in (manifest.cidr_v4, manifest.cidr_v6) if c)
+
+
+def peer_names(manifest: Manifest, me: str, allowed: Iterable[str]) -> tuple[str, ...]:
+    """The peers this device keeps: policy-allowed ones, plus every relay (and,
+    on a relay, every device)."""
+    mine = manifest.device(me)
+    names = set(allowed)
+    for dev in manifest.devices:
+        if dev.relay or (mine is not None and mine.relay):
+            names.add(dev.name)
+    names.discard(me)
+    return tuple(sorted(n for n in names if manifest.device(n) is not None))
+
+
+def compute_desired(
+    manifest: Manifest,
+    me: str,
+    *,
+    private_key: str,
+    interface: str,
+    allowed: Iterable[str],
+    paths: Mapping[str, PeerPath],
+    my_relay: str | None = None,
+    listen_port: int | None = None,
+    mtu: int = 1420,
+) -> Desired:
+    """This device's whole desired interface (see the module docstring)."""
+    port = listen_port or manifest.listen_port
+    mine = manifest.device(me)
+    if mine is None:
+        empty = DesiredInterface(name=interface, private_key=private_key, listen_port=port,
+                                 addresses=(), peers={}, routes=(), mtu=mtu)
+        return Desired(empty, (), member=False)
+    keepalive = mine.keepalive if mine.keepalive is not None else manifest.keepalive
+    names = set(peer_names(manifest, me, allowed))
+    if my_relay is not None and (mine.relay or my_relay == me or
+                                 manifest.device(my_relay) is None):
+        my_relay = None
+    layout: dict[str, set[str]] = {}
+    endpoints: dict[str, str | None] = {}
+    summaries = []
+    routes: set[str] = set()
+    for name in sorted(names):
+        dev = manifest.device(name)
+        assert dev is not None  # peer_names keeps only present devices
+        choice = paths.get(name) or PeerPath(name, endpoint=_literal(dev.endpoint))
+        via = choice.via if choice.path == "relay" else None
+        if choice.path == "relay" and (via is None or via == me or dev.relay or mine.relay
+                                       or manifest.device(via) is None):
+            # no usable relay (or one side is a relay itself): try direct
+            choice, via = PeerPath(name, "direct", choice.endpoint), None
+        own = {host_network(ip) for ip in dev.tunnel_ips} | {canonical(r) for r in dev.routes}
+        routes.update(canonical(r) for r in dev.routes)
+        layout.setdefault(name, set())
+        endpoints[name] = choice.endpoint
+        if via is None:
+            layout[name].update(own)
+        else:  # sent through its relay; the peer entry stays (no allowed IPs) for probing
+            layout.setdefault(via, set()).update(own)
+        summaries.append(PeerSummary(name, dev.wireguard_public_key, tuple(dev.tunnel_ips),
+                                     choice.path, via, choice.endpoint))
+    if my_relay is not None:  # relayed traffic from anyone reaches me through my relay
+        layout.setdefault(my_relay, set()).update(org_cidrs(manifest))
+    peers: dict[str, DesiredPeer] = {}
+    for name, ips in sorted(layout.items()):
+        dev = manifest.device(name)
+        assert dev is not None
+        if name not in endpoints:
+            relay_path = paths.get(name)
+            endpoints[name] = relay_path.endpoint if relay_path else _literal(dev.endpoint)
+        peers[dev.wireguard_public_key] = DesiredPeer(
+            public_key=dev.wireguard_public_key,
+            allowed_ips=sort_cidrs(ips),
+            endpoint=endpoints[name],
+            keepalive=keepalive,
+            name=name,
+        )
+    addresses = interface_addresses(manifest, mine)
+    on_link = {str(ipaddress.ip_interface(a).network) for a in addresses}
+    desired = DesiredInterface(
+        name=interface,
+        private_key=private_key,
+        listen_port=port,
+        addresses=addresses,
+        peers=peers,
+        routes=tuple(r for r in sort_cidrs(routes) if r not in on_link),
+        mtu=mtu,
+    )
+    return Desired(desired, tuple(summaries), member=True)

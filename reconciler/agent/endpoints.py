@@ -1,0 +1,133 @@
+"""The agent's side of the endpoint feed: parse the signed feed, build the report.
+
+``open_feed(data, trust, org)`` verifies the DSSE envelope (same org key as
+the manifest, payloadType ``application/vnd.meshops.feed+json``) and returns
+an ``EndpointFeed``; ``build_report(...)`` is the JSON body of
+``POST /v1/orgs/{org}/endpoints`` (docs/architecture.md, "Hub HTTP API
+shapes"): own candidates (STUN, local, static) and the reflection
+observations (what this device's WireGuard sees as its peers' source
+addresses). ``local_address(target)`` is the one I/O helper: the source
+address the routing table picks towards the hub (a LAN candidate).
+
+Called by ``agent.reconcile``. The agent never imports ``reconciler.hub``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from reconciler.errors import ManifestRefused
+from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
+from reconciler.model.manifest import Manifest
+from reconciler.model.wg import ObservedInterface
+from reconciler.pki.envelope import Trust, open_envelope
+
+FEED_PAYLOAD_TYPE = "application/vnd.meshops.feed+json"
+
+
+def open_feed(data: bytes, trust: Trust, org: str) -> EndpointFeed:
+    """Verify and parse a feed envelope; ``ManifestRefused`` when it does not verify."""
+    opened = open_envelope(data, trust, FEED_PAYLOAD_TYPE, org=org)
+    try:
+        doc = json.loads(opened.payload)
+        entries = tuple(
+            FeedEntry(
+                device=str(e["device"]),
+                candidates=tuple(Candidate(str(c["kind"]), str(c["address"]))
+                                 for c in e.get("candidates", ())),
+                mapping=str(e.get("mapping", "unknown")),
+                public_ip=e.get("public_ip"),
+                updated_at=int(e.get("updated_at", 0)),
+            )
+            for e in doc["entries"]
+        )
+        feed = EndpointFeed(str(doc["org"]), int(doc["revision"]), int(doc["generated_at"]),
+                            entries)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ManifestRefused("schema", f"endpoint feed payload is invalid: {exc}") from exc
+    if feed.org != org:
+        raise ManifestRefused("wrong-org", f"endpoint feed is for org {feed.org!r}, not {org!r}")
+    return feed
+
+
+def feed_to_dict(feed: EndpointFeed) -> dict[str, Any]:
+    """The feed in the state dir's form (``feed.json``), read back by ``feed_from_dict``."""
+    return {
+        "org": feed.org, "revision": feed.revision, "generated_at": feed.generated_at,
+        "entries": [
+            {"device": e.device, "mapping": e.mapping, "public_ip": e.public_ip,
+             "updated_at": e.updated_at,
+             "candidates": [{"kind": c.kind, "address": c.address} for c in e.candidates]}
+            for e in feed.entries
+        ],
+    }
+
+
+def feed_from_dict(doc: Mapping[str, Any]) -> EndpointFeed | None:
+    try:
+        return EndpointFeed(
+            str(doc["org"]), int(doc["revision"]), int(doc["generated_at"]),
+            tuple(FeedEntry(str(e["device"]),
+                            tuple(Candidate(c["kind"], c["address"]) for c in e["candidates"]),
+                            str(e["mapping"]), e.get("public_ip"), int(e["updated_at"]))
+                  for e in doc["entries"]),
+        )
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def build_report(
+    manifest: Manifest,
+    me: str,
+    observed: ObservedInterface,
+    *,
+    names_by_key: Mapping[str, str],
+    listen_port: int,
+    stun_mapped: str | None = None,
+    mapping: str = "unknown",
+    local: str | None = None,
+) -> dict[str, Any]:
+    """The report body for ``POST /v1/orgs/{org}/endpoints``."""
+    candidates = []
+    if stun_mapped:
+        candidates.append({"kind": "stun", "address": stun_mapped})
+    if local:
+        candidates.append({"kind": "local", "address": local})
+    mine = manifest.device(me)
+    if mine is not None and mine.endpoint:
+        candidates.append({"kind": "static", "address": mine.endpoint})
+    observations = [
+        {"peer": names_by_key[key], "endpoint": peer.endpoint,
+         "last_handshake": int(peer.last_handshake)}
+        for key, peer in sorted(observed.peers.items())
+        if key in names_by_key and peer.endpoint and peer.last_handshake
+    ]
+    return {
+        "device": me,
+        "candidates": candidates,
+        "mapping": mapping,
+        "listen_port": listen_port,
+        "serial": manifest.serial,
+        "observations": observations,
+    }
+
+
+def local_address(host: str, port: int) -> str | None:
+    """The source IP this host uses towards ``host`` (no packet is sent: a UDP
+    ``connect`` only consults the routing table)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, port or 9))
+            return str(sock.getsockname()[0])
+    except OSError:
+        return None
+
+
+def with_port(ip: str | None, port: int) -> str | None:
+    if ip is None:
+        return None
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

@@ -1,0 +1,179 @@
+"""The agent's only HTTP and file I/O towards the hub or a manifest server.
+
+``Fetcher.get(url, etag=..., wait=...)`` reads ``file://`` paths and
+``http(s)://`` URLs (ETag / If-None-Match, gzip, ``?wait=N`` long-poll, a
+client certificate for mTLS); ``Fetcher.post_json`` sends endpoint reports.
+All network I/O goes through one ``Transport`` callable, so tests swap in a
+fake and run without sockets (the httpx pattern). Stdlib only (http.client +
+ssl): an agent must not pay aiohttp's import time.
+
+Errors are translated here: unreachable, timeouts, 5xx and 429 become
+``FetchError`` (temporary); other 4xx become ``ConfigError`` (a human must fix
+the URL, the certificate or the enrollment).
+
+Called by ``agent.reconcile`` (manifest, feed, report) and ``agent.loop``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import ssl
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlencode, urlsplit
+
+from reconciler.errors import ConfigError, FetchError
+
+USER_AGENT = "meshops-agent/0.1"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int  # 200, or 304 when If-None-Match matched
+    body: bytes
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: str | None = None  # client certificate (PEM) for mTLS
+    key: str | None = None
+    ca: str | None = None  # CA bundle for the server; None = system store
+
+
+class Transport(Protocol):
+    def __call__(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None,
+        timeout: float,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Perform one request; return (status, lower-cased headers, raw body)."""
+
+
+class HttpTransport:
+    """http.client transport with one TLS context (client cert when configured)."""
+
+    def __init__(self, tls: TlsConfig | None = None) -> None:
+        self._tls = tls or TlsConfig()
+        self._context: ssl.SSLContext | None = None
+
+    def _ssl(self) -> ssl.SSLContext:
+        if self._context is None:
+            try:
+                ctx = ssl.create_default_context(cafile=self._tls.ca)
+                if self._tls.cert:
+                    ctx.load_cert_chain(self._tls.cert, self._tls.key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"TLS set-up failed (cert {self._tls.cert}, ca "
+                                  f"{self._tls.ca}): {exc}") from exc
+            self._context = ctx
+        return self._context
+
+    def __call__(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None,
+        timeout: float,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        parts = urlsplit(url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        conn: HTTPConnection
+        if parts.scheme == "https":
+            conn = HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout,
+                                   context=self._ssl())
+        else:
+            conn = HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+        try:
+            conn.request(method, target, body=body, headers=dict(headers))
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigError(f"{parts.scheme}://{parts.netloc}: TLS verification failed: "
+                              f"{exc.verify_message}") from exc
+        except (TimeoutError, OSError, HTTPException) as exc:
+            raise FetchError(f"{parts.scheme}://{parts.netloc}: {exc or type(exc).__name__}") \
+                from exc
+        finally:
+            conn.close()
+
+
+class Fetcher:
+    """GET manifests/feeds and POST reports; ``transport`` is injectable."""
+
+    def __init__(self, transport: Transport | None = None, *, timeout: float = 10.0,
+                 tls: TlsConfig | None = None) -> None:
+        self.transport: Transport = transport or HttpTransport(tls)
+        self.timeout = timeout
+
+    def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
+            params: Mapping[str, Any] | None = None) -> Response:
+        if url.startswith("file://"):
+            return _read_file(url)
+        query = dict(params or {})
+        if wait:
+            query["wait"] = int(wait)
+        if query:
+            url += ("&" if "?" in url else "?") + urlencode(query)
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip"}
+        if etag:
+            headers["If-None-Match"] = etag
+        status, resp_headers, body = self.transport(
+            "GET", url, headers=headers, body=None, timeout=self.timeout + (wait or 0))
+        _check_status(url, status, body)
+        if resp_headers.get("content-encoding") == "gzip":
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise FetchError(f"{url}: corrupt gzip body") from exc
+        return Response(status, body if status != 304 else b"", resp_headers.get("etag"))
+
+    def post_json(self, url: str, obj: Any) -> Any:
+        body = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+        headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
+        status, _, data = self.transport("POST", url, headers=headers, body=body,
+                                         timeout=self.timeout)
+        _check_status(url, status, data)
+        try:
+            return json.loads(data) if data else None
+        except ValueError as exc:
+            raise FetchError(f"{url}: the hub answered with invalid JSON") from exc
+
+
+def _read_file(url: str) -> Response:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigError(f"{url}: file:// URLs must be local (file:///path)")
+    path = Path(unquote(parts.path))
+    try:
+        data = path.read_bytes()
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise FetchError(f"{path}: manifest file not found") from exc
+    except OSError as exc:
+        raise FetchError(f"{path}: cannot read the manifest: {exc.strerror}") from exc
+    return Response(200, data, f'"{st.st_mtime_ns:x}-{st.st_size:x}"')
+
+
+def _check_status(url: str, status: int, body: bytes) -> None:
+    if status in (200, 201, 202, 204, 304):
+        return
+    detail = _error_detail(body)
+    if status >= 500 or status in (408, 429):
+        raise FetchError(f"{url}: HTTP {status}{detail}")
+    raise ConfigError(f"{url}: HTTP {status}{detail}")
+
+
+def _error_detail(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return f": {data['error'][:200]}"
+    return ""

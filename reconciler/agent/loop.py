@@ -1,0 +1,162 @@
+"""``meshops agent run``: ``reconcile_once`` in a loop, with jitter, backoff and long-poll.
+
+Called by the CLI. Everything time-related is injected (``clock``, ``sleep``,
+``rng``), so tests drive the loop deterministically. Rules:
+
+* after a good pass, wait ``interval`` +/- ``jitter`` (a fraction) -- or,
+  when the manifest comes from a hub, go straight back into a long-poll
+  (``?wait=long_poll`` with ``If-None-Match``), which returns as soon as a
+  newer serial exists; a minimum gap keeps a hub without long-poll from
+  being hammered;
+* a ``TemporaryError`` (hub down, backend busy, not converged) backs off
+  exponentially from ``max(exc.delay, 1 s)`` up to ``max_backoff``, with
+  jitter; the interface keeps its last good state meanwhile;
+* a ``PermanentError`` (refused manifest, bad config of one pass) is
+  reported and retried at the normal interval: a later commit may fix it,
+  and the tunnels stay up;
+* ``stop()`` (SIGTERM, SIGINT) ends the loop after the current step;
+  nothing is torn down -- the tunnels stay up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from reconciler.agent.config import AgentConfig
+from reconciler.agent.reconcile import FetchLike, Result, reconcile_once
+from reconciler.backends.base import Backend
+from reconciler.errors import MeshopsError, PermanentError, TemporaryError, UsageError
+
+log = logging.getLogger(__name__)
+LONG_POLL_MIN_GAP = 1.0
+
+
+class Rng(Protocol):
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+@dataclass
+class LoopStats:
+    passes: int = 0
+    failures: int = 0  # consecutive temporary failures
+    last_error: str | None = None
+
+
+def jittered(value: float, jitter: float, rng: Rng) -> float:
+    return max(0.0, value * (1 + rng.uniform(-jitter, jitter)))
+
+
+def backoff_delay(failures: int, hint: float, config: AgentConfig, rng: Rng) -> float:
+    """Exponential backoff: ``max(hint, 1) * 2**(failures-1)``, capped, jittered."""
+    base = max(hint, 1.0) * 2 ** max(failures - 1, 0)
+    return jittered(min(base, config.max_backoff), config.jitter, rng)
+
+
+class AgentLoop:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        fetch: FetchLike,
+        backend: Backend,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        rng: Rng,
+        discover: Callable[[int], Any] | None = None,
+        on_result: Callable[[Result], None] | None = None,
+        on_error: Callable[[MeshopsError], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.fetch = fetch
+        self.backend = backend
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng
+        self.discover = discover
+        self.on_result = on_result
+        self.on_error = on_error
+        self.stats = LoopStats()
+        self._stopped = False
+        # True while blocked in a sleep or a long-poll: a signal handler may
+        # then abort the wait at once (nothing is half-applied).
+        self.interruptible = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def step(self) -> float:
+        """One pass; returns how long to wait before the next one."""
+        cfg = self.config
+        long_poll = bool(cfg.hub) and self.stats.failures == 0 and self.stats.passes > 0
+        started = self.clock()
+        try:
+            result = reconcile_once(
+                cfg, fetch=_MarkWaits(self.fetch, self), backend=self.backend, now=started,
+                discover=self.discover, wait=cfg.long_poll if long_poll else None,
+            )
+        except UsageError:
+            raise
+        except TemporaryError as exc:
+            self.stats.failures += 1
+            self.stats.last_error = str(exc)
+            if self.on_error:
+                self.on_error(exc)
+            return backoff_delay(self.stats.failures, exc.delay, cfg, self.rng)
+        except PermanentError as exc:
+            self.stats.failures = 0
+            self.stats.last_error = str(exc)
+            if self.on_error:
+                self.on_error(exc)
+            return jittered(cfg.interval, cfg.jitter, self.rng)
+        finally:
+            self.stats.passes += 1
+        self.stats.failures = 0
+        self.stats.last_error = None
+        if self.on_result:
+            self.on_result(result)
+        if cfg.hub and result.source != "cache":
+            # the next pass long-polls; keep a small gap in case the hub answers at once
+            elapsed = self.clock() - started
+            return max(0.0, LONG_POLL_MIN_GAP - elapsed) + self.rng.uniform(0, cfg.jitter)
+        return jittered(cfg.interval, cfg.jitter, self.rng)
+
+    def run(self, max_passes: int | None = None) -> LoopStats:
+        while not self._stopped:
+            delay = self.step()
+            if self._stopped or (max_passes is not None and self.stats.passes >= max_passes):
+                break
+            log.debug("next pass in %.1fs", delay)
+            self.interruptible = True
+            try:
+                self.sleep(delay)
+            finally:
+                self.interruptible = False
+        return self.stats
+
+
+class _MarkWaits:
+    """Marks the loop interruptible while a long-poll GET blocks."""
+
+    def __init__(self, inner: FetchLike, loop: AgentLoop) -> None:
+        self._inner = inner
+        self._loop = loop
+
+    def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
+            params: Any = None) -> Any:
+        if not wait:
+            return self._inner.get(url, etag=etag, params=params)
+        self._loop.interruptible = True
+        try:
+            return self._inner.get(url, etag=etag, wait=wait, params=params)
+        finally:
+            self._loop.interruptible = False
+
+    def post_json(self, url: str, obj: Any) -> Any:
+        return self._inner.post_json(url, obj)

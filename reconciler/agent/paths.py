@@ -1,0 +1,119 @@
+"""Choose, per peer, the path and endpoint of this pass: the adapter to ``agent.peering``.
+
+``decide(manifest, me, observed=..., feed=..., state=..., now=...) -> Decision``
+turns the manifest (relay flags, static endpoints) and the endpoint feed
+(candidates, NAT mapping, public IP) into ``peering.PeerInfo`` values, reads
+the last handshakes off the observed interface, runs the pure
+``peering.decide`` (direct / lan / relay, rendezvous relay choice,
+hysteresis), and returns one ``agent.desired.PeerPath`` per device, this
+device's primary relay, and the new hysteresis state to persist
+(``peering.json``).
+
+Static endpoints may be hostnames; UAPI ``endpoint=`` takes IP literals only,
+so they are resolved here with the injected ``resolve``. Called by
+``agent.reconcile`` and ``agent.render``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from reconciler.agent import peering
+from reconciler.agent.desired import PeerPath
+from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
+from reconciler.model.manifest import Manifest, ManifestDevice
+from reconciler.model.wg import ObservedInterface
+
+Resolver = Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class Decision:
+    paths: Mapping[str, PeerPath]
+    my_relay: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_host(host: str) -> str | None:
+    """First address of ``host`` (IPv4 preferred), or None when it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return None
+    addrs = sorted({str(i[4][0]) for i in infos}, key=lambda a: (":" in a, a))
+    return addrs[0] if addrs else None
+
+
+def literal_endpoint(endpoint: str | None, resolve: Resolver = resolve_host) -> str | None:
+    """``host:port`` -> ``ip:port`` (``[v6]:port``); None when it cannot be resolved."""
+    if not endpoint:
+        return None
+    host, _, port = endpoint.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        resolved = resolve(host)
+        if resolved is None:
+            return None
+        ip = ipaddress.ip_address(resolved)
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def peer_info(dev: ManifestDevice, entry: FeedEntry | None, resolve: Resolver) -> \
+        peering.PeerInfo:
+    static = literal_endpoint(dev.endpoint, resolve)
+    candidates = [Candidate("static", static)] if static else []
+    if entry is not None:
+        candidates.extend(c for c in entry.candidates if c.kind != "static")
+    return peering.PeerInfo(
+        name=dev.name,
+        relay=dev.relay,
+        public=static is not None,
+        mapping=entry.mapping if entry is not None else peering.UNKNOWN,
+        public_ip=entry.public_ip if entry is not None else None,
+        candidates=tuple(candidates),
+    )
+
+
+def hysteresis_config(options: Mapping[str, Any] | None) -> peering.HysteresisConfig:
+    """``AgentConfig.hysteresis`` (seconds, by field name) over the defaults."""
+    known = {f.name for f in fields(peering.HysteresisConfig)}
+    values = {k: float(v) for k, v in (options or {}).items() if k in known}
+    return peering.HysteresisConfig(**values)
+
+
+def decide(
+    manifest: Manifest,
+    me: str,
+    *,
+    observed: ObservedInterface,
+    feed: EndpointFeed | None,
+    state: Mapping[str, Any],
+    now: float,
+    resolve: Resolver = resolve_host,
+    hysteresis: Mapping[str, Any] | None = None,
+) -> Decision:
+    """One ``PeerPath`` per other device, this device's primary relay, and the
+    peering state to keep."""
+    mine = manifest.device(me)
+    if mine is None:
+        return Decision({}, None, dict(state))
+    entries = {e.device: e for e in feed.entries} if feed else {}
+    names_by_key = {d.wireguard_public_key: d.name for d in manifest.devices}
+    handshakes = {names_by_key[k]: p.last_handshake or 0.0
+                  for k, p in observed.peers.items() if k in names_by_key}
+    others = [peer_info(d, entries.get(d.name), resolve) for d in manifest.devices
+              if d.name != me]
+    relays = [d.name for d in manifest.devices if d.relay]
+    previous = peering.PeeringState.from_json(json.dumps(dict(state)) if state else None)
+    out = peering.decide(peer_info(mine, entries.get(me), resolve), others, relays,
+                         handshakes, now, previous, hysteresis_config(hysteresis))
+    paths = {name: PeerPath(name, c.kind, c.endpoint, c.via)
+             for name, c in sorted(out.paths.items())}
+    return Decision(paths, out.my_relay, json.loads(out.state.to_json()))

@@ -1,0 +1,297 @@
+"""One level-based pass of the agent: ``reconcile_once(config, ...) -> Result``.
+
+Called by ``meshops agent apply`` (one pass) and ``agent.loop`` (``agent
+run``). Every pass reads the whole desired and observed state:
+
+1. fetch the manifest and verify it against the pinned trust and the last
+   applied serial (``_obtain_manifest``); the hub being unreachable falls
+   back to the cached, still-valid manifest (fail-static); a refused manifest
+   raises before the interface is touched;
+2. with a hub: fetch the signed endpoint feed and report this device's own
+   endpoints and what its WireGuard sees of its peers (reflection);
+3. compute the desired interface (``agent.desired``, pure);
+4. observe, ``plan()``, apply (unless ``dry_run``);
+5. re-observe and re-plan: anything left raises ``NotConverged``.
+
+Effects are parameters: ``fetch`` (an ``agent.fetch.Fetcher``), ``backend``
+(``reconciler.backends`` Protocol), ``now``, ``discover`` (STUN, only called
+while the listen port is still free) and ``report`` (posts the endpoint
+report; default: ``fetch.post_json`` to the hub).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from reconciler.agent import desired as desired_mod
+from reconciler.agent import endpoints as endpoints_mod
+from reconciler.agent import paths as paths_mod
+from reconciler.agent.config import AgentConfig, read_private_key
+from reconciler.agent.fetch import Response
+from reconciler.agent.state import CachedManifest, StateDir
+from reconciler.backends.base import Backend
+from reconciler.errors import ConfigError, FetchError, ManifestRefused, NotConverged
+from reconciler.model.endpoints import EndpointFeed
+from reconciler.model.manifest import Manifest
+from reconciler.model.wg import ObservedInterface
+from reconciler.pki.envelope import Trust, load_trust
+from reconciler.pki.manifest import verify_manifest
+from reconciler.plan import AddPeer, CreateInterface, Operation, plan
+from reconciler.policy import peers_allowed
+
+log = logging.getLogger(__name__)
+
+
+class FetchLike(Protocol):
+    def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
+            params: Any = None) -> Response: ...
+
+    def post_json(self, url: str, obj: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one pass did. ``operations`` is the plan (applied unless dry-run)."""
+
+    operations: tuple[Operation, ...]
+    applied: int
+    serial: int
+    commit: str
+    residual: tuple[Operation, ...] = ()
+    source: str = "fetched"  # fetched | unchanged (304 / same bytes) | cache (hub unreachable)
+    member: bool = True  # False: this device is not in the manifest; it got no peers
+    warnings: tuple[str, ...] = ()
+    peers: tuple[desired_mod.PeerSummary, ...] = field(default=(), repr=False)
+    feed_revision: int | None = None
+
+
+@dataclass(frozen=True)
+class VerifiedManifest:
+    manifest: Manifest
+    envelope: bytes
+    etag: str | None
+    source: str
+    warning: str | None = None
+
+
+def load_pinned_trust(config: AgentConfig) -> Trust:
+    try:
+        data = Path(config.trust).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{config.trust}: cannot read the pinned trust file: "
+                          f"{exc.strerror}") from exc
+    return load_trust(data)
+
+
+def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: CachedManifest | None,
+                         last_serial: int, now: float) -> Manifest:
+    """Verify ``envelope``; the rollback floor is the last applied serial.
+
+    ``verify_manifest`` refuses ``serial <= last_serial``. Re-applying the
+    manifest already applied (same serial) must work, so: the identical
+    envelope is verified without the floor (signature, org and expiry still
+    checked); any other envelope is verified against ``last_serial - 1`` and,
+    if its serial equals the floor, must carry the same manifest as the cache
+    (one serial, two contents is refused as a rollback/equivocation).
+    """
+    if cached is not None and envelope == cached.envelope:
+        manifest = verify_manifest(envelope, trust, org, None, now)
+        if manifest.serial < last_serial:
+            raise ManifestRefused("rollback", f"cached serial {manifest.serial} is below the "
+                                              f"last applied serial {last_serial}")
+        return manifest
+    floor = last_serial - 1 if last_serial > 0 else None
+    manifest = verify_manifest(envelope, trust, org, floor, now)
+    if last_serial and manifest.serial == last_serial:
+        previous = verify_manifest(cached.envelope, trust, org, None, float("-inf")) \
+            if cached is not None else None
+        if previous is None or previous != manifest:
+            raise ManifestRefused(
+                "rollback", f"serial {manifest.serial} was already applied with other content")
+    return manifest
+
+
+def obtain_manifest(config: AgentConfig, fetch: FetchLike, trust: Trust, state: StateDir,
+                    now: float, *, wait: int | None = None) -> VerifiedManifest:
+    """Fetch + verify, or fall back to the cache when the source is unreachable."""
+    cached = state.load_manifest()
+    last = state.last_serial()
+    url = config.source_url
+    try:
+        resp = fetch.get(url, etag=cached.etag if cached and not url.startswith("file:")
+                         else None, wait=wait)
+    except FetchError as exc:
+        if cached is None:
+            raise
+        try:
+            manifest = verify_against_cache(cached.envelope, trust, config.org, cached, last, now)
+        except ManifestRefused as refused:
+            raise FetchError(f"{exc}; the cached manifest (serial {cached.serial}) cannot be "
+                             f"used: {refused}", exc.delay) from exc
+        return VerifiedManifest(manifest, cached.envelope, cached.etag, "cache",
+                                f"manifest source unreachable ({exc}); re-applied the cached "
+                                f"manifest serial {manifest.serial}")
+    if resp.status == 304:
+        if cached is None:
+            raise FetchError(f"{url}: 304 Not Modified but no cached manifest")
+        envelope = cached.envelope
+    else:
+        envelope = resp.body
+    manifest = verify_against_cache(envelope, trust, config.org, cached, last, now)
+    unchanged = cached is not None and envelope == cached.envelope
+    return VerifiedManifest(manifest, envelope, resp.etag, "unchanged" if unchanged else "fetched")
+
+
+def _feed(config: AgentConfig, fetch: FetchLike, trust: Trust, state: StateDir,
+          warnings: list[str]) -> EndpointFeed | None:
+    """The endpoint feed (hub only); on failure the last good one from the state dir."""
+    previous = state.load_feed()
+    last = endpoints_mod.feed_from_dict(previous) if previous else None
+    if config.feed_url is None:
+        return None
+    try:
+        resp = fetch.get(config.feed_url)
+        if resp.status == 304 or not resp.body:
+            return last
+        feed = endpoints_mod.open_feed(resp.body, trust, config.org)
+    except (FetchError, ManifestRefused, ConfigError) as exc:
+        warnings.append(f"endpoint feed not used: {exc}")
+        return last
+    if last is not None and feed.revision < last.revision:
+        warnings.append(f"endpoint feed revision {feed.revision} is older than "
+                        f"{last.revision}; kept the newer one")
+        return last
+    return feed
+
+
+def reconcile_once(
+    config: AgentConfig,
+    *,
+    fetch: FetchLike,
+    backend: Backend,
+    now: float,
+    dry_run: bool = False,
+    discover: Callable[[int], Any] | None = None,
+    report: Callable[[dict[str, Any]], Any] | None = None,
+    wait: int | None = None,
+) -> Result:
+    """One whole pass (see the module docstring). Raises ``ManifestRefused``
+    (interface untouched), ``FetchError`` (no usable manifest), backend errors,
+    or ``NotConverged`` with the residual operations."""
+    state = StateDir(config.state_dir)
+    trust = load_pinned_trust(config)
+    got = obtain_manifest(config, fetch, trust, state, now, wait=wait)
+    manifest = got.manifest
+    warnings = [got.warning] if got.warning else []
+    if not dry_run and got.source != "cache":
+        state.save_manifest(CachedManifest(got.envelope, manifest.serial, manifest.commit,
+                                           manifest.not_after, got.etag))
+    private_key = read_private_key(config.private_key)
+    feed = _feed(config, fetch, trust, state, warnings) if got.source != "cache" else None
+    observed = backend.observe(config.interface)
+    listen_port = config.listen_port or manifest.listen_port
+
+    discovery = None
+    if discover is not None and not observed.exists and not dry_run:
+        try:  # the port must still be free: STUN from the WireGuard port itself
+            discovery = discover(listen_port)
+        except FetchError as exc:
+            warnings.append(f"STUN discovery failed: {exc}")
+
+    peering_state = state.load_peering()
+    decision = paths_mod.decide(manifest, config.name, observed=observed, feed=feed,
+                                state=peering_state, now=now, hysteresis=config.hysteresis)
+    allowed = peers_allowed(manifest, config.name)
+    want = desired_mod.compute_desired(
+        manifest, config.name, private_key=private_key, interface=config.interface,
+        allowed=allowed, paths=decision.paths, my_relay=decision.my_relay,
+        listen_port=listen_port,
+    )
+    if not want.member:
+        warnings.append(f"device {config.name!r} is not in manifest serial {manifest.serial} "
+                        f"of org {config.org!r}: removed or disabled in git; all peers dropped")
+    ops = plan(want.interface, observed, now)
+    common = {"serial": manifest.serial, "commit": manifest.commit, "source": got.source,
+                  "member": want.member, "peers": want.peers,
+                  "feed_revision": feed.revision if feed else None}
+    if dry_run:
+        return Result(ops, 0, warnings=tuple(warnings), **common)  # type: ignore[arg-type]
+
+    if ops:
+        for phase in phases(ops):
+            backend.apply(phase)
+        observed = backend.observe(config.interface)
+        residual = plan(want.interface, observed, now)
+        if residual:
+            raise NotConverged(residual)
+    if feed is not None:
+        state.save_feed(endpoints_mod.feed_to_dict(feed))
+    state.save_peering(decision.state)
+    state.save_applied(applied_summary(config, manifest, want))
+    if config.hub and got.source != "cache":
+        _report(config, fetch, report, manifest, want, observed, listen_port, discovery, warnings)
+    return Result(ops, len(ops), warnings=tuple(warnings), **common)  # type: ignore[arg-type]
+
+
+def phases(ops: tuple[Operation, ...]) -> tuple[tuple[Operation, ...], ...]:
+    """Split a plan that creates the interface: first the interface (key, port,
+    link), then the peers.
+
+    wireguard-go binds a random port as soon as it starts and its device is
+    up at once; peers added before ``listen_port`` is set would send their
+    first handshake (keepalive) from that random port, and the remote side
+    would roam to an address that dies a moment later. So peers go in only
+    after the port is bound.
+    """
+    if not any(isinstance(op, CreateInterface) for op in ops):
+        return (ops,)
+    first = tuple(op for op in ops if not isinstance(op, AddPeer))
+    rest = tuple(op for op in ops if isinstance(op, AddPeer))
+    return (first, rest) if rest else (first,)
+
+
+def _report(config: AgentConfig, fetch: FetchLike, report: Callable[[dict[str, Any]], Any] | None,
+            manifest: Manifest, want: desired_mod.Desired, observed: ObservedInterface,
+            listen_port: int, discovery: Any, warnings: list[str]) -> None:
+    names = {p.public_key: p.name for p in want.peers}
+    hub_host = (config.hub or "").split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+    local_ip = endpoints_mod.local_address(hub_host.strip("[]"), 443)
+    body = endpoints_mod.build_report(
+        manifest, config.name, observed, names_by_key=names, listen_port=listen_port,
+        stun_mapped=getattr(discovery, "mapped", None),
+        mapping=getattr(discovery, "mapping", "unknown") or "unknown",
+        local=endpoints_mod.with_port(local_ip, listen_port),
+    )
+    try:
+        if report is not None:
+            report(body)
+        else:
+            assert config.feed_url is not None
+            fetch.post_json(config.feed_url, body)
+    except (FetchError, ConfigError) as exc:
+        warnings.append(f"endpoint report not sent: {exc}")
+
+
+def applied_summary(config: AgentConfig, manifest: Manifest,
+                    want: desired_mod.Desired) -> dict[str, Any]:
+    """What ``agent status`` reads back: no timestamps, so a no-op pass writes nothing."""
+    return {
+        "org": config.org,
+        "device": config.name,
+        "interface": config.interface,
+        "serial": manifest.serial,
+        "commit": manifest.commit,
+        "not_after": manifest.not_after,
+        "member": want.member,
+        "addresses": list(want.interface.addresses),
+        "listen_port": want.interface.listen_port,
+        "peers": [
+            {"name": p.name, "public_key": p.public_key, "tunnel_ips": list(p.tunnel_ips),
+             "path": p.path, "via": p.via, "endpoint": p.endpoint}
+            for p in want.peers
+        ],
+    }

@@ -1,0 +1,59 @@
+"""Build the real effects for an ``AgentConfig``: backend, fetcher, STUN discovery.
+
+Called by the CLI (``meshops agent apply|run|status``) and the lab; tests
+pass fakes to ``reconcile_once`` instead. Heavy modules (pyroute2 through
+``reconciler.net.iproute``, pystun3 through ``reconciler.stun.client``) are
+imported here, lazily, only when the command needs them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from reconciler.agent.config import AgentConfig
+from reconciler.agent.fetch import Fetcher, TlsConfig
+from reconciler.backends.base import Backend
+from reconciler.errors import FetchError
+
+
+def open_agent_backend(config: AgentConfig) -> Backend:
+    """The configured backend with pyroute2 link control in ``config.netns``."""
+    from reconciler.backends import open_backend
+    from reconciler.net.iproute import IPRouteLinks
+
+    opts: dict[str, Any] = {"netns": config.netns}
+    if config.backend == "userspace":
+        opts["state_dir"] = os.path.join(config.state_dir, "wireguard")
+    opts.update(config.backend_options)
+    links = IPRouteLinks(netns=config.netns)
+    try:
+        return open_backend(config.backend, links=links, **opts)
+    except BaseException:
+        links.close()
+        raise
+
+
+def make_fetcher(config: AgentConfig) -> Fetcher:
+    tls = TlsConfig(cert=config.tls_cert, key=config.tls_key or config.identity_key,
+                    ca=config.tls_ca) if config.tls_cert else TlsConfig(ca=config.tls_ca)
+    return Fetcher(timeout=config.timeout, tls=tls)
+
+
+def make_discover(config: AgentConfig) -> Callable[[int], Any] | None:
+    """A ``discover(listen_port)`` callable (STUN from the WireGuard port), or None
+    when discovery is off or no server is configured. Never uses public defaults."""
+    servers = config.stun_servers or ()
+    if not config.discover or not servers:
+        return None
+
+    def discover(listen_port: int) -> Any:
+        from reconciler.stun.client import discover as stun_discover
+
+        try:
+            return stun_discover(listen_port, list(servers), timeout=2.0)
+        except OSError as exc:
+            raise FetchError(f"STUN discovery from port {listen_port}: {exc}") from exc
+
+    return discover

@@ -1,0 +1,289 @@
+"""The cross-platform WireGuard UAPI protocol (wireguard.com/xplatform).
+
+Sans-I/O codec plus a tiny Unix-socket client. The userspace backend
+(``reconciler.backends.userspace``) uses it to talk to wireguard-go.
+
+* ``encode_get()`` / ``decode_get(name, reply)`` -> ``ObservedInterface``
+  (WireGuard fields only: key, port, peers).
+* ``transactions(ops)`` / ``set_lines(ops)`` / ``encode_set(lines)``: the
+  ``set=1`` transactions for a batch of operations -- all peers in one,
+  preceded by a device transaction when the listen port changes. Keys go on the wire as lowercase
+  hex, not base64.
+* ``reply_errno(reply)`` / ``check_errno(code, what)``: every reply ends with
+  ``errno=N``. ``-98`` (EADDRINUSE: the listen port cannot be bound) is
+  ``BackendUnavailable``; ``-22`` (EINVAL: bad line, key or value), ``-71``
+  (EPROTO: a line without ``=``) and any other error are ``BackendError``.
+
+Quirks handled here (checked against Debian's wireguard-go 0.0.20220316):
+
+* a ``set`` is not atomic: lines before an error stay applied, so callers
+  must re-observe after an error;
+* ``allowed_ip=-CIDR`` (removing one allowed IP) is rejected, so a peer's
+  allowed IPs are always sent as ``replace_allowed_ips=true`` + the full list;
+* ``endpoint=`` takes IP literals only (``1.2.3.4:51820``, ``[2001:db8::1]:51820``);
+* device keys must precede the first ``public_key=`` line (after it every
+  key is read as a peer key);
+* the listen port is set in its own transaction before the peers: a bind
+  failure (-98) then costs nothing else, and the device is left without a
+  port, which the next plan sets again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import socket
+from collections.abc import Sequence
+
+from reconciler.errors import BackendError, BackendUnavailable
+from reconciler.model.wg import ObservedInterface, ObservedPeer
+from reconciler.plan.keys import public_key as derive_public_key
+from reconciler.plan.ops import (
+    AddPeer,
+    CreateInterface,
+    Operation,
+    RemovePeer,
+    SetListenPort,
+    SetPrivateKey,
+    UpdatePeer,
+)
+
+EADDRINUSE = 98
+EINVAL = 22
+EPROTO = 71
+
+
+def key_to_hex(key_b64: str) -> str:
+    """Base64 WireGuard key -> lowercase hex; ``BackendError`` if malformed."""
+    try:
+        raw = base64.b64decode(key_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BackendError("WireGuard key is not valid base64") from exc
+    if len(raw) != 32:
+        raise BackendError(f"WireGuard key must be 32 bytes, got {len(raw)}")
+    return raw.hex()
+
+
+def key_from_hex(key_hex: str) -> str:
+    """Lowercase hex key (as UAPI prints it) -> base64."""
+    try:
+        raw = bytes.fromhex(key_hex)
+    except ValueError as exc:
+        raise BackendError("UAPI returned a key that is not hex") from exc
+    return base64.b64encode(raw).decode("ascii")
+
+
+def uapi_endpoint(endpoint: str) -> str:
+    """Validate ``ip:port`` / ``[v6]:port`` and return the UAPI form."""
+    text = endpoint.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    try:
+        ip = ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError as exc:
+        raise BackendError(
+            f"endpoint {endpoint!r} must be an IP literal with a port "
+            "(wireguard-go does not resolve names)"
+        ) from exc
+    if not sep or not 0 < number < 65536:
+        raise BackendError(f"endpoint {endpoint!r} has no valid port")
+    return f"[{ip}]:{number}" if ip.version == 6 else f"{ip}:{number}"
+
+
+def encode_get() -> bytes:
+    return b"get=1\n\n"
+
+
+def _peer_lines(op: AddPeer | RemovePeer | UpdatePeer) -> list[str]:
+    if isinstance(op, RemovePeer):
+        return [f"public_key={key_to_hex(op.public_key)}", "remove=true"]
+    if isinstance(op, AddPeer):
+        p = op.peer
+        lines = [f"public_key={key_to_hex(p.public_key)}", "replace_allowed_ips=true"]
+        lines += [f"allowed_ip={cidr}" for cidr in p.allowed_ips]
+        if p.endpoint is not None:
+            lines.append(f"endpoint={uapi_endpoint(p.endpoint)}")
+        lines.append(f"persistent_keepalive_interval={p.keepalive}")
+        return lines
+    lines = [f"public_key={key_to_hex(op.public_key)}"]
+    if op.allowed_ips is not None:
+        lines.append("replace_allowed_ips=true")
+        lines += [f"allowed_ip={cidr}" for cidr in op.allowed_ips]
+    if op.endpoint is not None:
+        lines.append(f"endpoint={uapi_endpoint(op.endpoint)}")
+    if op.keepalive is not None:
+        lines.append(f"persistent_keepalive_interval={op.keepalive}")
+    return lines
+
+
+def set_lines(ops: Sequence[Operation]) -> list[str]:
+    """The body lines of one ``set=1`` transaction for the WireGuard ops in ``ops``.
+
+    Device keys (``private_key``, ``listen_port``) must come before the first
+    ``public_key`` line: after it, wireguard-go reads every key as a peer key
+    (``invalid UAPI peer key: listen_port``, -22). Peers follow in plan
+    order. Link operations are skipped.
+    """
+    head: list[str] = []
+    port: list[str] = []
+    peers: list[str] = []
+    for op in ops:
+        if isinstance(op, (CreateInterface, SetPrivateKey)):
+            head = [f"private_key={key_to_hex(op.private_key)}"]
+        if isinstance(op, (CreateInterface, SetListenPort)):
+            port = [f"listen_port={op.listen_port}"]
+        if isinstance(op, (AddPeer, RemovePeer, UpdatePeer)):
+            peers += _peer_lines(op)
+    return head + port + peers
+
+
+def transactions(ops: Sequence[Operation]) -> list[list[str]]:
+    """The ``set=1`` transactions for one apply: device keys first, then peers.
+
+    With a listen-port change the device keys (private key, port) go in a
+    transaction of their own, first: when the port cannot bind (-98) the set
+    stops at that line, and a busy port must not hold back the peers. Port
+    first is also faster: rebinding after 1,000 peers exist makes
+    wireguard-go revisit every peer. Empty transactions are left out.
+    """
+    device = [op for op in ops if isinstance(op, (CreateInterface, SetPrivateKey, SetListenPort))]
+    peers = [op for op in ops if isinstance(op, (AddPeer, RemovePeer, UpdatePeer))]
+    if any(isinstance(op, (CreateInterface, SetListenPort)) for op in device):
+        out = [set_lines(device), set_lines(peers)]
+    else:
+        out = [set_lines(device + peers)]
+    return [lines for lines in out if lines]
+
+
+def encode_set(lines: Sequence[str]) -> bytes:
+    return ("set=1\n" + "".join(line + "\n" for line in lines) + "\n").encode("ascii")
+
+
+def reply_errno(reply: str) -> int:
+    """The ``errno=N`` of a reply (0 = success); ``BackendError`` if missing."""
+    for line in reversed(reply.splitlines()):
+        if line.startswith("errno="):
+            try:
+                return int(line[6:])
+            except ValueError:
+                break
+    raise BackendError("UAPI reply has no errno line")
+
+
+def check_errno(code: int, what: str) -> None:
+    """Raise the meshops error for a non-zero UAPI errno (wireguard-go replies -N or N)."""
+    code = abs(code)
+    if code == 0:
+        return
+    if code == EADDRINUSE:
+        raise BackendUnavailable(
+            f"{what}: listen port is already in use (errno -98); the device has no "
+            "listen port now, the next run sets it again"
+        )
+    if code == EINVAL:
+        raise BackendError(f"{what}: wireguard-go rejected a line, key or value (errno -22)")
+    if code == EPROTO:
+        raise BackendError(f"{what}: malformed UAPI request (errno -71)")
+    raise BackendError(f"{what}: wireguard-go answered errno -{code}")
+
+
+def decode_get(name: str, reply: str) -> ObservedInterface:
+    """Parse a ``get=1`` reply into the WireGuard part of an ``ObservedInterface``."""
+    check_errno(reply_errno(reply), f"get {name}")
+    device: dict[str, str] = {}
+    peers: dict[str, ObservedPeer] = {}
+    current: dict[str, object] | None = None
+
+    def flush() -> None:
+        if current is None:
+            return
+        sec = int(current.get("last_handshake_time_sec", 0))  # type: ignore[call-overload]
+        nsec = int(current.get("last_handshake_time_nsec", 0))  # type: ignore[call-overload]
+        key = str(current["public_key"])
+        peers[key] = ObservedPeer(
+            public_key=key,
+            allowed_ips=tuple(sorted(current.get("allowed_ip", []))),  # type: ignore[call-overload]
+            endpoint=current.get("endpoint"),  # type: ignore[arg-type]
+            keepalive=int(current.get("persistent_keepalive_interval", 0)),  # type: ignore[call-overload]
+            last_handshake=(sec + nsec / 1e9) if (sec or nsec) else None,
+            rx_bytes=int(current.get("rx_bytes", 0)),  # type: ignore[call-overload]
+            tx_bytes=int(current.get("tx_bytes", 0)),  # type: ignore[call-overload]
+        )
+
+    for line in reply.splitlines():
+        if not line or line.startswith("errno="):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise BackendError(f"get {name}: malformed UAPI line")
+        if key == "public_key":
+            flush()
+            current = {"public_key": key_from_hex(value)}
+        elif current is None:
+            device[key] = value
+        elif key == "allowed_ip":
+            current.setdefault("allowed_ip", []).append(value)  # type: ignore[union-attr]
+        else:
+            current[key] = value
+    flush()
+    private_hex = device.get("private_key")
+    return ObservedInterface(
+        name=name,
+        exists=True,
+        public_key=derive_public_key(key_from_hex(private_hex)) if private_hex else None,
+        listen_port=int(device.get("listen_port", 0)),
+        peers=peers,
+    )
+
+
+class UapiClient:
+    """One request per connection on ``/var/run/wireguard/IFNAME.sock``."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def alive(self) -> bool:
+        """Whether a daemon accepts connections on the socket."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(self.path)
+            return True
+        except OSError:
+            return False
+
+    def request(self, data: bytes) -> str:
+        """Send ``data``, return the whole reply (up to the blank line after errno)."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(self.path)
+                sock.sendall(data)
+                chunks: list[bytes] = []
+                tail = b""
+                while True:
+                    chunk = sock.recv(1 << 16)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    tail = (tail + chunk)[-64:]
+                    if tail.endswith(b"\n\n") and b"errno=" in tail:
+                        break
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise BackendUnavailable(f"wireguard-go is not listening on {self.path}") from exc
+        except OSError as exc:
+            raise BackendUnavailable(f"UAPI socket {self.path}: {exc.strerror or exc}") from exc
+        return b"".join(chunks).decode("ascii", errors="replace")
+
+    def get(self, name: str) -> ObservedInterface:
+        return decode_get(name, self.request(encode_get()))
+
+    def set(self, lines: Sequence[str], what: str) -> None:
+        if not lines:
+            return
+        check_errno(reply_errno(self.request(encode_set(lines))), what)

@@ -1,0 +1,271 @@
+"""``meshops agent init|apply|run|status|render``: the device side.
+
+Handlers import ``reconciler.agent`` lazily, so other commands never pay for
+it, and ``agent apply`` imports only what a no-op pass needs (it runs every
+30 s from a timer: see docs/benchmarks.md, "agent"). Exit codes: 0 converged,
+1 refused or permanent error, 2 usage, 75 temporary failure (retry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+DEFAULT_CONFIG = "/etc/meshops/agent.json"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    agent = sub.add_parser("agent", help="converge this device's WireGuard interface")
+    asub = agent.add_subparsers(dest="agent_command", metavar="ACTION", parser_class=type(agent))
+    asub.required = True
+
+    p = asub.add_parser(
+        "init", help="make device keys, write the agent config, print the device YAML",
+        description="Generate the WireGuard (X25519) and identity (Ed25519) keys on this "
+        "device (files mode 0600, never printed), write the agent config, pin the trust "
+        "anchors, and print the device YAML (public keys only) for a pull request.")
+    p.add_argument("--org", required=True)
+    p.add_argument("--name", required=True, help="device name (a DNS label)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hub", metavar="URL", help="hub base URL (https://hub:8443)")
+    src.add_argument("--manifest-url", metavar="URL",
+                     help="static manifest: file:///path/manifest.json or https://…")
+    p.add_argument("--trust", required=True, metavar="TRUST.json",
+                   help="trust anchors to pin (from `meshops hub publish`)")
+    _config_arg(p)
+    p.add_argument("--backend", choices=("userspace", "kernel"), default="userspace")
+    p.add_argument("--interface", help="interface name (default mo-ORG; unique per host)")
+    p.add_argument("--state-dir", help="state directory (default /var/lib/meshops)")
+    p.add_argument("--key-dir", help="where the key files go (default: the config's directory)")
+    p.add_argument("--netns", help="network namespace of the interface (lab, tests)")
+    p.add_argument("--listen-port", type=int, help="override the org's listen port")
+    p.add_argument("--stun", action="append", metavar="HOST:PORT",
+                   help="STUN server for endpoint discovery; repeat (enables discovery)")
+    p.add_argument("--force", action="store_true", help="replace existing keys and config")
+    p.set_defaults(handler=init)
+
+    p = asub.add_parser("apply", help="one reconcile pass (for timers and cron)",
+                        description="Fetch and verify the manifest, compute the desired "
+                        "interface, apply the plan, verify. Exit 0 converged, 1 refused or "
+                        "permanent error, 75 temporary failure.")
+    _config_arg(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(handler=apply)
+
+    p = asub.add_parser("run", help="reconcile in a loop (daemon; long-polls a hub)")
+    _config_arg(p)
+    p.add_argument("--once", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=run)
+
+    p = asub.add_parser("status", help="peers, paths, handshakes and traffic")
+    _config_arg(p)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(handler=status)
+
+    p = asub.add_parser(
+        "render", help="write a wg-quick config (devices no agent runs on)",
+        description="Render this device's desired interface as a wg-quick file. Needs the "
+        "WireGuard private key: the config's key file, or --private-key.")
+    _config_arg(p)
+    p.add_argument("--format", choices=("wg-quick",), default="wg-quick")
+    p.add_argument("--private-key", metavar="FILE", help="private key file (default: config's)")
+    p.add_argument("--out", metavar="FILE", help="write here (mode 0600) instead of stdout")
+    p.set_defaults(handler=render)
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=os.environ.get("MESHOPS_AGENT_CONFIG", DEFAULT_CONFIG),
+                   help=f"agent config file (default {DEFAULT_CONFIG}, or $MESHOPS_AGENT_CONFIG)")
+
+
+def init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reconciler.agent.config import (
+        DEFAULT_STATE_DIR,
+        AgentConfig,
+        atomic_write,
+        save_config,
+    )
+    from reconciler.agent.keys import generate_keys
+    from reconciler.errors import UsageError
+    from reconciler.pki.envelope import load_trust
+
+    config_path = Path(args.config).absolute()
+    if config_path.exists() and not args.force:
+        raise UsageError(f"{config_path} exists; pass --force to replace it (and the keys)")
+    trust_bytes = _read(args.trust)
+    trust = load_trust(trust_bytes)
+    if args.org not in trust.orgs:
+        raise UsageError(f"{args.trust}: holds no trust anchor for org {args.org!r}")
+    key_dir = Path(args.key_dir).absolute() if args.key_dir else config_path.parent
+    config = AgentConfig(
+        org=args.org, name=args.name, hub=args.hub, manifest_url=args.manifest_url,
+        trust=str(config_path.parent / "trust.json"),
+        private_key=str(key_dir / "wireguard.key"), identity_key=str(key_dir / "identity.key"),
+        backend=args.backend, interface=args.interface or "", netns=args.netns,
+        state_dir=str(Path(args.state_dir).absolute()) if args.state_dir else DEFAULT_STATE_DIR,
+        listen_port=args.listen_port, stun_servers=tuple(args.stun) if args.stun else None,
+        discover=bool(args.stun),
+    ).validate()
+    keys = generate_keys(config.private_key, config.identity_key, force=args.force)
+    atomic_write(config.trust, trust_bytes, mode=0o644)
+    save_config(config, config_path)
+    print(f"# wrote {config_path}; keys in {key_dir} (mode 0600, never leave this device)")
+    print(f"# add this device with a pull request: orgs/{args.org}/devices/{args.name}.yaml")
+    print("kind: Device")
+    print(f"name: {args.name}")
+    print("owner: OWNER  # the user who owns this device")
+    print("wireguard:")
+    print(f"  public_key: {keys.wireguard_public_key}")
+    print("identity:")
+    print(f"  public_key: {keys.identity_public_key}")
+    print("tunnel_ips: []  # `meshops device add` allocates them")
+    print("#")
+    print("# or let meshops allocate the tunnel IPs and write the file:")
+    print(f"#   meshops device add {args.name} --org {args.org} "
+          f"--wireguard-key {keys.wireguard_public_key} "
+          f"--identity-key {keys.identity_public_key}")
+    return 0
+
+
+def _read(path: str) -> bytes:
+    from reconciler.errors import UsageError
+
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from exc
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from reconciler.agent.config import load_config
+
+    return load_config(args.config)
+
+
+def apply(args: argparse.Namespace) -> int:
+    import time
+
+    from reconciler.agent.reconcile import reconcile_once
+    from reconciler.agent.runtime import make_discover, make_fetcher, open_agent_backend
+
+    config = _load(args)
+    backend = open_agent_backend(config)
+    try:
+        result = reconcile_once(config, fetch=make_fetcher(config), backend=backend,
+                                now=time.time(), dry_run=args.dry_run,
+                                discover=make_discover(config))
+    finally:
+        backend.close()
+    for warning in result.warnings:
+        print(f"meshops: warning: {warning}", file=sys.stderr)
+    if args.format == "json":
+        doc: dict[str, Any] = {"operations": len(result.operations) if args.dry_run
+                               else result.applied, "serial": result.serial,
+                               "commit": result.commit, "source": result.source,
+                               "dry_run": args.dry_run}
+        if args.dry_run:
+            doc["plan"] = [str(op) for op in result.operations]
+        print(json.dumps(doc, sort_keys=True))
+        return 0
+    if args.dry_run:
+        print(f"{len(result.operations)} operation(s) planned (serial {result.serial}, "
+              f"commit {result.commit[:12]}); dry run, nothing changed")
+        for op in result.operations:
+            print(f"  {op}")
+        return 0
+    print(f"{result.applied} operation(s) applied (serial {result.serial}, "
+          f"commit {result.commit[:12]})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    import random
+    import signal
+    import threading
+    import time
+
+    from reconciler.agent.loop import AgentLoop
+    from reconciler.agent.runtime import make_discover, make_fetcher, open_agent_backend
+
+    config = _load(args)
+    backend = open_agent_backend(config)
+    stop = threading.Event()
+
+    class _Terminated(Exception):
+        pass
+
+    def on_result(result: Any) -> None:
+        if result.applied:
+            print(f"{result.applied} operation(s) applied (serial {result.serial}, "
+                  f"commit {result.commit[:12]})", flush=True)
+        for warning in result.warnings:
+            print(f"meshops: warning: {warning}", file=sys.stderr, flush=True)
+
+    def on_error(exc: Exception) -> None:
+        print(f"meshops: {exc}", file=sys.stderr, flush=True)
+
+    loop = AgentLoop(config, fetch=make_fetcher(config), backend=backend, clock=time.time,
+                     sleep=lambda s: stop.wait(s), rng=random.Random(),
+                     discover=make_discover(config), on_result=on_result, on_error=on_error)
+
+    def handle(signum: int, frame: Any) -> None:  # the tunnels stay up
+        loop.stop()
+        stop.set()
+        if loop.interruptible:
+            raise _Terminated()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    try:
+        loop.run(max_passes=1 if args.once else None)
+    except _Terminated:
+        pass
+    finally:
+        backend.close()
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    import time
+
+    from reconciler.agent.runtime import open_agent_backend
+    from reconciler.agent.state import StateDir
+    from reconciler.agent.status import build_status, format_table
+
+    config = _load(args)
+    backend = open_agent_backend(config)
+    try:
+        observed = backend.observe(config.interface)
+    finally:
+        backend.close()
+    st = build_status(StateDir(config.state_dir).load_applied(), observed, time.time())
+    if args.format == "json":
+        print(json.dumps(st.as_dict(), indent=2, sort_keys=True))
+    else:
+        print(format_table(st))
+    return 0
+
+
+def render(args: argparse.Namespace) -> int:
+    import time
+
+    from reconciler.agent.config import atomic_write
+    from reconciler.agent.render import render_config
+    from reconciler.agent.runtime import make_fetcher
+
+    config = _load(args)
+    text = render_config(config, fetch=make_fetcher(config), now=time.time(),
+                         private_key_path=args.private_key)
+    if args.out:
+        atomic_write(args.out, text.encode(), mode=0o600)
+        print(f"wrote {args.out} (mode 0600: it holds the private key)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,122 @@
+"""``meshops hub …``: the hub's commands.
+
+``hub publish`` builds signed manifests and certificates once and writes them
+as static files (reconciler.hub.publish). ``hub serve`` (the long-running hub)
+registers itself in ``_SUBCOMMANDS`` below: add one ``(name, register_fn)``
+pair and a ``_register_<name>`` function; nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Callable
+
+Registrar = Callable[["argparse._SubParsersAction"], None]
+
+
+# -- hub publish ---------------------------------------------------------------------------
+
+
+def _register_publish(hsub: argparse._SubParsersAction) -> None:
+    p = hsub.add_parser("publish", help="build, sign and write manifests + certificates to DIR")
+    p.add_argument("repo", nargs="?", type=Path, default=Path("."), help="org repository (default .)")
+    p.add_argument("--rev", help="git revision to publish (default: the working tree)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--state", default="sqlite:///.meshops/hub.db",
+                   help="certificate/serial store: sqlite:///PATH or postgresql://… "
+                        "(default sqlite:///.meshops/hub.db)")  # fmt: skip
+    p.add_argument("--gnupghome", help="GnuPG home holding the hub's secret key")
+    p.set_defaults(handler=_publish)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from reconciler.errors import ValidationError
+    from reconciler.hub.publish import publish
+
+    try:
+        result = publish(
+            args.repo,
+            rev=args.rev,
+            out_dir=args.out,
+            state=args.state,
+            now=time.time(),
+            gpg_home=args.gnupghome,
+        )
+    except ValidationError as exc:
+        for problem in exc.problems:
+            print(str(problem))
+        print(f"{len(exc.problems)} problem(s); nothing published")
+        return 1
+    for name, org in result.orgs.items():
+        print(
+            f"{name}: serial {org.manifest.serial}, {len(org.manifest.devices)} devices, "
+            f"{len(org.issued)} certificate(s) issued, {len(org.revoked)} revoked "
+            f"-> {args.out / name / 'manifest.json'}"
+        )
+    print(f"commit {result.commit}; trust anchors in {args.out / 'trust.json'}")
+    return 0
+
+
+# -- hub serve (owned by the hub-serve work: reconciler/hub/daemon.py) ----------------------
+
+
+def _register_serve(hsub: argparse._SubParsersAction) -> None:
+    p = hsub.add_parser(
+        "serve",
+        help="follow a branch, serve signed manifests, the endpoint feed and STUN (mTLS)",
+        description="Follow BRANCH of the org repository (a local checkout watched with "
+        "watchdog, or a remote URL fetched every --poll seconds), publish each new commit "
+        "and serve it over HTTPS with client certificates. See docs/api.md.",
+    )
+    p.add_argument("--repo", required=True, help="local checkout PATH or remote git URL")
+    p.add_argument("--branch", default="main", help="branch to follow (default main)")
+    p.add_argument("--listen", default="0.0.0.0:8443", help="HTTPS ADDR:PORT (default 0.0.0.0:8443)")
+    p.add_argument("--stun", metavar="ADDR:PORT", help="also answer STUN on this UDP address")
+    p.add_argument("--db", help="sqlite:///PATH (default STATE_DIR/hub.db) or postgresql://…")
+    p.add_argument("--poll", type=float, help="seconds between fetches of a remote (default 60) "
+                   "or re-checks of a local checkout (default 30)")
+    p.add_argument("--gnupghome", help="GnuPG home holding the hub's secret key (SOPS)")
+    p.add_argument("--state-dir", default="/var/lib/meshops/hub",
+                   help="hub state: SQLite database, git mirror (default /var/lib/meshops/hub)")
+    p.add_argument("--tls-cert", help="serve this certificate instead of hub-issued per-org ones")
+    p.add_argument("--tls-key", help="private key of --tls-cert")
+    p.add_argument("--tls-name", action="append", default=[], metavar="DNS",
+                   help="DNS name for the hub-issued certificates (repeatable), e.g. the "
+                        "host of mesh.yaml's hub_url")
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from reconciler.hub.daemon import ServeConfig, run
+
+    config = ServeConfig(
+        repo=args.repo,
+        branch=args.branch,
+        listen=args.listen,
+        stun=args.stun,
+        db=args.db,
+        poll=args.poll,
+        gnupghome=args.gnupghome,
+        state_dir=args.state_dir,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_names=tuple(args.tls_name),
+    )
+    return run(config)
+
+
+
+_SUBCOMMANDS: list[tuple[str, Registrar]] = [
+    ("publish", _register_publish),
+    ("serve", _register_serve),
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    hub = sub.add_parser("hub", help="the hub: publish signed manifests, serve agents")
+    hsub = hub.add_subparsers(dest="hub_command", metavar="ACTION")
+    hsub.required = True
+    for _name, registrar in _SUBCOMMANDS:
+        registrar(hsub)

@@ -1,0 +1,113 @@
+"""``meshops plan`` and ``meshops device add``.
+
+``meshops plan [REPO] --base REV [--head REV] [--format markdown|json|text]``
+loads the repository at two revisions through ``reconciler.config.load`` and
+prints ``reconciler.policy.diff.plan_diff`` of them: devices added, removed
+and changed, and the reachability diff. Without ``--head`` the head side is
+the working tree of REPO (uncommitted edits included), which is what a
+developer wants before committing; CI passes ``--head HEAD``. Exit codes: 0
+(plan printed, whether or not anything changes), 1 (either side is invalid:
+its problems go to stderr), 2 (not a repository, unknown revision).
+
+``meshops device add --org ORG NAME --wireguard-key K --identity-key K
+[--owner U] [--tag T]... [--relay --endpoint HOST:PORT] [--repo PATH]``
+allocates tunnel addresses and writes ``orgs/ORG/devices/NAME.yaml`` through
+``reconciler.config.writer.add_device``. Exit codes: 0 written, 1 refused
+(invalid repository, duplicate, CIDR full), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+FORMATS = ("markdown", "json", "text")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan", help="show what a change does: devices and reachability (PR comment)",
+        description="Compare the org repository at --base with --head (default: the working "
+        "tree) and report devices added/removed/changed and the pairs of devices that gain or "
+        "lose access. Exit 0 printed, 1 a side is invalid, 2 cannot run.")
+    p.add_argument("repo", nargs="?", default=".", help="repository directory (default: .)")
+    p.add_argument("--base", required=True, metavar="REV",
+                   help="git revision before the change, e.g. origin/main")
+    p.add_argument("--head", metavar="REV",
+                   help="git revision after the change (default: the working tree)")
+    p.add_argument("--format", choices=FORMATS, default="markdown",
+                   help="output format (default: markdown, ready for a PR comment)")
+    p.set_defaults(handler=plan)
+
+    dev = sub.add_parser("device", help="manage device files")
+    dsub = dev.add_subparsers(dest="device_command", metavar="COMMAND", parser_class=type(dev))
+    dsub.required = True
+    add = dsub.add_parser(
+        "add", help="allocate tunnel IPs and write orgs/ORG/devices/NAME.yaml",
+        description="Allocate the lowest free tunnel address(es) of the org and write the "
+        "device file. Never renumbers other devices; refuses duplicate names and keys; the "
+        "repository must be valid before and after. Exit 0 written, 1 refused, 2 bad args.")
+    add.add_argument("name", help="device name (a DNS label; also the file name)")
+    add.add_argument("--org", required=True, help="organization (orgs/ORG)")
+    add.add_argument("--wireguard-key", required=True, metavar="KEY",
+                     help="WireGuard public key (base64, from `meshops agent init`)")
+    add.add_argument("--identity-key", required=True, metavar="KEY",
+                     help="Ed25519 identity public key (base64, from `meshops agent init`)")
+    add.add_argument("--owner", metavar="USER", help="owner (default: the org's first owner)")
+    add.add_argument("--tag", action="append", default=[], metavar="TAG",
+                     help="a tag; repeat for more")
+    add.add_argument("--relay", action="store_true", help="the device relays for others")
+    add.add_argument("--endpoint", metavar="HOST:PORT", help="static public endpoint")
+    add.add_argument("--description", default="", help="free text")
+    add.add_argument("--repo", default=".", help="repository directory (default: .)")
+    add.set_defaults(handler=device_add)
+
+
+def _print_problems(side: str, problems: Any) -> None:
+    print(f"meshops plan: {side} is invalid ({len(problems)} problem(s)):", file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+
+
+def plan(args: argparse.Namespace) -> int:
+    from reconciler.config import load
+    from reconciler.policy.diff import plan_diff, render_json, render_markdown, render_text
+
+    base = load(args.repo, args.base)
+    head = load(args.repo, args.head)
+    bad = 0
+    for side, result in ((f"base {args.base}", base),
+                         (f"head {args.head or '(working tree)'}", head)):
+        if result.repo is None:
+            _print_problems(side, result.problems)
+            bad = 1
+    if bad or base.repo is None or head.repo is None:
+        return 1
+    report = plan_diff(base.repo, head.repo)
+    render = {"markdown": render_markdown, "json": render_json, "text": render_text}
+    sys.stdout.write(render[args.format](report))
+    return 0
+
+
+def device_add(args: argparse.Namespace) -> int:
+    from reconciler.config.writer import NewDevice, add_device, tags_of
+    from reconciler.errors import ValidationError
+
+    req = NewDevice(
+        org=args.org, name=args.name, wireguard_key=args.wireguard_key,
+        identity_key=args.identity_key, owner=args.owner, tags=tags_of(args.tag),
+        relay=args.relay, endpoint=args.endpoint, description=args.description,
+    )
+    try:
+        added = add_device(args.repo, req)
+    except ValidationError as exc:
+        print(f"meshops device add: refused, nothing written ({len(exc.problems)} problem(s)):",
+              file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"wrote {added.rel_path}")
+    print(f"  owner:      {added.owner}")
+    print(f"  tunnel_ips: {', '.join(added.tunnel_ips)}")
+    return 0

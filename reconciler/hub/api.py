@@ -1,0 +1,364 @@
+"""The hub's HTTP API (the only aiohttp user). See docs/api.md for every endpoint.
+
+``make_app(hub, peer_cert=...)`` is called by ``reconciler.hub.serve.run`` and
+by tests (aiohttp's in-process test client). ``peer_cert(request)`` returns the
+client certificate PEM of the request's TLS connection; tests inject their own
+so the authorization matrix runs without sockets.
+
+Identity checks (``_identify``): the certificate must chain to the CA of the org
+in the URL (another org's device gets 403), be inside its validity at the
+hub's ``now`` and not be revoked (401 with ``code`` ``expired``/``revoked``/
+``bad-certificate``), and the SAN URI ``meshops://ORG/devices/NAME`` gives the
+device name. No certificate on an identity endpoint: 401.
+
+Every error is JSON ``{"error": CODE, "message": TEXT}``; unexpected exceptions
+become 500 with the same shape and are logged, the server keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from reconciler.errors import MeshopsError, PkiError, TemporaryError
+from reconciler.hub.feedstore import Observation
+from reconciler.hub.metrics import CONTENT_TYPE
+from reconciler.hub.serve import Hub
+from reconciler.hub.snapshot import OrgSnapshot
+from reconciler.hub.tls import peer_certificate_pem
+from reconciler.model.endpoints import CANDIDATE_KINDS, MAPPINGS, Candidate, EndpointReport
+from reconciler.pki.certs import check_device_cert
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024  # a report with 1,000 observations is ~80 bytes each
+MAX_WAIT = 300  # seconds a long-poll may ask for
+MAX_CANDIDATES = 32
+MAX_OBSERVATIONS = 1024
+MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
+FEED_TYPE = "application/vnd.meshops.feed+json"
+
+PeerCert = Callable[[web.Request], "str | None"]
+HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
+PEER_KEY: web.AppKey[PeerCert] = web.AppKey("peer_cert", object)  # type: ignore[arg-type]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+def tls_peer_cert(request: web.Request) -> str | None:
+    transport = request.transport
+    return peer_certificate_pem(transport.get_extra_info("ssl_object") if transport else None)
+
+
+@dataclass(frozen=True)
+class Caller:
+    org: str
+    device: str
+    serial: int
+
+
+# -- helpers -------------------------------------------------------------------
+def _hub(request: web.Request) -> Hub:
+    return request.app[HUB_KEY]
+
+
+def _org(request: web.Request) -> OrgSnapshot:
+    name = request.match_info["org"]
+    org = _hub(request).org(name)
+    if org is None:
+        raise ApiError(404, "unknown-org", f"org {name!r} is not served by this hub")
+    return org
+
+
+def _int_param(request: web.Request, name: str, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad-parameter", f"?{name}= must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, "bad-parameter", f"?{name}= must be within {lo}..{hi}")
+    return value
+
+
+def _etag_serial(header: str | None) -> int | None:
+    """``If-None-Match: "42"`` (or W/"42", or a list) -> 42."""
+    if not header:
+        return None
+    best = None
+    for part in header.split(","):
+        tag = part.strip().removeprefix("W/").strip('"')
+        if tag.isdigit():
+            best = max(best or 0, int(tag))
+    return best
+
+
+def _identify(request: web.Request, org: OrgSnapshot) -> Caller:
+    hub = _hub(request)
+    pem = request.app[PEER_KEY](request)
+    if not pem:
+        hub.metrics.auth_refused.labels("no-certificate").inc()
+        raise ApiError(401, "no-certificate", "this endpoint needs a device client certificate")
+    try:
+        ident = check_device_cert(pem, org.ca_pem, hub.now(), revoked=tuple(org.revoked))
+    except PkiError as exc:
+        text = str(exc)
+        if "another CA" in text or "outside the CA" in text:
+            hub.metrics.auth_refused.labels("other-org").inc()
+            raise ApiError(403, "forbidden", f"certificate is not from org {org.org}: {text}") \
+                from None
+        code = "revoked" if "revoked" in text else "expired" if "expired" in text else (
+            "bad-certificate"
+        )
+        hub.metrics.auth_refused.labels(code).inc()
+        raise ApiError(401, code, text) from None
+    if ident.org != org.org:
+        hub.metrics.auth_refused.labels("other-org").inc()
+        raise ApiError(403, "forbidden", f"certificate names org {ident.org}, not {org.org}")
+    return Caller(ident.org, ident.name, ident.serial)
+
+
+def _peer_addr(request: web.Request) -> str | None:
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport else None
+    if not peer:
+        return None
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _address(value: Any, what: str) -> str:
+    import ipaddress
+
+    if not isinstance(value, str) or len(value) > 64:
+        raise ApiError(400, "bad-report", f"{what} must be an \"ip:port\" string")
+    host, sep, port = value.rpartition(":")
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+        ok = sep == ":" and 0 < int(port) < 65536
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ApiError(400, "bad-report", f"{what} {value!r} is not \"ip:port\"")
+    return value
+
+
+def _nonneg_int(doc: dict[str, Any], key: str, hi: int = 2**62) -> int:
+    value = doc.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+        raise ApiError(400, "bad-report", f"{key} must be an integer within 0..{hi}")
+    return value
+
+
+def parse_report(doc: Any, org: str, now: int, observed: str | None) -> tuple[EndpointReport, list[Observation]]:
+    """Validate a report body (docs/api.md) into model objects; ApiError(400) on any flaw."""
+    if not isinstance(doc, dict):
+        raise ApiError(400, "bad-report", "the body must be a JSON object")
+    unknown = set(doc) - {"device", "candidates", "mapping", "listen_port", "serial",
+                          "observations"}
+    if unknown:
+        raise ApiError(400, "bad-report", f"unknown field(s): {', '.join(sorted(unknown))}")
+    device = doc.get("device")
+    if not isinstance(device, str) or not device:
+        raise ApiError(400, "bad-report", "device must be a non-empty string")
+    cands = doc.get("candidates", [])
+    if not isinstance(cands, list) or len(cands) > MAX_CANDIDATES:
+        raise ApiError(400, "bad-report", f"candidates must be a list of at most {MAX_CANDIDATES}")
+    candidates = []
+    for i, c in enumerate(cands):
+        if not isinstance(c, dict) or c.get("kind") not in CANDIDATE_KINDS:
+            raise ApiError(400, "bad-report",
+                           f"candidates[{i}].kind must be one of {', '.join(CANDIDATE_KINDS)}")
+        candidates.append(Candidate(c["kind"], _address(c.get("address"),
+                                                        f"candidates[{i}].address")))
+    mapping = doc.get("mapping", "unknown")
+    if mapping not in MAPPINGS:
+        raise ApiError(400, "bad-report", f"mapping must be one of {', '.join(MAPPINGS)}")
+    listen_port = _nonneg_int(doc, "listen_port", 65535)
+    serial = _nonneg_int(doc, "serial")
+    obs_doc = doc.get("observations", [])
+    if not isinstance(obs_doc, list) or len(obs_doc) > MAX_OBSERVATIONS:
+        raise ApiError(400, "bad-report",
+                       f"observations must be a list of at most {MAX_OBSERVATIONS}")
+    observations = []
+    for i, o in enumerate(obs_doc):
+        if not isinstance(o, dict) or not isinstance(o.get("peer"), str) or not o["peer"]:
+            raise ApiError(400, "bad-report", f"observations[{i}].peer must be a device name")
+        observations.append(Observation(
+            peer=o["peer"],
+            endpoint=_address(o.get("endpoint"), f"observations[{i}].endpoint"),
+            last_handshake=_nonneg_int(o, "last_handshake"),
+        ))
+    report = EndpointReport(
+        org=org,
+        device=device,
+        candidates=tuple(candidates),
+        mapping=mapping,
+        listen_port=listen_port,
+        serial=serial,
+        observed_addr=observed,
+        reported_at=now,
+    )
+    return report, observations
+
+
+# -- handlers ----------------------------------------------------------------------
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    org = _org(request)
+    if request.app[PEER_KEY](request):  # public, but a device may only read its own org
+        _identify(request, org)
+    have = _etag_serial(request.headers.get("If-None-Match"))
+    wait = _int_param(request, "wait", 0, MAX_WAIT) or 0
+    current = await _hub(request).wait_manifest(org.org, have, wait if have is not None else 0)
+    if current is None:
+        raise ApiError(404, "unknown-org", f"org {org.org!r} is no longer served")
+    headers = {"ETag": f'"{current.serial}"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+    if have is not None and current.serial <= have:
+        return web.Response(status=304, headers=headers)
+    body = current.manifest
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        body = current.manifest_gz
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers, content_type=MANIFEST_TYPE)
+
+
+async def get_cert(request: web.Request) -> web.Response:
+    org = _org(request)
+    name = request.match_info["name"]
+    pem = org.certs.get(name)
+    if pem is None:
+        raise ApiError(404, "unknown-device", f"org {org.org} has no device {name!r}")
+    return web.json_response({"cert": pem, "ca": org.ca_pem})
+
+
+async def post_endpoints(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    org = _org(request)
+    caller = _identify(request, org)
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "too-large", f"the body must be at most {MAX_BODY} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too-large", f"the body must be at most {MAX_BODY} bytes") from None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "bad-json", "the body is not valid JSON") from None
+    observed = _peer_addr(request)
+    report, observations = parse_report(doc, org.org, int(hub.now()), observed)
+    if report.device != caller.device:
+        hub.metrics.auth_refused.labels("other-device").inc()
+        raise ApiError(403, "forbidden",
+                       f"certificate is for device {caller.device}, not {report.device}")
+    if report.device not in org.devices:
+        raise ApiError(404, "unknown-device", f"org {org.org} has no device {report.device!r}")
+    observations = [o for o in observations if o.peer in org.devices]
+    try:
+        revision = await hub.report(report, observations)
+    except TemporaryError as exc:
+        raise ApiError(503, "store-unavailable", str(exc)) from None
+    return web.json_response({"accepted": True, "observed": observed, "revision": revision})
+
+
+async def get_endpoints(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    org = _org(request)
+    caller = _identify(request, org)
+    del caller  # reading the feed needs a device of this org; any device may read it
+    since = _int_param(request, "since", 0, 2**62)
+    wait = _int_param(request, "wait", 0, MAX_WAIT) or 0
+    try:
+        signed = await hub.feed(org, since, wait if since is not None else 0)
+    except TemporaryError as exc:
+        raise ApiError(503, "store-unavailable", str(exc)) from None
+    headers = {"ETag": f'"{signed.revision}"', "Cache-Control": "no-cache",
+               "X-Feed-Revision": str(signed.revision)}
+    if since is not None and signed.revision <= since:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=signed.body, headers=headers, content_type=FEED_TYPE)
+
+
+async def get_crl(request: web.Request) -> web.Response:
+    org = _org(request)
+    snap = _hub(request).snapshot
+    return web.json_response({
+        "org": org.org,
+        "serial": org.serial,
+        "commit": snap.commit if snap else None,
+        "revoked": sorted(org.revoked),
+        "signed_in": "manifest",
+    })
+
+
+async def get_status(request: web.Request) -> web.Response:
+    try:
+        doc = await _hub(request).status_doc()
+    except TemporaryError as exc:
+        raise ApiError(503, "store-unavailable", str(exc)) from None
+    return web.json_response(doc, dumps=lambda o: json.dumps(o, sort_keys=True))
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    resp = web.Response(body=_hub(request).metrics.render())
+    resp.headers["Content-Type"] = CONTENT_TYPE
+    return resp
+
+
+# -- middleware and app ----------------------------------------------------------------
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    hub = request.app[HUB_KEY]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource \
+        else "unmatched"
+    started = time.monotonic()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:  # aiohttp's own 404/405/413
+        code = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(
+            exc.status, "http-error")
+        response = error_response(exc.status, code, exc.reason)
+    except MeshopsError as exc:
+        response = error_response(500, "hub-error", str(exc))
+    except Exception:  # never crash the server; log and answer 500
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = error_response(500, "internal", "internal error; see the hub log")
+    long_poll = "wait" in request.query
+    if not long_poll:
+        hub.metrics.latency.labels(route).observe(time.monotonic() - started)
+    hub.metrics.requests.labels(route, str(response.status)).inc()
+    return response
+
+
+def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    app[HUB_KEY] = hub
+    app[PEER_KEY] = peer_cert
+    app.router.add_get("/v1/orgs/{org}/manifest", get_manifest)
+    app.router.add_get("/v1/orgs/{org}/devices/{name}/cert", get_cert)
+    app.router.add_post("/v1/orgs/{org}/endpoints", post_endpoints)
+    app.router.add_get("/v1/orgs/{org}/endpoints", get_endpoints)
+    app.router.add_get("/v1/orgs/{org}/crl", get_crl)
+    app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/metrics", get_metrics)
+    return app

@@ -1,0 +1,192 @@
+"""``meshops hub serve`` as one asyncio process: wiring and lifecycle.
+
+Called by ``reconciler.cli.hub`` (``run(config)``; blocks until SIGTERM/SIGINT)
+and by tests (``start(config)`` / ``Running.stop()``). It opens the feed store,
+builds the ``Hub`` (``reconciler.hub.serve``), follows the branch
+(``reconciler.hub.follow``), listens for HTTPS (``reconciler.hub.api`` with
+``reconciler.hub.tls``), embeds the STUN responder
+(``reconciler.stun.server.create_stun_endpoint``) and polls the store so
+long-polls wake up when another replica accepts a report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.errors import ConfigError, MeshopsError
+from reconciler.hub.feedstore import FeedStore
+from reconciler.hub.follow import LocalFollower, RemoteFollower, is_remote
+from reconciler.hub.serve import Hub
+from reconciler.hub.snapshot import Pipeline, Snapshot
+from reconciler.hub.tls import TlsManager
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = "/var/lib/meshops/hub"
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """``"0.0.0.0:8443"``, ``"[::]:8443"``, ``":8443"``, ``"host"`` -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        host, port = text, str(default_port)
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"{text!r}: port must be a number") from None
+    if not 0 <= number < 65536:
+        raise ConfigError(f"{text!r}: port out of range")
+    return host, number
+
+
+@dataclass
+class ServeConfig:
+    repo: str
+    branch: str = "main"
+    listen: str = "0.0.0.0:8443"
+    stun: str | None = None
+    db: str | None = None  # default: sqlite:///STATE_DIR/hub.db
+    poll: float | None = None  # default: 30 s local, 60 s remote
+    gnupghome: str | None = None
+    state_dir: str = DEFAULT_STATE_DIR
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_names: tuple[str, ...] = ()
+    store_poll: float = 0.5  # how often to look for other replicas' feed revisions
+    plain_http: bool = False  # tests/behind a TLS-terminating proxy only: no mTLS then
+    pipeline: Pipeline | None = None  # injected by tests; default: PublisherPipeline
+    now: Callable[[], float] = time.time
+
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{os.path.join(self.state_dir, 'hub.db')}"
+
+
+@dataclass
+class Running:
+    hub: Hub
+    port: int
+    stun_port: int | None
+    tls: TlsManager | None
+    _stop: list[Callable[[], Any]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        for fn in reversed(self._stop):
+            with contextlib.suppress(Exception):
+                result = fn()
+                if asyncio.iscoroutine(result):
+                    await result
+
+
+def _default_pipeline(config: ServeConfig, repo_path: str) -> Pipeline:
+    from reconciler.hub.snapshot import PublisherPipeline
+
+    return PublisherPipeline(repo_path, config.db_url(), config.gnupghome)
+
+
+async def start(config: ServeConfig) -> Running:
+    """Start every part of the hub; return a handle whose ``stop()`` undoes it."""
+    from aiohttp import web
+
+    from reconciler.hub.api import make_app
+
+    os.makedirs(config.state_dir, exist_ok=True)
+    remote = is_remote(config.repo)
+    poll = config.poll if config.poll is not None else (60.0 if remote else 30.0)
+    store = await asyncio.to_thread(FeedStore, config.db_url())
+    follower: LocalFollower | RemoteFollower
+    hub_holder: list[Hub] = []
+
+    async def on_commit(rev: str) -> None:
+        await hub_holder[0].reconcile(rev)
+
+    if remote:
+        follower = RemoteFollower(config.repo, config.branch, on_commit,
+                                  os.path.join(config.state_dir, "git"), poll)
+        repo_path = follower.path
+    else:
+        follower = LocalFollower(config.repo, config.branch, on_commit, poll)
+        repo_path = config.repo
+    pipeline = config.pipeline or _default_pipeline(config, repo_path)
+    tls = None if config.plain_http else TlsManager(
+        config.tls_names + ("localhost",), cert_file=config.tls_cert, key_file=config.tls_key)
+
+    def on_swap(snap: Snapshot) -> None:
+        if tls is not None:
+            tls.update({o.org: o.keys for o in snap.orgs.values()}, config.now())
+
+    hub = Hub(pipeline=pipeline, store=store, now=config.now, on_swap=on_swap)
+    hub_holder.append(hub)
+    running = Running(hub=hub, port=0, stun_port=None, tls=tls)
+    running._stop.append(hub.close)
+    await hub.start()
+    await follower.start()
+    running._stop.append(follower.stop)
+
+    async def store_poller() -> None:
+        while True:
+            await asyncio.sleep(config.store_poll)
+            try:
+                await hub.poll_store()
+            except MeshopsError as exc:  # a flaky database must not stop the hub
+                log.warning("store poll failed: %s", exc)
+
+    poller = asyncio.get_running_loop().create_task(store_poller(), name="store-poller")
+    running._stop.append(poller.cancel)
+
+    app = make_app(hub)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    running._stop.append(runner.cleanup)
+    host, port = parse_hostport(config.listen, 8443)
+    site = web.TCPSite(runner, host, port, ssl_context=tls.front if tls else None,
+                       backlog=4096, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await running.stop()
+        raise ConfigError(f"--listen {config.listen}: {exc.strerror or exc}") from exc
+    server = site._server  # aiohttp exposes the asyncio server only here
+    sockets = getattr(server, "sockets", None) or []
+    running.port = sockets[0].getsockname()[1] if sockets else port
+
+    if config.stun:
+        from reconciler.stun.server import create_stun_endpoint
+
+        shost, sport = parse_hostport(config.stun, 3478)
+        try:
+            transport, _ = await create_stun_endpoint(asyncio.get_running_loop(), shost, sport)
+        except ConfigError:
+            await running.stop()
+            raise
+        running._stop.append(transport.close)
+        sockname = transport.get_extra_info("sockname")
+        running.stun_port = sockname[1] if sockname else sport
+    return running
+
+
+async def serve_forever(config: ServeConfig) -> None:
+    running = await start(config)
+    log.info("hub listening on port %s (stun %s)", running.port, running.stun_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await running.stop()
+
+
+def run(config: ServeConfig) -> int:
+    """Blocking entry point for the CLI."""
+    asyncio.run(serve_forever(config))
+    return 0

@@ -1,0 +1,74 @@
+"""Prometheus metrics of one hub process (the only prometheus-client user).
+
+Created by ``reconciler.hub.serve`` (one private registry per hub, so tests
+can run several hubs in one process) and updated by ``serve`` and ``api``;
+``GET /metrics`` renders ``Metrics.render()``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "meshops_hub_requests", "HTTP requests answered", ["route", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "meshops_hub_request_seconds",
+            "HTTP request latency (long-poll waits excluded)",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.reports = Counter(
+            "meshops_hub_reports_accepted", "endpoint reports committed", registry=r
+        )
+        self.report_batches = Histogram(
+            "meshops_hub_report_batch_size",
+            "reports per store transaction",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=r,
+        )
+        self.publishes = Counter(
+            "meshops_hub_publishes", "publish pipeline runs", ["result"], registry=r
+        )
+        self.publish_seconds = Histogram(
+            "meshops_hub_publish_seconds", "publish pipeline duration", registry=r
+        )
+        self.publish_failing = Gauge(
+            "meshops_hub_publish_failing",
+            "1 while the newest commit failed to publish (the last good one is served)",
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "meshops_hub_last_publish_success_timestamp", "unix time of the last good publish",
+            registry=r,
+        )
+        self.manifest_serial = Gauge(
+            "meshops_hub_manifest_serial", "serial of the manifest served", ["org"], registry=r
+        )
+        self.feed_revision = Gauge(
+            "meshops_hub_feed_revision", "endpoint feed revision", ["org"], registry=r
+        )
+        self.long_polls = Gauge(
+            "meshops_hub_long_polls", "long-poll requests waiting", ["kind"], registry=r
+        )
+        self.auth_refused = Counter(
+            "meshops_hub_auth_refused", "requests refused by authorization", ["reason"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,91 @@
+"""What ``hub serve`` swaps in after each good publish: one immutable ``Snapshot``.
+
+``reconciler.hub.serve`` asks a ``Pipeline`` to build a snapshot for a commit
+(in a worker thread), and swaps it in with one assignment when it succeeds; the
+API (``reconciler.hub.api``) only ever reads the current snapshot object, so a
+request sees either the old or the new publish, never a mix.
+
+``PublisherPipeline`` adapts the long-lived, incremental
+``reconciler.hub.publish.Publisher`` (owned by the PKI work) to this shape.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from reconciler.errors import PkiError
+from reconciler.pki.ca import OrgKeys
+
+
+@dataclass(frozen=True)
+class OrgSnapshot:
+    org: str
+    serial: int
+    manifest: bytes  # the signed DSSE envelope, served as is
+    ca_pem: str
+    certs: Mapping[str, str]  # device name -> current certificate PEM
+    devices: frozenset[str]  # enabled devices in the manifest (feed entries are limited to these)
+    revoked: frozenset[int]
+    keys: OrgKeys = field(repr=False)  # CA key (hub server cert) + manifest-signing key (feed)
+    manifest_gz: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.manifest_gz:
+            object.__setattr__(self, "manifest_gz", gzip.compress(self.manifest, 6, mtime=0))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    commit: str
+    orgs: Mapping[str, OrgSnapshot]
+    built_at: float
+
+
+class Pipeline(Protocol):
+    def build(self, rev: str, now: float) -> Snapshot:
+        """Load, validate, issue, sign for commit ``rev``. Raises ``MeshopsError``."""
+
+
+class PublisherPipeline:
+    """``Pipeline`` over ``reconciler.hub.publish.Publisher(repo_path, state, gpg_home)``.
+
+    The publisher keeps its own caches (parsed blobs, decrypted keys, issued
+    certificates, serials) across commits, which is what makes a one-device
+    commit cheap. ``state`` is the store URL (the same database as the feed)."""
+
+    def __init__(self, repo_path: str, state: str, gpg_home: str | None) -> None:
+        from reconciler.hub.publish import Publisher
+
+        self._publisher = Publisher(repo_path, state, gpg_home)
+
+    def build(self, rev: str, now: float) -> Snapshot:
+        result = self._publisher.publish(rev, now)
+        orgs: dict[str, OrgSnapshot] = {}
+        for name, pub in result.orgs.items():
+            keys = getattr(pub, "keys", None) or self._keys(name)
+            orgs[name] = OrgSnapshot(
+                org=name,
+                serial=pub.manifest.serial,
+                manifest=pub.envelope,
+                ca_pem=pub.ca_pem,
+                certs=dict(pub.certs),
+                devices=frozenset(d.name for d in pub.manifest.devices),
+                revoked=frozenset(pub.manifest.revoked),
+                keys=keys,
+            )
+        return Snapshot(commit=result.commit, orgs=orgs, built_at=now)
+
+    def _keys(self, org: str) -> OrgKeys:
+        # The publisher decrypted the org's keys for this publish and caches them;
+        # the hub needs the same keys to sign the feed and its TLS certificate.
+        cache = self._publisher._orgs.get(org)
+        if cache is None or cache.keys is None:
+            raise PkiError(f"org {org}: the publisher kept no keys for it")
+        keys: OrgKeys = cache.keys
+        return keys
+
+    def close(self) -> None:
+        self._publisher.close()

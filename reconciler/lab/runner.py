@@ -1,0 +1,300 @@
+"""Bring the NAT lab up and down, change it, and read its matrix.
+
+Called by ``meshops lab`` (``reconciler.cli.lab``: ``scripts/lab``, ``scripts/demo``)
+and by ``tests/lab`` (the e2e suite). It drives only real components through
+their command lines: ``meshops ca init``, ``hub publish``, ``agent init``,
+``device add``, ``hub serve``, ``agent run``, Debian's ``stund``, ``gpg``,
+``git``, ``wireguard-go`` (started by the agents), iproute2 and iptables.
+
+Layout of a lab's working directory (``.lab/<prefix>/`` by default)::
+
+    ledger.json   namespaces and pids this lab created (for `down`)
+    gnupg/        a throwaway PGP key the lab generates (secrets in its repo)
+    repo/         the lab's org repository (a real git repo the hub follows)
+    out/          trust.json from the first publish (pinned by agents)
+    nodes/<n>/    agent config, keys (0600) and state
+    logs/         one log per process
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from reconciler.lab import matrix
+from reconciler.lab.netns import Ledger, LabError, Netns, Proc, in_ns, run, stop_proc, teardown
+from reconciler.lab.topology import Node, Topology, attach_to_site, build_network
+
+MESHOPS = (sys.executable, "-m", "reconciler")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    src: str
+    dst: str
+    kind: str  # direct | lan | relay
+
+
+def expected_kind(topo: Topology, a: Node, b: Node) -> str:
+    """What issue 6 asks of each pair: public/relay involved -> direct; cone <->
+    cone across sites -> direct; same site -> lan; any symmetric NAT between two
+    NATed nodes -> relay."""
+    if a.public or b.public or a.relay or b.relay:
+        return "direct"
+    if a.site == b.site:
+        return "lan"
+    if topo.site(a.site).symmetric or topo.site(b.site).symmetric:
+        return "relay"
+    return "direct"
+
+
+class Lab:
+    def __init__(
+        self,
+        topo: Topology,
+        workdir: Path,
+        *,
+        agent_interval: float = 1.0,
+        log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
+    ) -> None:
+        self.topo = topo
+        self.dir = workdir
+        self.ledger = Ledger.load(workdir / "ledger.json")
+        self.nn = Netns(self.ledger)
+        self.agent_interval = agent_interval
+        self.log = log
+        self.gnupg = workdir / "gnupg"
+        self.repo = workdir / "repo"
+        self.out = workdir / "out"
+        self.logs = workdir / "logs"
+        self.keys: dict[str, dict[str, str]] = {}  # node -> {"wireguard": pub, "identity": pub}
+        self.tunnel_ip: dict[str, str] = {}
+        self.moved: dict[str, str] = {}  # node -> site it was moved to
+
+    # ------------------------------------------------------------------ helpers
+    def meshops(self, *args: str, ns: str | None = None, check: bool = True) -> str:
+        cmd = [*MESHOPS, *args]
+        env = {**os.environ, "GNUPGHOME": str(self.gnupg)}
+        proc = subprocess.run(
+            in_ns(ns, *cmd) if ns else cmd, capture_output=True, text=True, env=env, timeout=120
+        )
+        if check and proc.returncode != 0:
+            raise LabError(f"`meshops {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+        return proc.stdout
+
+    def git(self, *args: str) -> str:
+        return run(["git", "-C", str(self.repo), *args])
+
+    def node_dir(self, name: str) -> Path:
+        return self.dir / "nodes" / name
+
+    # ------------------------------------------------------------------ up
+    def up(self) -> None:
+        if self.ledger.namespaces:
+            raise LabError(f"a lab is already up in {self.dir}; run `scripts/lab down` first")
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        self.log("lab: building namespaces, internet bridge and NAT gateways")
+        build_network(self.topo, self.nn)
+        self.log("lab: generating a throwaway PGP key and the org repository")
+        fpr = self._gpg_key()
+        self._write_repo(fpr)
+        self.meshops("ca", "init", "--org", self.topo.org, "--repo", str(self.repo), "--gnupghome", str(self.gnupg))
+        self.git("add", "-A")
+        self.git("commit", "-qm", "lab: mesh, org and CA")
+        self.meshops("hub", "publish", str(self.repo), "--out", str(self.out), "--gnupghome", str(self.gnupg))
+        self.log("lab: enrolling devices (agent init + device add)")
+        for node in self.topo.nodes:
+            self.enroll(node)
+        self.git("add", "-A")
+        self.git("commit", "-qm", "lab: enroll devices")
+        self.log("lab: starting stund, the hub and the agents")
+        self._start_services()
+        for node in self.topo.nodes:
+            self.start_agent(node.name)
+
+    def _gpg_key(self) -> str:
+        self.gnupg.mkdir(mode=0o700)
+        env = {**os.environ, "GNUPGHOME": str(self.gnupg)}
+        subprocess.run(
+            ["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
+             "meshops lab (throwaway) <lab@example.invalid>", "ed25519", "cert,sign", "never"],
+            check=True, capture_output=True, env=env,
+        )
+        listing = subprocess.run(
+            ["gpg", "--batch", "--with-colons", "--list-secret-keys"],
+            check=True, capture_output=True, text=True, env=env,
+        ).stdout
+        fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        subprocess.run(
+            ["gpg", "--batch", "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "never"],
+            check=True, capture_output=True, env=env,
+        )
+        return fpr
+
+    def _write_repo(self, fpr: str) -> None:
+        t = self.topo
+        org = self.repo / "orgs" / t.org
+        (org / "users").mkdir(parents=True)
+        (org / "devices").mkdir()
+        (self.repo / "mesh.yaml").write_text(
+            "kind: Mesh\n"
+            f"hub_url: {t.hub_url}\n"
+            "stun_servers:\n" + "".join(f"  - \"{s}\"\n" for s in t.stun_servers) +
+            "cert_lifetime_days: 30\n"
+            "manifest_lifetime_days: 7\n"
+            f"pgp_recipients:\n  - \"{fpr}\"\n"
+        )
+        (org / "organization.yaml").write_text(
+            f"kind: Organization\nname: {t.org}\ncidr_v4: {t.org_cidr}\nowners:\n  - admin\n"
+            f"defaults:\n  listen_port: {t.wg_port}\n  keepalive: 5\n"
+        )
+        (org / "users" / "admin.yaml").write_text(
+            "kind: User\nname: admin\nemail: admin@example.com\n"
+            "oidc:\n  issuer: https://accounts.example.com\n  subject: \"lab-admin\"\nrole: owner\n"
+        )
+        run(["git", "init", "-q", "-b", "main", str(self.repo)])
+        self.git("config", "user.email", "lab@example.invalid")
+        self.git("config", "user.name", "meshops lab")
+
+    def enroll(self, node: Node) -> None:
+        d = self.node_dir(node.name)
+        d.mkdir(parents=True, exist_ok=True)
+        out = self.meshops(
+            "agent", "init", "--org", self.topo.org, "--name", node.name,
+            "--hub", self.topo.hub_url, "--trust", str(self.out / "trust.json"),
+            "--config", str(d / "agent.json"), "--state-dir", str(d / "state"),
+            "--backend", "userspace", "--interface", self.topo.ifname(node.name),
+            "--format", "json",
+        )
+        info = json.loads(out)
+        self.keys[node.name] = {"wireguard": info["wireguard_public_key"], "identity": info["identity_public_key"]}
+        args = [
+            "device", "add", "--repo", str(self.repo), "--org", self.topo.org, node.name,
+            "--wireguard-key", info["wireguard_public_key"], "--identity-key", info["identity_public_key"],
+            "--owner", "admin",
+        ]
+        if node.relay:
+            args += ["--relay", "--tag", "relay"]
+        if node.public:
+            args += ["--endpoint", f"{node.ip}:{self.topo.wg_port}"]
+        self.meshops(*args)
+        dev = (self.repo / "orgs" / self.topo.org / "devices" / f"{node.name}.yaml").read_text()
+        for line in dev.splitlines():
+            stripped = line.strip().lstrip("- ").strip('"')
+            if stripped.startswith("10.99."):
+                self.tunnel_ip[node.name] = stripped.split("/")[0]
+                break
+
+    def _start_services(self) -> None:
+        t = self.topo
+        self.nn.spawn("stund", t.ns("stun"), ["stund", "-h", t.stun_ips[0], "-a", t.stun_ips[1]], log_dir=self.logs)
+        self.nn.spawn(
+            "hub",
+            t.ns("hub"),
+            [*MESHOPS, "hub", "serve", "--repo", str(self.repo), "--branch", "main",
+             "--listen", f"{t.hub_ip}:{t.hub_port}", "--stun", f"{t.hub_ip}:{t.stun_port}",
+             "--db", f"sqlite:///{self.dir / 'hub.db'}", "--gnupghome", str(self.gnupg),
+             "--poll", "1"],
+            log_dir=self.logs,
+            env={"GNUPGHOME": str(self.gnupg)},
+        )
+        self._wait_tcp(t.ns("hub"), t.hub_ip, t.hub_port)
+
+    def _wait_tcp(self, ns: str, host: str, port: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        probe = f"import socket; socket.create_connection(('{host}', {port}), 1).close()"
+        while time.monotonic() < deadline:
+            if subprocess.run(in_ns(ns, sys.executable, "-c", probe), capture_output=True).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise LabError(f"{host}:{port} did not come up in {timeout:g}s; see {self.logs}/hub.log")
+
+    def start_agent(self, name: str) -> Proc:
+        d = self.node_dir(name)
+        return self.nn.spawn(
+            f"agent-{name}", self.topo.ns(name),
+            [*MESHOPS, "agent", "run", "--config", str(d / "agent.json"), "--interval", f"{self.agent_interval:g}"],
+            log_dir=self.logs,
+        )
+
+    # ------------------------------------------------------------------ observe
+    def names_by_key(self) -> dict[str, str]:
+        return {k["wireguard"]: n for n, k in self.keys.items()}
+
+    def probe(self, src: str, dst: str) -> matrix.PairResult:
+        rtt, path, age = matrix.probe_pair(
+            self.topo.ns(src), self.topo.ifname(src), self.tunnel_ip[dst],
+            self.keys[dst]["wireguard"], self.names_by_key(),
+        )
+        return matrix.PairResult(src, dst, rtt, path, age)
+
+    def pairs(self, names: Iterable[str] | None = None) -> list[tuple[str, str]]:
+        nodes = [n for n in (names or self.keys) if n in self.keys]
+        return [(a, b) for a in nodes for b in nodes if a != b]
+
+    def table(self) -> list[matrix.PairResult]:
+        return [self.probe(a, b) for a, b in self.pairs()]
+
+    def expectations(self) -> list[Expectation]:
+        out = []
+        for a, b in self.pairs():
+            na, nb = self._effective(a), self._effective(b)
+            out.append(Expectation(a, b, expected_kind(self.topo, na, nb)))
+        return out
+
+    def _effective(self, name: str) -> Node:
+        node = self.topo.node(name) if name in {n.name for n in self.topo.nodes} else Node(name, "a", "")
+        if name in self.moved:
+            node = Node(node.name, self.moved[name], node.ip, node.relay, node.public)
+        return node
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, step: float = 0.2) -> float | None:
+        """Seconds until ``check()`` held, or None after ``timeout``."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if check():
+                return time.monotonic() - start
+            time.sleep(step)
+        return None
+
+    # ------------------------------------------------------------------ changes
+    def add_device(self, name: str, site: str, ip: str) -> None:
+        """A new node behind ``site``'s NAT: namespace, enrollment, commit, agent."""
+        self.nn.add_ns(self.topo.ns(name))
+        attach_to_site(self.topo, self.nn, name, self.topo.site(site), ip, create_ns=False)
+        self.enroll(Node(name, site, ip))
+        self.git("add", "-A")
+        self.git("commit", "-qm", f"lab: add {name}")
+        self.start_agent(name)
+
+    def remove_device(self, name: str) -> None:
+        (self.repo / "orgs" / self.topo.org / "devices" / f"{name}.yaml").unlink()
+        self.git("add", "-A")
+        self.git("commit", "-qm", f"lab: remove {name}")
+
+    def move(self, name: str, site: str, ip: str) -> None:
+        """IP mobility: unplug ``name`` from its LAN and plug it into ``site``'s."""
+        ns = self.topo.ns(name)
+        run(in_ns(ns, "ip", "link", "del", "eth0"))
+        attach_to_site(self.topo, self.nn, name, self.topo.site(site), ip, create_ns=False)
+        self.moved[name] = site
+
+    def kill_agent_and_tunnel(self, name: str) -> None:
+        """Take a node off the mesh: stop its agent and its wireguard-go."""
+        for proc in list(self.ledger.procs):
+            if proc.name == f"agent-{name}":
+                stop_proc(proc)
+        run(in_ns(self.topo.ns(name), "ip", "link", "del", self.topo.ifname(name)), check=False)
+
+    # ------------------------------------------------------------------ down
+    def down(self) -> list[str]:
+        return teardown(self.ledger, wg_prefix=self.topo.wg_prefix)

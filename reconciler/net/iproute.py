@@ -1,0 +1,242 @@
+"""Link state, addresses and routes of one interface, optionally in a netns.
+
+The only user of pyroute2's ``IPRoute``. The agent builds an
+``IPRouteLinks(netns=...)`` and injects it into a WireGuard backend
+(``reconciler.backends.open_backend(kind, links=...)``); the backend calls
+``observe`` / ``apply`` / ``create_wireguard``.
+
+* ``observe(name)`` reads ``ip -j [-n NS] addr show dev NAME`` and
+  ``ip -j route show``: importing pyroute2 costs ~0.2 s, which would eat the
+  whole budget of a no-op ``meshops agent apply``. pyroute2 is imported
+  lazily, only when there is a change to make.
+* ``apply(ops)`` carries out ``SetMtu``, ``SetLinkUp``, ``Add/RemoveAddress``
+  and ``Add/RemoveRoute`` with ``IPRoute(netns=NS, flags=0)``: ``flags=0``
+  makes a missing namespace an error instead of silently creating it.
+  Adding what exists (``NetlinkError(17)``) and deleting what is gone are
+  tolerated; routes use ``replace``.
+* Observed routes are the interface's ``main``-table routes that the kernel
+  did not add itself (``proto kernel`` prefix routes are left out). IPv6
+  link-local addresses are reported; the planner ignores them.
+
+Errors are translated here: ``BackendUnavailable`` for a missing interface
+or namespace (it may be starting), ``BackendError`` for anything refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import subprocess
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from reconciler.errors import BackendError, BackendUnavailable
+from reconciler.model.wg import ObservedInterface
+from reconciler.plan.ops import (
+    AddAddress,
+    AddRoute,
+    Operation,
+    RemoveAddress,
+    RemoveRoute,
+    SetLinkUp,
+    SetMtu,
+)
+
+Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+
+
+def parse_addr_json(name: str, text: str) -> ObservedInterface:
+    """``ip -j addr show dev NAME`` output -> link part of an ``ObservedInterface``."""
+    entries = json.loads(text or "[]")
+    if not entries:
+        return ObservedInterface(name=name, exists=False)
+    link = entries[0]
+    flags = link.get("flags", [])
+    addresses = tuple(
+        f"{info['local']}/{info['prefixlen']}"
+        for info in link.get("addr_info", [])
+        if info.get("family") in ("inet", "inet6") and "local" in info
+    )
+    return ObservedInterface(
+        name=name,
+        exists=True,
+        up="UP" in flags,
+        mtu=int(link.get("mtu", 0)),
+        addresses=addresses,
+    )
+
+
+def parse_route_json(text: str) -> tuple[str, ...]:
+    """``ip -j route show dev NAME`` output -> the routes meshops manages."""
+    out = []
+    for route in json.loads(text or "[]"):
+        if route.get("protocol") == "kernel" or route.get("type", "unicast") != "unicast":
+            continue
+        dst = route.get("dst", "")
+        if dst == "default":
+            dst = "::/0" if ":" in route.get("gateway", "") else "0.0.0.0/0"
+        out.append(str(ipaddress.ip_network(dst, strict=False)))
+    return tuple(out)
+
+
+def _ignore(exc: Exception, *codes: int) -> bool:
+    return getattr(exc, "code", None) in codes
+
+
+class IPRouteLinks:
+    """``LinkControl`` for one network namespace (``None`` = the current one)."""
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        *,
+        run: Runner = _run,
+        iproute_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.netns = netns
+        self._run = run
+        self._factory = iproute_factory
+        self._ipr: Any = None
+
+    # -- observe (cheap: no pyroute2) ------------------------------------------
+    def _ip(self, *args: str) -> list[str]:
+        return ["ip", *(("-n", self.netns) if self.netns else ()), "-j", *args]
+
+    def observe(self, name: str) -> ObservedInterface:
+        res = self._run(self._ip("addr", "show", "dev", name))
+        if res.returncode != 0:
+            if "does not exist" in res.stderr:
+                return ObservedInterface(name=name, exists=False)
+            raise BackendUnavailable(
+                f"cannot read interface {name}"
+                + (f" in netns {self.netns}" if self.netns else "")
+                + f": {res.stderr.strip()}"
+            )
+        state = parse_addr_json(name, res.stdout)
+        if not state.exists:
+            return state
+        routes: list[str] = []
+        for family in ("-4", "-6"):
+            r = self._run(self._ip(family, "route", "show", "table", "main", "dev", name))
+            if r.returncode != 0:
+                raise BackendUnavailable(f"cannot read routes of {name}: {r.stderr.strip()}")
+            routes += parse_route_json(r.stdout)
+        return ObservedInterface(
+            name=name,
+            exists=True,
+            up=state.up,
+            mtu=state.mtu,
+            addresses=state.addresses,
+            routes=tuple(routes),
+        )
+
+    # -- apply (pyroute2, imported only here) ---------------------------------
+    def _iproute(self) -> Any:
+        if self._ipr is not None:
+            return self._ipr
+        if self._factory is not None:
+            self._ipr = self._factory()
+            return self._ipr
+        from pyroute2 import IPRoute  # lazy: ~0.2 s to import
+
+        try:
+            self._ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+        except FileNotFoundError as exc:
+            raise BackendUnavailable(f"network namespace {self.netns} does not exist") from exc
+        except OSError as exc:
+            raise BackendError(f"cannot open netlink: {exc.strerror or exc}") from exc
+        return self._ipr
+
+    def _index(self, ipr: Any, name: str) -> int:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise BackendUnavailable(f"interface {name} does not exist (yet)")
+        return int(found[0])
+
+    def apply(self, ops: Sequence[Operation]) -> None:
+        link_ops = [
+            op
+            for op in ops
+            if isinstance(op, (SetMtu, SetLinkUp, AddAddress, RemoveAddress, AddRoute, RemoveRoute))
+        ]
+        if not link_ops:
+            return
+        ipr = self._iproute()
+        for op in link_ops:
+            try:
+                self._apply_op(ipr, op)
+            except (BackendError, BackendUnavailable):
+                raise
+            except Exception as exc:  # pyroute2 NetlinkError and friends
+                raise _translate(exc, str(op), op.interface) from exc
+
+    def _apply_op(self, ipr: Any, op: Operation) -> None:
+        index = self._index(ipr, op.interface)
+        if isinstance(op, SetMtu):
+            ipr.link("set", index=index, mtu=op.mtu)
+        elif isinstance(op, SetLinkUp):
+            ipr.link("set", index=index, state="up")
+        elif isinstance(op, (AddAddress, RemoveAddress)):
+            iface = ipaddress.ip_interface(op.address)
+            try:
+                ipr.addr(
+                    "add" if isinstance(op, AddAddress) else "del",
+                    index=index,
+                    address=str(iface.ip),
+                    prefixlen=iface.network.prefixlen,
+                )
+            except Exception as exc:
+                if isinstance(op, AddAddress) and _ignore(exc, errno.EEXIST):
+                    return
+                if isinstance(op, RemoveAddress) and _ignore(exc, errno.EADDRNOTAVAIL):
+                    return
+                raise
+        elif isinstance(op, (AddRoute, RemoveRoute)):
+            net = ipaddress.ip_network(op.route)
+            try:
+                ipr.route(
+                    "replace" if isinstance(op, AddRoute) else "del",
+                    dst=str(net.network_address),
+                    dst_len=net.prefixlen,
+                    oif=index,
+                    family=10 if net.version == 6 else 2,
+                )
+            except Exception as exc:
+                if isinstance(op, RemoveRoute) and _ignore(exc, errno.ESRCH):
+                    return
+                raise
+
+    def create_wireguard(self, name: str) -> None:
+        """``ip link add NAME type wireguard`` (kernel backend)."""
+        ipr = self._iproute()
+        try:
+            ipr.link("add", ifname=name, kind="wireguard")
+        except Exception as exc:
+            if _ignore(exc, errno.EEXIST):
+                return
+            if _ignore(exc, errno.EOPNOTSUPP, errno.ENOENT, errno.EINVAL):
+                raise BackendUnavailable(
+                    f"cannot create WireGuard link {name}: this kernel has no WireGuard "
+                    "module; use --backend userspace (wireguard-go)"
+                ) from exc
+            raise _translate(exc, f"create interface {name}", name) from exc
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+
+def _translate(exc: Exception, what: str, name: str) -> BackendError | BackendUnavailable:
+    code = getattr(exc, "code", None)
+    if code == errno.EPERM:
+        return BackendError(f"{what} on {name}: permission denied (needs CAP_NET_ADMIN)")
+    if code in (errno.ENODEV, errno.ENETDOWN, errno.EBUSY, errno.EAGAIN):
+        return BackendUnavailable(f"{what} on {name}: {errno.errorcode.get(code, code)}")
+    detail = errno.errorcode.get(code, str(code)) if isinstance(code, int) else type(exc).__name__
+    return BackendError(f"{what} on {name}: refused ({detail})")

@@ -1,0 +1,154 @@
+"""The per-org certificate authority and the org's secret document.
+
+Called by ``meshops ca init`` (reconciler.cli.pki) and by the hub publisher
+(reconciler.hub.publish), which decrypts ``secrets/ORG-ca.sops.yaml`` and hands
+the plaintext document to ``org_keys_from_doc``.
+
+The CA is Ed25519 with ``BasicConstraints(ca, pathlen 0)`` and critical
+``NameConstraints`` that permit:
+
+- the URI host ``ORG``: device SAN URIs are ``meshops://ORG/devices/NAME`` and
+  RFC 5280 4.2.1.10 matches URI constraints against the host part; OpenSSL 3
+  applies exactly that (checked by tests/pki/test_certs.py with Python's ssl);
+- the org's IPv4 and IPv6 CIDRs (IP SANs must fall inside them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.x509.oid import NameOID
+
+from reconciler.errors import PkiError
+from reconciler.model.repo import Organization
+from reconciler.pki.keys import private_from_pem, private_to_pem, raw_public
+
+CA_LIFETIME_DAYS = 3650
+SECRET_DOC_KIND = "OrgSecrets"
+
+
+@dataclass(frozen=True)
+class CaBundle:
+    """A freshly made CA: private key PEM (never logged) and self-signed certificate PEM."""
+
+    key_pem: str = field(repr=False)
+    cert_pem: str
+
+
+@dataclass(frozen=True)
+class OrgKeys:
+    """An org's decrypted key material, held in memory by the hub only."""
+
+    org: str
+    ca_key: Ed25519PrivateKey = field(repr=False)
+    ca_cert: x509.Certificate
+    signing_key: Ed25519PrivateKey = field(repr=False)
+
+    @property
+    def ca_pem(self) -> str:
+        return self.ca_cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _utc(now: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(now), tz=dt.timezone.utc)
+
+
+def init_ca(org: Organization, now: float, *, lifetime_days: int = CA_LIFETIME_DAYS) -> CaBundle:
+    """Make an Ed25519 CA key and a self-signed CA certificate constrained to ``org``."""
+    key = Ed25519PrivateKey.generate()
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org.name),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"meshops {org.name} CA"),
+        ]
+    )
+    permitted: list[x509.GeneralName] = [x509.UniformResourceIdentifier(org.name)]
+    for cidr in (org.cidr_v4, org.cidr_v6):
+        if cidr:
+            permitted.append(x509.IPAddress(ipaddress.ip_network(cidr, strict=False)))
+    start = _utc(now) - dt.timedelta(minutes=5)  # tolerate small clock skew on devices
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=lifetime_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, None)
+    )
+    return CaBundle(
+        key_pem=private_to_pem(key),
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+    )
+
+
+def new_signing_key_pem() -> str:
+    """A fresh Ed25519 manifest-signing key, PKCS#8 PEM."""
+    return private_to_pem(Ed25519PrivateKey.generate())
+
+
+def secret_doc(org: str, ca_key_pem: str, signing_key_pem: str) -> dict[str, Any]:
+    """The plaintext of ``secrets/ORG-ca.sops.yaml`` (encrypted by the caller with SOPS)."""
+    return {
+        "kind": SECRET_DOC_KIND,
+        "org": org,
+        "ca_key": ca_key_pem,
+        "manifest_signing_key": signing_key_pem,
+    }
+
+
+def load_ca_cert(pem: str | bytes, what: str = "CA certificate") -> x509.Certificate:
+    data = pem.encode("ascii") if isinstance(pem, str) else pem
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise PkiError(f"{what} is not a PEM certificate") from exc
+
+
+def org_keys_from_doc(doc: Mapping[str, Any], org: str, ca_cert_pem: str) -> OrgKeys:
+    """Check and load a decrypted secret document against ``orgs/ORG/ca.crt``."""
+    where = f"secrets/{org}-ca.sops.yaml"
+    if doc.get("kind") != SECRET_DOC_KIND or doc.get("org") != org:
+        raise PkiError(f"{where}: not the CA secrets of org {org!r}")
+    ca_pem, sign_pem = doc.get("ca_key"), doc.get("manifest_signing_key")
+    if not isinstance(ca_pem, str) or not isinstance(sign_pem, str):
+        raise PkiError(f"{where}: ca_key and manifest_signing_key must be PEM strings")
+    ca_key = private_from_pem(ca_pem, f"{where}: ca_key")
+    signing_key = private_from_pem(sign_pem, f"{where}: manifest_signing_key")
+    cert = load_ca_cert(ca_cert_pem, f"orgs/{org}/ca.crt")
+    cert_key = cert.public_key()
+    if not isinstance(cert_key, Ed25519PublicKey) or raw_public(cert_key) != raw_public(
+        ca_key.public_key()
+    ):
+        raise PkiError(
+            f"orgs/{org}/ca.crt does not match the CA key in {where}; "
+            "re-run `meshops ca init --force` or restore the matching pair"
+        )
+    return OrgKeys(org=org, ca_key=ca_key, ca_cert=cert, signing_key=signing_key)

@@ -1,0 +1,181 @@
+"""DSSE envelopes (Ed25519) and the trust anchors agents pin.
+
+Spec: https://github.com/secure-systems-lab/dsse (envelope.md, protocol.md).
+The signature covers ``PAE(payloadType, payload)``::
+
+    "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body
+
+with lengths as ASCII decimal byte counts. ``keyid`` is the hex SHA-256 of the
+32-byte raw Ed25519 public key.
+
+Called by ``pki.manifest`` (manifests), the hub's endpoint feed (signed with
+the same org key, another payload type) and the agent, which imports this on
+every run: keep the imports light (no jsonschema, no x509).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from reconciler.errors import ConfigError, ManifestRefused
+from reconciler.pki.keys import keyid as _keyid
+from reconciler.pki.keys import public_b64, raw_public
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE pre-authentication encoding."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def sign_envelope(payload: bytes, payload_type: str, key: Ed25519PrivateKey) -> bytes:
+    """Sign ``payload`` and return the DSSE envelope as compact JSON bytes."""
+    sig = key.sign(pae(payload_type, payload))
+    env = {
+        "payload": base64.b64encode(payload).decode("ascii"),
+        "payloadType": payload_type,
+        "signatures": [
+            {"keyid": _keyid(key.public_key()), "sig": base64.b64encode(sig).decode("ascii")}
+        ],
+    }
+    return json.dumps(env, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class OrgTrust:
+    """What an agent pins for one org: signing keys by key id, and the CA PEM."""
+
+    keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+    ca_pem: str | None = None
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Parsed trust.json: ``{"orgs": {ORG: {"keys": [{"keyid", "public_key"}], "ca": PEM}}}``."""
+
+    orgs: Mapping[str, OrgTrust] = field(default_factory=dict)
+
+    def find_key(self, kid: str) -> tuple[str, Ed25519PublicKey] | None:
+        for org, ot in self.orgs.items():
+            if kid in ot.keys:
+                return org, ot.keys[kid]
+        return None
+
+
+def _b64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    return base64.b64decode(text, validate=True)
+
+
+def load_trust(data: bytes | str) -> Trust:
+    """Parse trust.json bytes; a key whose keyid does not match its key is refused."""
+    try:
+        doc = json.loads(data)
+        orgs_doc = doc["orgs"]
+        if not isinstance(orgs_doc, dict):
+            raise TypeError("orgs must be an object")
+        orgs: dict[str, OrgTrust] = {}
+        for org, entry in orgs_doc.items():
+            keys: dict[str, Ed25519PublicKey] = {}
+            for k in entry.get("keys", []):
+                raw = _b64(k["public_key"])
+                if len(raw) != 32:
+                    raise ValueError(f"org {org}: public key must be 32 bytes")
+                pub = Ed25519PublicKey.from_public_bytes(raw)
+                if _keyid(pub) != k["keyid"]:
+                    raise ValueError(f"org {org}: keyid {k['keyid']} does not match its key")
+                keys[k["keyid"]] = pub
+            ca = entry.get("ca")
+            if ca is not None and not isinstance(ca, str):
+                raise TypeError(f"org {org}: ca must be a PEM string")
+            orgs[org] = OrgTrust(keys=keys, ca_pem=ca)
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
+        raise ConfigError(f"trust file is invalid: {exc}") from exc
+    return Trust(orgs=orgs)
+
+
+def trust_entry(public_keys: list[Ed25519PublicKey], ca_pem: str | None) -> dict[str, Any]:
+    """One org's trust.json entry (what the hub writes)."""
+    entry: dict[str, Any] = {
+        "keys": [{"keyid": _keyid(k), "public_key": public_b64(k)} for k in public_keys]
+    }
+    if ca_pem is not None:
+        entry["ca"] = ca_pem
+    return entry
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A verified envelope: the payload and the org whose key signed it."""
+
+    payload: bytes
+    signer_org: str
+    keyid: str
+
+
+def open_envelope(
+    data: bytes, trust: Trust | OrgTrust, payload_type: str, *, org: str | None = None
+) -> Opened:
+    """Verify a DSSE envelope against pinned keys; return the payload.
+
+    With a ``Trust`` every org's keys are tried, so a valid signature by another
+    org's key is reported as ``wrong-org`` (when ``org`` is given) rather than
+    ``unknown-key``. Refusals: ``malformed``, ``unknown-key``, ``bad-signature``,
+    ``wrong-org``."""
+    try:
+        env = json.loads(data)
+        if not isinstance(env, dict):
+            raise ValueError("envelope is not a JSON object")
+        ptype, sigs = env["payloadType"], env["signatures"]
+        payload = _b64(env["payload"])
+        if not isinstance(sigs, list) or not sigs:
+            raise ValueError("no signatures")
+        parsed = [(str(s.get("keyid", "")), _b64(s["sig"])) for s in sigs]
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
+        raise ManifestRefused("malformed", f"not a DSSE envelope: {exc}") from exc
+    if ptype != payload_type:
+        raise ManifestRefused("malformed", f"payloadType {ptype!r}, expected {payload_type!r}")
+    if isinstance(trust, OrgTrust):
+        trust = Trust(orgs={org or "": trust})
+    message = pae(payload_type, payload)
+    seen_known = False
+    for kid, sig in parsed:
+        found = trust.find_key(kid)
+        if found is None:
+            continue
+        seen_known = True
+        signer_org, pub = found
+        try:
+            pub.verify(sig, message)
+        except InvalidSignature:
+            continue
+        if org is not None and signer_org != org and signer_org != "":
+            raise ManifestRefused(
+                "wrong-org", f"signed by a key of org {signer_org!r}, expected org {org!r}"
+            )
+        return Opened(payload=payload, signer_org=signer_org or (org or ""), keyid=kid)
+    if not seen_known:
+        kids = ", ".join(k[:16] for k, _ in parsed)
+        raise ManifestRefused("unknown-key", f"signed by key(s) {kids}… that are not trusted")
+    raise ManifestRefused("bad-signature", "signature does not verify with the trusted key")
+
+
+__all__ = [
+    "OrgTrust",
+    "Opened",
+    "Trust",
+    "load_trust",
+    "open_envelope",
+    "pae",
+    "raw_public",
+    "sign_envelope",
+    "trust_entry",
+]

@@ -1,0 +1,393 @@
+"""Per-org manifests: build, canonical JSON, sign, verify.
+
+Called by the hub publisher (``build_manifest``, ``encode_manifest``,
+``sign_manifest``) and by the agent and ``meshops manifest verify``
+(``verify_manifest``). The agent imports this module on every run, so it does
+not import jsonschema: ``check_manifest_dict`` is a small hand check that
+mirrors ``schemas/manifest.schema.json`` (tests keep the two in agreement).
+
+JSON form (keys sorted, compact, UTF-8)::
+
+    {"cidr_v4": "10.9.0.0/16", "cidr_v6": "fd00:9::/48", "commit": "<sha>",
+     "devices": [{"name": "laptop-7", "wg": "<base64>", "ips": ["10.9.0.7"],
+                  "fp": "<sha256 of cert DER, base64url>", "tags": [...], ...}],
+     "issued_at": 1763776800, "keepalive": 25, "listen_port": 51820,
+     "not_after": 1764381600, "org": "acme", "policy": {...},
+     "revoked": [123, ...], "serial": 1763776800000, "version": 1}
+
+Per device, defaults and empty fields are left out (``relay``/``exit`` only
+when true, ``tags``/``labels``/``routes`` only when non-empty, ``endpoint`` and
+``keepalive`` only when set) to keep the manifest near 150 bytes per device.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Any, Iterable, Mapping, MutableMapping
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from reconciler.errors import ManifestRefused
+from reconciler.model.manifest import Manifest, ManifestDevice
+from reconciler.model.repo import OrgState
+from reconciler.pki.envelope import OrgTrust, Trust, load_trust, open_envelope, sign_envelope
+
+MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
+FORMAT_VERSION = 1
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_WG = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+_FP = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+_TOP_REQUIRED = (
+    "version", "org", "serial", "commit", "issued_at", "not_after",
+    "cidr_v4", "listen_port", "keepalive", "devices",
+)  # fmt: skip
+_TOP_OPTIONAL = ("cidr_v6", "policy", "revoked", "extra")
+_DEV_REQUIRED = ("name", "wg", "ips", "fp")
+_DEV_OPTIONAL = ("routes", "relay", "endpoint", "tags", "labels", "keepalive", "exit")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, compact separators, UTF-8 (not ASCII-escaped)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def next_serial(now: float, last_serial: int | None) -> int:
+    """Strictly increasing even after state loss: max(issued_at in ms, last + 1)."""
+    return max(int(now * 1000), (last_serial or 0) + 1)
+
+
+def build_manifest(
+    org_state: OrgState,
+    *,
+    commit: str,
+    serial: int,
+    now: float,
+    lifetime_s: int,
+    cert_fingerprints: Mapping[str, str],
+    revoked: Iterable[int] = (),
+    compiled: Any = None,
+) -> Manifest:
+    """The manifest for one org. Devices without a fingerprint (no cert) are left out.
+
+    ``compiled`` is a precomputed ``CompiledPolicy`` (the publisher caches it);
+    by default ``reconciler.policy.compile_policy(org_state)`` is called."""
+    if compiled is None:
+        from reconciler.policy import compile_policy
+
+        compiled = compile_policy(org_state)
+    org = org_state.organization
+    devices = []
+    for d in org_state.enabled_devices():
+        fp = cert_fingerprints.get(d.name)
+        if fp is None:
+            continue
+        devices.append(
+            ManifestDevice(
+                name=d.name,
+                wireguard_public_key=d.wireguard_public_key,
+                tunnel_ips=tuple(d.tunnel_ips),
+                cert_sha256=fp,
+                routes=tuple(d.routes),
+                relay=d.relay,
+                endpoint=d.endpoint,
+                tags=tuple(d.tags),
+                labels=tuple(compiled.labels(d.name)),
+                keepalive=d.keepalive,
+                exit_node=d.exit_node,
+            )
+        )
+    issued = int(now)
+    return Manifest(
+        org=org.name,
+        serial=serial,
+        commit=commit,
+        issued_at=issued,
+        not_after=issued + int(lifetime_s),
+        cidr_v4=org.cidr_v4,
+        cidr_v6=org.cidr_v6,
+        listen_port=org.defaults.listen_port,
+        keepalive=org.defaults.keepalive,
+        devices=tuple(devices),
+        policy=compiled.as_dict(),
+        revoked=tuple(sorted(set(revoked))),
+    )
+
+
+def device_to_dict(d: ManifestDevice) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": d.name,
+        "wg": d.wireguard_public_key,
+        "ips": list(d.tunnel_ips),
+        "fp": d.cert_sha256,
+    }
+    if d.routes:
+        out["routes"] = list(d.routes)
+    if d.relay:
+        out["relay"] = True
+    if d.endpoint:
+        out["endpoint"] = d.endpoint
+    if d.tags:
+        out["tags"] = list(d.tags)
+    if d.labels:
+        out["labels"] = list(d.labels)
+    if d.keepalive is not None:
+        out["keepalive"] = d.keepalive
+    if d.exit_node:
+        out["exit"] = True
+    return out
+
+
+def _top_to_dict(m: Manifest) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "org": m.org,
+        "serial": m.serial,
+        "commit": m.commit,
+        "issued_at": m.issued_at,
+        "not_after": m.not_after,
+        "cidr_v4": m.cidr_v4,
+        "listen_port": m.listen_port,
+        "keepalive": m.keepalive,
+    }
+    if m.cidr_v6:
+        out["cidr_v6"] = m.cidr_v6
+    if m.policy is not None:
+        out["policy"] = m.policy
+    if m.revoked:
+        out["revoked"] = list(m.revoked)
+    if m.extra:
+        out["extra"] = dict(m.extra)
+    return out
+
+
+def manifest_to_dict(m: Manifest) -> dict[str, Any]:
+    out = _top_to_dict(m)
+    out["devices"] = [device_to_dict(d) for d in m.devices]
+    return out
+
+
+def encode_manifest(
+    m: Manifest, fragments: MutableMapping[ManifestDevice, bytes] | None = None
+) -> bytes:
+    """``canonical_json(manifest_to_dict(m))``, reusing per-device JSON fragments.
+
+    The hub keeps ``fragments`` across publishes, so an unchanged device costs a
+    dict lookup. Output is byte-identical to the plain form (tested)."""
+    frags = []
+    for d in m.devices:
+        frag = fragments.get(d) if fragments is not None else None
+        if frag is None:
+            frag = canonical_json(device_to_dict(d))
+            if fragments is not None:
+                fragments[d] = frag
+        frags.append(frag)
+    top = _top_to_dict(m)
+    top["devices"] = None
+    parts = []
+    for key in sorted(top):
+        value = b"[" + b",".join(frags) + b"]" if key == "devices" else canonical_json(top[key])
+        parts.append(canonical_json(key) + b":" + value)
+    return b"{" + b",".join(parts) + b"}"
+
+
+class SchemaViolation(ValueError):
+    """A manifest dict does not match schemas/manifest.schema.json (path and problem)."""
+
+
+def _fail(path: str, problem: str) -> None:
+    raise SchemaViolation(f"{path}: {problem}")
+
+
+def _int(v: Any, path: str, lo: int = 0, hi: int | None = None) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        _fail(path, f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+
+
+def _str_list(v: Any, path: str, check: Any = None) -> None:
+    if not isinstance(v, list):
+        _fail(path, "must be an array")
+    for i, item in enumerate(v):
+        if not isinstance(item, str) or (check is not None and not check(item)):
+            _fail(f"{path}[{i}]", f"invalid value {item!r}")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return "/" in text
+
+
+def _keys(d: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    if not isinstance(d, dict):
+        _fail(path, "must be an object")
+    missing = [k for k in required if k not in d]
+    if missing:
+        _fail(path, f"missing {', '.join(missing)}")
+    extra = sorted(set(d) - set(required) - set(optional))
+    if extra:
+        _fail(path, f"unexpected {', '.join(extra)}")
+
+
+def check_manifest_dict(d: Any) -> None:
+    """Hand-written mirror of schemas/manifest.schema.json; raises ``SchemaViolation``."""
+    _keys(d, "$", _TOP_REQUIRED, _TOP_OPTIONAL)
+    if d["version"] != FORMAT_VERSION or isinstance(d["version"], bool):
+        _fail("$.version", f"must be {FORMAT_VERSION}")
+    if not isinstance(d["org"], str) or not _NAME.match(d["org"]):
+        _fail("$.org", "must be a DNS label")
+    _int(d["serial"], "$.serial", 1)
+    if not isinstance(d["commit"], str) or not d["commit"]:
+        _fail("$.commit", "must be a non-empty string")
+    _int(d["issued_at"], "$.issued_at")
+    _int(d["not_after"], "$.not_after")
+    _int(d["listen_port"], "$.listen_port", 0, 65535)
+    _int(d["keepalive"], "$.keepalive", 0, 65535)
+    for key in ("cidr_v4", "cidr_v6"):
+        if key in d and (not isinstance(d[key], str) or not _is_cidr(d[key])):
+            _fail(f"$.{key}", "must be a CIDR")
+    if "policy" in d and not isinstance(d["policy"], dict):
+        _fail("$.policy", "must be an object")
+    if "extra" in d and not isinstance(d["extra"], dict):
+        _fail("$.extra", "must be an object")
+    if "revoked" in d:
+        if not isinstance(d["revoked"], list):
+            _fail("$.revoked", "must be an array")
+        for i, s in enumerate(d["revoked"]):
+            _int(s, f"$.revoked[{i}]", 1)
+    if not isinstance(d["devices"], list):
+        _fail("$.devices", "must be an array")
+    names: set[str] = set()
+    for i, dev in enumerate(d["devices"]):
+        p = f"$.devices[{i}]"
+        _keys(dev, p, _DEV_REQUIRED, _DEV_OPTIONAL)
+        if not isinstance(dev["name"], str) or not _NAME.match(dev["name"]):
+            _fail(f"{p}.name", "must be a DNS label")
+        if dev["name"] in names:
+            _fail(f"{p}.name", f"duplicate device {dev['name']!r}")
+        names.add(dev["name"])
+        if not isinstance(dev["wg"], str) or not _WG.match(dev["wg"]):
+            _fail(f"{p}.wg", "must be a base64 WireGuard key")
+        if not isinstance(dev["fp"], str) or not _FP.match(dev["fp"]):
+            _fail(f"{p}.fp", "must be a base64url SHA-256")
+        _str_list(dev["ips"], f"{p}.ips", _is_ip)
+        if not dev["ips"]:
+            _fail(f"{p}.ips", "must not be empty")
+        for key in ("routes", "tags", "labels"):
+            if key in dev:
+                _str_list(dev[key], f"{p}.{key}", _is_cidr if key == "routes" else None)
+        for key in ("relay", "exit"):
+            if key in dev and dev[key] is not True:
+                _fail(f"{p}.{key}", "must be true when present")
+        if "endpoint" in dev and (
+            not isinstance(dev["endpoint"], str) or not _ENDPOINT.match(dev["endpoint"])
+        ):
+            _fail(f"{p}.endpoint", "must be host:port")
+        if "keepalive" in dev:
+            _int(dev["keepalive"], f"{p}.keepalive", 0, 65535)
+
+
+def manifest_from_dict(d: Mapping[str, Any]) -> Manifest:
+    """Check ``d`` against the schema and build the ``Manifest``."""
+    check_manifest_dict(d)
+    devices = tuple(
+        ManifestDevice(
+            name=x["name"],
+            wireguard_public_key=x["wg"],
+            tunnel_ips=tuple(x["ips"]),
+            cert_sha256=x["fp"],
+            routes=tuple(x.get("routes", ())),
+            relay=bool(x.get("relay", False)),
+            endpoint=x.get("endpoint"),
+            tags=tuple(x.get("tags", ())),
+            labels=tuple(x.get("labels", ())),
+            keepalive=x.get("keepalive"),
+            exit_node=bool(x.get("exit", False)),
+        )
+        for x in d["devices"]
+    )
+    return Manifest(
+        org=d["org"],
+        serial=d["serial"],
+        commit=d["commit"],
+        issued_at=d["issued_at"],
+        not_after=d["not_after"],
+        cidr_v4=d["cidr_v4"],
+        cidr_v6=d.get("cidr_v6"),
+        listen_port=d["listen_port"],
+        keepalive=d["keepalive"],
+        devices=devices,
+        policy=d.get("policy"),
+        revoked=tuple(d.get("revoked", ())),
+        extra=dict(d.get("extra", {})),
+    )
+
+
+def sign_manifest(payload: bytes, key: Ed25519PrivateKey) -> bytes:
+    """The DSSE envelope over canonical manifest JSON."""
+    return sign_envelope(payload, MANIFEST_TYPE, key)
+
+
+def verify_manifest(
+    data: bytes, trust: Trust, org: str, last_serial: int | None, now: float
+) -> Manifest:
+    """Verify an envelope for ``org``; refuse with ``ManifestRefused(reason)``.
+
+    Reasons: ``malformed``, ``unknown-key``, ``bad-signature``, ``wrong-org``,
+    ``schema``, ``expired``, ``rollback`` (serial <= ``last_serial``: a replay
+    or an older manifest)."""
+    if org not in trust.orgs:
+        raise ManifestRefused("wrong-org", f"no trust anchor for org {org!r}")
+    opened = open_envelope(data, trust, MANIFEST_TYPE, org=org)
+    try:
+        doc = json.loads(opened.payload)
+        manifest = manifest_from_dict(doc)
+    except (ValueError, UnicodeDecodeError) as exc:  # SchemaViolation is a ValueError
+        raise ManifestRefused("schema", f"signed payload is not a valid manifest: {exc}") from exc
+    if manifest.org != org:
+        raise ManifestRefused("wrong-org", f"manifest is for org {manifest.org!r}, not {org!r}")
+    if now > manifest.not_after:
+        raise ManifestRefused(
+            "expired", f"manifest serial {manifest.serial} expired at {manifest.not_after}"
+        )
+    if last_serial is not None and manifest.serial <= last_serial:
+        raise ManifestRefused(
+            "rollback",
+            f"serial {manifest.serial} is not above the last applied serial {last_serial}",
+        )
+    return manifest
+
+
+__all__ = [
+    "MANIFEST_TYPE",
+    "OrgTrust",
+    "SchemaViolation",
+    "Trust",
+    "build_manifest",
+    "canonical_json",
+    "check_manifest_dict",
+    "load_trust",
+    "open_envelope",
+    "sign_envelope",
+    "encode_manifest",
+    "manifest_from_dict",
+    "manifest_to_dict",
+    "next_serial",
+    "sign_manifest",
+    "verify_manifest",
+]

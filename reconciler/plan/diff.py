@@ -1,0 +1,186 @@
+"""``plan(desired, observed, now)``: the pure diff of one WireGuard interface.
+
+Called by the agent (``reconciler.agent``) every pass, and again after
+apply to check convergence. Same inputs, same output: no I/O, no clock (the
+caller passes ``now``), stdlib only.
+
+Order is fixed so plans are stable and golden-testable:
+
+1. ``CreateInterface`` when the interface does not exist;
+2. removals: routes, addresses, peers;
+3. updates: private key, listen port, MTU, link up, peers;
+4. additions: peers, addresses, routes.
+
+Each group is sorted by its key (public key, or address/network).
+
+Rules
+-----
+* Peers are keyed by public key. An existing peer gets one ``UpdatePeer``
+  carrying only the fields that differ (allowed IPs are compared as sets of
+  canonical CIDRs; the op carries the complete desired list).
+* **Endpoint rule.** WireGuard roams: when a peer's packets arrive from a
+  new address, the endpoint follows them. So the planner sets an endpoint
+  only when ``desired.endpoint`` is not ``None`` and either the observed
+  endpoint is ``None``, or it differs *and* the last handshake is older
+  than ``STALE_HANDSHAKE`` (180 s, the time after which WireGuard gives up
+  on a session, REJECT_AFTER_TIME) or never happened. A healthy roamed
+  session is left alone; a stale one is re-pointed.
+* Addresses: IPv6 link-local addresses (``fe80::/10``) on the interface are
+  the kernel's (a TUN device gets one when it comes up) and are ignored.
+* ``listen_port == 0`` or ``mtu == 0`` in the desired state mean "don't care".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from reconciler.model.wg import DesiredInterface, DesiredPeer, ObservedInterface, ObservedPeer
+from reconciler.plan.keys import public_key
+from reconciler.plan.ops import (
+    AddAddress,
+    AddPeer,
+    AddRoute,
+    CreateInterface,
+    Operation,
+    RemoveAddress,
+    RemovePeer,
+    RemoveRoute,
+    SetLinkUp,
+    SetListenPort,
+    SetMtu,
+    SetPrivateKey,
+    UpdatePeer,
+)
+
+STALE_HANDSHAKE = 180.0
+_LINK_LOCAL_V6 = ipaddress.ip_network("fe80::/10")
+
+
+def canonical_network(cidr: str) -> str:
+    """``10.0.0.3`` / ``10.0.0.3/32`` / ``2001:DB8::/32`` -> canonical network text."""
+    return str(ipaddress.ip_network(cidr.strip(), strict=False))
+
+
+def canonical_interface(addr: str) -> str:
+    """An interface address such as ``10.0.0.1/24`` in canonical text (host bits kept)."""
+    return str(ipaddress.ip_interface(addr.strip()))
+
+
+def canonical_endpoint(endpoint: str) -> str:
+    """``ip:port`` / ``[v6]:port`` in canonical text; hostnames are returned unchanged."""
+    text = endpoint.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep:
+        return text
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return text
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _net_sort_key(text: str) -> tuple[int, int, int]:
+    net = ipaddress.ip_interface(text)
+    return (net.version, int(net.ip), net.network.prefixlen)
+
+
+def _same_ips(desired: tuple[str, ...], observed: tuple[str, ...]) -> bool:
+    if sorted(desired) == sorted(observed):  # fast path: both canonical already
+        return True
+    return {canonical_network(c) for c in desired} == {canonical_network(c) for c in observed}
+
+
+def _same_endpoint(desired: str, observed: str) -> bool:
+    return desired == observed or canonical_endpoint(desired) == canonical_endpoint(observed)
+
+
+def endpoint_needs_set(
+    desired: DesiredPeer, observed: ObservedPeer, now: float, stale: float = STALE_HANDSHAKE
+) -> bool:
+    """The endpoint rule (see the module docstring)."""
+    if desired.endpoint is None:
+        return False
+    if observed.endpoint is None:
+        return True
+    if _same_endpoint(desired.endpoint, observed.endpoint):
+        return False
+    last = observed.last_handshake
+    return last is None or last <= 0 or now - last > stale
+
+
+def _diff_peer(interface: str, d: DesiredPeer, o: ObservedPeer, now: float) -> UpdatePeer | None:
+    allowed = None if _same_ips(d.allowed_ips, o.allowed_ips) else d.allowed_ips
+    endpoint = d.endpoint if endpoint_needs_set(d, o, now) else None
+    keepalive = None if d.keepalive == o.keepalive else d.keepalive
+    if allowed is None and endpoint is None and keepalive is None:
+        return None
+    return UpdatePeer(interface, d.public_key, allowed, endpoint, keepalive, d.name)
+
+
+def _addresses(values: Iterable[str]) -> dict[str, str]:
+    """canonical -> original, link-local IPv6 dropped."""
+    out: dict[str, str] = {}
+    for value in values:
+        iface = ipaddress.ip_interface(value.strip())
+        if iface.version == 6 and iface.ip in _LINK_LOCAL_V6:
+            continue
+        out[str(iface)] = value
+    return out
+
+
+def _networks(values: Iterable[str]) -> dict[str, str]:
+    return {canonical_network(v): v for v in values}
+
+
+def plan(desired: DesiredInterface, observed: ObservedInterface, now: float) -> tuple[Operation, ...]:
+    """The operations that turn ``observed`` into ``desired`` (see module docstring)."""
+    name = desired.name
+    ops: list[Operation] = []
+    if not observed.exists:
+        ops.append(CreateInterface(name, desired.listen_port, desired.private_key))
+        observed = ObservedInterface(
+            name=name,
+            exists=True,
+            public_key=public_key(desired.private_key),
+            listen_port=desired.listen_port,
+        )
+
+    want_addrs = _addresses(desired.addresses)
+    have_addrs = _addresses(observed.addresses)
+    want_routes = _networks(desired.routes)
+    have_routes = _networks(observed.routes)
+
+    # 1. removals
+    for net in sorted(have_routes.keys() - want_routes.keys(), key=_net_sort_key):
+        ops.append(RemoveRoute(name, net))
+    for addr in sorted(have_addrs.keys() - want_addrs.keys(), key=_net_sort_key):
+        ops.append(RemoveAddress(name, addr))
+    for key in sorted(observed.peers.keys() - desired.peers.keys()):
+        ops.append(RemovePeer(name, key))
+
+    # 2. updates
+    if observed.public_key != public_key(desired.private_key):
+        ops.append(SetPrivateKey(name, desired.private_key))
+    if desired.listen_port and observed.listen_port != desired.listen_port:
+        ops.append(SetListenPort(name, desired.listen_port))
+    if desired.mtu and observed.mtu != desired.mtu:
+        ops.append(SetMtu(name, desired.mtu))
+    if not observed.up:
+        ops.append(SetLinkUp(name))
+    for key in sorted(desired.peers.keys() & observed.peers.keys()):
+        update = _diff_peer(name, desired.peers[key], observed.peers[key], now)
+        if update is not None:
+            ops.append(update)
+
+    # 3. additions
+    for key in sorted(desired.peers.keys() - observed.peers.keys()):
+        ops.append(AddPeer(name, desired.peers[key]))
+    for addr in sorted(want_addrs.keys() - have_addrs.keys(), key=_net_sort_key):
+        ops.append(AddAddress(name, addr))
+    for net in sorted(want_routes.keys() - have_routes.keys(), key=_net_sort_key):
+        ops.append(AddRoute(name, net))
+    return tuple(ops)

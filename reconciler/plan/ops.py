@@ -1,0 +1,184 @@
+"""The operations a plan is made of: frozen, printable data.
+
+``reconciler.plan.diff.plan`` returns a tuple of these; backends
+(``reconciler.backends``) and the link manager (``reconciler.net.iproute``)
+execute them; ``meshops agent apply --dry-run`` prints them with ``str``.
+Every operation names its interface in ``interface``; ``__str__`` leaves the
+interface out (a plan is about one interface) and never shows a private key:
+key changes print the matching public key instead.
+
+``WG_OPS`` are carried out by the WireGuard backend (UAPI or netlink),
+``LINK_OPS`` by the link manager (addresses, routes, MTU, link state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler.model.wg import DesiredPeer
+from reconciler.plan.keys import public_key, short
+
+
+def _peer_label(public_key_b64: str, name: str) -> str:
+    return f"{short(public_key_b64)} ({name})" if name else short(public_key_b64)
+
+
+def _ips(allowed_ips: tuple[str, ...]) -> str:
+    return ",".join(allowed_ips) if allowed_ips else "(none)"
+
+
+@dataclass(frozen=True)
+class CreateInterface:
+    """Create the WireGuard interface with its key and listen port."""
+
+    interface: str
+    listen_port: int
+    private_key: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return (
+            f"create interface {self.interface} listen-port {self.listen_port} "
+            f"(public {short(public_key(self.private_key))})"
+        )
+
+
+@dataclass(frozen=True)
+class SetPrivateKey:
+    interface: str
+    private_key: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"set private key (public {short(public_key(self.private_key))})"
+
+
+@dataclass(frozen=True)
+class SetListenPort:
+    interface: str
+    listen_port: int
+
+    def __str__(self) -> str:
+        return f"set listen-port {self.listen_port}"
+
+
+@dataclass(frozen=True)
+class SetMtu:
+    interface: str
+    mtu: int
+
+    def __str__(self) -> str:
+        return f"set mtu {self.mtu}"
+
+
+@dataclass(frozen=True)
+class SetLinkUp:
+    interface: str
+
+    def __str__(self) -> str:
+        return "set link up"
+
+
+@dataclass(frozen=True)
+class AddAddress:
+    interface: str
+    address: str  # interface form, "10.0.0.1/24"
+
+    def __str__(self) -> str:
+        return f"add address {self.address}"
+
+
+@dataclass(frozen=True)
+class RemoveAddress:
+    interface: str
+    address: str
+
+    def __str__(self) -> str:
+        return f"remove address {self.address}"
+
+
+@dataclass(frozen=True)
+class AddRoute:
+    interface: str
+    route: str  # network form, "192.168.5.0/24"
+
+    def __str__(self) -> str:
+        return f"add route {self.route}"
+
+
+@dataclass(frozen=True)
+class RemoveRoute:
+    interface: str
+    route: str
+
+    def __str__(self) -> str:
+        return f"remove route {self.route}"
+
+
+@dataclass(frozen=True)
+class AddPeer:
+    """Add a peer with all its desired fields."""
+
+    interface: str
+    peer: DesiredPeer
+
+    def __str__(self) -> str:
+        p = self.peer
+        text = f"add peer {_peer_label(p.public_key, p.name)} allowed-ips {_ips(p.allowed_ips)}"
+        if p.endpoint is not None:
+            text += f" endpoint {p.endpoint}"
+        if p.keepalive:
+            text += f" keepalive {p.keepalive}"
+        return text
+
+
+@dataclass(frozen=True)
+class RemovePeer:
+    interface: str
+    public_key: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"remove peer {_peer_label(self.public_key, self.name)}"
+
+
+@dataclass(frozen=True)
+class UpdatePeer:
+    """Change only the fields that differ; ``None`` means leave as is.
+
+    ``allowed_ips`` is the complete new list (backends replace, never patch).
+    """
+
+    interface: str
+    public_key: str
+    allowed_ips: tuple[str, ...] | None = None
+    endpoint: str | None = None
+    keepalive: int | None = None
+    name: str = ""
+
+    def __str__(self) -> str:
+        parts = [f"update peer {_peer_label(self.public_key, self.name)}"]
+        if self.allowed_ips is not None:
+            parts.append(f"allowed-ips {_ips(self.allowed_ips)}")
+        if self.endpoint is not None:
+            parts.append(f"endpoint {self.endpoint}")
+        if self.keepalive is not None:
+            parts.append(f"keepalive {self.keepalive}")
+        return " ".join(parts)
+
+
+Operation = (
+    CreateInterface
+    | SetPrivateKey
+    | SetListenPort
+    | SetMtu
+    | SetLinkUp
+    | AddAddress
+    | RemoveAddress
+    | AddRoute
+    | RemoveRoute
+    | AddPeer
+    | RemovePeer
+    | UpdatePeer
+)
+
+WG_OPS = (CreateInterface, SetPrivateKey, SetListenPort, AddPeer, RemovePeer, UpdatePeer)
+LINK_OPS = (SetMtu, SetLinkUp, AddAddress, RemoveAddress, AddRoute, RemoveRoute)

@@ -1,0 +1,92 @@
+"""``simulate(observed, ops, now)``: what an interface looks like after ``ops``.
+
+A pure model of how wireguard-go / the kernel react to each operation. Used
+by the property test (plan, simulate, plan again gives nothing), by the
+render backend (which keeps its state as a file, not a device), and by
+``--dry-run`` style previews.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from reconciler.model.wg import ObservedInterface, ObservedPeer
+from reconciler.plan.keys import public_key
+from reconciler.plan.ops import (
+    AddAddress,
+    AddPeer,
+    AddRoute,
+    CreateInterface,
+    Operation,
+    RemoveAddress,
+    RemovePeer,
+    RemoveRoute,
+    SetLinkUp,
+    SetListenPort,
+    SetMtu,
+    SetPrivateKey,
+    UpdatePeer,
+)
+
+# wireguard-go creates its TUN with this MTU (device.DefaultMTU).
+DEFAULT_MTU = 1420
+
+
+def simulate(observed: ObservedInterface, ops: Iterable[Operation]) -> ObservedInterface:
+    """Apply ``ops`` to a copy of ``observed`` and return the result."""
+    state = observed
+    peers = dict(observed.peers)
+    addresses = list(observed.addresses)
+    routes = list(observed.routes)
+    for op in ops:
+        if isinstance(op, CreateInterface):
+            state = ObservedInterface(
+                name=op.interface,
+                exists=True,
+                public_key=public_key(op.private_key),
+                listen_port=op.listen_port,
+                mtu=DEFAULT_MTU,
+            )
+            peers, addresses, routes = {}, [], []
+        elif isinstance(op, SetPrivateKey):
+            state = dataclasses.replace(state, public_key=public_key(op.private_key))
+        elif isinstance(op, SetListenPort):
+            state = dataclasses.replace(state, listen_port=op.listen_port)
+        elif isinstance(op, SetMtu):
+            state = dataclasses.replace(state, mtu=op.mtu)
+        elif isinstance(op, SetLinkUp):
+            state = dataclasses.replace(state, up=True)
+        elif isinstance(op, AddAddress):
+            if op.address not in addresses:
+                addresses.append(op.address)
+        elif isinstance(op, RemoveAddress):
+            addresses = [a for a in addresses if a != op.address]
+        elif isinstance(op, AddRoute):
+            if op.route not in routes:
+                routes.append(op.route)
+        elif isinstance(op, RemoveRoute):
+            routes = [r for r in routes if r != op.route]
+        elif isinstance(op, AddPeer):
+            p = op.peer
+            peers[p.public_key] = ObservedPeer(
+                public_key=p.public_key,
+                allowed_ips=tuple(p.allowed_ips),
+                endpoint=p.endpoint,
+                keepalive=p.keepalive,
+            )
+        elif isinstance(op, RemovePeer):
+            peers.pop(op.public_key, None)
+        elif isinstance(op, UpdatePeer):
+            old = peers.get(op.public_key) or ObservedPeer(op.public_key, ())
+            peers[op.public_key] = dataclasses.replace(
+                old,
+                allowed_ips=old.allowed_ips if op.allowed_ips is None else tuple(op.allowed_ips),
+                endpoint=old.endpoint if op.endpoint is None else op.endpoint,
+                keepalive=old.keepalive if op.keepalive is None else op.keepalive,
+            )
+        else:  # pragma: no cover - exhaustive over Operation
+            raise TypeError(f"unknown operation {op!r}")
+    return dataclasses.replace(
+        state, peers=peers, addresses=tuple(addresses), routes=tuple(routes)
+    )

@@ -1,0 +1,179 @@
+"""The compiled policy that travels in the signed manifest, and its evaluation on agents.
+
+``compile_policy(org_state)`` is called by ``reconciler.pki.manifest.build``:
+``as_dict()`` becomes ``Manifest.policy`` and ``labels(device)`` becomes
+``ManifestDevice.labels``. Agents call ``peers_allowed(manifest, me)`` every
+run to pick their WireGuard peers; ``evaluate_compiled`` answers single flows
+exactly like ``engine.evaluate`` (a hypothesis test holds them together).
+
+Form (``version`` 1)::
+
+    {"version": 1,
+     "rules": [{"src": ["g:eng"], "dst": ["t:db", "d:db-1"], "proto": "tcp",
+                "ports": ["5432", "8000-8100"], "name": "eng-to-db"}]}
+
+Selectors become labels (``*``, ``g:``, ``t:``, ``u:``, ``d:``); ``ports`` and
+``name`` are left out when empty. Its size depends on the rules, never on the
+number of devices: group membership is pushed to the devices as labels, and a
+device carries only the labels some rule uses (``d:`` needs no label, it is
+matched against the device name). Pure and stdlib-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.model.manifest import Manifest
+from reconciler.model.repo import OrgState, PortRange, Rule
+
+from .engine import ACCEPT, DENY, Decision, flow_text, port_matches, proto_matches, rule_label
+from .selectors import Resolver, from_label, to_label
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """Compiled rules plus the per-device labels they need; ``rules is None`` = full mesh."""
+
+    rules: tuple[Mapping[str, Any], ...] | None
+    device_labels: Mapping[str, tuple[str, ...]]
+
+    def as_dict(self) -> dict[str, Any] | None:
+        if self.rules is None:
+            return None
+        return {"version": VERSION, "rules": [dict(r) for r in self.rules]}
+
+    def labels(self, device_name: str) -> tuple[str, ...]:
+        return self.device_labels.get(device_name, ())
+
+
+def _compile_rule(rule: Rule) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "src": [to_label(s) for s in rule.src],
+        "dst": [to_label(s) for s in rule.dst],
+        "proto": rule.proto,
+    }
+    if rule.ports:
+        out["ports"] = [str(p) for p in rule.ports]
+    if rule.name:
+        out["name"] = rule.name
+    return out
+
+
+def compile_policy(org_state: OrgState) -> CompiledPolicy:
+    """Compile ``org_state.policy`` for the manifest; labels cover enabled devices."""
+    policy = org_state.policy
+    if policy is None:
+        return CompiledPolicy(None, {})
+    rules = tuple(_compile_rule(r) for r in policy.rules)
+    used = sorted({lab for r in rules for lab in (*r["src"], *r["dst"])
+                   if lab[:2] in ("g:", "t:", "u:")})
+    enabled = org_state.enabled_devices()
+    resolver = Resolver(policy, enabled)
+    per_device: dict[str, list[str]] = {d.name: [] for d in enabled}
+    for label in used:  # sorted, so each device's labels come out sorted
+        for name in resolver.resolve(from_label(label)):
+            per_device[name].append(label)
+    return CompiledPolicy(rules, {n: tuple(v) for n, v in per_device.items()})
+
+
+def _parse_port(text: str) -> PortRange:
+    lo, _, hi = text.partition("-")
+    return PortRange(int(lo), int(hi or lo))
+
+
+def decompile_rule(compiled: Mapping[str, Any], index: int) -> Rule:
+    """The ``Rule`` a compiled rule came from (``index`` = its position)."""
+    return Rule(
+        src=tuple(from_label(s) for s in compiled["src"]),
+        dst=tuple(from_label(s) for s in compiled["dst"]),
+        proto=compiled.get("proto", "any"),
+        ports=tuple(_parse_port(str(p)) for p in compiled.get("ports", ())),
+        name=compiled.get("name", ""),
+        index=index,
+    )
+
+
+def _selects(selectors: Iterable[str], name: str, labels: frozenset[str]) -> bool:
+    for sel in selectors:
+        if sel == "*" or sel in labels:
+            return True
+        if sel.startswith("d:") and sel[2:] == name:
+            return True
+    return False
+
+
+def evaluate_compiled(
+    compiled: Mapping[str, Any] | None,
+    labels_by_device: Mapping[str, Iterable[str]],
+    src: str,
+    dst: str,
+    proto: str,
+    port: int | None,
+) -> Decision:
+    """``engine.evaluate`` on the manifest form: devices absent from
+    ``labels_by_device`` (unknown or disabled) are denied."""
+    for role, name in (("source", src), ("destination", dst)):
+        if name not in labels_by_device:
+            return Decision(DENY, None, f"{role} device {name!r} is not in the manifest")
+    if compiled is None:
+        return Decision(ACCEPT, None, "no policy: full mesh")
+    src_labels = frozenset(labels_by_device[src])
+    dst_labels = frozenset(labels_by_device[dst])
+    for i, raw in enumerate(compiled.get("rules", ())):
+        if not proto_matches(raw.get("proto", "any"), proto):
+            continue
+        if not (_selects(raw["src"], src, src_labels) and _selects(raw["dst"], dst, dst_labels)):
+            continue
+        rule = decompile_rule(raw, i)
+        if port_matches(rule, proto, port):
+            return Decision(ACCEPT, rule, f"{rule_label(rule)} accepts {flow_text(src, dst, proto, port)}")
+    return Decision(DENY, None, f"no rule accepts {flow_text(src, dst, proto, port)}")
+
+
+def peers_allowed(manifest: Manifest, me: str) -> frozenset[str]:
+    """Devices ``me`` needs a WireGuard peer with: some rule accepts traffic
+    between us in either direction. Full mesh when ``manifest.policy`` is None.
+    Never ``me`` itself; empty when ``me`` is not in the manifest.
+
+    Cost: O(devices x labels) to index labels, then O(rules x selected devices).
+    """
+    names = [d.name for d in manifest.devices]
+    if me not in names:
+        return frozenset()
+    if manifest.policy is None:
+        return frozenset(names) - {me}
+    members: dict[str, set[str]] = {}
+    my_labels: frozenset[str] = frozenset()
+    for d in manifest.devices:
+        for label in d.labels:
+            members.setdefault(label, set()).add(d.name)
+        if d.name == me:
+            my_labels = frozenset(d.labels)
+    everyone = frozenset(names)
+
+    def expand(selectors: Iterable[str]) -> set[str] | frozenset[str]:
+        out: set[str] = set()
+        for sel in selectors:
+            if sel == "*":
+                return everyone
+            if sel.startswith("d:"):
+                if sel[2:] in everyone:
+                    out.add(sel[2:])
+            else:
+                out.update(members.get(sel, ()))
+        return out
+
+    peers: set[str] = set()
+    for raw in manifest.policy.get("rules", ()):
+        if _selects(raw["src"], me, my_labels):
+            peers.update(expand(raw["dst"]))
+        if _selects(raw["dst"], me, my_labels):
+            peers.update(expand(raw["src"]))
+        if len(peers) >= len(everyone):
+            break
+    peers.discard(me)
+    return frozenset(peers)

@@ -1,0 +1,124 @@
+"""Agent benchmarks: the whole-process wall time of a no-op ``meshops agent apply``.
+
+``agent_apply_noop``: a device with a few peers (default 5) is converged once
+on a real wireguard-go interface in a throwaway network namespace
+(``mo-bench-<pid>``), from a ``file://`` manifest signed by a throwaway key;
+then ``meshops agent apply`` runs again N times (default 15) as separate
+processes -- what a systemd timer does every 30 s -- and the median wall time
+is reported. Needs root; without it the figure is ``None`` with the reason.
+``agent_import``: the import time of what a no-op apply loads (``python -X
+importtime``-free: one fresh interpreter, imports timed in-process).
+
+Teardown deletes the namespace and stops only the wireguard-go this run
+started (its pid file).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+GOAL_S = 0.4
+PEERS = int(os.environ.get("MESHOPS_BENCH_AGENT_PEERS", "5"))
+RUNS = int(os.environ.get("MESHOPS_BENCH_AGENT_RUNS", "15"))
+
+
+def _meshops() -> list[str]:
+    exe = Path(sys.executable).with_name("meshops")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "reconciler"]
+
+
+def _setup(tmp: Path, ns: str, iface: str) -> Path:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from reconciler.agent.config import AgentConfig, atomic_write, save_config
+    from reconciler.model.manifest import Manifest, ManifestDevice
+    from reconciler.pki.envelope import trust_entry
+    from reconciler.pki.manifest import encode_manifest, sign_manifest
+
+    def wg_pub(seed: int) -> tuple[str, str]:
+        key = X25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+        pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return base64.b64encode(bytes([seed]) * 32).decode(), base64.b64encode(pub).decode()
+
+    signer = Ed25519PrivateKey.generate()
+    now = int(time.time())
+    devices = [
+        ManifestDevice(name=f"dev-{i}", wireguard_public_key=wg_pub(i + 1)[1],
+                       tunnel_ips=(f"10.99.0.{i + 1}",), cert_sha256="A" * 43,
+                       endpoint=f"198.51.100.{i + 1}:51820" if i else None)
+        for i in range(PEERS + 1)
+    ]
+    manifest = Manifest(org="bench", serial=1, commit="0" * 40, issued_at=now,
+                        not_after=now + 86400, cidr_v4="10.99.0.0/16", cidr_v6=None,
+                        listen_port=51820, keepalive=25, devices=tuple(devices))
+    (tmp / "pub").mkdir()
+    (tmp / "pub" / "manifest.json").write_bytes(sign_manifest(encode_manifest(manifest), signer))
+    (tmp / "trust.json").write_text(json.dumps(
+        {"orgs": {"bench": trust_entry([signer.public_key()], None)}}))
+    atomic_write(tmp / "wireguard.key", (wg_pub(1)[0] + "\n").encode(), mode=0o600)
+    config = AgentConfig(org="bench", name="dev-0", trust=str(tmp / "trust.json"),
+                         private_key=str(tmp / "wireguard.key"),
+                         identity_key=str(tmp / "identity.key"),
+                         manifest_url=f"file://{tmp}/pub/manifest.json", interface=iface,
+                         netns=ns, state_dir=str(tmp / "state"))
+    save_config(config, tmp / "agent.json")
+    return tmp / "agent.json"
+
+
+def bench_agent_apply_noop() -> dict:
+    if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
+        return {"value": float("nan"), "unit": "s", "goal": GOAL_S,
+                "skipped": "needs root and wireguard-go"}
+    tmp = Path(tempfile.mkdtemp(prefix="meshops-bench-agent-"))
+    ns, iface = f"mo-bench-{os.getpid()}", f"mob{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        config = _setup(tmp, ns, iface)
+        cmd = [*_meshops(), "agent", "apply", "--config", str(config), "--format", "json"]
+        first = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        created = json.loads(first.stdout)["operations"]
+        times = []
+        for _ in range(RUNS):
+            start = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            times.append(time.perf_counter() - start)
+            if json.loads(out.stdout)["operations"] != 0:
+                raise RuntimeError(f"not a no-op: {out.stdout}")
+        return {"value": statistics.median(times), "unit": "s", "goal": GOAL_S,
+                "min": min(times), "max": max(times), "runs": RUNS, "peers": PEERS,
+                "first_apply_operations": created}
+    finally:
+        pid_file = tmp / "state" / "wireguard" / f"{iface}.pid"
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            if iface.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError, IndexError):
+            pass
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_agent_import() -> dict:
+    code = ("import time; t=time.perf_counter(); import reconciler.cli, reconciler.cli.agent, "
+            "reconciler.agent.reconcile, reconciler.agent.runtime, reconciler.backends.userspace,"
+            " reconciler.net.iproute; print(time.perf_counter()-t)")
+    times = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  check=True).stdout) for _ in range(5)]
+    return {"value": statistics.median(times), "unit": "s", "goal": None}
+
+
+BENCHMARKS = {"agent_apply_noop": bench_agent_apply_noop, "agent_import": bench_agent_import}

@@ -1,0 +1,295 @@
+"""Load generator for ``hub serve``: many agents reporting over mTLS, plus long-polls.
+
+``scripts/bench hub_load`` runs it. The hub runs in a child process (the real
+``reconciler.hub.daemon`` with TLS, the SQLite feed store in WAL mode, the
+report batching), serving one org of ``MESHOPS_BENCH_AGENTS`` devices (10,000
+by default) from a static snapshot, so the figures measure serving, not git.
+This process simulates the agents with one aiohttp client:
+
+* every agent reports once per ``interval`` (30 s), spread evenly, so 10,000
+  agents make ~333 reports/s; each report opens a fresh TLS connection with
+  the agent's own device certificate (as ``meshops agent`` does), so every
+  report pays a full mTLS handshake on both sides;
+* ``MESHOPS_BENCH_LONGPOLLS`` (1,000) clients hold manifest long-polls
+  (``If-None-Match`` + ``?wait=25``) on pooled keep-alive connections.
+
+Bounded: ``MESHOPS_BENCH_DURATION`` seconds (60) of load, every request with a
+timeout. Recorded: p50/p99 report latency (client side, handshake included),
+errors, lost reports (accepted 200s minus reports committed in the store,
+read after the hub stopped), requests/s, the hub's peak RSS.
+
+Both sides share the machine (2 cores here): the client's CPU competes with
+the hub's, so the latency is an upper bound of what a dedicated hub shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+ORG = "bench"
+
+
+def _env(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+# -- set-up: a CA, device certificates, the snapshot files the child serves -----------------
+def _make_world(directory: Path, agents: int, now: float) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from reconciler.model.repo import Device, Organization
+    from reconciler.pki.ca import init_ca, new_signing_key_pem
+    from reconciler.pki.certs import issue_device_cert
+    from reconciler.pki.keys import private_to_pem
+
+    org = Organization(name=ORG, cidr_v4="10.64.0.0/10")
+    bundle = init_ca(org, now - 3600)
+    signing = new_signing_key_pem()
+    from reconciler.pki.ca import org_keys_from_doc, secret_doc
+
+    keys = org_keys_from_doc(secret_doc(ORG, bundle.key_pem, signing), ORG, bundle.cert_pem)
+    (directory / "ca.crt").write_text(bundle.cert_pem)
+    secret = directory / "secret.json"
+    secret.write_text(json.dumps(secret_doc(ORG, bundle.key_pem, signing)))
+    secret.chmod(0o600)
+    certs = directory / "certs"
+    certs.mkdir()
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    wg = base64.b64encode(bytes(32)).decode()
+    for i in range(agents):
+        ident = Ed25519PrivateKey.generate()
+        name = f"d{i}"
+        dev = Device(name=name, org=ORG, owner="bench", wireguard_public_key=wg,
+                     identity_public_key=base64.b64encode(
+                         ident.public_key().public_bytes(*raw)).decode(),
+                     tunnel_ips=(f"10.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}",))
+        pem = issue_device_cert(keys, dev, 10_000 + i, now)
+        (certs / f"{name}.pem").write_text(pem + private_to_pem(ident))
+
+
+# -- the child: a hub serving a static snapshot -----------------------------------------------
+def _child(directory: str, port: int) -> None:
+    from reconciler.hub.daemon import ServeConfig, serve_forever
+    from reconciler.hub.snapshot import OrgSnapshot, Snapshot
+    from reconciler.pki.ca import org_keys_from_doc
+    from reconciler.pki.envelope import sign_envelope
+
+    d = Path(directory)
+    ca = (d / "ca.crt").read_text()
+    keys = org_keys_from_doc(json.loads((d / "secret.json").read_text()), ORG, ca)
+    names = sorted(p.stem for p in (d / "certs").glob("*.pem"))
+    payload = json.dumps({"org": ORG, "serial": 1, "devices": names}).encode()
+
+    class StaticPipeline:
+        def build(self, rev: str, now: float) -> Snapshot:
+            org = OrgSnapshot(
+                org=ORG, serial=1,
+                manifest=sign_envelope(payload, "application/vnd.meshops.manifest+json",
+                                       keys.signing_key),
+                ca_pem=ca, certs={}, devices=frozenset(names), revoked=frozenset(), keys=keys)
+            return Snapshot(commit=rev, orgs={ORG: org}, built_at=now)
+
+    repo = d / "repo"
+    config = ServeConfig(repo=str(repo), listen=f"127.0.0.1:{port}",
+                         db=f"sqlite:///{d}/hub.db", state_dir=str(d / "state"),
+                         pipeline=StaticPipeline(), poll=3600)
+    asyncio.run(serve_forever(config))
+
+
+# -- the agents ------------------------------------------------------------------------------
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def _load(directory: Path, port: int, agents: int, duration: float, interval: float,
+                long_polls: int) -> dict[str, Any]:
+    import aiohttp
+
+    ca = (directory / "ca.crt").read_text()
+    base = f"https://127.0.0.1:{port}/v1/orgs/{ORG}"
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    accepted = 0
+    timeout = aiohttp.ClientTimeout(total=10)
+
+    def err(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
+
+    # one connector for every report: force_close, since each TLS connection carries
+    # one agent's certificate (a connection cannot be shared between identities)
+    reports = aiohttp.TCPConnector(limit=0, force_close=True)
+    polls = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+    session = aiohttp.ClientSession(connector=reports, timeout=timeout)
+    poll_session = aiohttp.ClientSession(connector=polls,
+                                         timeout=aiohttp.ClientTimeout(total=40))
+    poll_ctx = ssl.create_default_context(cadata=ca)
+
+    async def report(i: int, seq: int) -> None:
+        nonlocal accepted
+        ctx = ssl.create_default_context(cadata=ca)
+        ctx.load_cert_chain(directory / "certs" / f"d{i}.pem")
+        body = {"device": f"d{i}", "serial": seq, "mapping": "independent",
+                "listen_port": 51820,
+                "candidates": [{"kind": "stun", "address": f"203.0.113.{i % 250 + 1}:51820"}]}
+        started = time.perf_counter()
+        try:
+            async with session.post(f"{base}/endpoints", json=body, ssl=ctx,
+                                    server_hostname=f"{ORG}.hub") as r:
+                await r.read()
+                if r.status == 200:
+                    accepted += 1
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    err(f"http-{r.status}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            err(type(exc).__name__)
+
+    async def long_poll(stop_at: float) -> None:
+        while time.monotonic() < stop_at - 1:
+            try:
+                async with poll_session.get(f"{base}/manifest?wait=25", ssl=poll_ctx,
+                                            server_hostname=f"{ORG}.hub",
+                                            headers={"If-None-Match": '"1"'}) as r:
+                    await r.read()
+                    if r.status != 304:
+                        err(f"poll-http-{r.status}")
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                err(f"poll-{type(exc).__name__}")
+                await asyncio.sleep(1)
+
+    start = time.monotonic()
+    stop_at = start + duration
+    pollers = [asyncio.create_task(long_poll(stop_at)) for _ in range(long_polls)]
+    tasks: set[asyncio.Task[None]] = set()
+    sent = 0
+    step = interval / agents
+    while True:
+        due = int((time.monotonic() - start) / step)
+        while sent <= due and sent * step < duration:
+            t = asyncio.create_task(report(sent % agents, sent // agents))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+            sent += 1
+        if sent * step >= duration:
+            break
+        await asyncio.sleep(0.005)
+    if tasks:
+        await asyncio.wait(tasks, timeout=15)
+    for p in pollers:
+        p.cancel()
+    await asyncio.gather(*pollers, return_exceptions=True)
+    elapsed = time.monotonic() - start
+    await session.close()
+    await poll_session.close()
+    return {"sent": sent, "accepted": accepted, "latencies": latencies, "errors": errors,
+            "elapsed": elapsed}
+
+
+def _rss(pid: int) -> tuple[int, int]:
+    rss = hwm = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+        elif line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return rss, hwm
+
+
+def hub_load() -> dict[str, Any]:
+    agents = int(_env("MESHOPS_BENCH_AGENTS", 10_000))
+    duration = _env("MESHOPS_BENCH_DURATION", 60)
+    interval = _env("MESHOPS_BENCH_INTERVAL", 30)
+    long_polls = int(_env("MESHOPS_BENCH_LONGPOLLS", 1000))
+    sys.path.insert(0, str(ROOT))
+    with tempfile.TemporaryDirectory(prefix="meshops-bench-hub-") as tmp:
+        d = Path(tmp)
+        t0 = time.monotonic()
+        _make_world(d, agents, time.time())
+        setup_s = time.monotonic() - t0
+        repo = d / "repo"
+        repo.mkdir()
+        env = dict(os.environ, GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@example.org",
+                   GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@example.org")
+        for args in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "b"]):
+            subprocess.run(["git", *args], cwd=repo, env=env, check=True)
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--serve-child", tmp, str(port)], cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or child.poll() is not None:
+                        raise RuntimeError("the hub child did not start") from None
+                    time.sleep(0.2)
+            time.sleep(1.0)  # first publish
+            result = asyncio.run(_load(d, port, agents, duration, interval, long_polls))
+            rss, peak = _rss(child.pid)
+        finally:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        from reconciler.hub.feedstore import FeedStore
+
+        store = FeedStore(f"sqlite:///{d}/hub.db")
+        stored = store.total_reports()
+        store.close()
+    lat = result["latencies"]
+    p99 = _pct(lat, 0.99)
+    return {
+        "value": p99,
+        "unit": "s",
+        "goal": 0.05,
+        "p50_s": _pct(lat, 0.50),
+        "p99_s": p99,
+        "max_s": max(lat) if lat else float("nan"),
+        "agents": agents,
+        "duration_s": duration,
+        "long_polls": long_polls,
+        "reports_sent": result["sent"],
+        "reports_accepted": result["accepted"],
+        "reports_stored": stored,
+        "lost_reports": max(0, result["accepted"] - stored),
+        "errors": result["errors"],
+        "reports_per_s": result["accepted"] / result["elapsed"],
+        "hub_rss_bytes": rss,
+        "hub_peak_rss_bytes": peak,
+        "setup_s": setup_s,
+    }
+
+
+BENCHMARKS = {"hub_load": hub_load}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-child":
+        sys.path.insert(0, str(ROOT))
+        _child(sys.argv[2], int(sys.argv[3]))
+    else:
+        print(json.dumps(hub_load(), indent=2, default=str))

@@ -1,0 +1,76 @@
+"""Fetcher: file:// and HTTP through a fake transport (ETag, 304, gzip, errors)."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from reconciler.agent.fetch import Fetcher
+from reconciler.errors import ConfigError, FetchError
+
+
+class Transport:
+    def __init__(self, *responses):
+        self.responses = list(responses)
+        self.requests = []
+
+    def __call__(self, method, url, *, headers, body, timeout):
+        self.requests.append((method, url, dict(headers), body, timeout))
+        resp = self.responses.pop(0)
+        if isinstance(resp, Exception):
+            raise resp
+        return resp
+
+
+def test_file_url(tmp_path) -> None:
+    path = tmp_path / "m.json"
+    path.write_bytes(b"envelope")
+    resp = Fetcher().get(f"file://{path}")
+    assert (resp.status, resp.body) == (200, b"envelope") and resp.etag
+
+
+def test_missing_file_is_temporary(tmp_path) -> None:
+    with pytest.raises(FetchError, match="not found"):
+        Fetcher().get(f"file://{tmp_path}/nope.json")
+
+
+def test_http_etag_and_long_poll() -> None:
+    t = Transport((200, {"etag": '"7"'}, b"body"), (304, {"etag": '"7"'}, b""))
+    f = Fetcher(t, timeout=3)
+    first = f.get("https://hub/v1/orgs/acme/manifest")
+    assert (first.status, first.body, first.etag) == (200, b"body", '"7"')
+    second = f.get("https://hub/v1/orgs/acme/manifest", etag='"7"', wait=30)
+    assert second.status == 304 and second.body == b""
+    _method, url, headers, _, timeout = t.requests[1]
+    assert url.endswith("/manifest?wait=30") and headers["If-None-Match"] == '"7"'
+    assert timeout == 33  # the long-poll wait plus the normal timeout
+
+
+def test_gzip_body_is_decoded() -> None:
+    t = Transport((200, {"content-encoding": "gzip"}, gzip.compress(b"hello")))
+    assert Fetcher(t).get("http://hub/x").body == b"hello"
+
+
+@pytest.mark.parametrize("status,error", [(503, FetchError), (429, FetchError),
+                                          (403, ConfigError), (404, ConfigError)])
+def test_status_classes(status, error) -> None:
+    t = Transport((status, {}, b'{"error": "no such org"}'))
+    with pytest.raises(error, match=str(status)):
+        Fetcher(t).get("http://hub/x")
+
+
+def test_post_json() -> None:
+    t = Transport((200, {}, b'{"accepted": true}'))
+    assert Fetcher(t).post_json("http://hub/r", {"a": 1}) == {"accepted": True}
+    assert t.requests[0][0] == "POST" and t.requests[0][3] == b'{"a":1}'
+
+
+def test_real_http_transport_unreachable_is_temporary() -> None:
+    import socket
+
+    with socket.socket() as s:  # a closed local port: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(FetchError):
+        Fetcher(timeout=2).get(f"http://127.0.0.1:{port}/v1/orgs/acme/manifest")

@@ -1,0 +1,71 @@
+"""The adapter from manifest + feed + observed handshakes to peering decisions."""
+
+from __future__ import annotations
+
+from reconciler.agent.paths import decide, literal_endpoint
+from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
+from reconciler.model.wg import ObservedInterface, ObservedPeer
+
+from .helpers import NOW, Org, device, wg_keypair
+
+ORG = Org()
+
+
+def manifest():
+    return ORG.manifest([
+        device("alpha", 1, "10.77.0.1"),
+        device("beta", 2, "10.77.0.2"),
+        device("gamma", 3, "10.77.0.3"),
+        device("relay-1", 4, "10.77.0.4", relay=True, endpoint="relay.example:51820"),
+    ])
+
+
+def entry(name, mapping, ip, port):
+    return FeedEntry(name, (Candidate("stun", f"{ip}:{port}"),), mapping, ip, int(NOW))
+
+
+FEED = EndpointFeed("acme", 1, int(NOW), (
+    entry("alpha", "independent", "198.51.100.1", 40001),
+    entry("beta", "dependent", "198.51.100.2", 40002),
+    entry("gamma", "independent", "203.0.113.3", 40003),
+))
+
+
+def resolve(host):
+    return {"relay.example": "203.0.113.4"}.get(host)
+
+
+def test_symmetric_peer_goes_through_the_relay_cone_peer_direct() -> None:
+    got = decide(manifest(), "alpha", observed=ObservedInterface("mo-acme", False), feed=FEED,
+                 state={}, now=NOW, resolve=resolve)
+    assert got.paths["beta"].path == "relay" and got.paths["beta"].via == "relay-1"
+    assert got.paths["gamma"].path == "direct"
+    assert got.paths["gamma"].endpoint == "203.0.113.3:40003"
+    assert got.paths["relay-1"].endpoint == "203.0.113.4:51820"  # hostname resolved
+    assert got.my_relay == "relay-1"
+
+
+def test_stale_direct_path_falls_back_to_relay_and_state_persists() -> None:
+    gamma_key = wg_keypair(3)[1]
+    observed = ObservedInterface("mo-acme", True, peers={
+        gamma_key: ObservedPeer(gamma_key, ("10.77.0.3/32",), last_handshake=None)})
+    first = decide(manifest(), "alpha", observed=observed, feed=FEED, state={}, now=NOW,
+                   resolve=resolve)
+    assert first.paths["gamma"].path == "direct"
+    later = decide(manifest(), "alpha", observed=observed, feed=FEED, state=first.state,
+                   now=NOW + 60, resolve=resolve)
+    assert later.paths["gamma"].path == "relay"  # no handshake within the grace period
+    assert later.state != first.state
+
+
+def test_unknown_device_gets_nothing() -> None:
+    got = decide(manifest(), "zeta", observed=ObservedInterface("x", False), feed=None,
+                 state={}, now=NOW)
+    assert got.paths == {} and got.my_relay is None
+
+
+def test_literal_endpoint() -> None:
+    assert literal_endpoint("198.51.100.7:51820") == "198.51.100.7:51820"
+    assert literal_endpoint("[2001:db8::1]:51820") == "[2001:db8::1]:51820"
+    assert literal_endpoint("nowhere.invalid:1", lambda h: None) is None
+    assert literal_endpoint(None) is None

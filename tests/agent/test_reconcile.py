@@ -1,0 +1,258 @@
+"""reconcile_once with a fake fetch and a fake backend: flow, idempotence,
+drift, dry-run, refusals, fail-static and the hub's feed/report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reconciler.agent.reconcile import reconcile_once
+from reconciler.agent.state import StateDir
+from reconciler.errors import FetchError, ManifestRefused, NotConverged
+from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
+from reconciler.model.wg import ObservedInterface
+from reconciler.pki.envelope import sign_envelope
+from reconciler.plan import AddPeer, RemovePeer, RemoveRoute
+
+from .helpers import NOW, FakeBackend, FakeFetch, Org, device, wg_keypair
+
+ORG = Org()
+
+
+def three(serial: int = 1, **kw):
+    return ORG.manifest([
+        device("alpha", 1, "10.77.0.1"),
+        device("beta", 2, "10.77.0.2", endpoint="198.51.100.2:51820"),
+        device("gamma", 3, "10.77.0.3", routes=("192.168.50.0/24",)),
+    ], serial=serial, **kw)
+
+
+@pytest.fixture
+def agent(tmp_path):
+    from .helpers import write_agent
+
+    config = write_agent(tmp_path, ORG)
+    fetch = FakeFetch({config.source_url: ORG.sign(three())})
+    return config, fetch, FakeBackend()
+
+
+def run(config, fetch, backend, now=NOW, **kw):
+    return reconcile_once(config, fetch=fetch, backend=backend, now=now, **kw)
+
+
+def test_first_pass_converges_and_second_pass_is_a_noop(agent) -> None:
+    config, fetch, backend = agent
+    first = run(config, fetch, backend)
+    assert first.applied == len(first.operations) > 0
+    assert (first.serial, first.source, first.residual) == (1, "fetched", ())
+    assert set(backend.state.peers) == {wg_keypair(2)[1], wg_keypair(3)[1]}
+    assert backend.state.addresses == ("10.77.0.1/24",)
+    second = run(config, fetch, backend)
+    assert (second.applied, second.operations, second.source) == (0, (), "unchanged")
+    # creation goes in two phases (interface and port first, then the peers);
+    # apply is never called for an empty plan
+    assert len(backend.applied) == 2
+    assert not any(isinstance(op, AddPeer) for op in backend.applied[0])
+    assert all(isinstance(op, AddPeer) for op in backend.applied[1])
+    applied = StateDir(config.state_dir).load_applied()
+    assert applied["serial"] == 1 and [p["name"] for p in applied["peers"]] == ["beta", "gamma"]
+
+
+def test_drift_is_corrected(agent) -> None:
+    config, fetch, backend = agent
+    run(config, fetch, backend)
+    beta = wg_keypair(2)[1]
+    peers = dict(backend.state.peers)
+    peers[beta] = peers[beta].__class__(beta, ("10.99.0.0/16",), None, 0)
+    stranger = wg_keypair(9)[1]
+    peers[stranger] = peers[beta].__class__(stranger, ("10.77.0.9/32",))
+    backend.state = ObservedInterface(**{**backend.state.__dict__, "peers": peers})
+    result = run(config, fetch, backend)
+    kinds = sorted(type(op).__name__ for op in result.operations)
+    assert kinds == ["RemovePeer", "UpdatePeer"]
+    assert run(config, fetch, backend).applied == 0
+
+
+def test_dry_run_changes_nothing(agent) -> None:
+    config, fetch, backend = agent
+    result = run(config, fetch, backend, dry_run=True)
+    assert result.operations and result.applied == 0
+    assert backend.applied == []
+    assert StateDir(config.state_dir).load_manifest() is None
+    assert StateDir(config.state_dir).load_applied() is None
+
+
+def test_refused_manifest_never_touches_the_interface(agent) -> None:
+    config, fetch, backend = agent
+    run(config, fetch, backend)
+    before, applies = backend.state, len(backend.applied)
+    fetch.bodies[config.source_url] = Org(key_seed=99).sign(three(serial=2))  # unknown key
+    with pytest.raises(ManifestRefused) as info:
+        run(config, fetch, backend)
+    assert info.value.reason == "unknown-key"
+    assert backend.state == before and len(backend.applied) == applies
+    assert StateDir(config.state_dir).last_serial() == 1
+
+
+def test_rollback_is_refused_and_same_serial_reapplies(agent) -> None:
+    config, fetch, backend = agent
+    fetch.bodies[config.source_url] = ORG.sign(three(serial=5))
+    run(config, fetch, backend)
+    fetch.bodies[config.source_url] = ORG.sign(three(serial=4))
+    with pytest.raises(ManifestRefused) as info:
+        run(config, fetch, backend)
+    assert info.value.reason == "rollback"
+    # the very manifest already applied (serial == last) is accepted as current
+    fetch.bodies[config.source_url] = ORG.sign(three(serial=5))
+    assert run(config, fetch, backend).serial == 5
+
+
+def test_same_serial_with_other_content_is_refused(agent) -> None:
+    config, fetch, backend = agent
+    fetch.bodies[config.source_url] = ORG.sign(three(serial=5))
+    run(config, fetch, backend)
+    other = ORG.manifest([device("alpha", 1, "10.77.0.1"), device("evil", 8, "10.77.0.8")],
+                         serial=5)
+    fetch.bodies[config.source_url] = ORG.sign(other)
+    with pytest.raises(ManifestRefused, match="already applied with other content"):
+        run(config, fetch, backend)
+    assert wg_keypair(8)[1] not in backend.state.peers
+
+
+def test_new_serial_moves_the_rollback_floor(agent) -> None:
+    config, fetch, backend = agent
+    run(config, fetch, backend)
+    fetch.bodies[config.source_url] = ORG.sign(ORG.manifest(
+        [device("alpha", 1, "10.77.0.1"), device("beta", 2, "10.77.0.2")], serial=2))
+    result = run(config, fetch, backend)
+    assert [type(op) for op in result.operations] == [RemoveRoute, RemovePeer]
+    assert StateDir(config.state_dir).last_serial() == 2
+
+
+def test_fail_static_reapplies_the_cached_manifest(agent) -> None:
+    config, fetch, backend = agent
+    run(config, fetch, backend)
+    fetch.bodies[config.source_url] = FetchError("hub down")
+    rebooted = FakeBackend()  # the interface is gone after a reboot
+    result = run(config, fetch, rebooted, now=NOW + 3600)
+    assert result.source == "cache" and result.serial == 1
+    assert result.warnings and "re-applied the cached manifest" in result.warnings[0]
+    assert rebooted.state.peers.keys() == backend.state.peers.keys()
+
+
+def test_fail_static_refuses_an_expired_cache(agent) -> None:
+    config, fetch, backend = agent
+    run(config, fetch, backend)
+    fetch.bodies[config.source_url] = FetchError("hub down")
+    rebooted = FakeBackend()
+    with pytest.raises(FetchError, match="expired"):
+        run(config, fetch, rebooted, now=NOW + 8 * 86400)
+    assert rebooted.applied == []
+
+
+def test_unreachable_without_cache_is_temporary(agent) -> None:
+    config, fetch, backend = agent
+    fetch.bodies.clear()
+    with pytest.raises(FetchError):
+        run(config, fetch, backend)
+    assert backend.applied == []
+
+
+def test_expired_manifest_is_refused(agent) -> None:
+    config, fetch, backend = agent
+    with pytest.raises(ManifestRefused) as info:
+        run(config, fetch, backend, now=NOW + 30 * 86400)
+    assert info.value.reason == "expired"
+
+
+def test_wrong_org_is_refused(agent) -> None:
+    config, fetch, backend = agent
+    fetch.bodies[config.source_url] = Org("other", key_seed=7).sign(
+        Org("other").manifest([device("alpha", 1, "10.77.0.1")]))
+    with pytest.raises(ManifestRefused) as info:
+        run(config, fetch, backend)
+    assert info.value.reason in ("wrong-org", "unknown-key")
+    assert backend.applied == []
+
+
+def test_not_converged_names_the_residual(agent) -> None:
+    config, fetch, backend = agent
+    backend.lose = {wg_keypair(3)[1]}
+    with pytest.raises(NotConverged) as info:
+        run(config, fetch, backend)
+    assert [type(op) for op in info.value.residual] == [AddPeer]
+    assert "gamma" in str(info.value)
+
+
+def test_removed_device_drops_all_peers(agent) -> None:
+    config, fetch, backend = agent
+    run(config, fetch, backend)
+    fetch.bodies[config.source_url] = ORG.sign(ORG.manifest(
+        [device("beta", 2, "10.77.0.2"), device("gamma", 3, "10.77.0.3")], serial=2))
+    result = run(config, fetch, backend)
+    assert not result.member and backend.state.peers == {}
+    assert any("not in manifest" in w for w in result.warnings)
+
+
+def feed_envelope(revision: int, entries) -> bytes:
+    doc = {"org": "acme", "revision": revision, "generated_at": int(NOW),
+           "entries": entries}
+    return sign_envelope(json.dumps(doc).encode(), "application/vnd.meshops.feed+json",
+                         ORG.key)
+
+
+def test_hub_mode_uses_the_feed_and_reports(tmp_path) -> None:
+    from .helpers import write_agent
+
+    config = write_agent(tmp_path, ORG, hub="https://hub.example:8443")
+    feed = feed_envelope(3, [{"device": "gamma", "mapping": "independent",
+                              "public_ip": "203.0.113.30", "updated_at": int(NOW),
+                              "candidates": [{"kind": "local", "address": "10.1.0.3:51820"},
+                                             {"kind": "stun",
+                                              "address": "203.0.113.30:40000"}]}])
+    fetch = FakeFetch({config.source_url: ORG.sign(three()), config.feed_url: feed})
+    backend = FakeBackend()
+    result = run(config, fetch, backend)
+    assert result.feed_revision == 3
+    gamma = backend.state.peers[wg_keypair(3)[1]]
+    assert gamma.endpoint == "203.0.113.30:40000"
+    assert fetch.posts and fetch.posts[0][0] == config.feed_url
+    report = fetch.posts[0][1]
+    assert report["device"] == "alpha" and report["serial"] == 1
+    assert report["listen_port"] == 51820
+    # the second pass sends If-None-Match and gets 304: nothing re-applied
+    again = run(config, fetch, backend)
+    assert again.applied == 0 and again.source == "unchanged"
+    assert fetch.calls[-2][1] is not None  # the manifest GET carried the ETag
+
+
+def test_hub_mode_feed_with_bad_signature_is_ignored(tmp_path) -> None:
+    from .helpers import write_agent
+
+    config = write_agent(tmp_path, ORG, hub="https://hub.example:8443")
+    bad = sign_envelope(b"{}", "application/vnd.meshops.feed+json", Org(key_seed=55).key)
+    fetch = FakeFetch({config.source_url: ORG.sign(three()), config.feed_url: bad})
+    result = run(config, fetch, FakeBackend())
+    assert result.feed_revision is None
+    assert any("endpoint feed not used" in w for w in result.warnings)
+
+
+def test_discovery_runs_only_while_the_port_is_free(agent) -> None:
+    config, fetch, backend = agent
+    calls = []
+
+    def discover(port):
+        calls.append(port)
+
+    run(config, fetch, backend, discover=discover)
+    run(config, fetch, backend, discover=discover)
+    assert calls == [51820]
+
+
+def test_feed_model_roundtrip() -> None:
+    from reconciler.agent.endpoints import feed_from_dict, feed_to_dict
+
+    feed = EndpointFeed("acme", 4, 1, (FeedEntry("a", (Candidate("stun", "1.2.3.4:5"),),
+                                                 "independent", "1.2.3.4", 9),))
+    assert feed_from_dict(feed_to_dict(feed)) == feed

@@ -1,0 +1,103 @@
+"""``meshops ca init`` and ``meshops manifest verify`` through the CLI entry point."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
+
+
+@pytest.fixture(scope="module")
+def gnupghome(tmp_path_factory):
+    from reconciler.hub.publish import example_gnupghome
+
+    home = tmp_path_factory.mktemp("gnupg")
+    example_gnupghome(EXAMPLE, home)
+    yield str(home)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                   capture_output=True, check=False)  # fmt: skip
+
+
+@pytest.fixture
+def repo(tmp_path):
+    dst = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, dst)
+    return dst
+
+
+def test_ca_init_writes_and_refuses_overwrite(repo, gnupghome, capsys):
+    shutil.rmtree(repo / "secrets", ignore_errors=True)
+    for org in ("acme", "globex"):
+        (repo / "orgs" / org / "ca.crt").unlink(missing_ok=True)
+    args = ["ca", "init", "--org", "acme", "--repo", str(repo), "--gnupghome", gnupghome]
+    assert main(args) == 0
+    cert = (repo / "orgs" / "acme" / "ca.crt").read_text()
+    secret = repo / "secrets" / "acme-ca.sops.yaml"
+    assert "BEGIN CERTIFICATE" in cert
+    assert secret.stat().st_mode & 0o777 == 0o600
+    text = secret.read_text()
+    assert "PRIVATE KEY" not in text and "ENC[AES256_GCM" in text
+    assert "97A75CABDC50A83D2C4A0E2DDB0237F019A9D31D" in text
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (repo / "orgs" / "acme" / "ca.crt").read_text() == cert
+    assert main([*args, "--force"]) == 0
+    assert (repo / "orgs" / "acme" / "ca.crt").read_text() != cert
+
+
+def test_ca_init_unknown_org(repo, gnupghome, capsys):
+    assert main(["ca", "init", "--org", "nope", "--repo", str(repo), "--gnupghome", gnupghome]) == 2
+    assert "no org 'nope'" in capsys.readouterr().err
+
+
+def _publish(repo, tmp_path, gnupghome, now=None):
+    from reconciler.hub.publish import publish
+
+    out = tmp_path / "out"
+    publish(repo, out_dir=out, state=f"sqlite:///{tmp_path}/hub.db",
+            now=now or time.time(), gpg_home=gnupghome)  # fmt: skip
+    return out
+
+
+def test_manifest_verify_ok_and_refusals(repo, tmp_path, gnupghome, capsys):
+    out = _publish(repo, tmp_path, gnupghome)
+    man, trust = out / "acme" / "manifest.json", out / "trust.json"
+    assert main(["manifest", "verify", str(man), "--trust", str(trust), "--org", "acme"]) == 0
+    ok = capsys.readouterr().out
+    assert ok.startswith("OK org=acme serial=")
+    serial = int(ok.split("serial=")[1].split()[0])
+    rc = main(["manifest", "verify", str(man), "--trust", str(trust), "--org", "acme",
+               "--min-serial", str(serial)])  # fmt: skip
+    assert rc == 1 and "(rollback)" in capsys.readouterr().err
+    assert main(["manifest", "verify", str(man), "--trust", str(trust), "--org", "globex"]) == 1
+    assert "(wrong-org)" in capsys.readouterr().err
+    env = json.loads(man.read_bytes())
+    sig = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
+    sig[0] ^= 1
+    env["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(env))
+    assert main(["manifest", "verify", str(bad), "--trust", str(trust), "--org", "acme"]) == 1
+    assert "(bad-signature)" in capsys.readouterr().err
+
+
+def test_manifest_verify_expired(repo, tmp_path, gnupghome, capsys):
+    out = _publish(repo, tmp_path, gnupghome, now=time.time() - 8 * 86400)
+    rc = main(["manifest", "verify", str(out / "acme" / "manifest.json"),
+               "--trust", str(out / "trust.json"), "--org", "acme"])  # fmt: skip
+    assert rc == 1 and "(expired)" in capsys.readouterr().err
+
+
+def test_manifest_verify_missing_file(tmp_path, capsys):
+    rc = main(["manifest", "verify", str(tmp_path / "nope"), "--trust", str(tmp_path / "t"),
+               "--org", "acme"])  # fmt: skip
+    assert rc == 2

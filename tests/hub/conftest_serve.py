@@ -1,0 +1,135 @@
+"""Fixtures for the ``hub serve`` tests: real org CAs, device certificates, a fake
+publish pipeline (real signatures, no git). PostgreSQL comes from
+tests/hub/conftest.py (``fresh_postgres_url``).
+
+Imported by tests/hub/test_api.py, test_serve_*.py. The pipeline is faked so the
+API tests do not depend on the whole config/publish stack; test_serve_e2e.py
+runs the real ``Publisher``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from reconciler.errors import Problem, ValidationError
+from reconciler.hub.snapshot import OrgSnapshot, Snapshot
+from reconciler.model.repo import Device, Organization
+from reconciler.pki.ca import init_ca, new_signing_key_pem, org_keys_from_doc, secret_doc
+from reconciler.pki.certs import issue_device_cert
+from reconciler.pki.envelope import sign_envelope
+from reconciler.pki.keys import private_to_pem
+
+NOW = 1_790_000_000.0
+MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+@dataclass
+class DeviceCreds:
+    org: str
+    name: str
+    cert_pem: str
+    key_pem: str  # identity private key (mTLS client key)
+    serial: int
+
+
+@dataclass
+class OrgFixture:
+    name: str
+    cidr: str
+    keys: Any
+    devices: dict[str, DeviceCreds] = field(default_factory=dict)
+    next_serial: int = 1000
+
+    def add_device(self, name: str, now: float = NOW, lifetime: int = 30 * 86400) -> DeviceCreds:
+        ident = Ed25519PrivateKey.generate()
+        wg = X25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        ip = f"{self.cidr.rsplit('.', 2)[0]}.0.{len(self.devices) + 1}"
+        device = Device(
+            name=name, org=self.name, owner="alice", wireguard_public_key=b64(wg),
+            identity_public_key=b64(ident.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw)),
+            tunnel_ips=(ip,),
+        )
+        self.next_serial += 1
+        pem = issue_device_cert(self.keys, device, self.next_serial, now, lifetime)
+        creds = DeviceCreds(self.name, name, pem, private_to_pem(ident), self.next_serial)
+        self.devices[name] = creds
+        return creds
+
+
+def make_org(name: str, cidr: str = "10.20.0.0/16") -> OrgFixture:
+    org = Organization(name=name, cidr_v4=cidr)
+    bundle = init_ca(org, NOW - 86400)
+    doc = secret_doc(name, bundle.key_pem, new_signing_key_pem())
+    return OrgFixture(name, cidr, org_keys_from_doc(doc, name, bundle.cert_pem))
+
+
+def org_snapshot(org: OrgFixture, serial: int, commit: str, revoked: frozenset[int] = frozenset()
+                 ) -> OrgSnapshot:
+    payload = json.dumps({"org": org.name, "serial": serial, "commit": commit,
+                          "devices": sorted(org.devices)}, sort_keys=True).encode()
+    return OrgSnapshot(
+        org=org.name, serial=serial,
+        manifest=sign_envelope(payload, MANIFEST_TYPE, org.keys.signing_key),
+        ca_pem=org.keys.ca_pem,
+        certs={n: d.cert_pem for n, d in org.devices.items()},
+        devices=frozenset(org.devices), revoked=revoked, keys=org.keys,
+    )
+
+
+class FakePipeline:
+    """``commits[rev]`` is a Snapshot factory or an exception to raise."""
+
+    def __init__(self, orgs: list[OrgFixture]) -> None:
+        self.orgs = orgs
+        self.bad: set[str] = set()
+        self.revoked: dict[str, frozenset[int]] = {}
+        self.serial = 0
+        self.builds: list[str] = []
+
+    def build(self, rev: str, now: float) -> Snapshot:
+        self.builds.append(rev)
+        if rev in self.bad:
+            raise ValidationError([Problem("orgs/acme/devices/bad.yaml", 3, "schema",
+                                           "tunnel_ips.0 is not an IP address")])
+        self.serial += 1
+        return Snapshot(
+            commit=rev,
+            orgs={o.name: org_snapshot(o, self.serial, rev, self.revoked.get(o.name, frozenset()))
+                  for o in self.orgs},
+            built_at=now,
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_pem_files(tmp: Path, creds: DeviceCreds) -> tuple[str, str]:
+    cert, key = tmp / f"{creds.org}-{creds.name}.crt", tmp / f"{creds.org}-{creds.name}.key"
+    cert.write_text(creds.cert_pem)
+    key.write_text(creds.key_pem)
+    key.chmod(0o600)
+    return str(cert), str(key)

@@ -1,0 +1,321 @@
+"""The hub API in-process (aiohttp test client; the client certificate is injected
+through ``make_app(peer_cert=...)``): shapes, ETags, long-polls, the authorization
+matrix, bad requests, a bad commit keeping the last good manifest."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from reconciler.hub.api import make_app
+from reconciler.hub.feed import FEED_PAYLOAD_TYPE
+from reconciler.hub.feedstore import FeedStore
+from reconciler.hub.serve import Hub
+from reconciler.pki.envelope import OrgTrust, open_envelope
+
+from .conftest_serve import NOW, FakePipeline, make_org, run
+
+CERT_HEADER = "X-Test-Client-Cert"
+
+
+def header_cert(request: web.Request) -> str | None:
+    raw = request.headers.get(CERT_HEADER)
+    return base64.b64decode(raw).decode() if raw else None
+
+
+def as_device(creds: Any) -> dict[str, str]:
+    return {CERT_HEADER: base64.b64encode(creds.cert_pem.encode()).decode()}
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.acme = make_org("acme", "10.20.0.0/16")
+        self.beta = make_org("beta", "10.30.0.0/16")
+        self.laptop = self.acme.add_device("laptop")
+        self.server = self.acme.add_device("server")
+        self.phone = self.beta.add_device("phone")
+        self.pipeline = FakePipeline([self.acme, self.beta])
+        self.clock = [NOW]
+        self.db = f"sqlite:///{tmp}/hub.db"
+        self.hub: Hub | None = None
+
+    def new_hub(self) -> Hub:
+        self.hub = Hub(pipeline=self.pipeline, store=FeedStore(self.db),
+                       now=lambda: self.clock[0])
+        return self.hub
+
+
+@asynccontextmanager
+async def client(world: World, commit: str | None = "c1"):
+    hub = world.new_hub()
+    await hub.start()
+    if commit:
+        assert await hub.reconcile(commit)
+    async with TestClient(TestServer(make_app(hub, peer_cert=header_cert))) as c:
+        yield c, hub
+    await hub.close()
+
+
+def report_body(device: str, **extra: Any) -> dict[str, Any]:
+    body = {"device": device, "candidates": [{"kind": "stun", "address": "203.0.113.7:51820"}],
+            "mapping": "independent", "listen_port": 51820, "serial": 1}
+    body.update(extra)
+    return body
+
+
+def test_manifest_etag_gzip_and_304(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, hub):
+            r = await c.get("/v1/orgs/acme/manifest", headers={"Accept-Encoding": "identity"})
+            assert r.status == 200 and r.headers["ETag"] == '"1"'
+            body = await r.read()
+            opened = open_envelope(body, OrgTrust(keys={}), "x") if False else None
+            assert opened is None and json.loads(body)["payloadType"].endswith("manifest+json")
+            assert body == hub.org("acme").manifest
+            r = await c.get("/v1/orgs/acme/manifest", headers={"Accept-Encoding": "gzip"},
+                            auto_decompress=False)
+            assert r.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(await r.read()) == body
+            r = await c.get("/v1/orgs/acme/manifest", headers={"If-None-Match": '"1"'})
+            assert r.status == 304 and r.headers["ETag"] == '"1"'
+            r = await c.get("/v1/orgs/acme/manifest", headers={"If-None-Match": '"0"'})
+            assert r.status == 200
+    run(go())
+
+
+def test_manifest_long_poll_wakes_on_new_commit(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, hub):
+            poll = asyncio.create_task(c.get("/v1/orgs/acme/manifest?wait=10",
+                                             headers={"If-None-Match": '"1"'}))
+            await asyncio.sleep(0.2)
+            assert not poll.done()
+            assert await hub.reconcile("c2")
+            r = await asyncio.wait_for(poll, 5)
+            assert r.status == 200 and r.headers["ETag"] == '"2"'
+            # nothing newer: the long-poll times out with 304
+            r = await c.get("/v1/orgs/acme/manifest?wait=1", headers={"If-None-Match": '"2"'})
+            assert r.status == 304
+    run(go())
+
+
+def test_bad_commit_keeps_last_good_manifest_and_reports_error(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        w.pipeline.bad.add("bad")
+        async with client(w) as (c, hub):
+            before = await (await c.get("/v1/orgs/acme/manifest")).read()
+            assert not await hub.reconcile("bad")
+            r = await c.get("/v1/orgs/acme/manifest")
+            assert r.status == 200 and await r.read() == before
+            status = await (await c.get("/v1/status")).json()
+            assert status["serving_commit"] == "c1" and status["branch_commit"] == "bad"
+            assert status["healthy"] is False
+            assert "bad.yaml:3" in status["last_error"]
+            metrics = await (await c.get("/metrics")).text()
+            assert "meshops_hub_publish_failing 1.0" in metrics
+            assert await hub.reconcile("c3")
+            status = await (await c.get("/v1/status")).json()
+            assert status["healthy"] is True and status["last_error"] is None
+    run(go())
+
+
+def test_cert_endpoint_is_public(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, _):
+            r = await c.get("/v1/orgs/acme/devices/laptop/cert")
+            doc = await r.json()
+            assert doc == {"cert": w.laptop.cert_pem, "ca": w.acme.keys.ca_pem}
+            r = await c.get("/v1/orgs/acme/devices/nope/cert")
+            assert r.status == 404 and (await r.json())["error"] == "unknown-device"
+    run(go())
+
+
+def test_report_then_signed_feed(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, _):
+            obs = [{"peer": "server", "endpoint": "198.51.100.9:40000",
+                    "last_handshake": int(NOW) - 10}]
+            r = await c.post("/v1/orgs/acme/endpoints", json=report_body("laptop",
+                             observations=obs), headers=as_device(w.laptop))
+            doc = await r.json()
+            assert r.status == 200 and doc["accepted"] is True
+            assert doc["observed"].startswith("127.0.0.1:")
+            r = await c.get("/v1/orgs/acme/endpoints", headers=as_device(w.server))
+            assert r.status == 200
+            trust = OrgTrust(keys={_kid(w): w.acme.keys.signing_key.public_key()})
+            feed = json.loads(open_envelope(await r.read(), trust, FEED_PAYLOAD_TYPE).payload)
+            assert feed["org"] == "acme" and feed["revision"] == 1
+            entries = {e["device"]: e for e in feed["entries"]}
+            assert entries["laptop"]["candidates"] == [
+                {"kind": "stun", "address": "203.0.113.7:51820"}]
+            assert entries["laptop"]["public_ip"] == "127.0.0.1"
+            assert entries["laptop"]["mapping"] == "independent"
+            # server never reported, but laptop's WireGuard saw it: a reflected candidate
+            assert entries["server"]["candidates"] == [
+                {"kind": "reflected", "address": "198.51.100.9:40000"}]
+            assert entries["server"]["public_ip"] is None
+    run(go())
+
+
+def _kid(w: World) -> str:
+    from reconciler.pki.keys import keyid
+
+    return keyid(w.acme.keys.signing_key.public_key())
+
+
+def test_feed_long_poll_wakes_on_report(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, _):
+            r = await c.get("/v1/orgs/acme/endpoints?since=0&wait=1", headers=as_device(w.server))
+            assert r.status == 304 and r.headers["X-Feed-Revision"] == "0"
+            poll = asyncio.create_task(c.get("/v1/orgs/acme/endpoints?since=0&wait=10",
+                                             headers=as_device(w.server)))
+            await asyncio.sleep(0.2)
+            assert not poll.done()
+            r = await c.post("/v1/orgs/acme/endpoints", json=report_body("laptop"),
+                             headers=as_device(w.laptop))
+            assert r.status == 200
+            r = await asyncio.wait_for(poll, 5)
+            assert r.status == 200 and r.headers["X-Feed-Revision"] == "1"
+    run(go())
+
+
+def test_authorization_matrix(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        expired = w.acme.add_device("old", now=NOW - 40 * 86400, lifetime=86400)
+        revoked = w.acme.add_device("stolen")
+        w.pipeline.revoked["acme"] = frozenset({revoked.serial})
+        async with client(w) as (c, hub):
+            post = "/v1/orgs/acme/endpoints"
+            # org B's device reading org A: 403, on the feed and the manifest
+            for url in ("/v1/orgs/acme/endpoints", "/v1/orgs/acme/manifest"):
+                r = await c.get(url, headers=as_device(w.phone))
+                assert r.status == 403, url
+                assert (await r.json())["error"] == "forbidden"
+            r = await c.post(post, json=report_body("laptop"), headers=as_device(w.phone))
+            assert r.status == 403
+            # a report for another device of the same org: 403
+            r = await c.post(post, json=report_body("server"), headers=as_device(w.laptop))
+            assert r.status == 403 and "laptop" in (await r.json())["message"]
+            # no certificate on an identity endpoint: 401
+            r = await c.post(post, json=report_body("laptop"))
+            assert r.status == 401 and (await r.json())["error"] == "no-certificate"
+            r = await c.get("/v1/orgs/acme/endpoints")
+            assert r.status == 401
+            # expired and revoked certificates are refused
+            r = await c.post(post, json=report_body("old"), headers=as_device(expired))
+            assert r.status == 401 and (await r.json())["error"] == "expired"
+            r = await c.post(post, json=report_body("stolen"), headers=as_device(revoked))
+            assert r.status == 401 and (await r.json())["error"] == "revoked"
+            r = await c.get("/v1/orgs/acme/endpoints", headers=as_device(revoked))
+            assert r.status == 401
+            # the own device, own org: fine
+            r = await c.post(post, json=report_body("laptop"), headers=as_device(w.laptop))
+            assert r.status == 200
+            r = await c.get("/v1/orgs/beta/endpoints", headers=as_device(w.phone))
+            assert r.status == 200
+            assert hub.store.total_reports() == 1
+            metrics = hub.metrics.render().decode()
+            assert 'meshops_hub_auth_refused_total{reason="revoked"}' in metrics
+    run(go())
+
+
+def test_bad_requests_get_json_4xx(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, hub):
+            post, dev = "/v1/orgs/acme/endpoints", as_device(w.laptop)
+            cases: list[tuple[Any, int, str]] = [
+                (b"{not json", 400, "bad-json"),
+                (b"[1, 2]", 400, "bad-report"),
+                (json.dumps(report_body("laptop", mapping="weird")).encode(), 400, "bad-report"),
+                (json.dumps(report_body("laptop", candidates=[{"kind": "stun",
+                                        "address": "not-an-ip:1"}])).encode(), 400, "bad-report"),
+                (json.dumps(report_body("laptop", listen_port=70000)).encode(), 400, "bad-report"),
+                (json.dumps(report_body("laptop", extra=1)).encode(), 400, "bad-report"),
+                (json.dumps(report_body("laptop", observations=[{"peer": "x"}])).encode(), 400,
+                 "bad-report"),
+                (b"\xff\xfe", 400, "bad-json"),
+                (b"x" * 200_000, 413, "too-large"),
+            ]
+            for body, status, code in cases:
+                r = await c.post(post, data=body, headers={**dev,
+                                 "Content-Type": "application/json"})
+                assert r.status == status, (body[:40], await r.text())
+                assert (await r.json())["error"] == code
+            for url, status in (("/v1/orgs/nope/manifest", 404), ("/v1/nothing", 404),
+                                ("/v1/orgs/acme/manifest?wait=abc", 400),
+                                ("/v1/orgs/acme/manifest?wait=100000", 400),
+                                ("/v1/orgs/acme/endpoints?since=-1", 400)):
+                r = await c.get(url, headers=dev)
+                assert r.status == status, url
+                assert "error" in await r.json()
+            r = await c.delete("/v1/orgs/acme/manifest")
+            assert r.status == 405 and (await r.json())["error"] == "method-not-allowed"
+            # and the server still works
+            r = await c.post(post, json=report_body("laptop"), headers=dev)
+            assert r.status == 200
+            assert hub.store.total_reports() == 1
+    run(go())
+
+
+def test_nothing_published_yet_is_404_and_status_says_so(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w, commit=None) as (c, _):
+            r = await c.get("/v1/orgs/acme/manifest")
+            assert r.status == 404
+            status = await (await c.get("/v1/status")).json()
+            assert status["serving_commit"] is None and status["healthy"] is False
+    run(go())
+
+
+def test_status_rollout_view_and_crl(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        w.pipeline.revoked["acme"] = frozenset({7, 9})
+        async with client(w) as (c, hub):
+            await hub.reconcile("c2")  # serial 2
+            await c.post("/v1/orgs/acme/endpoints", json=report_body("laptop", serial=2),
+                         headers=as_device(w.laptop))
+            await c.post("/v1/orgs/acme/endpoints", json=report_body("server", serial=1),
+                         headers=as_device(w.server))
+            status = await (await c.get("/v1/status")).json()
+            acme = status["orgs"]["acme"]
+            assert acme["serial"] == 2 and acme["commit"] == "c2"
+            assert acme["agents_current"] == 1 and acme["rollout"] == {"2": 1, "1": 1}
+            assert acme["agents"]["laptop"]["applied_serial"] == 2
+            crl = await (await c.get("/v1/orgs/acme/crl")).json()
+            assert crl["revoked"] == [7, 9] and crl["serial"] == 2
+    run(go())
+
+
+def test_reports_survive_a_restart_sqlite(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, _):
+            for i in range(20):
+                r = await c.post("/v1/orgs/acme/endpoints", json=report_body("laptop", serial=i),
+                                 headers=as_device(w.laptop))
+                assert r.status == 200
+        async with client(w) as (c, hub):
+            assert hub.store.total_reports() == 20
+            r = await c.get("/v1/orgs/acme/endpoints", headers=as_device(w.server))
+            assert r.headers["X-Feed-Revision"] == "20"
+            assert hub.store.agent_serials()["acme"]["laptop"][0] == 19
+    run(go())

@@ -1,0 +1,241 @@
+"""Manifests: canonical JSON, schema agreement, DSSE, and every refusal reason."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from reconciler.errors import ManifestRefused
+from reconciler.pki import manifest as pm
+from reconciler.pki.envelope import load_trust, pae, trust_entry
+
+from .conftest import NOW, make_keys, make_org
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "schemas" / "manifest.schema.json").read_text()
+)
+DAY = 86400
+FP = "A" * 43
+
+
+def _fps(org_state):
+    return {d.name: FP for d in org_state.enabled_devices()}
+
+
+def _build(org_state, serial=1_763_776_800_000, now=NOW, **kw):
+    return pm.build_manifest(
+        org_state, commit="c0ffee", serial=serial, now=now, lifetime_s=7 * DAY,
+        cert_fingerprints=_fps(org_state), revoked=kw.pop("revoked", (7, 3, 7)), **kw,
+    )  # fmt: skip
+
+
+def _trust(*keysets) -> pm.Trust:
+    doc = {"orgs": {k.org: trust_entry([k.signing_key.public_key()], k.ca_pem) for k in keysets}}
+    return load_trust(json.dumps(doc).encode())
+
+
+def _signed(keys, m) -> bytes:
+    return pm.sign_manifest(pm.canonical_json(pm.manifest_to_dict(m)), keys.signing_key)
+
+
+def test_canonical_json():
+    assert pm.canonical_json({"b": 1, "a": ["é", 2]}) == '{"a":["é",2],"b":1}'.encode()
+
+
+def test_build_skips_disabled_and_sorts(org_state):
+    m = _build(org_state)
+    assert [d.name for d in m.devices] == ["alpha", "beta"]
+    assert m.revoked == (3, 7)
+    assert m.not_after == int(NOW) + 7 * DAY
+    assert m.policy is None
+
+
+def test_round_trip_and_schema_agreement(org_state):
+    m = _build(org_state)
+    d = pm.manifest_to_dict(m)
+    jsonschema.Draft202012Validator(SCHEMA).validate(d)
+    assert pm.manifest_from_dict(json.loads(pm.canonical_json(d))) == m
+    beta = d["devices"][1]
+    assert beta["relay"] is True and beta["endpoint"] == "203.0.113.5:51820"
+    assert "relay" not in d["devices"][0] and "tags" not in beta
+
+
+def test_encode_with_fragment_cache_is_byte_identical(org_state):
+    m = _build(org_state)
+    cache: dict = {}
+    plain = pm.canonical_json(pm.manifest_to_dict(m))
+    assert pm.encode_manifest(m, cache) == plain
+    assert len(cache) == 2
+    assert pm.encode_manifest(m, cache) == plain
+
+
+def test_per_device_size_under_goal(org_state):
+    m = _build(org_state)
+    sizes = [len(pm.canonical_json(pm.device_to_dict(d))) for d in m.devices]
+    assert max(sizes) <= 200, sizes
+
+
+BAD_DOCS = [
+    ("extra top key", lambda d: d.update(surprise=1)),
+    ("missing serial", lambda d: d.pop("serial")),
+    ("serial as string", lambda d: d.update(serial="12")),
+    ("serial bool", lambda d: d.update(serial=True)),
+    ("bad org", lambda d: d.update(org="Not A Label")),
+    ("version", lambda d: d.update(version=2)),
+    ("device extra key", lambda d: d["devices"][0].update(x=1)),
+    ("device bad wg", lambda d: d["devices"][0].update(wg="short")),
+    ("device bad ip type", lambda d: d["devices"][0].update(ips=[1])),
+    ("device empty ips", lambda d: d["devices"][0].update(ips=[])),
+    ("device relay false", lambda d: d["devices"][0].update(relay=False)),
+    ("device bad fp", lambda d: d["devices"][0].update(fp="zz")),
+    ("revoked negative", lambda d: d.update(revoked=[-1])),
+    ("policy list", lambda d: d.update(policy=[])),
+    ("port too big", lambda d: d.update(listen_port=70000)),
+]
+
+
+@pytest.mark.parametrize("label,mutate", BAD_DOCS, ids=[b[0] for b in BAD_DOCS])
+def test_hand_check_and_jsonschema_both_refuse(org_state, label, mutate):
+    d = json.loads(pm.canonical_json(pm.manifest_to_dict(_build(org_state))))
+    mutate(d)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(SCHEMA).validate(d)
+    with pytest.raises(pm.SchemaViolation):
+        pm.check_manifest_dict(d)
+
+
+def test_next_serial_strictly_increases_even_after_state_loss():
+    assert pm.next_serial(1000.0, None) == 1_000_000
+    assert pm.next_serial(1000.0, 5_000_000) == 5_000_001  # clock behind: still increases
+    assert pm.next_serial(1000.5, 1_000_000) == 1_000_500
+
+
+def test_envelope_is_dsse(keys, org_state):
+    env = json.loads(_signed(keys, _build(org_state)))
+    assert env["payloadType"] == "application/vnd.meshops.manifest+json"
+    (sig,) = env["signatures"]
+    payload = base64.b64decode(env["payload"])
+    keys.signing_key.public_key().verify(
+        base64.b64decode(sig["sig"]), pae(env["payloadType"], payload)
+    )
+    assert pae("t", b"ab") == b"DSSEv1 1 t 2 ab"
+
+
+# -- verification: accept, then every refusal with its reason ----------------------------------
+
+
+def test_verify_accepts(keys, org_state):
+    m = _build(org_state)
+    got = pm.verify_manifest(_signed(keys, m), _trust(keys), "acme", None, NOW + 60)
+    assert got == m
+    assert pm.verify_manifest(_signed(keys, m), _trust(keys), "acme", m.serial - 1, NOW) == m
+
+
+def _refused(data, trust, org="acme", last=None, now=NOW + 60) -> str:
+    with pytest.raises(ManifestRefused) as err:
+        pm.verify_manifest(data, trust, org, last, now)
+    return err.value.reason
+
+
+def _mutate_env(data: bytes, fn) -> bytes:
+    env = json.loads(data)
+    fn(env)
+    return json.dumps(env).encode()
+
+
+def test_flipped_payload_byte(keys, org_state):
+    def flip(env):
+        raw = bytearray(base64.b64decode(env["payload"]))
+        raw[len(raw) // 2] ^= 0x01
+        env["payload"] = base64.b64encode(bytes(raw)).decode()
+
+    assert _refused(_mutate_env(_signed(keys, _build(org_state)), flip), _trust(keys)) == (
+        "bad-signature"
+    )
+
+
+def test_flipped_signature_byte(keys, org_state):
+    def flip(env):
+        raw = bytearray(base64.b64decode(env["signatures"][0]["sig"]))
+        raw[5] ^= 0x80
+        env["signatures"][0]["sig"] = base64.b64encode(bytes(raw)).decode()
+
+    assert _refused(_mutate_env(_signed(keys, _build(org_state)), flip), _trust(keys)) == (
+        "bad-signature"
+    )
+
+
+def test_different_signing_key(keys, org_state):
+    rogue = make_keys(make_org())
+    assert _refused(_signed(rogue, _build(org_state)), _trust(keys)) == "unknown-key"
+
+
+def test_forged_keyid_with_other_key_is_bad_signature(keys, org_state):
+    rogue = make_keys(make_org())
+    real_kid = json.loads(_signed(keys, _build(org_state)))["signatures"][0]["keyid"]
+
+    def fake(env):
+        env["signatures"][0]["keyid"] = real_kid
+
+    assert _refused(_mutate_env(_signed(rogue, _build(org_state)), fake), _trust(keys)) == (
+        "bad-signature"
+    )
+
+
+def test_replayed_older_manifest(keys, org_state):
+    old = _signed(keys, _build(org_state, serial=100))
+    assert _refused(old, _trust(keys), last=200) == "rollback"
+    assert _refused(old, _trust(keys), last=100) == "rollback"  # same serial: replay
+
+
+def test_expired(keys, org_state):
+    m = _build(org_state)
+    assert _refused(_signed(keys, m), _trust(keys), now=m.not_after + 1) == "expired"
+
+
+def test_another_orgs_manifest(keys, org_state, devices):
+    beta_keys = make_keys(make_org("beta"))
+    beta_state = dataclasses.replace(org_state, organization=make_org("beta"))
+    data = _signed(beta_keys, _build(beta_state))
+    assert _refused(data, _trust(keys, beta_keys)) == "wrong-org"
+    assert _refused(data, _trust(keys)) == "unknown-key"
+    # signed by acme's own key but claims another org
+    assert _refused(_signed(keys, _build(beta_state)), _trust(keys)) == "wrong-org"
+    assert _refused(_signed(keys, _build(org_state)), _trust(keys), org="nobody") == "wrong-org"
+
+
+def test_schema_violation_under_valid_signature(keys, org_state):
+    d = pm.manifest_to_dict(_build(org_state))
+    d["devices"][0]["wg"] = "not-a-key"
+    data = pm.sign_manifest(pm.canonical_json(d), keys.signing_key)
+    assert _refused(data, _trust(keys)) == "schema"
+    data = pm.sign_manifest(b"\xff not json", keys.signing_key)
+    assert _refused(data, _trust(keys)) == "schema"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"[]", b"{}", b'{"payload":"!!","payloadType":"x","signatures":[]}', b"\x00\x01"],
+)
+def test_malformed_envelopes(keys, data):
+    assert _refused(data, _trust(keys)) == "malformed"
+
+
+def test_wrong_payload_type(keys, org_state):
+    payload = pm.canonical_json(pm.manifest_to_dict(_build(org_state)))
+    data = pm.sign_envelope(payload, "application/other", keys.signing_key)
+    assert _refused(data, _trust(keys)) == "malformed"
+
+
+def test_trust_with_mismatched_keyid_is_refused(keys):
+    from reconciler.errors import ConfigError
+
+    entry = trust_entry([keys.signing_key.public_key()], None)
+    entry["keys"][0]["keyid"] = "00" * 32
+    with pytest.raises(ConfigError, match="does not match"):
+        load_trust(json.dumps({"orgs": {"acme": entry}}).encode())
