@@ -16,14 +16,10 @@ Called by ``agent.reconcile`` (manifest, feed, report) and ``agent.loop``.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import ssl
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlencode, urlsplit
@@ -60,9 +56,11 @@ class HttpTransport:
 
     def __init__(self, tls: TlsConfig | None = None) -> None:
         self._tls = tls or TlsConfig()
-        self._context: ssl.SSLContext | None = None
+        self._context: Any = None
 
-    def _ssl(self) -> ssl.SSLContext:
+    def _ssl(self) -> Any:
+        import ssl
+
         if self._context is None:
             try:
                 ctx = ssl.create_default_context(cafile=self._tls.ca)
@@ -78,6 +76,10 @@ class HttpTransport:
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None,
         timeout: float,
     ) -> tuple[int, Mapping[str, str], bytes]:
+        # imported here: a file:// agent never pays for http.client, email and ssl
+        import ssl
+        from http.client import HTTPConnection, HTTPException, HTTPSConnection
+
         parts = urlsplit(url)
         target = parts.path or "/"
         if parts.query:
@@ -96,7 +98,7 @@ class HttpTransport:
         except ssl.SSLCertVerificationError as exc:
             raise ConfigError(f"{parts.scheme}://{parts.netloc}: TLS verification failed: "
                               f"{exc.verify_message}") from exc
-        except (TimeoutError, OSError, HTTPException) as exc:
+        except (OSError, HTTPException) as exc:  # TimeoutError is an OSError
             raise FetchError(f"{parts.scheme}://{parts.netloc}: {exc or type(exc).__name__}") \
                 from exc
         finally:
@@ -127,6 +129,9 @@ class Fetcher:
             "GET", url, headers=headers, body=None, timeout=self.timeout + (wait or 0))
         _check_status(url, status, body)
         if resp_headers.get("content-encoding") == "gzip":
+            import gzip
+            import zlib
+
             try:
                 body = gzip.decompress(body)
             except (OSError, EOFError, zlib.error) as exc:

@@ -187,7 +187,9 @@ def reconcile_once(
     got = obtain_manifest(config, fetch, trust, state, now, wait=wait)
     manifest = got.manifest
     warnings = [got.warning] if got.warning else []
-    if not dry_run and got.source != "cache":
+    cached = state.load_manifest()
+    if not dry_run and got.source != "cache" and (
+            cached is None or cached.envelope != got.envelope or cached.etag != got.etag):
         state.save_manifest(CachedManifest(got.envelope, manifest.serial, manifest.commit,
                                            manifest.not_after, got.etag))
     private_key = read_private_key(config.private_key)

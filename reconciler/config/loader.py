@@ -106,8 +106,10 @@ def classify(path: str) -> tuple[str, str, str] | None:
     parts = path.split("/")
     if parts == ["mesh.yaml"]:
         return ("Mesh", "", "mesh")
-    if len(parts) < 3 or parts[0] != "orgs":
+    if len(parts) < 2 or parts[0] != "orgs":
         return None
+    if len(parts) == 2:  # orgs/x.yaml: everything belongs in an org directory
+        return ("?", "", parts[1]) if parts[1].endswith((".yaml", ".yml")) else None
     org = parts[1]
     name = parts[-1]
     if len(parts) == 3:

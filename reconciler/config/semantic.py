@@ -106,11 +106,12 @@ def check_user_file(user: User, file_name: str) -> list[Problem]:
 def check_device_file(dev: Device, file_name: str) -> list[Problem]:
     out = check_name(file_name, dev.name, dev.source, "device")
     src = dev.source
-    if decode_key(dev.wireguard_public_key) is None:
+    wg_key = decode_key(dev.wireguard_public_key)
+    if wg_key is None:
         out.append(_p(src, "wireguard.public_key", "E-KEY-INVALID",
                       "wireguard.public_key is not 32 bytes of base64",
                       "use the 44-character key printed by `wg pubkey`"))
-    elif decode_key(dev.wireguard_public_key) == bytes(32):
+    elif wg_key == bytes(32):
         out.append(_p(src, "wireguard.public_key", "E-KEY-INVALID",
                       "wireguard.public_key is all zeros", "use the device's real public key"))
     if decode_key(dev.identity_public_key) is None:
@@ -425,7 +426,7 @@ def check_policy_tests(state: OrgState) -> list[Problem]:
         why = getattr(decision, "reason", "") or (
             "no rule matched" if decision.rule is None else f"rule {decision.rule.index}")
         port = f"/{test.port}" if test.port is not None else ""
-        out.append(Problem(src.file, src.line(f"tests.{test.index}"), "E-POLICY-TEST-FAILED",
+        out.append(Problem(src.file, src.line(f"tests.{test.index}"), "E-POLICY-TEST",
                            f"test {test.index}: {test.src} -> {test.dst} {test.proto}{port} "
                            f"expected {test.expect}, got {decision.action}: {why}",
                            "fix the rules, or the test if the new behaviour is intended"))

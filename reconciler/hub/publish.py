@@ -237,7 +237,7 @@ class _OrgCache:
     keys: pki_ca.OrgKeys | None = None
     keys_digest: str = ""
     certs: dict[str, CertRecord] | None = None  # store's current certs, kept in step
-    fragments: dict[ManifestDevice, bytes] = field(default_factory=dict)
+    fragments: dict[tuple[frozenset[str], ManifestDevice], bytes] = field(default_factory=dict)
     policy_key: Any = None
     compiled: Any = None
     written: dict[str, str] = field(default_factory=dict)  # name -> fingerprint on disk
@@ -413,7 +413,7 @@ class Publisher:
         payload = encode_manifest(manifest, cache.fragments)
         if len(cache.fragments) > len(manifest.devices):
             live = set(manifest.devices)
-            cache.fragments = {d: f for d, f in cache.fragments.items() if d in live}
+            cache.fragments = {k: f for k, f in cache.fragments.items() if k[1] in live}
         envelope = sign_manifest(payload, keys.signing_key)
         return OrgPublish(
             org=org.name,

@@ -50,6 +50,23 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
 
 
+def _run_many(cmds: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """Run the ``ip`` reads concurrently: a pass pays one process start-up, not three."""
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in cmds
+    ]
+    out = []
+    for cmd, proc in zip(cmds, procs, strict=True):
+        try:
+            stdout, stderr = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        out.append(subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr))
+    return out
+
+
 def parse_addr_json(name: str, text: str) -> ObservedInterface:
     """``ip -j addr show dev NAME`` output -> link part of an ``ObservedInterface``."""
     entries = json.loads(text or "[]")
@@ -108,7 +125,16 @@ class IPRouteLinks:
         return ["ip", *(("-n", self.netns) if self.netns else ()), "-j", *args]
 
     def observe(self, name: str) -> ObservedInterface:
-        res = self._run(self._ip("addr", "show", "dev", name))
+        cmds = [
+            self._ip("addr", "show", "dev", name),
+            self._ip("-4", "route", "show", "table", "main", "dev", name),
+            self._ip("-6", "route", "show", "table", "main", "dev", name),
+        ]
+        if self._run is _run:
+            res, *route_res = _run_many(cmds)
+        else:  # an injected runner (tests): one call at a time
+            res = self._run(cmds[0])
+            route_res = [self._run(cmd) for cmd in cmds[1:]] if res.returncode == 0 else []
         if res.returncode != 0:
             if "does not exist" in res.stderr:
                 return ObservedInterface(name=name, exists=False)
@@ -121,8 +147,7 @@ class IPRouteLinks:
         if not state.exists:
             return state
         routes: list[str] = []
-        for family in ("-4", "-6"):
-            r = self._run(self._ip(family, "route", "show", "table", "main", "dev", name))
+        for r in route_res:
             if r.returncode != 0:
                 raise BackendUnavailable(f"cannot read routes of {name}: {r.stderr.strip()}")
             routes += parse_route_json(r.stdout)

@@ -119,7 +119,31 @@ def build_manifest(
     )
 
 
-def device_to_dict(d: ManifestDevice) -> dict[str, Any]:
+def tag_labels_used(policy: Mapping[str, Any] | None) -> frozenset[str]:
+    """The ``t:TAG`` labels the compiled policy's rules mention."""
+    used: set[str] = set()
+    rules = policy.get("rules") if isinstance(policy, Mapping) else None
+    for rule in rules if isinstance(rules, list) else ():
+        if isinstance(rule, Mapping):
+            for side in ("src", "dst"):
+                sel = rule.get(side)
+                if isinstance(sel, list):
+                    used.update(x for x in sel if isinstance(x, str) and x.startswith("t:"))
+    return frozenset(used)
+
+
+def _implied(tags: Iterable[str], used: frozenset[str]) -> set[str]:
+    return {f"t:{t}" for t in tags} & used
+
+
+def device_to_dict(d: ManifestDevice, used: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """One device's JSON. Tag labels that ``tags`` and the policy imply are left out
+    of ``labels`` (``manifest_from_dict`` puts them back), when ``labels`` is canonical
+    (sorted, unique, as ``compile_policy`` makes it)."""
+    labels = list(d.labels)
+    if labels and labels == sorted(set(labels)):
+        implied = _implied(d.tags, used)
+        labels = [lab for lab in labels if lab not in implied]
     out: dict[str, Any] = {
         "name": d.name,
         "wg": d.wireguard_public_key,
@@ -134,8 +158,8 @@ def device_to_dict(d: ManifestDevice) -> dict[str, Any]:
         out["endpoint"] = d.endpoint
     if d.tags:
         out["tags"] = list(d.tags)
-    if d.labels:
-        out["labels"] = list(d.labels)
+    if labels:
+        out["labels"] = labels
     if d.keepalive is not None:
         out["keepalive"] = d.keepalive
     if d.exit_node:
@@ -168,24 +192,28 @@ def _top_to_dict(m: Manifest) -> dict[str, Any]:
 
 def manifest_to_dict(m: Manifest) -> dict[str, Any]:
     out = _top_to_dict(m)
-    out["devices"] = [device_to_dict(d) for d in m.devices]
+    used = tag_labels_used(m.policy)
+    out["devices"] = [device_to_dict(d, used) for d in m.devices]
     return out
 
 
-def encode_manifest(
-    m: Manifest, fragments: MutableMapping[ManifestDevice, bytes] | None = None
-) -> bytes:
+FragmentCache = MutableMapping[tuple[frozenset[str], ManifestDevice], bytes]
+
+
+def encode_manifest(m: Manifest, fragments: FragmentCache | None = None) -> bytes:
     """``canonical_json(manifest_to_dict(m))``, reusing per-device JSON fragments.
 
     The hub keeps ``fragments`` across publishes, so an unchanged device costs a
     dict lookup. Output is byte-identical to the plain form (tested)."""
+    used = tag_labels_used(m.policy)
     frags = []
     for d in m.devices:
-        frag = fragments.get(d) if fragments is not None else None
+        key = (used, d)
+        frag = fragments.get(key) if fragments is not None else None
         if frag is None:
-            frag = canonical_json(device_to_dict(d))
+            frag = canonical_json(device_to_dict(d, used))
             if fragments is not None:
-                fragments[d] = frag
+                fragments[key] = frag
         frags.append(frag)
     top = _top_to_dict(m)
     top["devices"] = None
@@ -302,9 +330,18 @@ def check_manifest_dict(d: Any) -> None:
             _int(dev["keepalive"], f"{p}.keepalive", 0, 65535)
 
 
+def _labels(x: Mapping[str, Any], used: frozenset[str]) -> tuple[str, ...]:
+    explicit = x.get("labels", [])
+    implied = _implied(x.get("tags", ()), used)
+    if not implied:
+        return tuple(explicit)
+    return tuple(sorted(set(explicit) | implied))
+
+
 def manifest_from_dict(d: Mapping[str, Any]) -> Manifest:
     """Check ``d`` against the schema and build the ``Manifest``."""
     check_manifest_dict(d)
+    used = tag_labels_used(d.get("policy"))
     devices = tuple(
         ManifestDevice(
             name=x["name"],
@@ -315,7 +352,7 @@ def manifest_from_dict(d: Mapping[str, Any]) -> Manifest:
             relay=bool(x.get("relay", False)),
             endpoint=x.get("endpoint"),
             tags=tuple(x.get("tags", ())),
-            labels=tuple(x.get("labels", ())),
+            labels=_labels(x, used),
             keepalive=x.get("keepalive"),
             exit_node=bool(x.get("exit", False)),
         )

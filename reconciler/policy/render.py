@@ -18,8 +18,8 @@ MAX_NAMES = 8
 TITLE = "meshops plan"
 
 
-def _short(commit: str | None) -> str:
-    return commit[:12] if commit else "working tree"
+def _short(commit: str | None, missing: str = "working tree") -> str:
+    return commit[:12] if commit else missing
 
 
 def fmt_value(v: object) -> str:
@@ -91,7 +91,7 @@ def _md_org(o: OrgPlan) -> list[str]:
 
 def render_markdown(report: PlanReport) -> str:
     head = [f"## {TITLE}", "",
-            f"`{_short(report.base_commit)}` → `{_short(report.head_commit)}`", ""]
+            f"`{_short(report.base_commit, 'nothing')}` → `{_short(report.head_commit)}`", ""]
     if report.empty:
         return "\n".join(head + ["**No changes.**", ""])
     lines = head + [f"**Summary:** {report.summary()}.", ""]
@@ -103,7 +103,7 @@ def render_markdown(report: PlanReport) -> str:
 # -- text -------------------------------------------------------------------
 
 def render_text(report: PlanReport) -> str:
-    lines = [f"{TITLE}: {_short(report.base_commit)} -> {_short(report.head_commit)}"]
+    lines = [f"{TITLE}: {_short(report.base_commit, 'nothing')} -> {_short(report.head_commit)}"]
     if report.empty:
         return "\n".join(lines + ["No changes."]) + "\n"
     lines.append(f"Summary: {report.summary()}.")

@@ -126,15 +126,25 @@ def bench_apply_1000() -> dict:
                 started.append(pid)
                 round_pids.append(pid)
                 subprocess.run(["ip", "-n", ns, "link", "set", ifname, "up"], check=True)
-            t = time.perf_counter()
-            backend.apply(plan(want, backend.observe(if_ours), time.time()))
-            ours.append(time.perf_counter() - t)
-            assert plan(want, backend.observe(if_ours), time.time()) == ()
             conf = Path(state) / f"{if_wg}.conf"
             conf.write_text(_syncconf_text(want_wg))
-            t = time.perf_counter()
-            subprocess.run(["ip", "netns", "exec", ns, "wg", "syncconf", if_wg, str(conf)], check=True)
-            theirs.append(time.perf_counter() - t)
+
+            def run_ours(want: DesiredInterface = want, name: str = if_ours) -> None:
+                t = time.perf_counter()
+                backend.apply(plan(want, backend.observe(name), time.time()))
+                ours.append(time.perf_counter() - t)
+
+            def run_theirs(name: str = if_wg, conf: Path = conf) -> None:
+                t = time.perf_counter()
+                subprocess.run(
+                    ["ip", "netns", "exec", ns, "wg", "syncconf", name, str(conf)], check=True
+                )
+                theirs.append(time.perf_counter() - t)
+
+            # Alternate who goes first, so load drift hits both sides alike.
+            for run in (run_ours, run_theirs) if rnd % 2 == 0 else (run_theirs, run_ours):
+                run()
+            assert plan(want, backend.observe(if_ours), time.time()) == ()
             _, peers = wg_dump_count(ns, if_wg)
             assert peers == 1000, peers
             for pid in round_pids:  # keep later rounds free of handshake noise

@@ -112,3 +112,15 @@ def test_yaml_outside_orgs_is_ignored(tmp_path):
     (root / "secrets" / "acme.sops.yaml").write_text("not: [valid")
     (root / "orgs" / "acme" / "README.md").write_text("# notes\n")
     assert load(root).valid
+
+
+def test_misplaced_yaml_files_are_reported(tmp_path):
+    root = make_repo(tmp_path / "r", devices=3)
+    (root / "orgs" / "stray.yaml").write_text("kind: Device\n")
+    (root / "orgs" / "org-00" / "devices" / "nested").mkdir()
+    (root / "orgs" / "org-00" / "devices" / "nested" / "x.yaml").write_text("kind: Device\n")
+    (root / "orgs" / "org-00" / "notes.md").write_text("fine\n")
+    result = load(root)
+    assert [(p.file, p.code) for p in result.problems] == [
+        ("orgs/org-00/devices/nested/x.yaml", "E-LAYOUT-UNKNOWN-FILE"),
+        ("orgs/stray.yaml", "E-LAYOUT-UNKNOWN-FILE")]

@@ -239,3 +239,17 @@ def test_trust_with_mismatched_keyid_is_refused(keys):
     entry["keys"][0]["keyid"] = "00" * 32
     with pytest.raises(ConfigError, match="does not match"):
         load_trust(json.dumps({"orgs": {"acme": entry}}).encode())
+
+
+def test_tag_labels_implied_by_tags_are_not_repeated(org_state):
+    policy = {"version": 1, "rules": [{"src": ["t:web"], "dst": ["g:ops"], "proto": "any"}]}
+    alpha = dataclasses.replace(_build(org_state).devices[0], labels=("g:ops", "t:web"))
+    assert alpha.tags == ("web",)
+    m = dataclasses.replace(_build(org_state), policy=policy, devices=(alpha,))
+    d = pm.manifest_to_dict(m)
+    assert d["devices"][0]["labels"] == ["g:ops"]
+    assert pm.manifest_from_dict(json.loads(pm.canonical_json(d))) == m
+    assert pm.encode_manifest(m, {}) == pm.canonical_json(d)
+    # a non-canonical label list is kept verbatim
+    odd = dataclasses.replace(m, devices=(dataclasses.replace(alpha, labels=("t:web", "g:ops")),))
+    assert pm.manifest_to_dict(odd)["devices"][0]["labels"] == ["t:web", "g:ops"]

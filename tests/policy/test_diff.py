@@ -129,6 +129,7 @@ def test_base_none_means_everything_is_new():
     report = plan_diff(None, base_repo())
     assert report.base_commit is None
     assert {o.status for o in report.orgs} == {"added"}
+    assert "`nothing` → `aaaaaaaaaaaa`" in render_markdown(report)
 
 
 @pytest.mark.parametrize("name,render", [

@@ -6,7 +6,7 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policyorgs import dev, manifest_of, org_state, rules
+from policyorgs import dev, manifest_of, org_state, repo, rules
 
 from reconciler.model.repo import Group, Policy, PortRange, Rule
 from reconciler.policy import (
@@ -112,3 +112,26 @@ def test_peers_allowed_is_the_symmetric_matrix(state):
     for me in m.devices:
         want = {o for o in m.devices if o != me and (m.get(me, o) or m.get(o, me))}
         assert peers_allowed(manifest, me) == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(an_org(), an_org())
+def test_plan_reach_diff_matches_pairwise_diff(base, head):
+    from reconciler.policy.diff import plan_diff
+
+    mb, mh = reachability(base), reachability(head)
+    names = sorted(set(mb.devices) | set(mh.devices))
+    want = {(s, d): (mh.get(s, d) - mb.get(s, d), mb.get(s, d) - mh.get(s, d))
+            for s in names for d in names if s != d and mb.get(s, d) != mh.get(s, d)}
+    report = plan_diff(repo(base), repo(head))
+    got: dict = {}
+    for org in report.orgs:
+        for c in org.reach:
+            for s in c.srcs:
+                for d in c.dsts:
+                    if s != d:
+                        assert (s, d) not in got
+                        got[(s, d)] = (c.gained, c.lost)
+    assert got == want
+    assert report.summary().gained_pairs == sum(1 for g, _ in want.values() if g)
+    assert report.summary().lost_pairs == sum(1 for _, lost in want.values() if lost)
