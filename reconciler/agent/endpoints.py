@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,6 +80,37 @@ def feed_from_dict(doc: Mapping[str, Any]) -> EndpointFeed | None:
         return None
 
 
+@dataclass(frozen=True)
+class SelfEndpoints:
+    """What this device knows of its own endpoints (``discovery.json``)."""
+
+    candidates: tuple[Candidate, ...] = ()  # stun and local, best first
+    mapping: str = "unknown"
+    public_ip: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidates": [{"kind": c.kind, "address": c.address} for c in self.candidates],
+                "mapping": self.mapping, "public_ip": self.public_ip}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any] | None) -> SelfEndpoints:
+        try:
+            return cls(tuple(Candidate(str(c["kind"]), str(c["address"]))
+                             for c in (doc or {}).get("candidates", ())),
+                       str((doc or {}).get("mapping", "unknown")), (doc or {}).get("public_ip"))
+        except (TypeError, KeyError, AttributeError):
+            return cls()
+
+
+def from_discovery(discovery: Any, previous: SelfEndpoints) -> SelfEndpoints:
+    """Merge a ``stun.client.Discovery``; a test run from an ephemeral port (the
+    WireGuard port was busy) has no mapped addresses: keep the old STUN ones."""
+    candidates = tuple(discovery.candidates())
+    if not any(c.kind == "stun" for c in candidates):
+        candidates = tuple(c for c in previous.candidates if c.kind == "stun") + candidates
+    return SelfEndpoints(candidates, discovery.mapping or "unknown", discovery.public_ip)
+
+
 def build_report(
     manifest: Manifest,
     me: str,
@@ -86,15 +118,13 @@ def build_report(
     *,
     names_by_key: Mapping[str, str],
     listen_port: int,
-    stun_mapped: str | None = None,
-    mapping: str = "unknown",
+    own: SelfEndpoints = SelfEndpoints(),
     local: str | None = None,
 ) -> dict[str, Any]:
-    """The report body for ``POST /v1/orgs/{org}/endpoints``."""
-    candidates = []
-    if stun_mapped:
-        candidates.append({"kind": "stun", "address": stun_mapped})
-    if local:
+    """The report body for ``POST /v1/orgs/{org}/endpoints``: own candidates
+    (STUN, local, static) and the reflection observations."""
+    candidates = [{"kind": c.kind, "address": c.address} for c in own.candidates]
+    if local and not any(c.kind == "local" for c in own.candidates):
         candidates.append({"kind": "local", "address": local})
     mine = manifest.device(me)
     if mine is not None and mine.endpoint:
@@ -108,7 +138,7 @@ def build_report(
     return {
         "device": me,
         "candidates": candidates,
-        "mapping": mapping,
+        "mapping": own.mapping,
         "listen_port": listen_port,
         "serial": manifest.serial,
         "observations": observations,

@@ -9,7 +9,10 @@ Files:
 - ``applied.json``: what the last converged pass applied (serial, commit, and
   per peer name / tunnel IPs / path), read by ``agent status``;
 - ``peering.json``: the peering hysteresis state, kept across one-shot runs;
-- ``feed.json``: the last endpoint feed revision seen.
+- ``feed.json``: the last endpoint feed seen;
+- ``discovery.json``: this device's own endpoints (STUN, LAN, NAT mapping);
+- ``device.crt``, ``hub-ca.pem``: the device certificate (fetched from the
+  hub, public) and the org CA from the pinned trust, for mTLS to the hub.
 
 Unreadable or corrupt files count as absent (the next pass rewrites them),
 except that a corrupt rollback floor is never silently lowered: it is an error.
@@ -32,6 +35,9 @@ META = "manifest.meta.json"
 APPLIED = "applied.json"
 PEERING = "peering.json"
 FEED = "feed.json"
+DISCOVERY = "discovery.json"
+DEVICE_CERT = "device.crt"
+HUB_CA = "hub-ca.pem"
 
 
 @dataclass(frozen=True)
@@ -114,3 +120,22 @@ class StateDir:
     def save_feed(self, data: dict[str, Any]) -> None:
         if self._json(FEED) != data:
             self._write_json(FEED, data)
+
+    def load_discovery(self) -> dict[str, Any] | None:
+        return self._json(DISCOVERY)
+
+    def save_discovery(self, data: dict[str, Any]) -> None:
+        if self._json(DISCOVERY) != data:
+            self._write_json(DISCOVERY, data)
+
+    def write_if_changed(self, name: str, data: bytes, mode: int = 0o644) -> bool:
+        """Atomically replace ``name`` when its content differs; True if written."""
+        path = self.path / name
+        try:
+            if path.read_bytes() == data:
+                return False
+        except OSError:
+            pass
+        self.ensure()
+        atomic_write(path, data, mode=mode)
+        return True

@@ -47,6 +47,7 @@ from reconciler.model.wg import ObservedInterface
 from reconciler.plan.ops import LINK_OPS, WG_OPS, CreateInterface, Operation
 
 IFNAMSIZ = 15
+LOG_ROTATE_BYTES = 1 << 20
 _log = logging.getLogger(__name__)
 
 
@@ -187,6 +188,7 @@ class UserspaceBackend:
         cmd = [self.wireguard_go, "-f", name]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        self._rotate_log(name)
         log = open(self.log_path(name), "ab")  # noqa: SIM115 - handed to the child
         try:
             child = subprocess.Popen(
@@ -235,6 +237,15 @@ class UserspaceBackend:
         except FileNotFoundError:
             pass
         return True
+
+    def _rotate_log(self, name: str) -> None:
+        """Keep one previous log: wireguard-go logs every failed handshake."""
+        path = self.log_path(name)
+        try:
+            if path.stat().st_size > LOG_ROTATE_BYTES:
+                os.replace(path, path.with_suffix(".log.1"))
+        except FileNotFoundError:
+            pass
 
     def _log_tail(self, name: str) -> str:
         try:

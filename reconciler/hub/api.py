@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from reconciler.hub.serve import Hub
 from reconciler.hub.snapshot import OrgSnapshot
 from reconciler.hub.tls import peer_certificate_pem
 from reconciler.model.endpoints import CANDIDATE_KINDS, MAPPINGS, Candidate, EndpointReport
-from reconciler.pki.certs import check_device_cert
+from reconciler.pki.certs import DeviceIdentity, check_device_cert
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,32 @@ def _etag_serial(header: str | None) -> int | None:
     return best
 
 
+_IDENTITY_CACHE: OrderedDict[tuple[str, str], DeviceIdentity] = OrderedDict()
+IDENTITY_CACHE_SIZE = 50_000
+
+
+def _checked_identity(pem: str, org: OrgSnapshot, now: float) -> DeviceIdentity:
+    """``check_device_cert`` with the signature/constraint work cached per certificate.
+
+    Agents open a fresh TLS connection per request, so the same certificate is
+    checked every 30 s; only the clock and the revocation list can change the
+    verdict of a certificate that passed once, and both are re-checked here."""
+    key = (pem, org.ca_pem)
+    ident = _IDENTITY_CACHE.get(key)
+    if ident is None:
+        ident = check_device_cert(pem, org.ca_pem, now, revoked=tuple(org.revoked))
+        _IDENTITY_CACHE[key] = ident
+        if len(_IDENTITY_CACHE) > IDENTITY_CACHE_SIZE:
+            _IDENTITY_CACHE.popitem(last=False)
+        return ident
+    _IDENTITY_CACHE.move_to_end(key)
+    if not ident.not_before <= now <= ident.not_after:
+        raise PkiError("certificate is expired or not yet valid")
+    if ident.serial in org.revoked:
+        raise PkiError(f"certificate serial {ident.serial} is revoked")
+    return ident
+
+
 def _identify(request: web.Request, org: OrgSnapshot) -> Caller:
     hub = _hub(request)
     pem = request.app[PEER_KEY](request)
@@ -116,7 +143,7 @@ def _identify(request: web.Request, org: OrgSnapshot) -> Caller:
         hub.metrics.auth_refused.labels("no-certificate").inc()
         raise ApiError(401, "no-certificate", "this endpoint needs a device client certificate")
     try:
-        ident = check_device_cert(pem, org.ca_pem, hub.now(), revoked=tuple(org.revoked))
+        ident = _checked_identity(pem, org, hub.now())
     except PkiError as exc:
         text = str(exc)
         if "another CA" in text or "outside the CA" in text:

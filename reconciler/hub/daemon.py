@@ -92,9 +92,22 @@ def _default_pipeline(config: ServeConfig, repo_path: str) -> Pipeline:
     return PublisherPipeline(repo_path, config.db_url(), config.gnupghome)
 
 
+def small_tls_buffers(size: int = 32 * 1024) -> None:
+    """asyncio's TLS transport gives every connection a 256 KiB read buffer
+    (``asyncio.sslproto.SSLProtocol.max_size``, CPython 3.11+): 10,000 agent
+    connections would pin 2.5 GiB. A TLS record is at most 16 KiB plus overhead,
+    so 32 KiB reads lose nothing but memory."""
+    import asyncio.sslproto
+
+    if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > size:
+        asyncio.sslproto.SSLProtocol.max_size = size
+
+
 async def start(config: ServeConfig) -> Running:
     """Start every part of the hub; return a handle whose ``stop()`` undoes it."""
     from aiohttp import web
+
+    small_tls_buffers()
 
     from reconciler.hub.api import make_app
 

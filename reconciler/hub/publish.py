@@ -238,6 +238,8 @@ class _OrgCache:
     keys_digest: str = ""
     certs: dict[str, CertRecord] | None = None  # store's current certs, kept in step
     fragments: dict[tuple[frozenset[str], ManifestDevice], bytes] = field(default_factory=dict)
+    entries: dict[str, Any] = field(default_factory=dict)  # name -> build_manifest memo
+    bound: dict[str, tuple[Device, int]] = field(default_factory=dict)  # checked bindings
     policy_key: Any = None
     compiled: Any = None
     written: dict[str, str] = field(default_factory=dict)  # name -> fingerprint on disk
@@ -388,7 +390,7 @@ class Publisher:
                 del current[name]
             for name, dev in enabled.items():
                 rec = current.get(name)
-                if rec is not None and _binds(rec, dev):
+                if rec is not None and self._still_binds(cache, rec, dev):
                     if not _renewal_due(rec, now, mesh.cert_renew_fraction):
                         continue
                 elif rec is not None:  # keys or IPs changed: the old binding is void
@@ -409,9 +411,12 @@ class Publisher:
             cert_fingerprints={n: c.fingerprint for n, c in current.items()},
             revoked=revoked_all,
             compiled=self._compiled(org, cache),
+            entries=cache.entries,
         )
+        if len(cache.entries) > len(enabled):
+            cache.entries = {n: e for n, e in cache.entries.items() if n in enabled}
         payload = encode_manifest(manifest, cache.fragments)
-        if len(cache.fragments) > len(manifest.devices):
+        if len(cache.fragments) > 2 * len(manifest.devices) + 16:
             live = set(manifest.devices)
             cache.fragments = {k: f for k, f in cache.fragments.items() if k[1] in live}
         envelope = sign_manifest(payload, keys.signing_key)
@@ -424,6 +429,16 @@ class Publisher:
             issued=tuple(issued),
             revoked=tuple(revoked),
         )
+
+    @staticmethod
+    def _still_binds(cache: _OrgCache, rec: CertRecord, dev: Device) -> bool:
+        memo = cache.bound.get(dev.name)
+        if memo is not None and memo[1] == rec.serial and (memo[0] is dev or memo[0] == dev):
+            return True
+        if not _binds(rec, dev):
+            return False
+        cache.bound[dev.name] = (dev, rec.serial)
+        return True
 
     @staticmethod
     def _issued_by(rec: CertRecord, keys: pki_ca.OrgKeys) -> bool:

@@ -72,11 +72,13 @@ def build_manifest(
     cert_fingerprints: Mapping[str, str],
     revoked: Iterable[int] = (),
     compiled: Any = None,
+    entries: MutableMapping[str, tuple[Any, str, tuple[str, ...], ManifestDevice]] | None = None,
 ) -> Manifest:
     """The manifest for one org. Devices without a fingerprint (no cert) are left out.
 
     ``compiled`` is a precomputed ``CompiledPolicy`` (the publisher caches it);
-    by default ``reconciler.policy.compile_policy(org_state)`` is called."""
+    by default ``reconciler.policy.compile_policy(org_state)`` is called.
+    ``entries`` memoizes ``ManifestDevice`` objects by device name across calls."""
     if compiled is None:
         from reconciler.policy import compile_policy
 
@@ -87,21 +89,27 @@ def build_manifest(
         fp = cert_fingerprints.get(d.name)
         if fp is None:
             continue
-        devices.append(
-            ManifestDevice(
-                name=d.name,
-                wireguard_public_key=d.wireguard_public_key,
-                tunnel_ips=tuple(d.tunnel_ips),
-                cert_sha256=fp,
-                routes=tuple(d.routes),
-                relay=d.relay,
-                endpoint=d.endpoint,
-                tags=tuple(d.tags),
-                labels=tuple(compiled.labels(d.name)),
-                keepalive=d.keepalive,
-                exit_node=d.exit_node,
-            )
+        labels = tuple(compiled.labels(d.name))
+        memo = entries.get(d.name) if entries is not None else None
+        if memo is not None and memo[0] is d and memo[1] == fp and memo[2] == labels:
+            devices.append(memo[3])
+            continue
+        entry = ManifestDevice(
+            name=d.name,
+            wireguard_public_key=d.wireguard_public_key,
+            tunnel_ips=tuple(d.tunnel_ips),
+            cert_sha256=fp,
+            routes=tuple(d.routes),
+            relay=d.relay,
+            endpoint=d.endpoint,
+            tags=tuple(d.tags),
+            labels=labels,
+            keepalive=d.keepalive,
+            exit_node=d.exit_node,
         )
+        if entries is not None:
+            entries[d.name] = (d, fp, labels, entry)
+        devices.append(entry)
     issued = int(now)
     return Manifest(
         org=org.name,

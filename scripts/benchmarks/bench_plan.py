@@ -8,7 +8,7 @@
   meshops' userspace backend (observe + plan + apply, one UAPI
   transaction) against ``wg syncconf`` with the same config, in the same
   run, each on its own fresh daemon in a namespace created and deleted
-  here. Value is the ratio of the medians, meshops / syncconf, over 5 rounds.
+  here. Value is the ratio of the medians, meshops / syncconf, over 7 rounds.
   Goal <= 1.5. Needs root, wireguard-go and wg.
 """
 
@@ -112,7 +112,7 @@ def bench_apply_1000() -> dict:
     started: list[int] = []
     ours, theirs = [], []
     try:
-        for rnd in range(5):
+        for rnd in range(7):
             if_ours, if_wg = f"mob{os.getpid() % 10000}o{rnd}", f"mob{os.getpid() % 10000}w{rnd}"
             want = dataclasses.replace(
                 _desired(if_ours, 1000), addresses=(), mtu=0, listen_port=51820 + 2 * rnd

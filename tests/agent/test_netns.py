@@ -15,6 +15,8 @@ wireguard-go pids our agents started (their pid files).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -122,9 +124,6 @@ class Lab:
                 "--interface", f"ag{PID % 100000}{node}", "--netns", self.node_ns(node)]
         if force:
             argv.append("--force")
-        import contextlib
-        import io
-
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             assert main(argv) == 0
@@ -265,8 +264,9 @@ def test_agents_converge_and_follow_git(lab: Lab) -> None:
     lab.publish()
     assert lab.apply("n1") > 0
     n3_key = keys["n3"]["wireguard"]
-    assert "192.168.77.0/24" in [line for line in wg_show(lab, "n1", "allowed-ips").splitlines()
-                                 if line.startswith(n3_key)][0]
+    n3_line = next(line for line in wg_show(lab, "n1", "allowed-ips").splitlines()
+                   if line.startswith(n3_key))
+    assert "192.168.77.0/24" in n3_line
     routes = ns_exec(lab.node_ns("n1"), "ip", "route", "show", "192.168.77.0/24").stdout
     assert lab.interface("n1") in routes
 

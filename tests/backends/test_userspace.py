@@ -116,3 +116,13 @@ def test_missing_binary_is_backend_error(backend: UserspaceBackend) -> None:
     backend.wireguard_go = "/nonexistent/wireguard-go"
     with pytest.raises(BackendError, match="cannot start"):
         backend.ensure_daemon("wg-t")
+
+
+def test_big_log_is_rotated_before_a_start(backend: UserspaceBackend) -> None:
+    backend.state_dir.mkdir(parents=True)
+    backend.log_path("wg-t").write_bytes(b"x" * (2 << 20))
+    backend.wireguard_go = "/bin/false"
+    with pytest.raises(BackendError, match="exited"):
+        backend.ensure_daemon("wg-t")
+    assert backend.log_path("wg-t").with_suffix(".log.1").stat().st_size == 2 << 20
+    assert backend.log_path("wg-t").stat().st_size < 1 << 20
