@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import ManifestRefused
@@ -105,6 +105,8 @@ class SelfEndpoints:
 def from_discovery(discovery: Any, previous: SelfEndpoints) -> SelfEndpoints:
     """Merge a ``stun.client.Discovery``; a test run from an ephemeral port (the
     WireGuard port was busy) has no mapped addresses: keep the old STUN ones."""
+    if discovery is None:
+        return previous
     candidates = tuple(discovery.candidates())
     if not any(c.kind == "stun" for c in candidates):
         candidates = tuple(c for c in previous.candidates if c.kind == "stun") + candidates

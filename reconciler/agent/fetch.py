@@ -38,9 +38,10 @@ class Response:
 
 @dataclass(frozen=True)
 class TlsConfig:
-    cert: str | None = None  # client certificate (PEM) for mTLS
+    cert: str | None = None  # client certificate (PEM) for mTLS; used once the file exists
     key: str | None = None
     ca: str | None = None  # CA bundle for the server; None = system store
+    server_name: str | None = None  # SNI + name to verify instead of the URL's host
 
 
 class Transport(Protocol):
@@ -58,13 +59,17 @@ class HttpTransport:
         self._tls = tls or TlsConfig()
         self._context: Any = None
 
+    def reset(self) -> None:
+        """Drop the TLS context: the next request reloads the certificate files."""
+        self._context = None
+
     def _ssl(self) -> Any:
         import ssl
 
         if self._context is None:
             try:
                 ctx = ssl.create_default_context(cafile=self._tls.ca)
-                if self._tls.cert:
+                if self._tls.cert and os.path.exists(self._tls.cert):
                     ctx.load_cert_chain(self._tls.cert, self._tls.key)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"TLS set-up failed (cert {self._tls.cert}, ca "
@@ -86,8 +91,15 @@ class HttpTransport:
             target += "?" + parts.query
         conn: HTTPConnection
         if parts.scheme == "https":
-            conn = HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout,
-                                   context=self._ssl())
+            sni = self._tls.server_name or parts.hostname or ""
+            context = self._ssl()
+
+            class _Https(HTTPSConnection):
+                def connect(self) -> None:  # SNI/verification name may differ from the host
+                    HTTPConnection.connect(self)
+                    self.sock = context.wrap_socket(self.sock, server_hostname=sni)
+
+            conn = _Https(parts.hostname or "", parts.port, timeout=timeout, context=context)
         else:
             conn = HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
         try:
@@ -112,6 +124,12 @@ class Fetcher:
                  tls: TlsConfig | None = None) -> None:
         self.transport: Transport = transport or HttpTransport(tls)
         self.timeout = timeout
+
+    def reset_tls(self) -> None:
+        """Reload client certificate files on the next request (after a renewal)."""
+        reset = getattr(self.transport, "reset", None)
+        if reset is not None:
+            reset()
 
     def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
             params: Mapping[str, Any] | None = None) -> Response:

@@ -20,11 +20,12 @@ import ipaddress
 import json
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from reconciler.agent import peering
 from reconciler.agent.desired import PeerPath
+from reconciler.agent.endpoints import SelfEndpoints
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import ObservedInterface
@@ -98,6 +99,7 @@ def decide(
     now: float,
     resolve: Resolver = resolve_host,
     hysteresis: Mapping[str, Any] | None = None,
+    own: SelfEndpoints | None = None,
 ) -> Decision:
     """One ``PeerPath`` per other device, this device's primary relay, and the
     peering state to keep."""
@@ -112,7 +114,15 @@ def decide(
               if d.name != me]
     relays = [d.name for d in manifest.devices if d.relay]
     previous = peering.PeeringState.from_json(json.dumps(dict(state)) if state else None)
-    out = peering.decide(peer_info(mine, entries.get(me), resolve), others, relays,
+    me_info = peer_info(mine, entries.get(me), resolve)
+    if own is not None and (own.candidates or own.mapping != peering.UNKNOWN):
+        # this device's own, fresh discovery beats what the feed said last time
+        extra = tuple(c for c in own.candidates if c not in me_info.candidates)
+        me_info = replace(me_info, candidates=me_info.candidates + extra,
+                          mapping=own.mapping if own.mapping != peering.UNKNOWN
+                          else me_info.mapping,
+                          public_ip=own.public_ip or me_info.public_ip)
+    out = peering.decide(me_info, others, relays,
                          handshakes, now, previous, hysteresis_config(hysteresis))
     paths = {name: PeerPath(name, c.kind, c.endpoint, c.via)
              for name, c in sorted(out.paths.items())}

@@ -21,6 +21,7 @@ report; default: ``fetch.post_json`` to the hub).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent import paths as paths_mod
 from reconciler.agent.config import AgentConfig, read_private_key
 from reconciler.agent.fetch import Response
-from reconciler.agent.state import CachedManifest, StateDir
+from reconciler.agent.state import DEVICE_CERT, HUB_CA, CachedManifest, StateDir
 from reconciler.backends.base import Backend
 from reconciler.errors import ConfigError, FetchError, ManifestRefused, NotConverged
 from reconciler.model.endpoints import EndpointFeed
@@ -184,9 +185,13 @@ def reconcile_once(
     or ``NotConverged`` with the residual operations."""
     state = StateDir(config.state_dir)
     trust = load_pinned_trust(config)
+    warnings: list[str] = []
+    if config.hub and not config.tls_ca and not dry_run:
+        _pin_hub_ca(config, trust, state)
     got = obtain_manifest(config, fetch, trust, state, now, wait=wait)
     manifest = got.manifest
-    warnings = [got.warning] if got.warning else []
+    if got.warning:
+        warnings.append(got.warning)
     cached = state.load_manifest()
     if not dry_run and got.source != "cache" and (
             cached is None or cached.envelope != got.envelope or cached.etag != got.etag):
@@ -197,16 +202,16 @@ def reconcile_once(
     observed = backend.observe(config.interface)
     listen_port = config.listen_port or manifest.listen_port
 
-    discovery = None
-    if discover is not None and not observed.exists and not dry_run:
-        try:  # the port must still be free: STUN from the WireGuard port itself
-            discovery = discover(listen_port)
-        except FetchError as exc:
-            warnings.append(f"STUN discovery failed: {exc}")
+    if config.hub and got.source != "cache" and not dry_run:
+        _fetch_device_cert(config, fetch, state, refresh=got.source == "fetched",
+                           warnings=warnings)
+    own = _own_endpoints(config, state, discover, observed, feed, listen_port, dry_run,
+                         warnings)
 
     peering_state = state.load_peering()
     decision = paths_mod.decide(manifest, config.name, observed=observed, feed=feed,
-                                state=peering_state, now=now, hysteresis=config.hysteresis)
+                                state=peering_state, now=now, hysteresis=config.hysteresis,
+                                own=own)
     allowed = peers_allowed(manifest, config.name)
     want = desired_mod.compute_desired(
         manifest, config.name, private_key=private_key, interface=config.interface,
@@ -235,8 +240,59 @@ def reconcile_once(
     state.save_peering(decision.state)
     state.save_applied(applied_summary(config, manifest, want))
     if config.hub and got.source != "cache":
-        _report(config, fetch, report, manifest, want, observed, listen_port, discovery, warnings)
+        _report(config, fetch, report, manifest, want, observed, listen_port, own, warnings)
     return Result(ops, len(ops), warnings=tuple(warnings), **common)  # type: ignore[arg-type]
+
+
+def _pin_hub_ca(config: AgentConfig, trust: Trust, state: StateDir) -> None:
+    """The org CA from the pinned trust verifies the hub's TLS certificate."""
+    org = trust.orgs.get(config.org)
+    if org is not None and org.ca_pem:
+        state.write_if_changed(HUB_CA, org.ca_pem.encode(), mode=0o644)
+
+
+def _fetch_device_cert(config: AgentConfig, fetch: FetchLike, state: StateDir, *,
+                       refresh: bool, warnings: list[str]) -> None:
+    """Keep ``device.crt`` (public; renewed by the hub) for mTLS with the identity key."""
+    if not refresh and state.path.joinpath(DEVICE_CERT).exists():
+        return
+    assert config.hub is not None
+    url = f"{config.hub.rstrip('/')}/v1/orgs/{config.org}/devices/{config.name}/cert"
+    try:
+        doc = json.loads(fetch.get(url).body or b"{}")
+        pem = doc["cert"]
+        if not isinstance(pem, str) or "BEGIN CERTIFICATE" not in pem:
+            raise ValueError("no PEM certificate")
+    except (FetchError, ConfigError, ValueError, KeyError, TypeError) as exc:
+        warnings.append(f"device certificate not fetched: {exc}")
+        return
+    if state.write_if_changed(DEVICE_CERT, pem.encode(), mode=0o644):
+        reset = getattr(fetch, "reset_tls", None)
+        if reset is not None:
+            reset()
+
+
+def _own_endpoints(config: AgentConfig, state: StateDir, discover: Callable[[int], Any] | None,
+                   observed: ObservedInterface, feed: EndpointFeed | None, listen_port: int,
+                   dry_run: bool, warnings: list[str]) -> endpoints_mod.SelfEndpoints:
+    """This device's own endpoints: STUN discovery from the WireGuard port while
+    it is still free (interface absent), re-checked (from another port) when the
+    hub saw this device at a public IP other than the one discovery knows."""
+    own = endpoints_mod.SelfEndpoints.from_dict(state.load_discovery())
+    if discover is None or dry_run:
+        return own
+    seen = next((e.public_ip for e in feed.entries if e.device == config.name), None) \
+        if feed else None
+    moved = bool(seen and own.public_ip and seen != own.public_ip)
+    if observed.exists and not moved:
+        return own
+    try:
+        own = endpoints_mod.from_discovery(discover(listen_port), own)
+    except (FetchError, ConfigError) as exc:
+        warnings.append(f"STUN discovery failed: {exc}")
+        return own
+    state.save_discovery(own.to_dict())
+    return own
 
 
 def phases(ops: tuple[Operation, ...]) -> tuple[tuple[Operation, ...], ...]:
@@ -258,14 +314,14 @@ def phases(ops: tuple[Operation, ...]) -> tuple[tuple[Operation, ...], ...]:
 
 def _report(config: AgentConfig, fetch: FetchLike, report: Callable[[dict[str, Any]], Any] | None,
             manifest: Manifest, want: desired_mod.Desired, observed: ObservedInterface,
-            listen_port: int, discovery: Any, warnings: list[str]) -> None:
+            listen_port: int, own: endpoints_mod.SelfEndpoints,
+            warnings: list[str]) -> None:
     names = {p.public_key: p.name for p in want.peers}
     hub_host = (config.hub or "").split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
     local_ip = endpoints_mod.local_address(hub_host.strip("[]"), 443)
     body = endpoints_mod.build_report(
         manifest, config.name, observed, names_by_key=names, listen_port=listen_port,
-        stun_mapped=getattr(discovery, "mapped", None),
-        mapping=getattr(discovery, "mapping", "unknown") or "unknown",
+        own=own,
         local=endpoints_mod.with_port(local_ip, listen_port),
     )
     try:

@@ -36,8 +36,26 @@ def open_agent_backend(config: AgentConfig) -> Backend:
 
 
 def make_fetcher(config: AgentConfig) -> Fetcher:
-    tls = TlsConfig(cert=config.tls_cert, key=config.tls_key or config.identity_key,
-                    ca=config.tls_ca) if config.tls_cert else TlsConfig(ca=config.tls_ca)
+    """HTTP(S) fetcher with mTLS material.
+
+    Without ``tls_cert``/``tls_ca`` in the config, a hub is reached with the
+    device certificate the agent fetched into the state dir (``device.crt``,
+    key: the identity key) and verified against the org CA from the pinned
+    trust (``hub-ca.pem``), under the name ``ORG.hub`` that the hub's
+    certificate carries (so a hub addressed by IP verifies too).
+    """
+    from reconciler.agent.state import DEVICE_CERT, HUB_CA
+
+    state = config.state_path
+    if config.tls_ca:
+        tls = TlsConfig(cert=config.tls_cert or str(state(DEVICE_CERT)),
+                        key=config.tls_key or config.identity_key, ca=config.tls_ca)
+    elif config.hub:
+        tls = TlsConfig(cert=config.tls_cert or str(state(DEVICE_CERT)),
+                        key=config.tls_key or config.identity_key, ca=str(state(HUB_CA)),
+                        server_name=f"{config.org}.hub")
+    else:
+        tls = TlsConfig(cert=config.tls_cert, key=config.tls_key or config.identity_key)
     return Fetcher(timeout=config.timeout, tls=tls)
 
 
@@ -52,7 +70,8 @@ def make_discover(config: AgentConfig) -> Callable[[int], Any] | None:
         from reconciler.stun.client import discover as stun_discover
 
         try:
-            return stun_discover(listen_port, list(servers), timeout=2.0)
+            return stun_discover(listen_port, list(servers), timeout=2.0,
+                                 exclude_ifnames=(config.interface,))
         except OSError as exc:
             raise FetchError(f"STUN discovery from port {listen_port}: {exc}") from exc
 

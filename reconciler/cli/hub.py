@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 Registrar = Callable[["argparse._SubParsersAction"], None]
 
@@ -21,7 +21,9 @@ Registrar = Callable[["argparse._SubParsersAction"], None]
 
 def _register_publish(hsub: argparse._SubParsersAction) -> None:
     p = hsub.add_parser("publish", help="build, sign and write manifests + certificates to DIR")
-    p.add_argument("repo", nargs="?", type=Path, default=Path("."), help="org repository (default .)")
+    p.add_argument(
+        "repo", nargs="?", type=Path, default=Path("."), help="org repository (default .)"
+    )
     p.add_argument("--rev", help="git revision to publish (default: the working tree)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--state", default="sqlite:///.meshops/hub.db",
@@ -72,19 +74,33 @@ def _register_serve(hsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--repo", required=True, help="local checkout PATH or remote git URL")
     p.add_argument("--branch", default="main", help="branch to follow (default main)")
-    p.add_argument("--listen", default="0.0.0.0:8443", help="HTTPS ADDR:PORT (default 0.0.0.0:8443)")
+    p.add_argument(
+        "--listen", default="0.0.0.0:8443", help="HTTPS ADDR:PORT (default 0.0.0.0:8443)"
+    )
     p.add_argument("--stun", metavar="ADDR:PORT", help="also answer STUN on this UDP address")
     p.add_argument("--db", help="sqlite:///PATH (default STATE_DIR/hub.db) or postgresql://…")
-    p.add_argument("--poll", type=float, help="seconds between fetches of a remote (default 60) "
-                   "or re-checks of a local checkout (default 30)")
+    p.add_argument(
+        "--poll",
+        type=float,
+        help="seconds between fetches of a remote (default 60) "
+        "or re-checks of a local checkout (default 30)",
+    )
     p.add_argument("--gnupghome", help="GnuPG home holding the hub's secret key (SOPS)")
-    p.add_argument("--state-dir", default="/var/lib/meshops/hub",
-                   help="hub state: SQLite database, git mirror (default /var/lib/meshops/hub)")
+    p.add_argument(
+        "--state-dir",
+        default="/var/lib/meshops/hub",
+        help="hub state: SQLite database, git mirror (default /var/lib/meshops/hub)",
+    )
     p.add_argument("--tls-cert", help="serve this certificate instead of hub-issued per-org ones")
     p.add_argument("--tls-key", help="private key of --tls-cert")
-    p.add_argument("--tls-name", action="append", default=[], metavar="DNS",
-                   help="DNS name for the hub-issued certificates (repeatable), e.g. the "
-                        "host of mesh.yaml's hub_url")
+    p.add_argument(
+        "--tls-name",
+        action="append",
+        default=[],
+        metavar="DNS",
+        help="DNS name for the hub-issued certificates (repeatable), e.g. the "
+        "host of mesh.yaml's hub_url",
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -105,7 +121,6 @@ def _serve(args: argparse.Namespace) -> int:
         tls_names=tuple(args.tls_name),
     )
     return run(config)
-
 
 
 _SUBCOMMANDS: list[tuple[str, Registrar]] = [

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection
 
 from reconciler.errors import PkiError, UsageError
 
@@ -45,7 +45,9 @@ class CommitSignature:
         return self.status in ("G", "U")
 
 
-def read_signature(repo: str | os.PathLike[str], commit: str, gnupghome: str | None) -> CommitSignature:
+def read_signature(
+    repo: str | os.PathLike[str], commit: str, gnupghome: str | None
+) -> CommitSignature:
     """Ask git (and gpg) about ``commit``'s signature."""
     env = dict(os.environ)
     if gnupghome:

@@ -34,9 +34,10 @@ import logging
 import os
 import secrets as _secrets
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Self
 
 from reconciler.errors import PkiError, UsageError, ValidationError
 from reconciler.hub import gitsig
@@ -277,7 +278,7 @@ class Publisher:
         if self._own_store:
             self.store.close()
 
-    def __enter__(self) -> Publisher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -285,7 +286,10 @@ class Publisher:
 
     # -- pipeline ---------------------------------------------------------------------------
     def publish(
-        self, rev: str | None = None, now: float = 0.0, out_dir: str | os.PathLike[str] | None = None
+        self,
+        rev: str | None = None,
+        now: float = 0.0,
+        out_dir: str | os.PathLike[str] | None = None,
     ) -> PublishResult:
         from reconciler.config import load
 
@@ -320,8 +324,10 @@ class Publisher:
         log.info(
             "published commit %s: %s",
             commit[:12],
-            ", ".join(f"{n} serial {o.manifest.serial} ({len(o.issued)} issued, "
-                      f"{len(o.revoked)} revoked)" for n, o in outcome.items()),  # fmt: skip
+            ", ".join(
+                f"{n} serial {o.manifest.serial} ({len(o.issued)} issued, {len(o.revoked)} revoked)"
+                for n, o in outcome.items()
+            ),
         )
         return pub
 
@@ -361,7 +367,8 @@ class Publisher:
     def _compiled(self, org: OrgState, cache: _OrgCache) -> Any:
         from reconciler.policy import compile_policy
 
-        key = (org.policy, tuple(org.enabled_devices()))
+        # labels depend on the policy and each enabled device's name, owner and tags only
+        key = (org.policy, tuple((d.name, d.owner, d.tags) for d in org.enabled_devices()))
         if cache.compiled is None or cache.policy_key != key:
             cache.compiled = compile_policy(org)
             cache.policy_key = key
@@ -467,7 +474,9 @@ class Publisher:
             )
             if self.store.add_cert(rec):
                 return rec
-            log.warning("certificate serial collision for %s/%s; drawing another", dev.org, dev.name)
+            log.warning(
+                "certificate serial collision for %s/%s; drawing another", dev.org, dev.name
+            )
         raise PkiError("could not find a free certificate serial after 16 tries")
 
     # -- output -----------------------------------------------------------------------------

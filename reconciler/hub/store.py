@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Self
 from urllib.parse import urlparse
 
 from reconciler.errors import ConfigError, TemporaryError
@@ -213,7 +214,7 @@ class Store:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -336,7 +337,9 @@ def _open_postgres(url: str) -> Store:
     try:
         import psycopg
     except ImportError as exc:
-        raise ConfigError("postgresql:// state needs psycopg: pip install 'meshops[postgres]'") from exc
+        raise ConfigError(
+            "postgresql:// state needs psycopg: pip install 'meshops[postgres]'"
+        ) from exc
     try:
         conn = psycopg.connect(url, autocommit=False)
     except psycopg.Error as exc:
@@ -356,7 +359,7 @@ def open_store(url: str) -> Store:
     if parsed.scheme == "sqlite":
         # SQLAlchemy's convention, as reconciler.hub.feedstore: sqlite:///rel/path,
         # sqlite:////abs/path, sqlite:///:memory:
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else parsed.path
         if not path:
             raise ConfigError(f"state URL {url!r} has no path (use sqlite:///PATH)")
         return _open_sqlite(path, url)

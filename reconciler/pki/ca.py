@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -56,7 +57,7 @@ class OrgKeys:
 
 
 def _utc(now: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(int(now), tz=dt.timezone.utc)
+    return dt.datetime.fromtimestamp(int(now), tz=dt.UTC)
 
 
 def init_ca(org: Organization, now: float, *, lifetime_days: int = CA_LIFETIME_DAYS) -> CaBundle:

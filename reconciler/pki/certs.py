@@ -24,8 +24,8 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -64,7 +64,7 @@ def device_uri(org: str, name: str) -> str:
 
 
 def _utc(ts: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(int(ts), tz=dt.timezone.utc)
+    return dt.datetime.fromtimestamp(int(ts), tz=dt.UTC)
 
 
 def _der_octet_string(data: bytes) -> bytes:
@@ -132,7 +132,9 @@ def issue_device_cert(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -205,7 +207,7 @@ def device_identity(cert: x509.Certificate | str) -> DeviceIdentity:
     found = [u for u in uris if u.startswith(prefix)]
     if len(found) != 1:
         raise PkiError("certificate must carry exactly one meshops:// SAN URI")
-    org, sep, rest = found[0][len(prefix):].partition("/devices/")
+    org, sep, rest = found[0][len(prefix) :].partition("/devices/")
     if not sep or not org or not rest or "/" in rest:
         raise PkiError(f"malformed device URI {found[0]!r}")
     key = c.public_key()
@@ -306,4 +308,3 @@ def check_device_cert(
     if ident.serial in set(revoked):
         raise PkiError(f"certificate serial {ident.serial} is revoked")
     return ident
-

@@ -18,8 +18,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -71,7 +72,7 @@ class Trust:
 
 def _b64(text: object) -> bytes:
     if not isinstance(text, str):
-        raise ValueError("not a string")
+        raise TypeError("not a string")
     return base64.b64decode(text, validate=True)
 
 
@@ -133,7 +134,7 @@ def open_envelope(
     try:
         env = json.loads(data)
         if not isinstance(env, dict):
-            raise ValueError("envelope is not a JSON object")
+            raise TypeError("envelope is not a JSON object")
         ptype, sigs = env["payloadType"], env["signatures"]
         payload = _b64(env["payload"])
         if not isinstance(sigs, list) or not sigs:
@@ -169,8 +170,8 @@ def open_envelope(
 
 
 __all__ = [
-    "OrgTrust",
     "Opened",
+    "OrgTrust",
     "Trust",
     "load_trust",
     "open_envelope",

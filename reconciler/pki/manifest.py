@@ -25,7 +25,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from typing import Any, Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -426,13 +427,13 @@ __all__ = [
     "build_manifest",
     "canonical_json",
     "check_manifest_dict",
-    "load_trust",
-    "open_envelope",
-    "sign_envelope",
     "encode_manifest",
+    "load_trust",
     "manifest_from_dict",
     "manifest_to_dict",
     "next_serial",
+    "open_envelope",
+    "sign_envelope",
     "sign_manifest",
     "verify_manifest",
 ]

@@ -184,7 +184,7 @@ class _Builder:
             items = [self.build(child, depth + 1, child.start_mark.line) for child in node.value]
             if node.value and not node.flow_style:
                 lines = [child.start_mark.line for child in node.value]
-                col = node.value[0].start_mark.column - 2
+                col = node.start_mark.column  # the first "-"
                 self._span(node, owner, col, depth, items, lines)
             return items
         if isinstance(node, MappingNode):

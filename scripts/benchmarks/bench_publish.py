@@ -73,7 +73,9 @@ def _setup() -> dict[str, Any]:
 
 
 def _new_wg(i: int) -> str:
-    return base64.b64encode(hashlib.sha256(f"bench-{i}-{time.time_ns()}".encode()).digest()).decode()
+    return base64.b64encode(
+        hashlib.sha256(f"bench-{i}-{time.time_ns()}".encode()).digest()
+    ).decode()
 
 
 def _change_one(device_file: Path, i: int) -> None:

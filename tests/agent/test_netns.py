@@ -312,3 +312,37 @@ def test_agents_converge_and_follow_git(lab: Lab) -> None:
     assert not lab.ping("n1", ip["n2"], attempts=2)
     assert not lab.ping("n2", ip["n3"], attempts=2)
     assert lab.ping("n1", ip["n3"])
+
+
+def test_agent_run_converges_then_sigterm_leaves_the_tunnel_up(lab: Lab) -> None:
+    lab.add_node("n1", 1)
+    keys = lab.enroll("n1", 1)
+    lab.add_device("n1", 1, keys)
+    lab.commit("n1")
+    lab.publish()
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "agent", "run", "--config",
+                             str(lab.configs["n1"])], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if ns_exec(lab.node_ns("n1"), "ip", "-br", "addr", "show", "dev",
+                       lab.interface("n1"), check=False).stdout.count("10.10.") == 1:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("agent run did not converge in 30 s")
+        time.sleep(0.5)  # now sleeping until the next pass
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "operation(s) applied" in out
+    # the tunnel outlives the agent
+    assert "listening port: 51820" in wg_show(lab, "n1", "") or \
+        ns_exec(lab.node_ns("n1"), "wg", "show", lab.interface("n1")).returncode == 0
+    assert lab.wg_pid("n1") is not None and _is_our_wireguard_go(lab.wg_pid("n1") or 0,
+                                                                 lab.interface("n1"))

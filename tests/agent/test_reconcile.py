@@ -224,7 +224,73 @@ def test_hub_mode_uses_the_feed_and_reports(tmp_path) -> None:
     # the second pass sends If-None-Match and gets 304: nothing re-applied
     again = run(config, fetch, backend)
     assert again.applied == 0 and again.source == "unchanged"
-    assert fetch.calls[-2][1] is not None  # the manifest GET carried the ETag
+    manifest_gets = [c for c in fetch.calls if c[0] == config.source_url]
+    assert manifest_gets[-1][1] is not None  # the second manifest GET carried the ETag
+
+
+def test_hub_mode_fetches_the_device_cert_and_pins_the_ca(tmp_path) -> None:
+    import base64
+
+    from reconciler.pki.envelope import trust_entry
+
+    from .helpers import write_agent
+
+    config = write_agent(tmp_path, ORG, hub="https://hub.example:8443")
+    ca = "-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----\n"
+    (tmp_path / "trust.json").write_text(json.dumps(
+        {"orgs": {"acme": trust_entry([ORG.key.public_key()], ca)}}))
+    cert_url = "https://hub.example:8443/v1/orgs/acme/devices/alpha/cert"
+    pem = "-----BEGIN CERTIFICATE-----\n" + base64.b64encode(b"x").decode() + \
+        "\n-----END CERTIFICATE-----\n"
+    resets = []
+
+    class Fetch(FakeFetch):
+        def reset_tls(self):
+            resets.append(1)
+
+    fetch = Fetch({config.source_url: ORG.sign(three()),
+                   cert_url: json.dumps({"cert": pem, "ca": ca}).encode()})
+    run(config, fetch, FakeBackend())
+    assert (tmp_path / "state" / "hub-ca.pem").read_text() == ca
+    assert (tmp_path / "state" / "device.crt").read_text() == pem
+    assert resets == [1]  # the TLS context reloads the new certificate
+    run(config, fetch, FakeBackend())
+    assert [c[0] for c in fetch.calls].count(cert_url) == 1  # unchanged manifest: no refetch
+
+
+def test_discovery_is_rechecked_when_the_hub_sees_another_public_ip(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from .helpers import write_agent
+
+    config = write_agent(tmp_path, ORG, hub="https://hub.example:8443")
+    seen = {"ip": "198.51.100.1"}
+    calls = []
+
+    def discover(port):
+        calls.append(port)
+        return SimpleNamespace(
+            candidates=lambda: (Candidate("stun", f"{seen['ip']}:40000"),),
+            mapping="independent", public_ip=seen["ip"])
+
+    def feed(ip):
+        return feed_envelope(1, [{"device": "alpha", "mapping": "independent",
+                                  "public_ip": ip, "updated_at": int(NOW),
+                                  "candidates": []}])
+
+    fetch = FakeFetch({config.source_url: ORG.sign(three()),
+                       config.feed_url: feed("198.51.100.1")})
+    backend = FakeBackend()
+    run(config, fetch, backend, discover=discover)
+    run(config, fetch, backend, discover=discover)
+    assert calls == [51820]  # the port was free only on the first pass
+    report = fetch.posts[-1][1]
+    assert {"kind": "stun", "address": "198.51.100.1:40000"} in report["candidates"]
+    assert report["mapping"] == "independent"
+    seen["ip"] = "203.0.113.9"  # the device moved; the hub saw the new address
+    fetch.bodies[config.feed_url] = feed("203.0.113.9")
+    run(config, fetch, backend, discover=discover)
+    assert calls == [51820, 51820]
 
 
 def test_hub_mode_feed_with_bad_signature_is_ignored(tmp_path) -> None:

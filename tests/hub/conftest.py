@@ -53,8 +53,7 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
         pytest.fail(f"initdb failed: {init.stderr}")
     start = _as_postgres(
-        f"{PG_BIN}/pg_ctl -D {data} -o \"-k {data} -h 127.0.0.1 -p {port}\" "
-        f"-l {data}/log -w start"
+        f'{PG_BIN}/pg_ctl -D {data} -o "-k {data} -h 127.0.0.1 -p {port}" -l {data}/log -w start'
     )
     try:
         if start.returncode != 0:

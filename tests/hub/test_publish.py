@@ -68,7 +68,7 @@ def test_same_commit_same_state_same_manifest(tmp_path, example_repo, example_gn
     for org in a.orgs:
         ma, mb = a.orgs[org].manifest, b.orgs[org].manifest
         assert mb.serial > ma.serial
-        strip = dict(serial=0, issued_at=0, not_after=0)
+        strip = {"serial": 0, "issued_at": 0, "not_after": 0}
         assert dataclasses.replace(ma, **strip) == dataclasses.replace(mb, **strip)
         assert b.orgs[org].issued == ()
         assert a.orgs[org].certs == b.orgs[org].certs
@@ -199,8 +199,8 @@ def test_publish_on_postgres(tmp_path, example_repo, example_gnupghome, fresh_po
 
 def test_no_private_key_in_manifest_logs_or_errors(tmp_path, example_repo, example_gnupghome,
                                                    caplog):  # fmt: skip
-    from reconciler.hub.publish import decrypt_org_keys
     from reconciler.config import load
+    from reconciler.hub.publish import decrypt_org_keys
 
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "out"
@@ -232,11 +232,14 @@ def test_no_private_key_in_manifest_logs_or_errors(tmp_path, example_repo, examp
     errors = []
     for fn in (
         lambda: decrypt_org_keys(secrets_text, repo.orgs["globex"], example_gnupghome),
-        lambda: verify_manifest(b"{}", load_trust((out / "trust.json").read_bytes()), "acme",
-                                None, NOW),  # fmt: skip
-        lambda: decrypt_org_keys(secrets_text.replace("ca_key: ENC[AES256_GCM,data:",
-                                                      "ca_key: ENC[AES256_GCM,data:AA"),
-                                 repo.orgs["acme"], example_gnupghome),  # fmt: skip
+        lambda: verify_manifest(
+            b"{}", load_trust((out / "trust.json").read_bytes()), "acme", None, NOW
+        ),
+        lambda: decrypt_org_keys(
+            secrets_text.replace("ca_key: ENC[AES256_GCM,data:", "ca_key: ENC[AES256_GCM,data:AA"),
+            repo.orgs["acme"],
+            example_gnupghome,
+        ),
     ):
         with pytest.raises(Exception) as err:
             fn()
@@ -271,7 +274,7 @@ def signing_setup(tmp_path, example_repo, example_gnupghome):
         listing = subprocess.run(["gpg", "--homedir", str(home), "--with-colons",
                                   "--list-keys", f"{who}@example.invalid"],
                                  check=True, capture_output=True, text=True).stdout  # fmt: skip
-        fprs[who] = [ln.split(":")[9] for ln in listing.splitlines() if ln.startswith("fpr")][0]
+        fprs[who] = next(ln.split(":")[9] for ln in listing.splitlines() if ln.startswith("fpr"))
     alice = example_repo / "orgs" / "acme" / "users" / "alice.yaml"
     alice.write_text(alice.read_text() + f"pgp_fingerprint: {fprs['alice']}\n")
     mesh = example_repo / "mesh.yaml"

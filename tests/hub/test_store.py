@@ -8,7 +8,9 @@ from reconciler.errors import ConfigError
 from reconciler.hub.store import MIGRATIONS, CertRecord, open_store
 
 
-def rec(serial: int, device: str = "a", org: str = "acme", issued_at: int = 100, **kw) -> CertRecord:
+def rec(
+    serial: int, device: str = "a", org: str = "acme", issued_at: int = 100, **kw
+) -> CertRecord:
     return CertRecord(
         org=org, device=device, serial=serial, fingerprint=f"fp{serial}", not_before=issued_at,
         not_after=kw.pop("not_after", issued_at + 1000), pem=f"PEM{serial}", identity_key="id",
@@ -73,10 +75,9 @@ def test_revoke_device_and_revocation_list(store):
 
 
 def test_rollback_on_error_inside_transaction(store):
-    with pytest.raises(RuntimeError):
-        with store.transaction():
-            store.add_cert(rec(30))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_cert(rec(30))
+        raise RuntimeError("boom")
     assert not store.serial_taken(30)
 
 

@@ -153,8 +153,18 @@ def test_mtls_between_two_devices(tmp_path, keys, devices):
     ca_file = tmp_path / "ca.crt"
     ca_file.write_text(keys.ca_pem)
     a, b = devices("alpha", 1), devices("beta", 2)
-    ca_ = _files(tmp_path, "a", certs.issue_device_cert(keys, a, 1, time.time()), devices.identity_keys["alpha"])
-    cb = _files(tmp_path, "b", certs.issue_device_cert(keys, b, 2, time.time()), devices.identity_keys["beta"])
+    ca_ = _files(
+        tmp_path,
+        "a",
+        certs.issue_device_cert(keys, a, 1, time.time()),
+        devices.identity_keys["alpha"],
+    )
+    cb = _files(
+        tmp_path,
+        "b",
+        certs.issue_device_cert(keys, b, 2, time.time()),
+        devices.identity_keys["beta"],
+    )
     out = _handshake(_ctx(True, ca_, str(ca_file)), _ctx(False, cb, str(ca_file)))
     assert "client_error" not in out and "server_error" not in out, out
     assert out["version"] == "TLSv1.3"
@@ -168,16 +178,27 @@ def test_mtls_refuses_cert_from_another_ca(tmp_path, keys, devices):
     ca_file.write_text(keys.ca_pem)
     rogue = make_keys(make_org())  # same org name, different CA key
     a, m = devices("alpha", 1), devices("mallory", 9)
-    ca_ = _files(tmp_path, "a", certs.issue_device_cert(keys, a, 1, time.time()), devices.identity_keys["alpha"])
-    cm = _files(tmp_path, "m", certs.issue_device_cert(rogue, m, 3, time.time()), devices.identity_keys["mallory"])
+    ca_ = _files(
+        tmp_path,
+        "a",
+        certs.issue_device_cert(keys, a, 1, time.time()),
+        devices.identity_keys["alpha"],
+    )
+    cm = _files(
+        tmp_path,
+        "m",
+        certs.issue_device_cert(rogue, m, 3, time.time()),
+        devices.identity_keys["mallory"],
+    )
     rogue_ca = tmp_path / "rogue.crt"
     rogue_ca.write_text(rogue.ca_pem)
     out = _handshake(_ctx(True, ca_, str(ca_file)), _ctx(False, cm, str(rogue_ca)))
     assert "server_saw" not in out
     assert "server_error" in out
-    assert "certificate verify failed" in str(out["server_error"]) or "unknown ca" in str(
-        out["server_error"]
-    ).lower()
+    assert (
+        "certificate verify failed" in str(out["server_error"])
+        or "unknown ca" in str(out["server_error"]).lower()
+    )
 
 
 def test_openssl_enforces_uri_name_constraint(tmp_path, keys, devices):
@@ -185,9 +206,16 @@ def test_openssl_enforces_uri_name_constraint(tmp_path, keys, devices):
     ca_file = tmp_path / "ca.crt"
     ca_file.write_text(keys.ca_pem)
     a = devices("alpha", 1)
-    ca_ = _files(tmp_path, "a", certs.issue_device_cert(keys, a, 1, time.time()), devices.identity_keys["alpha"])
+    ca_ = _files(
+        tmp_path,
+        "a",
+        certs.issue_device_cert(keys, a, 1, time.time()),
+        devices.identity_keys["alpha"],
+    )
     evil_dev = dataclasses.replace(devices("x", 5), org="evil")
-    evil_pem = certs.issue_device_cert(dataclasses.replace(keys, org="evil"), evil_dev, 4, time.time())
+    evil_pem = certs.issue_device_cert(
+        dataclasses.replace(keys, org="evil"), evil_dev, 4, time.time()
+    )
     ce = _files(tmp_path, "e", evil_pem, devices.identity_keys["x"])
     out = _handshake(_ctx(True, ca_, str(ca_file)), _ctx(False, ce, str(ca_file)))
     assert "server_error" in out
