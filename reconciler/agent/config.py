@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +156,6 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> AgentConf
 def save_config(config: AgentConfig, path: str | os.PathLike[str]) -> None:
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
     atomic_write(path, text.encode(), mode=0o644)
-
-
-def with_overrides(config: AgentConfig, **changes: Any) -> AgentConfig:
-    return replace(config, **{k: v for k, v in changes.items() if v is not None}).validate()
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:

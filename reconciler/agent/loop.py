@@ -160,3 +160,8 @@ class _MarkWaits:
 
     def post_json(self, url: str, obj: Any) -> Any:
         return self._inner.post_json(url, obj)
+
+    def reset_tls(self) -> None:
+        reset = getattr(self._inner, "reset_tls", None)
+        if reset is not None:
+            reset()

@@ -187,7 +187,7 @@ def reconcile_once(
     trust = load_pinned_trust(config)
     warnings: list[str] = []
     if config.hub and not config.tls_ca and not dry_run:
-        _pin_hub_ca(config, trust, state)
+        pin_hub_ca(config, trust, state)
     got = obtain_manifest(config, fetch, trust, state, now, wait=wait)
     manifest = got.manifest
     if got.warning:
@@ -198,13 +198,12 @@ def reconcile_once(
         state.save_manifest(CachedManifest(got.envelope, manifest.serial, manifest.commit,
                                            manifest.not_after, got.etag))
     private_key = read_private_key(config.private_key)
+    if config.hub and got.source != "cache" and not dry_run:  # before the mTLS calls
+        _fetch_device_cert(config, fetch, state, refresh=got.source == "fetched",
+                           warnings=warnings)
     feed = _feed(config, fetch, trust, state, warnings) if got.source != "cache" else None
     observed = backend.observe(config.interface)
     listen_port = config.listen_port or manifest.listen_port
-
-    if config.hub and got.source != "cache" and not dry_run:
-        _fetch_device_cert(config, fetch, state, refresh=got.source == "fetched",
-                           warnings=warnings)
     own = _own_endpoints(config, state, discover, observed, feed, listen_port, dry_run,
                          warnings)
 
@@ -223,8 +222,8 @@ def reconcile_once(
                         f"of org {config.org!r}: removed or disabled in git; all peers dropped")
     ops = plan(want.interface, observed, now)
     common = {"serial": manifest.serial, "commit": manifest.commit, "source": got.source,
-                  "member": want.member, "peers": want.peers,
-                  "feed_revision": feed.revision if feed else None}
+              "member": want.member, "peers": want.peers,
+              "feed_revision": feed.revision if feed else None}
     if dry_run:
         return Result(ops, 0, warnings=tuple(warnings), **common)  # type: ignore[arg-type]
 
@@ -244,7 +243,7 @@ def reconcile_once(
     return Result(ops, len(ops), warnings=tuple(warnings), **common)  # type: ignore[arg-type]
 
 
-def _pin_hub_ca(config: AgentConfig, trust: Trust, state: StateDir) -> None:
+def pin_hub_ca(config: AgentConfig, trust: Trust, state: StateDir) -> None:
     """The org CA from the pinned trust verifies the hub's TLS certificate."""
     org = trust.orgs.get(config.org)
     if org is not None and org.ca_pem:

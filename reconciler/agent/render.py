@@ -12,7 +12,7 @@ from __future__ import annotations
 from reconciler.agent import desired as desired_mod
 from reconciler.agent import paths as paths_mod
 from reconciler.agent.config import AgentConfig, read_private_key
-from reconciler.agent.reconcile import FetchLike, load_pinned_trust, obtain_manifest
+from reconciler.agent.reconcile import FetchLike, load_pinned_trust, obtain_manifest, pin_hub_ca
 from reconciler.agent.state import StateDir
 from reconciler.backends.render import render_wg_quick
 from reconciler.errors import ConfigError
@@ -23,7 +23,10 @@ from reconciler.policy import peers_allowed
 def render_config(config: AgentConfig, *, fetch: FetchLike, now: float,
                   private_key_path: str | None = None) -> str:
     trust = load_pinned_trust(config)
-    got = obtain_manifest(config, fetch, trust, StateDir(config.state_dir), now)
+    state = StateDir(config.state_dir)
+    if config.hub and not config.tls_ca:
+        pin_hub_ca(config, trust, state)
+    got = obtain_manifest(config, fetch, trust, state, now)
     manifest = got.manifest
     if manifest.device(config.name) is None:
         raise ConfigError(f"device {config.name!r} is not in manifest serial {manifest.serial} "

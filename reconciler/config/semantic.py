@@ -18,10 +18,10 @@ from __future__ import annotations
 import binascii
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from reconciler.errors import Problem
-from reconciler.model.repo import Device, Mesh, Organization, OrgState, Policy, User
+from reconciler.model.repo import Device, Mesh, Organization, OrgState, Policy, Source, User
 
 DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _NAME_REMEDY = ("use a DNS label: lowercase letters, digits and '-', at most 63 characters, "
@@ -29,9 +29,9 @@ _NAME_REMEDY = ("use a DNS label: lowercase letters, digits and '-', at most 63 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _p(obj_source: object, path: str, code: str, message: str, remedy: str) -> Problem:
-    src = obj_source  # a model Source
-    return Problem(src.file, src.line(path), code, message, remedy)  # type: ignore[attr-defined]
+def _p(src: Source, path: str, code: str, message: str, remedy: str) -> Problem:
+    """A problem at the line of field ``path`` of the object read from ``src``."""
+    return Problem(src.file, src.line(path), code, message, remedy)
 
 
 def decode_key(text: str) -> bytes | None:
@@ -55,7 +55,7 @@ def _endpoint_ok(endpoint: str) -> bool:
     return True
 
 
-def check_name(file_name: str, name: str, source: object, what: str) -> list[Problem]:
+def check_name(file_name: str, name: str, source: Source, what: str) -> list[Problem]:
     """The object's ``name`` must be a DNS label and equal its file (or directory) name."""
     if not DNS_LABEL.match(name):
         return [_p(source, "name", "E-NAME-INVALID", f"{what} name {name!r} is not a DNS label",
@@ -394,7 +394,8 @@ def _check_references(state: OrgState, broken: frozenset[str]) -> Iterator[Probl
                          "tests name devices of this org")
 
 
-def _selector_problem(sel: str, policy: Policy, user_known, device_known, tags: set[str],
+def _selector_problem(sel: str, policy: Policy, user_known: Callable[[str], bool],
+                      device_known: Callable[[str], bool], tags: set[str],
                       tags_unknown: bool) -> tuple[str, str] | None:
     if sel == "*":
         return None

@@ -14,6 +14,9 @@ under ``orgs/`` (``secrets/``, ``.github/`` and the rest are not ours to read).
 from __future__ import annotations
 
 import os
+import subprocess
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +27,7 @@ from reconciler.errors import UsageError
 @dataclass(frozen=True)
 class Entry:
     """One file: its path relative to the repository root (``/`` separated),
-    its git blob id (``None`` in a working tree) and, where known, its size."""
+    and its git blob id (``None`` in a working tree)."""
 
     path: str
     blob: str | None = None
@@ -38,6 +41,8 @@ class RepoSource(Protocol):
     def entries(self) -> list[Entry]: ...
 
     def read(self, entry: Entry) -> bytes: ...
+
+    def read_many(self, entries: list[Entry]) -> Iterator[tuple[Entry, bytes]]: ...
 
 
 class WorkTreeSource:
@@ -160,6 +165,45 @@ class GitSource:
             return bytes(self._odb.stream(bytes.fromhex(entry.blob)).read())
         except Exception as exc:  # gitpython raises several unrelated types here
             raise UsageError(f"cannot read {entry.path} from git: {exc}") from exc
+
+    def read_many(self, entries: list[Entry]) -> Iterator[tuple[Entry, bytes]]:
+        """Many blobs through one ``git cat-file --batch``: ids are written by a thread
+        while contents are read, so there is no round trip per file."""
+        if len(entries) < 32:
+            for entry in entries:
+                yield entry, self.read(entry)
+            return
+        proc = subprocess.Popen(["git", f"--git-dir={self._repo.git_dir}", "cat-file", "--batch"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+        assert proc.stdin is not None and proc.stdout is not None
+        stdin, stdout = proc.stdin, proc.stdout
+
+        def feed() -> None:
+            try:
+                stdin.write("".join(f"{e.blob}\n" for e in entries).encode())
+                stdin.close()
+            except OSError:  # git died; the reader reports it
+                pass
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        try:
+            for entry in entries:
+                # "<sha> blob <size>\n<content>\n" or "<sha> missing\n" (git-cat-file(1))
+                header = stdout.readline().split()
+                if len(header) != 3 or header[1] != b"blob":
+                    raise UsageError(f"cannot read {entry.path} from git: "
+                                     f"{b' '.join(header).decode(errors='replace') or 'EOF'}")
+                size = int(header[2])
+                data = stdout.read(size)
+                stdout.read(1)
+                yield entry, data
+        finally:  # kill first: a writer blocked on a full pipe then gets EPIPE
+            proc.kill()
+            writer.join()
+            stdout.close()
+            proc.wait()
 
     def close(self) -> None:
         self._repo.close()

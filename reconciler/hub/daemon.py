@@ -139,6 +139,9 @@ async def start(config: ServeConfig) -> Running:
     hub = Hub(pipeline=pipeline, store=store, now=config.now, on_swap=on_swap)
     hub_holder.append(hub)
     running = Running(hub=hub, port=0, stun_port=None, tls=tls)
+    close_pipeline = getattr(pipeline, "close", None)
+    if close_pipeline is not None:
+        running._stop.append(close_pipeline)
     running._stop.append(hub.close)
     await hub.start()
     await follower.start()

@@ -1,9 +1,9 @@
 """The running hub: current snapshot, reconcile on new commits, reports, feeds.
 
-``Hub`` is the state ``reconciler.hub.api`` serves from; ``run(config)`` is
-what ``meshops hub serve`` (reconciler.cli.hub) calls: it opens the store,
-starts the follower (``reconciler.hub.follow``), the HTTPS listener, the STUN
-responder (``reconciler.stun.server``) and the store poller in one event loop.
+``Hub`` is the state ``reconciler.hub.api`` serves from. It is built and
+wired to the follower, the HTTPS listener, the STUN responder and the store
+poller by ``reconciler.hub.daemon`` (what ``meshops hub serve`` runs); tests
+build it directly with a fake pipeline.
 
 Build, validate, swap: ``Hub.reconcile(rev)`` runs the publish pipeline in a
 worker thread and swaps the new ``Snapshot`` in with one assignment only when

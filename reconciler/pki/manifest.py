@@ -206,23 +206,25 @@ def manifest_to_dict(m: Manifest) -> dict[str, Any]:
     return out
 
 
-FragmentCache = MutableMapping[tuple[frozenset[str], ManifestDevice], bytes]
+FragmentCache = MutableMapping[str, tuple[frozenset[str], ManifestDevice, bytes]]
 
 
 def encode_manifest(m: Manifest, fragments: FragmentCache | None = None) -> bytes:
     """``canonical_json(manifest_to_dict(m))``, reusing per-device JSON fragments.
 
-    The hub keeps ``fragments`` across publishes, so an unchanged device costs a
-    dict lookup. Output is byte-identical to the plain form (tested)."""
+    The hub keeps ``fragments`` (device name -> (tag labels used, device, JSON))
+    across publishes, so an unchanged device costs a dict lookup and two identity
+    checks. Output is byte-identical to the plain form (tested)."""
     used = tag_labels_used(m.policy)
     frags = []
     for d in m.devices:
-        key = (used, d)
-        frag = fragments.get(key) if fragments is not None else None
-        if frag is None:
-            frag = canonical_json(device_to_dict(d, used))
-            if fragments is not None:
-                fragments[key] = frag
+        memo = fragments.get(d.name) if fragments is not None else None
+        if memo is not None and (memo[1] is d or memo[1] == d) and memo[0] == used:
+            frags.append(memo[2])
+            continue
+        frag = canonical_json(device_to_dict(d, used))
+        if fragments is not None:
+            fragments[d.name] = (used, d, frag)
         frags.append(frag)
     top = _top_to_dict(m)
     top["devices"] = None

@@ -225,6 +225,29 @@ async def _load(directory: Path, port: int, agents: int, duration: float, interv
             "elapsed": elapsed}
 
 
+def _server_latency(port: int, ca: str) -> dict[str, float]:
+    """p50/p99 of the hub's own report-handling time, from its /metrics histogram
+    (bucket upper bounds: the hub's view, without TLS handshakes or client queueing)."""
+    import urllib.request
+
+    ctx = ssl.create_default_context(cadata=ca)
+    ctx.check_hostname = False
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx,
+                                timeout=10) as r:
+        text = r.read().decode()
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("meshops_hub_request_seconds_bucket") and "/endpoints" in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    out = {}
+    for name, q in (("server_p50_le_s", 0.5), ("server_p99_le_s", 0.99)):
+        out[name] = next((le for le, n in buckets if total and n >= q * total), float("nan"))
+    return out
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
@@ -281,6 +304,7 @@ def hub_load() -> dict[str, Any]:
                 _load(d, port, agents, duration, interval, long_polls, keepalive),
                 duration + 120 + agents / 500))
             rss, peak = _rss(child.pid)
+            server = _server_latency(port, (d / "ca.crt").read_text())
             cpu_s = _cpu_seconds(child.pid) - cpu_before
         finally:
             child.send_signal(signal.SIGTERM)
@@ -313,6 +337,7 @@ def hub_load() -> dict[str, Any]:
         "errors": result["errors"],
         "reports_per_s": result["accepted"] / result["elapsed"],
         "keepalive": keepalive,
+        **server,
         "hub_cpu_s": cpu_s,
         "hub_cpu_ms_per_report": 1000 * cpu_s / max(1, result["accepted"]),
         "hub_rss_bytes": rss,

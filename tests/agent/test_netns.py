@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,15 +111,17 @@ class Lab:
         publish(self.repo, out_dir=self.out, state=f"sqlite:///{self.tmp}/hub.db",
                 now=time.time(), gpg_home=self.gnupghome)
 
-    def enroll(self, node: str, index: int, *, force: bool = False) -> dict[str, str]:
+    def enroll(self, node: str, index: int, *, force: bool = False,
+               hub: str | None = None) -> dict[str, str]:
         """`meshops agent init` for ``node``; returns its public keys."""
         etc = self.tmp / "etc" / node
         config = etc / "agent.json"
         trust = self.tmp / "trust-bootstrap.json"
         if not trust.exists():
             shutil.copy(self.out / "trust.json", trust)
-        argv = ["agent", "init", "--org", "acme", "--name", node,
-                "--manifest-url", f"file://{self.out}/acme/manifest.json",
+        source = ["--hub", hub] if hub else [
+            "--manifest-url", f"file://{self.out}/acme/manifest.json"]
+        argv = ["agent", "init", "--org", "acme", "--name", node, *source,
                 "--trust", str(trust), "--config", str(config),
                 "--state-dir", str(self.tmp / "state" / node),
                 "--interface", f"ag{PID % 100000}{node}", "--netns", self.node_ns(node)]
@@ -150,14 +153,16 @@ class Lab:
 
     # -- agents ----------------------------------------------------------------
     def apply(self, node: str) -> int:
+        return self.apply_result(node).applied
+
+    def apply_result(self, node: str) -> Any:
         config = load_config(self.configs[node])
         backend = open_agent_backend(config)
         try:
-            result = reconcile_once(config, fetch=make_fetcher(config), backend=backend,
-                                    now=time.time())
+            return reconcile_once(config, fetch=make_fetcher(config), backend=backend,
+                                  now=time.time())
         finally:
             backend.close()
-        return result.applied
 
     def interface(self, node: str) -> str:
         return load_config(self.configs[node]).interface
@@ -342,7 +347,71 @@ def test_agent_run_converges_then_sigterm_leaves_the_tunnel_up(lab: Lab) -> None
     assert proc.returncode == 0, err
     assert "operation(s) applied" in out
     # the tunnel outlives the agent
-    assert "listening port: 51820" in wg_show(lab, "n1", "") or \
-        ns_exec(lab.node_ns("n1"), "wg", "show", lab.interface("n1")).returncode == 0
-    assert lab.wg_pid("n1") is not None and _is_our_wireguard_go(lab.wg_pid("n1") or 0,
-                                                                 lab.interface("n1"))
+    shown = ns_exec(lab.node_ns("n1"), "wg", "show", lab.interface("n1"))
+    assert "listening port: 51820" in shown.stdout
+    pid = lab.wg_pid("n1")
+    assert pid is not None and _is_our_wireguard_go(pid, lab.interface("n1"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_agents_converge_through_the_hub_over_mtls(lab: Lab) -> None:
+    """`meshops hub serve` on loopback; agents fetch their device certificate,
+    verify the hub against the pinned org CA, long-poll-capable manifest GETs,
+    report endpoints over mTLS and read each other from the signed feed."""
+    url = f"https://127.0.0.1:{_free_port()}"
+    keys = {}
+    for index, node in ((1, "n1"), (2, "n2")):
+        lab.add_node(node, index)
+        keys[node] = lab.enroll(node, index, hub=url)
+        lab.add_device(node, index, keys[node])
+    lab.commit("n1 and n2")
+    log = (lab.tmp / "hub.log").open("w")
+    hub = subprocess.Popen([sys.executable, "-m", "reconciler", "hub", "serve", "--repo",
+                            str(lab.repo), "--listen", url.removeprefix("https://"),
+                            "--gnupghome", lab.gnupghome, "--state-dir", str(lab.tmp / "hub"),
+                            "--poll", "1"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                first = lab.apply_result("n1")
+                break
+            except Exception:  # the hub is still publishing its first commit
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert first.applied > 0
+        assert first.warnings == ()  # cert fetched first: feed and report over mTLS worked
+        assert lab.apply("n2") > 0
+        for node in ("n1", "n2"):  # second passes: both have reported by now
+            result = lab.apply_result(node)
+            assert result.applied == 0 and result.warnings == (), result.warnings
+        # the hub rebuilds its feed at most twice a second: poll until both reports show
+        state = Path(load_config(lab.configs["n1"]).state_dir)
+        deadline = time.monotonic() + 10
+        while True:
+            assert lab.apply_result("n1").feed_revision is not None
+            feed = json.loads((state / "feed.json").read_text())
+            if {e["device"] for e in feed["entries"]} >= {"n1", "n2"}:
+                break
+            assert time.monotonic() < deadline, feed
+            time.sleep(0.5)
+        n2_entry = next(e for e in feed["entries"] if e["device"] == "n2")
+        assert {"kind": "static", "address": f"{SUBNET}.2:51820"} in n2_entry["candidates"]
+        assert (state / "device.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
+        assert lab.ping("n1", lab.tunnel_ip("n2")) and lab.ping("n2", lab.tunnel_ip("n1"))
+    finally:
+        hub.terminate()
+        try:
+            hub.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+            hub.wait()
+        log.close()

@@ -88,3 +88,29 @@ def test_parse_tree_reads_git_tree_objects():
     data = (b"100644 a.yaml\0" + sha1 + b"40000 sub\0" + sha2 + b"120000 link\0" + sha1
             + b"160000 module\0" + sha2)
     assert parse_tree(data) == [("a.yaml", False, sha1), ("sub", True, sha2)]
+
+
+def test_read_many_batches_blobs_in_order(tmp_path):
+    git_repo = make_repo(tmp_path / "big", devices=40, git=True)
+    src = open_source(git_repo, "HEAD")
+    entries = src.entries()
+    assert len(entries) > 32  # the batched path
+    got = list(src.read_many(entries))
+    assert [e for e, _ in got] == entries
+    for entry, data in got:
+        assert data == (git_repo / entry.path).read_bytes()
+    first = next(iter(src.read_many(entries)))  # abandoning the batch early is safe
+    assert first[0] == entries[0]
+    src.close()
+
+
+def test_read_many_reports_a_missing_blob(tmp_path):
+    from reconciler.config.source import Entry
+
+    git_repo = make_repo(tmp_path / "big", devices=40, git=True)
+    src = open_source(git_repo, "HEAD")
+    entries = src.entries()
+    entries[5] = Entry(entries[5].path, "0" * 40)
+    with pytest.raises(UsageError, match="cannot read"):
+        list(src.read_many(entries))
+    src.close()

@@ -78,8 +78,9 @@ def test_manifest_etag_gzip_and_304(tmp_path: Path) -> None:
             r = await c.get("/v1/orgs/acme/manifest", headers={"Accept-Encoding": "identity"})
             assert r.status == 200 and r.headers["ETag"] == '"1"'
             body = await r.read()
-            opened = open_envelope(body, OrgTrust(keys={}), "x") if False else None
-            assert opened is None and json.loads(body)["payloadType"].endswith("manifest+json")
+            trust = OrgTrust(keys={_kid(w): w.acme.keys.signing_key.public_key()})
+            opened = open_envelope(body, trust, "application/vnd.meshops.manifest+json")
+            assert json.loads(opened.payload)["serial"] == 1
             assert body == hub.org("acme").manifest
             r = await c.get("/v1/orgs/acme/manifest", headers={"Accept-Encoding": "gzip"},
                             auto_decompress=False)

@@ -91,3 +91,74 @@ def test_serve_real_pipeline_bad_commit_keeps_last_good(repo_and_gpg, tmp_path: 
             await running.stop()
 
     run(go())
+
+
+def test_serve_follows_a_remote_url_into_a_bare_mirror(repo_and_gpg, tmp_path: Path) -> None:
+    repo, home = repo_and_gpg
+
+    async def go() -> None:
+        running = await start(ServeConfig(
+            repo=f"file://{repo}", listen="127.0.0.1:0", db=f"sqlite:///{tmp_path}/hub.db",
+            state_dir=str(tmp_path / "state"), gnupghome=home, poll=0.3))
+        hub = running.hub
+        try:
+            first = git(repo, "rev-parse", "HEAD")
+            await wait_for(lambda: hub.snapshot is not None, 30)
+            assert hub.snapshot.commit == first
+            assert any((tmp_path / "state" / "git").glob("mirror-*.git/HEAD"))
+            web = repo / "orgs" / "acme" / "devices" / "web-1.yaml"
+            web.write_text(web.read_text().replace("tags: [server, web]", "tags: [server, web, v3]"))
+            second = await asyncio.to_thread(commit_all, repo, "retag")
+            await wait_for(lambda: hub.snapshot.commit == second, 30)
+            assert hub.org("acme").serial > 0 and hub.status.error is None
+        finally:
+            await running.stop()
+
+    run(go())
+
+
+def test_cli_hub_serve_runs_until_sigterm(repo_and_gpg, tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+    import urllib.request
+
+    from .conftest_serve import free_port
+
+    repo, home = repo_and_gpg
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "hub", "serve", "--repo", str(repo),
+         "--listen", f"127.0.0.1:{port}", "--db", f"sqlite:///{tmp_path}/hub.db",
+         "--state-dir", str(tmp_path / "state"), "--gnupghome", home],
+        cwd=Path(__file__).resolve().parents[2], stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        import ssl
+
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False  # we only need the status document here
+        ctx.verify_mode = ssl.CERT_NONE
+        deadline = time.monotonic() + 30
+        doc = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/status",
+                                            context=ctx, timeout=2) as r:
+                    doc = json.loads(r.read())
+                if doc["serving_commit"]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert doc is not None and doc["serving_commit"] == git(repo, "rev-parse", "HEAD")
+        assert doc["healthy"] is True and set(doc["orgs"]) == {"acme", "globex"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    assert code == 0, proc.stderr.read() if proc.stderr else ""

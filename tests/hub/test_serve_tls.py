@@ -60,10 +60,10 @@ def client_ctx(ca_pem: str, cert: tuple[str, str] | None = None) -> ssl.SSLConte
 
 async def fetch(port: int, path: str, ctx: ssl.SSLContext, sni: str, method: str = "GET",
                 json_body: Any = None) -> tuple[int, bytes]:
-    async with aiohttp.ClientSession() as s:
-        async with s.request(method, f"https://127.0.0.1:{port}{path}", ssl=ctx,
-                             server_hostname=sni, json=json_body) as r:
-            return r.status, await r.read()
+    async with aiohttp.ClientSession() as s, s.request(
+        method, f"https://127.0.0.1:{port}{path}", ssl=ctx, server_hostname=sni, json=json_body
+    ) as r:
+        return r.status, await r.read()
 
 
 def stun_binding(port: int) -> tuple[str, int]:
