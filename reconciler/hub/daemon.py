@@ -62,6 +62,7 @@ class ServeConfig:
     tls_key: str | None = None
     tls_names: tuple[str, ...] = ()
     store_poll: float = 0.5  # how often to look for other replicas' feed revisions
+    refresh: float = 6 * 3600  # re-publish the served commit (renewals, manifest not_after)
     plain_http: bool = False  # tests/behind a TLS-terminating proxy only: no mTLS then
     pipeline: Pipeline | None = None  # injected by tests; default: PublisherPipeline
     now: Callable[[], float] = time.time
@@ -157,6 +158,18 @@ async def start(config: ServeConfig) -> Running:
 
     poller = asyncio.get_running_loop().create_task(store_poller(), name="store-poller")
     running._stop.append(poller.cancel)
+
+    async def refresher() -> None:
+        # Without commits, certificates still come due for renewal and manifests
+        # still expire (not_after), and the hub's own TLS certificates age: re-publish.
+        while True:
+            await asyncio.sleep(config.refresh)
+            snap = hub.snapshot
+            if snap is not None:
+                await hub.reconcile(snap.commit, force=True)
+
+    refresh_task = asyncio.get_running_loop().create_task(refresher(), name="refresher")
+    running._stop.append(refresh_task.cancel)
 
     app = make_app(hub)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)

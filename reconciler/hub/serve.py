@@ -178,10 +178,14 @@ class Hub:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
     # -- publish ------------------------------------------------------------
-    async def reconcile(self, rev: str) -> bool:
-        """Publish commit ``rev``; swap it in only if everything succeeded."""
+    async def reconcile(self, rev: str, *, force: bool = False) -> bool:
+        """Publish commit ``rev``; swap it in only if everything succeeded.
+
+        ``force`` re-publishes the commit already served: certificates due for
+        renewal are renewed and manifests get a fresh ``not_after`` even when
+        nobody commits (``reconciler.hub.daemon`` does this every few hours)."""
         async with self._reconcile_lock:
-            if self.snapshot is not None and self.snapshot.commit == rev:
+            if not force and self.snapshot is not None and self.snapshot.commit == rev:
                 return True
             self.status.commit = rev
             self.status.attempts += 1

@@ -320,3 +320,16 @@ def test_reports_survive_a_restart_sqlite(tmp_path: Path) -> None:
             assert r.headers["X-Feed-Revision"] == "20"
             assert hub.store.agent_serials()["acme"]["laptop"][0] == 19
     run(go())
+
+
+def test_forced_refresh_republishes_the_same_commit(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, hub):
+            assert await hub.reconcile("c1")  # same commit: nothing to do
+            assert w.pipeline.builds == ["c1"]
+            assert await hub.reconcile("c1", force=True)
+            assert w.pipeline.builds == ["c1", "c1"]
+            r = await c.get("/v1/orgs/acme/manifest")
+            assert r.headers["ETag"] == '"2"'
+    run(go())
