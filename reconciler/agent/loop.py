@@ -91,6 +91,12 @@ class AgentLoop:
     def stopped(self) -> bool:
         return self._stopped
 
+    def _wait(self) -> int:
+        """Long-poll at most one interval: the pass must still run every interval
+        (path liveness and hysteresis need fresh observations), and the
+        long-poll makes a new manifest apply at once in between."""
+        return max(1, min(self.config.long_poll, round(self.config.interval)))
+
     def step(self) -> float:
         """One pass; returns how long to wait before the next one."""
         cfg = self.config
@@ -99,7 +105,7 @@ class AgentLoop:
         try:
             result = reconcile_once(
                 cfg, fetch=_MarkWaits(self.fetch, self), backend=self.backend, now=started,
-                discover=self.discover, wait=cfg.long_poll if long_poll else None,
+                discover=self.discover, wait=self._wait() if long_poll else None,
             )
         except UsageError:
             raise

@@ -108,8 +108,9 @@ def decide(
         return Decision({}, None, dict(state))
     entries = {e.device: e for e in feed.entries} if feed else {}
     names_by_key = {d.wireguard_public_key: d.name for d in manifest.devices}
-    handshakes = {names_by_key[k]: p.last_handshake or 0.0
-                  for k, p in observed.peers.items() if k in names_by_key}
+    state = dict(state)
+    seen = last_seen(observed, names_by_key, state.pop(LIVENESS_KEY, {}), now)
+    handshakes = {name: at for name, (_, at) in seen.items()}
     others = [peer_info(d, entries.get(d.name), resolve) for d in manifest.devices
               if d.name != me]
     relays = [d.name for d in manifest.devices if d.relay]
@@ -126,4 +127,42 @@ def decide(
                          handshakes, now, previous, hysteresis_config(hysteresis))
     paths = {name: PeerPath(name, c.kind, c.endpoint, c.via)
              for name, c in sorted(out.paths.items())}
-    return Decision(paths, out.my_relay, json.loads(out.state.to_json()))
+    kept = json.loads(out.state.to_json())
+    kept[LIVENESS_KEY] = {name: [rx, at] for name, (rx, at) in sorted(seen.items())}
+    return Decision(paths, out.my_relay, kept)
+
+
+LIVENESS_KEY = "liveness"
+
+
+def last_seen(
+    observed: ObservedInterface,
+    names_by_key: Mapping[str, str],
+    previous: Mapping[str, Any],
+    now: float,
+) -> dict[str, tuple[int, float]]:
+    """When each peer was last heard from: ``(rx_bytes, unix time)``.
+
+    A handshake happens only every two minutes (REKEY_AFTER_TIME) on a healthy
+    session, so its age cannot tell a dead path within seconds. Persistent
+    keepalives can: a live peer sends at least one packet per keepalive
+    interval, so the rx counter moves. A peer is seen at the later of its last
+    handshake and the last pass where its rx counter grew; the counters are
+    kept in the peering state so one-shot runs see the progress too. A counter
+    that went down (the interface was re-created) counts as progress.
+    """
+    seen: dict[str, tuple[int, float]] = {}
+    for key, peer in observed.peers.items():
+        name = names_by_key.get(key)
+        if name is None:
+            continue
+        handshake = peer.last_handshake or 0.0
+        before = previous.get(name)
+        if before is None:
+            at = handshake
+        elif peer.rx_bytes != int(before[0]):
+            at = now
+        else:
+            at = float(before[1])
+        seen[name] = (peer.rx_bytes, max(at, handshake))
+    return seen

@@ -116,7 +116,7 @@ def choose_path(me: PeerInfo, peer: PeerInfo, relays: Sequence[str] = (),
         return PathChoice(DIRECT, _first(peer.candidates, PUBLIC_KINDS), None)
     if kind == LAN:
         return PathChoice(LAN, _lan_endpoint(me, peer), None)
-    return PathChoice(RELAY, None, choose_relay(peer.name, relays, down))
+    return PathChoice(RELAY, None, choose_relay(pair_key(me.name, peer.name), relays, down))
 
 
 # -- rendezvous hashing --------------------------------------------------------
@@ -124,6 +124,14 @@ def choose_path(me: PeerInfo, peer: PeerInfo, relays: Sequence[str] = (),
 
 def _score(device: str, relay: str) -> bytes:
     return hashlib.sha256(f"{device}\0{relay}".encode()).digest()
+
+
+def pair_key(a: str, b: str) -> str:
+    """The rendezvous key of a relayed pair. Both ends must put each other's
+    prefixes on the SAME relay: WireGuard checks a packet's source against the
+    allowed-ips of the peer it arrived from, so if a->c went through c's relay
+    and c->a through a's, each side would drop the other's traffic."""
+    return "\0".join(sorted((a, b)))
 
 
 def relay_order(device: str, relays: Sequence[str]) -> tuple[str, ...]:
@@ -293,7 +301,7 @@ def decide(
             path_states[peer.name] = path
             if path.mode == RELAY:
                 choice = PathChoice(RELAY, choice.endpoint,
-                                    choose_relay(peer.name, relays, down))
+                                    choose_relay(pair_key(me.name, peer.name), relays, down))
         out[peer.name] = choice
     my_relay = None if me.relay else choose_relay(me.name, relays, down)
     return Decision(out, my_relay, PeeringState(path_states, relay_states))

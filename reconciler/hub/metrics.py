@@ -42,6 +42,12 @@ class Metrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
             registry=r,
         )
+        self.store_commit = Histogram(
+            "meshops_hub_store_commit_seconds",
+            "time to commit one batch of reports (the fsync is in here)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         self.publishes = Counter(
             "meshops_hub_publishes", "publish pipeline runs", ["result"], registry=r
         )

@@ -124,6 +124,7 @@ class ReportWriter:
             while len(items) < self._max_batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             batch = [(r, o) for r, o, _ in items]
+            started = time.monotonic()
             try:
                 revisions = await loop.run_in_executor(self._executor, self._store.record, batch)
             except MeshopsError as exc:  # the store failed: every caller gets the error (503)
@@ -131,6 +132,7 @@ class ReportWriter:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            self._metrics.store_commit.observe(time.monotonic() - started)
             self._metrics.reports.inc(len(items))
             self._metrics.report_batches.observe(len(items))
             self._on_commit(revisions)

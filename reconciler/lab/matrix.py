@@ -68,14 +68,22 @@ class PairResult:
         return self.path.split(":", 1)[0]
 
 
+# RFC 1918 and RFC 4193 site ranges. (``ipaddress.is_private`` also covers the
+# documentation ranges the lab's internet uses, so it cannot tell LAN from WAN here.)
+_SITE_RANGES = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
+
+
 def _is_private(endpoint: str | None) -> bool:
     if not endpoint:
         return False
     host = endpoint.rsplit(":", 1)[0].strip("[]")
     try:
-        return ipaddress.ip_address(host).is_private and not host.startswith("10.99.")
+        addr = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return any(addr in net for net in _SITE_RANGES if net.version == addr.version)
 
 
 def probe_pair(

@@ -34,6 +34,30 @@ from reconciler.lab.topology import Node, Topology, attach_to_site, build_networ
 
 MESHOPS = (sys.executable, "-m", "reconciler")
 
+# Peering timers for the lab (seconds). Production defaults follow WireGuard's own
+# timers (minutes); the lab shortens them so failover shows within the e2e goals.
+LAB_HYSTERESIS = {
+    "stale_after": 12.0,
+    "establish_timeout": 10.0,
+    "retry_initial": 20.0,
+    "retry_max": 60.0,
+    "stable_after": 60.0,
+}
+
+
+def _device_keys(init_output: str) -> dict[str, str]:
+    """The public keys from `meshops agent init`'s device YAML."""
+    keys: dict[str, str] = {}
+    section = ""
+    for line in init_output.splitlines():
+        if line.rstrip().endswith(":") and not line.startswith(" "):
+            section = line.strip().rstrip(":")
+        elif line.strip().startswith("public_key:") and section in ("wireguard", "identity"):
+            keys[section] = line.split(":", 1)[1].strip()
+    if set(keys) != {"wireguard", "identity"}:
+        raise LabError(f"could not read the public keys from `meshops agent init`:\n{init_output}")
+    return keys
+
 
 @dataclass(frozen=True)
 class Expectation:
@@ -100,7 +124,8 @@ class Lab:
         if self.ledger.namespaces:
             raise LabError(f"a lab is already up in {self.dir}; run `scripts/lab down` first")
         if self.dir.exists():
-            shutil.rmtree(self.dir)
+            self._kill_gpg_agent()
+            shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
         self.log("lab: building namespaces, internet bridge and NAT gateways")
         build_network(self.topo, self.nn)
@@ -168,18 +193,23 @@ class Lab:
     def enroll(self, node: Node) -> None:
         d = self.node_dir(node.name)
         d.mkdir(parents=True, exist_ok=True)
+        cfg = d / "agent.json"
         out = self.meshops(
             "agent", "init", "--org", self.topo.org, "--name", node.name,
             "--hub", self.topo.hub_url, "--trust", str(self.out / "trust.json"),
-            "--config", str(d / "agent.json"), "--state-dir", str(d / "state"),
+            "--config", str(cfg), "--state-dir", str(d / "state"),
             "--backend", "userspace", "--interface", self.topo.ifname(node.name),
-            "--format", "json",
+            *[a for s in self.topo.stun_servers for a in ("--stun", s)],
         )
-        info = json.loads(out)
-        self.keys[node.name] = {"wireguard": info["wireguard_public_key"], "identity": info["identity_public_key"]}
+        info = _device_keys(out)
+        self.keys[node.name] = {"wireguard": info["wireguard"], "identity": info["identity"]}
+        # lab timers: seconds, not minutes (see docs/nat-traversal.md)
+        conf = json.loads(cfg.read_text())
+        conf.update(interval=self.agent_interval, jitter=0.0, long_poll=20, hysteresis=dict(LAB_HYSTERESIS))
+        cfg.write_text(json.dumps(conf, indent=2))
         args = [
             "device", "add", "--repo", str(self.repo), "--org", self.topo.org, node.name,
-            "--wireguard-key", info["wireguard_public_key"], "--identity-key", info["identity_public_key"],
+            "--wireguard-key", info["wireguard"], "--identity-key", info["identity"],
             "--owner", "admin",
         ]
         if node.relay:
@@ -222,7 +252,7 @@ class Lab:
         d = self.node_dir(name)
         return self.nn.spawn(
             f"agent-{name}", self.topo.ns(name),
-            [*MESHOPS, "agent", "run", "--config", str(d / "agent.json"), "--interval", f"{self.agent_interval:g}"],
+            [*MESHOPS, "agent", "run", "--config", str(d / "agent.json")],
             log_dir=self.logs,
         )
 
@@ -297,4 +327,13 @@ class Lab:
 
     # ------------------------------------------------------------------ down
     def down(self) -> list[str]:
-        return teardown(self.ledger, wg_prefix=self.topo.wg_prefix)
+        notes = teardown(self.ledger, wg_prefix=self.topo.wg_prefix)
+        self._kill_gpg_agent()
+        return notes
+
+    def _kill_gpg_agent(self) -> None:
+        """gpg starts an agent for the lab's GNUPGHOME; stop it (by its home, which
+        only this lab uses) before the directory goes away."""
+        if self.gnupg.exists():
+            subprocess.run(["gpgconf", "--homedir", str(self.gnupg), "--kill", "gpg-agent"],
+                           capture_output=True, check=False)

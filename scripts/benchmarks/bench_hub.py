@@ -108,7 +108,22 @@ def _child(directory: str, port: int) -> None:
     config = ServeConfig(repo=str(repo), listen=f"127.0.0.1:{port}",
                          db=f"sqlite:///{d}/hub.db", state_dir=str(d / "state"),
                          pipeline=StaticPipeline(), poll=3600)
+    import gc
+
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses[info["generation"]].append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
     asyncio.run(serve_forever(config))
+    (d / "gc.json").write_text(json.dumps(
+        {g: {"count": len(p), "max_s": max(p, default=0.0), "total_s": sum(p)}
+         for g, p in pauses.items()}))
 
 
 # -- the agents ------------------------------------------------------------------------------
@@ -282,16 +297,19 @@ def _server_latency(port: int, ca: str) -> dict[str, float]:
     with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx,
                                 timeout=10) as r:
         text = r.read().decode()
-    buckets = []
-    for line in text.splitlines():
-        if line.startswith("meshops_hub_request_seconds_bucket") and "/endpoints" in line:
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-    buckets.sort()
-    total = buckets[-1][1] if buckets else 0.0
     out = {}
-    for name, q in (("server_p50_le_s", 0.5), ("server_p99_le_s", 0.99)):
-        out[name] = next((le for le, n in buckets if total and n >= q * total), float("nan"))
+    for metric, prefix in (("meshops_hub_request_seconds_bucket", "server"),
+                           ("meshops_hub_store_commit_seconds_bucket", "commit")):
+        buckets = []
+        for line in text.splitlines():
+            if line.startswith(metric) and (prefix == "commit" or "/endpoints" in line):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+        buckets.sort()
+        total = buckets[-1][1] if buckets else 0.0
+        for name, q in (("p50", 0.5), ("p99", 0.99)):
+            out[f"{prefix}_{name}_le_s"] = next(
+                (le for le, n in buckets if total and n >= q * total), float("nan"))
     return out
 
 
@@ -360,6 +378,8 @@ def hub_load() -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        gc_file = d / "gc.json"
+        gc_stats = json.loads(gc_file.read_text()) if gc_file.exists() else {}
         from reconciler.hub.feedstore import FeedStore
 
         store = FeedStore(f"sqlite:///{d}/hub.db")
@@ -391,6 +411,7 @@ def hub_load() -> dict[str, Any]:
         "hub_rss_bytes": rss,
         "hub_peak_rss_bytes": peak,
         "setup_s": setup_s,
+        "hub_gc": gc_stats,
     }
 
 

@@ -119,7 +119,7 @@ def _incremental(git: bool) -> dict[str, Any]:
     state = f"sqlite:///{s['base']}/inc-{time.time_ns()}.db"
     times = []
     phases: dict[str, list[float]] = {}
-    with Publisher(repo, state, s["home"]) as pub:
+    with Publisher(repo, state, s["home"], freeze_caches=True) as pub:
         now = time.time()
         pub.publish("HEAD" if git else None, now, out)
         devices = sorted((repo / "orgs" / "org-00" / "devices").glob("*.yaml"))

@@ -74,7 +74,9 @@ def test_hub_long_polls_after_the_first_pass(tmp_path) -> None:
     loop, fetch, clock, _results, _ = make(tmp_path, hub="https://hub.example")
     loop.run(max_passes=3)
     manifest_calls = [c for c in fetch.calls if c[0] == loop.config.source_url]
-    assert [wait for _, _, wait in manifest_calls] == [None, 55, 55]
+    # long-poll, but never longer than one interval: passes keep their rhythm
+    assert loop.config.interval == 30 and loop.config.long_poll == 55
+    assert [wait for _, _, wait in manifest_calls] == [None, 30, 30]
     assert all(s <= 1.0 for s in clock.sleeps)  # straight back into the long-poll
 
 

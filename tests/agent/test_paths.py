@@ -69,3 +69,27 @@ def test_literal_endpoint() -> None:
     assert literal_endpoint("[2001:db8::1]:51820") == "[2001:db8::1]:51820"
     assert literal_endpoint("nowhere.invalid:1", lambda h: None) is None
     assert literal_endpoint(None) is None
+
+
+def test_last_seen_tracks_rx_progress_between_passes():
+    from reconciler.agent.paths import last_seen
+    from reconciler.model.wg import ObservedInterface, ObservedPeer
+
+    names = {"K1": "relay1", "K2": "b"}
+
+    def obs(rx1: int, rx2: int) -> ObservedInterface:
+        return ObservedInterface("wg0", True, peers={
+            "K1": ObservedPeer("K1", (), last_handshake=900.0, rx_bytes=rx1),
+            "K2": ObservedPeer("K2", (), last_handshake=None, rx_bytes=rx2),
+            "K9": ObservedPeer("K9", (), last_handshake=999.0, rx_bytes=5),  # not in the manifest
+        })
+
+    first = last_seen(obs(100, 0), names, {}, 1000.0)
+    assert first == {"relay1": (100, 900.0), "b": (0, 0.0)}  # unknown history: the handshake
+    moved = last_seen(obs(148, 0), names, {k: list(v) for k, v in first.items()}, 1005.0)
+    assert moved["relay1"] == (148, 1005.0)  # keepalives arrived: seen now
+    assert moved["b"] == (0, 0.0)
+    still = last_seen(obs(148, 0), names, {k: list(v) for k, v in moved.items()}, 1030.0)
+    assert still["relay1"] == (148, 1005.0)  # silent since 1005: going stale
+    reset = last_seen(obs(3, 0), names, {k: list(v) for k, v in still.items()}, 1040.0)
+    assert reset["relay1"] == (3, 1040.0)  # counter went down (new interface): progress

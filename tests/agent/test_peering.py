@@ -53,7 +53,9 @@ def test_matrix(a, b, same_site):
         assert choice.endpoint == "192.168.1.11:51820"
     else:
         assert choice.endpoint is None
-        assert choice.via == p.choose_relay("peer", RELAYS)
+        assert choice.via == p.choose_relay(p.pair_key("me", "peer"), RELAYS)
+        # both ends pick the same relay for the pair
+        assert p.choose_path(peer, me, RELAYS).via == choice.via
 
 
 @pytest.mark.parametrize(
@@ -207,7 +209,7 @@ def test_state_json_round_trip_and_garbage():
         assert p.PeeringState.from_json(junk) == p.PeeringState()
 
 
-def test_decide_falls_back_to_the_peers_relay_and_fails_over_relays():
+def test_decide_falls_back_to_the_pairs_relay_and_fails_over_relays():
     me = node("cone", "a", "198.51.100.1")
     b = node("cone", "b", "203.0.113.9")
     relays = ["relay-1", "relay-2", "relay-3"]
@@ -217,13 +219,13 @@ def test_decide_falls_back_to_the_peers_relay_and_fails_over_relays():
     assert d.paths["b"].kind == "direct"
     assert d.my_relay == p.choose_relay("a", relays)
     d = p.decide(me, peers, relays, {**shakes, "b": 0.0}, 1011, d.state, CFG)
-    assert d.paths["b"] == p.PathChoice("relay", "203.0.113.9:40100", p.choose_relay("b", relays))
-    # b's primary relay goes stale: b's traffic moves to b's next relay
-    primary = p.choose_relay("b", relays)
+    assert d.paths["b"] == p.PathChoice("relay", "203.0.113.9:40100", p.choose_relay(p.pair_key("a", "b"), relays))
+    # the pair's relay goes stale: the pair's traffic moves to its next relay
+    primary = p.choose_relay(p.pair_key("a", "b"), relays)
     restored = p.PeeringState.from_json(d.state.to_json())
     d = p.decide(me, peers, relays, {**shakes, primary: 900.0, "b": 0.0}, 1025, restored, CFG)
     assert d.state.relays[primary].down_until == 1045
-    assert d.paths["b"].via == p.relay_order("b", relays)[1]
+    assert d.paths["b"].via == p.relay_order(p.pair_key("a", "b"), relays)[1]
 
 
 def test_allowed_ips_layout():

@@ -324,3 +324,18 @@ def test_new_owner_cannot_bless_own_commit(tmp_path, signing_setup):
     _git(repo, "commit", "-q", "-a", f"-S{fprs['mallory']}", "-m", "takeover", env=env)
     with pytest.raises(PkiError, match="not an org owner"):
         publish(repo, state=state, now=NOW + 5, gpg_home=home)
+
+
+def test_freeze_caches_freezes_once_per_big_change(tmp_path, example_repo, example_gnupghome):
+    import gc
+
+    try:
+        with Publisher(example_repo, _state(tmp_path), example_gnupghome, freeze_caches=True) as p:
+            p.publish(None, NOW)
+            assert gc.get_freeze_count() > 0
+            gc.unfreeze()
+            p.publish(None, NOW + 1)  # nothing re-parsed: no new freeze
+            assert gc.get_freeze_count() == 0
+            assert set(p.timings) == {"load", "build", "write", "total"}
+    finally:
+        gc.unfreeze()

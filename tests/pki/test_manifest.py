@@ -253,3 +253,37 @@ def test_tag_labels_implied_by_tags_are_not_repeated(org_state):
     # a non-canonical label list is kept verbatim
     odd = dataclasses.replace(m, devices=(dataclasses.replace(alpha, labels=("t:web", "g:ops")),))
     assert pm.manifest_to_dict(odd)["devices"][0]["labels"] == ["t:web", "g:ops"]
+
+
+def test_every_optional_field_passes_both_checks(org_state):
+    full = dataclasses.replace(
+        _build(org_state).devices[1],
+        routes=("192.168.50.0/24",),
+        labels=("g:ops",),
+        keepalive=15,
+        exit_node=True,
+    )
+    m = dataclasses.replace(
+        _build(org_state),
+        devices=(full,),
+        policy={"version": 1, "rules": []},
+        extra={"note": "x"},
+        cidr_v6=None,
+    )
+    d = json.loads(pm.canonical_json(pm.manifest_to_dict(m)))
+    jsonschema.Draft202012Validator(SCHEMA).validate(d)
+    pm.check_manifest_dict(d)
+    assert pm.manifest_from_dict(d) == m
+    assert {"routes", "relay", "endpoint", "keepalive", "exit", "labels"} <= set(d["devices"][0])
+
+
+def test_open_envelope_for_other_payload_types(keys):
+    from reconciler.pki.envelope import OrgTrust, open_envelope
+
+    data = pm.sign_envelope(b'{"feed":1}', "application/vnd.meshops.feed+json", keys.signing_key)
+    trust = OrgTrust(keys={k: v for k, v in _trust(keys).orgs["acme"].keys.items()})
+    opened = open_envelope(data, trust, "application/vnd.meshops.feed+json", org="acme")
+    assert opened.payload == b'{"feed":1}' and opened.signer_org == "acme"
+    with pytest.raises(ManifestRefused) as err:
+        open_envelope(data, trust, pm.MANIFEST_TYPE)
+    assert err.value.reason == "malformed"
