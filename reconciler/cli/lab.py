@@ -91,7 +91,7 @@ def _demo(args) -> int:
 
     signal.signal(signal.SIGTERM, _sigint)
     try:
-        print("bringing the lab up (namespaces, NAT, stund, hub, 7 agents) ...", flush=True)
+        print("bringing the lab up (namespaces, NAT, stund, hub, 8 agents) ...", flush=True)
         lab.up()
         print("waiting for every pair to connect ...", flush=True)
         waited = lab.wait_until(lambda: all(lab.probe(a, b).ok for a, b in lab.pairs()), args.timeout, step=1)

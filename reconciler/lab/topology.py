@@ -1,21 +1,22 @@
-"""The NAT lab's topology, as data, and the code that builds its network.
+r"""The NAT lab's topology, as data, and the code that builds its network.
 
 Used by ``reconciler.lab.runner`` (``scripts/lab``, ``scripts/demo``) and the e2e
 tests. The "internet" is a bridge in its own namespace carrying the
 documentation ranges 198.51.100.0/24 and 203.0.113.0/24; sites hide private
-10.10.x.0/24 LANs behind iptables NAT gateways. Nothing touches the root
-namespace.
+10.10.x.0/24 LANs behind iptables NAT gateways. Sites A and D are port-restricted
+cone NATs (so cone<->cone across sites is exercised), B and C are symmetric.
+Nothing touches the root namespace.
 
 ::
 
                          [inet: br0  198.51.100.0/24 + 203.0.113.0/24]
       |            |            |          |          |           |            |
-     hub         stun        relay1     relay2      pub        gw-a         gw-b       gw-c
-  .100.10     .100.20/.21   .113.31    .113.32    .113.40    .100.50      .100.60    .113.70
-  hub serve     stund                                        cone NAT     symmetric  symmetric
-  + STUN                                                      /    \          |          |
-                                                             a1    a2        b1         c1
-                                                        10.10.1.11 .12  10.10.2.11  10.10.3.11
+     hub         stun        relay1     relay2      pub        gw-a         gw-b       gw-c       gw-d
+  .100.10     .100.20/.21   .113.31    .113.32    .113.40    .100.50      .100.60    .113.70    .113.80
+  hub serve     stund                                        cone NAT     symmetric  symmetric  cone NAT
+  + STUN                                                      /    \          |          |          |
+                                                             a1    a2        b1         c1         d1
+                                                        10.10.1.11 .12  10.10.2.11  10.10.3.11  10.10.4.11
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Topology:
         Site("a", f"{NET_A}.50", "10.10.1", symmetric=False),
         Site("b", f"{NET_A}.60", "10.10.2", symmetric=True),
         Site("c", f"{NET_B}.70", "10.10.3", symmetric=True),
+        Site("d", f"{NET_B}.80", "10.10.4", symmetric=False),
     )
     nodes: tuple[Node, ...] = (
         Node("relay1", None, f"{NET_B}.31", relay=True, public=True),
@@ -69,6 +71,7 @@ class Topology:
         Node("a2", "a", "10.10.1.12"),
         Node("b1", "b", "10.10.2.11"),
         Node("c1", "c", "10.10.3.11"),
+        Node("d1", "d", "10.10.4.11"),
     )
 
     def ns(self, name: str) -> str:

@@ -1,27 +1,35 @@
 """Load generator for ``hub serve``: many agents reporting over mTLS, plus long-polls.
 
-``scripts/bench hub_load`` runs it. The hub runs in a child process (the real
-``reconciler.hub.daemon`` with TLS, the SQLite feed store in WAL mode, the
-report batching), serving one org of ``MESHOPS_BENCH_AGENTS`` devices (10,000
-by default) from a static snapshot, so the figures measure serving, not git.
-This process simulates the agents with one aiohttp client:
+``scripts/bench hub_load`` runs it. The hub runs in a child process: the real
+``reconciler.hub.daemon`` with TLS, the SQLite feed store (WAL,
+``synchronous=FULL``) and report batching. It serves one org of
+``MESHOPS_BENCH_AGENTS`` devices (10,000 by default) from a static snapshot, so
+the figures measure serving, not git. This process simulates the agents, each
+with its own device certificate:
 
-* every agent reports once per ``interval`` (30 s), spread evenly, so 10,000
-  agents make ~333 reports/s; each report opens a fresh TLS connection with
-  the agent's own device certificate (as ``meshops agent`` does), so every
-  report pays a full mTLS handshake on both sides;
+* every agent reports once per ``MESHOPS_BENCH_INTERVAL`` (30 s), spread
+  evenly, so 10,000 agents make ~333 reports/s;
 * ``MESHOPS_BENCH_LONGPOLLS`` (1,000) clients hold manifest long-polls
-  (``If-None-Match`` + ``?wait=25``) on pooled keep-alive connections.
+  (``If-None-Match`` + ``?wait=25``);
+* ``MESHOPS_BENCH_KEEPALIVE=1`` (the default) models long-running agents
+  (``meshops agent run``): every agent's and poller's mTLS connection is opened
+  first (not measured, ``warm_up_s``), then the steady state is measured.
+  ``MESHOPS_BENCH_KEEPALIVE=0`` models ``meshops agent apply`` from a timer: each
+  report opens a new mTLS connection, and its handshake is in the latency.
 
 Bounded: ``MESHOPS_BENCH_DURATION`` seconds (60) of load, every request with a
 10 s timeout, at most 256 reports in flight, the whole run under a hard limit.
 Latency is measured from the moment a report was *due*, so a client or hub
-that falls behind shows in p99 (no coordinated omission). Recorded: p50/p99 report latency (client side, handshake included),
-errors, lost reports (accepted 200s minus reports committed in the store,
-read after the hub stopped), requests/s, the hub's peak RSS.
+that falls behind shows in p99 (no coordinated omission). Recorded: p50/p99,
+errors, lost reports (accepted 200s minus reports committed in the store, read
+after the hub stopped), the hub's own handler and commit latency (from its
+/metrics histograms, as bucket upper bounds), its CPU time and peak RSS, and its
+garbage-collector pauses.
 
-Both sides share the machine (2 cores here): the client's CPU competes with
-the hub's, so the latency is an upper bound of what a dedicated hub shows.
+The client is bare asyncio streams (aiohttp's client costs several times more
+CPU per request). Both sides share the machine (2 cores here, shared with other
+jobs), so the client's CPU competes with the hub's: the latency is an upper
+bound of what a dedicated hub shows.
 """
 
 from __future__ import annotations
@@ -198,6 +206,8 @@ async def _load(directory: Path, port: int, agents: int, duration: float, interv
         ctx.load_cert_chain(directory / "certs" / f"d{i}.pem")
         conns.append(_Conn(port, ctx))
     in_flight = asyncio.Semaphore(max_in_flight)
+    poll_ctx = ssl.create_default_context(cadata=ca)
+    poll_conns = [_Conn(port, poll_ctx) for _ in range(long_polls)]
     warm_up_s = 0.0
     if keepalive:
         # Long-running agents (`meshops agent run`) hold their connection: open them
@@ -211,7 +221,7 @@ async def _load(directory: Path, port: int, agents: int, duration: float, interv
                 except (OSError, ssl.SSLError, TimeoutError) as exc:
                     err(f"connect-{type(exc).__name__}")
 
-        await asyncio.gather(*(connect(c) for c in conns))
+        await asyncio.gather(*(connect(c) for c in [*conns, *poll_conns]))
         warm_up_s = time.monotonic() - t0
 
     async def report(i: int, seq: int, due: float) -> None:
@@ -239,10 +249,7 @@ async def _load(directory: Path, port: int, agents: int, duration: float, interv
             else:
                 err(f"http-{status}")
 
-    poll_ctx = ssl.create_default_context(cadata=ca)
-
-    async def long_poll(stop_at: float) -> None:
-        conn = _Conn(port, poll_ctx)
+    async def long_poll(conn: _Conn, stop_at: float) -> None:
         while time.monotonic() < stop_at - 1:
             try:
                 status = await asyncio.wait_for(conn.request(
@@ -258,7 +265,7 @@ async def _load(directory: Path, port: int, agents: int, duration: float, interv
 
     start = time.monotonic()
     stop_at = start + duration
-    pollers = [asyncio.create_task(long_poll(stop_at)) for _ in range(long_polls)]
+    pollers = [asyncio.create_task(long_poll(c, stop_at)) for c in poll_conns]
     tasks: set[asyncio.Task[None]] = set()
     sent = 0
     step = interval / agents
