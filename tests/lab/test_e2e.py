@@ -24,7 +24,8 @@ TIMINGS = Path(os.environ.get("MESHOPS_E2E_TIMINGS", ".lab/e2e-timings.json"))
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(Topology(prefix=f"mo-e2e{os.getpid() % 1000}", wg_prefix="me"), tmp_path_factory.mktemp("lab"))
+    tag = os.getpid() % 1000  # namespaces and wireguard-go sockets (/run is shared) per run
+    lab = Lab(Topology(prefix=f"mo-e2e{tag}", wg_prefix=f"e{tag}"), tmp_path_factory.mktemp("lab"))
     try:
         lab.up()
         yield lab
