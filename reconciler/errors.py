@@ -25,8 +25,8 @@ TemporaryError -> 75. Messages must never contain secrets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 class MeshopsError(Exception):

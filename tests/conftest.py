@@ -31,9 +31,9 @@ def pytest_collection_modifyitems(config, items):
     if problem is None:
         return
     for item in items:
-        if item.get_closest_marker("root") or item.get_closest_marker("e2e"):
-            if not IN_CI:  # in CI they run, and fail loudly if they cannot
-                item.add_marker(pytest.mark.skip(reason=problem))
+        needs_root = item.get_closest_marker("root") or item.get_closest_marker("e2e")
+        if needs_root and not IN_CI:  # in CI they run, and fail loudly if they cannot
+            item.add_marker(pytest.mark.skip(reason=problem))
 
 
 @pytest.fixture(scope="session", autouse=True)

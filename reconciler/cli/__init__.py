@@ -17,7 +17,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 GROUPS = (
     "reconciler.cli.repo",  # validate

@@ -15,9 +15,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from reconciler.errors import PermanentError
 
@@ -27,7 +27,7 @@ class LabError(PermanentError):
 
 
 def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 30) -> str:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise LabError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout
@@ -55,7 +55,7 @@ class Ledger:
     procs: list[Proc] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path) -> "Ledger":
+    def load(cls, path: Path) -> Ledger:
         if not path.exists():
             return cls(path)
         raw = json.loads(path.read_text())

@@ -24,12 +24,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from reconciler.lab import matrix
-from reconciler.lab.netns import Ledger, LabError, Netns, Proc, in_ns, run, stop_proc, teardown
+from reconciler.lab.netns import LabError, Ledger, Netns, Proc, in_ns, run, stop_proc, teardown
 from reconciler.lab.topology import Node, Topology, attach_to_site, build_network
 
 MESHOPS = (sys.executable, "-m", "reconciler")
@@ -107,7 +107,8 @@ class Lab:
         cmd = [*MESHOPS, *args]
         env = {**os.environ, "GNUPGHOME": str(self.gnupg)}
         proc = subprocess.run(
-            in_ns(ns, *cmd) if ns else cmd, capture_output=True, text=True, env=env, timeout=120
+            in_ns(ns, *cmd) if ns else cmd, capture_output=True, text=True, env=env, timeout=120,
+            check=False,
         )
         if check and proc.returncode != 0:
             raise LabError(f"`meshops {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
@@ -243,7 +244,8 @@ class Lab:
         deadline = time.monotonic() + timeout
         probe = f"import socket; socket.create_connection(('{host}', {port}), 1).close()"
         while time.monotonic() < deadline:
-            if subprocess.run(in_ns(ns, sys.executable, "-c", probe), capture_output=True).returncode == 0:
+            probe_cmd = in_ns(ns, sys.executable, "-c", probe)
+            if subprocess.run(probe_cmd, capture_output=True, check=False).returncode == 0:
                 return
             time.sleep(0.2)
         raise LabError(f"{host}:{port} did not come up in {timeout:g}s; see {self.logs}/hub.log")

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from reconciler.lab.runner import Lab
 
 
-def load_identities(lab: "Lab") -> None:
+def load_identities(lab: Lab) -> None:
     from reconciler.config import load
 
     result = load(lab.repo)

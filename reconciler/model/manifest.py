@@ -6,8 +6,9 @@ as canonical JSON (see ``schemas/manifest.schema.json``), verified by agents.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ routes are canonical CIDR strings (``ipaddress.ip_network(..., strict=False)``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import os
+import platform
 import sys
 from pathlib import Path
 
