@@ -82,35 +82,79 @@ def feed_from_dict(doc: Mapping[str, Any]) -> EndpointFeed | None:
 
 @dataclass(frozen=True)
 class SelfEndpoints:
-    """What this device knows of its own endpoints (``discovery.json``)."""
+    """What this device knows of its own endpoints (``discovery.json``).
+
+    ``local_ip`` is the source address towards the hub when discovery last
+    ran: another one now means the device moved (new LAN, new NAT).
+    ``checked`` holds the foreign public IPs (the hub's view, reflections)
+    that were present at the last re-check, so a stale reflection triggers
+    one re-check, not one per pass."""
 
     candidates: tuple[Candidate, ...] = ()  # stun and local, best first
     mapping: str = "unknown"
     public_ip: str | None = None
+    local_ip: str | None = None
+    checked: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": [{"kind": c.kind, "address": c.address} for c in self.candidates],
-                "mapping": self.mapping, "public_ip": self.public_ip}
+                "mapping": self.mapping, "public_ip": self.public_ip,
+                "local_ip": self.local_ip, "checked": list(self.checked)}
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any] | None) -> SelfEndpoints:
+        doc = doc or {}
         try:
             return cls(tuple(Candidate(str(c["kind"]), str(c["address"]))
-                             for c in (doc or {}).get("candidates", ())),
-                       str((doc or {}).get("mapping", "unknown")), (doc or {}).get("public_ip"))
+                             for c in doc.get("candidates", ())),
+                       str(doc.get("mapping", "unknown")), doc.get("public_ip"),
+                       doc.get("local_ip"), tuple(str(h) for h in doc.get("checked", ())))
         except (TypeError, KeyError, AttributeError):
             return cls()
+
+    def local_hosts(self) -> frozenset[str]:
+        return frozenset(host(c.address) for c in self.candidates if c.kind == "local")
+
+    def moved_from(self, here: str | None) -> bool:
+        """True when ``here`` (today's source address towards the hub) is not the
+        address discovery ran from: the device changed networks."""
+        if here is None:
+            return False  # no route right now: nothing to re-discover from
+        if self.local_ip is not None:
+            return here != self.local_ip
+        return bool(self.local_hosts()) and here not in self.local_hosts()
+
+
+def host(address: str) -> str:
+    """``"1.2.3.4:5"`` -> ``"1.2.3.4"``; ``"[2001:db8::1]:5"`` -> ``"2001:db8::1"``."""
+    text = address.rpartition(":")[0] if ":" in address else address
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
+
+
+def foreign_ips(entry: FeedEntry | None, own: SelfEndpoints) -> tuple[str, ...]:
+    """Public IPs others attribute to this device (the hub's view of the report
+    connection, the reflections of live WireGuard sessions) that are neither the
+    IP discovery knows nor one of its LAN addresses."""
+    if entry is None:
+        return ()
+    seen = [entry.public_ip] if entry.public_ip else []
+    seen += [host(c.address) for c in entry.candidates if c.kind == "reflected"]
+    skip = own.local_hosts() | {own.public_ip}
+    return tuple(sorted({ip for ip in seen if ip not in skip}))
 
 
 def from_discovery(discovery: Any, previous: SelfEndpoints) -> SelfEndpoints:
     """Merge a ``stun.client.Discovery``; a test run from an ephemeral port (the
-    WireGuard port was busy) has no mapped addresses: keep the old STUN ones."""
+    WireGuard port was busy) has no mapped addresses: keep the old STUN ones,
+    unless the public IP changed (they belong to a NAT this device left)."""
     if discovery is None:
         return previous
     candidates = tuple(discovery.candidates())
-    if not any(c.kind == "stun" for c in candidates):
+    same_nat = previous.public_ip is None or discovery.public_ip == previous.public_ip
+    if not any(c.kind == "stun" for c in candidates) and same_nat:
         candidates = tuple(c for c in previous.candidates if c.kind == "stun") + candidates
-    return SelfEndpoints(candidates, discovery.mapping or "unknown", discovery.public_ip)
+    return SelfEndpoints(candidates, discovery.mapping or "unknown", discovery.public_ip,
+                         previous.local_ip, previous.checked)
 
 
 def build_report(

@@ -7,6 +7,15 @@ All network I/O goes through one ``Transport`` callable, so tests swap in a
 fake and run without sockets (the httpx pattern). Stdlib only (http.client +
 ssl): an agent must not pay aiohttp's import time.
 
+A request never wedges on a dead path: the TCP/TLS connect is bounded by
+``connect_timeout`` (2 s), a long-poll's read by ``wait`` plus a small margin,
+and while a response is awaited the transport checks every
+``LIVENESS_STEP`` seconds that the connection's local address is still the
+one the routing table picks towards the server. When the device moved (its
+LAN address is gone or another one is used) the request fails at once with
+``FetchError`` instead of waiting for a NAT that forgot the connection.
+There is no persistent connection: every request opens (and closes) its own.
+
 Errors are translated here: unreachable, timeouts, 5xx and 429 become
 ``FetchError`` (temporary); other 4xx become ``ConfigError`` (a human must fix
 the URL, the certificate or the enrollment).
@@ -27,6 +36,9 @@ from urllib.parse import unquote, urlencode, urlsplit
 from reconciler.errors import ConfigError, FetchError
 
 USER_AGENT = "meshops-agent/0.1"
+CONNECT_TIMEOUT = 2.0  # TCP connect + TLS handshake
+LONG_POLL_MARGIN = 2.0  # a long-poll read may take ``wait`` plus this
+LIVENESS_STEP = 0.25  # seconds between local-address checks while awaiting a response
 
 
 @dataclass(frozen=True)
@@ -52,12 +64,52 @@ class Transport(Protocol):
         """Perform one request; return (status, lower-cased headers, raw body)."""
 
 
+def route_source(host: str, port: int) -> str | None:
+    """The source IP the routing table picks towards ``host`` (no packet is sent)."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, port or 9))
+            return str(sock.getsockname()[0])
+    except OSError:
+        return None
+
+
+def await_readable(sock: Any, timeout: float, alive: Any, *, step: float = LIVENESS_STEP,
+                   clock: Any = None) -> None:
+    """Block until ``sock`` has data, checking ``alive()`` every ``step`` seconds.
+
+    Raises ``TimeoutError`` after ``timeout`` and ``FetchError`` as soon as
+    ``alive()`` is false (the path this connection uses is gone)."""
+    import select
+    import time
+
+    now = clock or time.monotonic
+    deadline = now() + timeout
+    while True:
+        if getattr(sock, "pending", lambda: 0)():  # TLS bytes already decrypted
+            return
+        left = deadline - now()
+        if left <= 0:
+            raise TimeoutError("The read operation timed out")
+        ready, _, _ = select.select([sock], [], [], min(step, left))
+        if ready:
+            return
+        if not alive():
+            raise FetchError("the local address of the connection changed (the device moved "
+                             "or lost its network); request abandoned")
+
+
 class HttpTransport:
     """http.client transport with one TLS context (client cert when configured)."""
 
-    def __init__(self, tls: TlsConfig | None = None) -> None:
+    def __init__(self, tls: TlsConfig | None = None, *,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self._tls = tls or TlsConfig()
         self._context: Any = None
+        self.connect_timeout = connect_timeout
 
     def reset(self) -> None:
         """Drop the TLS context: the next request reloads the certificate files."""
@@ -99,11 +151,22 @@ class HttpTransport:
                     HTTPConnection.connect(self)
                     self.sock = context.wrap_socket(self.sock, server_hostname=sni)
 
-            conn = _Https(parts.hostname or "", parts.port, timeout=timeout, context=context)
+            conn = _Https(parts.hostname or "", parts.port,
+                          timeout=min(timeout, self.connect_timeout), context=context)
         else:
-            conn = HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+            conn = HTTPConnection(parts.hostname or "", parts.port,
+                                  timeout=min(timeout, self.connect_timeout))
         try:
+            conn.connect()
+            assert conn.sock is not None
+            local = conn.sock.getsockname()[0]
+            remote = conn.sock.getpeername()
+            conn.sock.settimeout(timeout)
             conn.request(method, target, body=body, headers=dict(headers))
+            await_readable(conn.sock, timeout,
+                           lambda: route_source(remote[0], remote[1]) == local)
+            import sys as _s, time as _t  # TEMPDEBUG
+            print(f"TEMPDEBUG {_t.time():.2f} readable {method} {url} local={local}", file=_s.stderr, flush=True)  # TEMPDEBUG
             resp = conn.getresponse()
             data = resp.read()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
@@ -111,6 +174,8 @@ class HttpTransport:
             raise ConfigError(f"{parts.scheme}://{parts.netloc}: TLS verification failed: "
                               f"{exc.verify_message}") from exc
         except (OSError, HTTPException) as exc:  # TimeoutError is an OSError
+            import sys as _s, time as _t  # TEMPDEBUG
+            print(f"TEMPDEBUG {_t.time():.2f} fail {method} {url} {exc!r}", file=_s.stderr, flush=True)  # TEMPDEBUG
             raise FetchError(f"{parts.scheme}://{parts.netloc}: {exc or type(exc).__name__}") \
                 from exc
         finally:
@@ -126,7 +191,8 @@ class Fetcher:
         self.timeout = timeout
 
     def reset_tls(self) -> None:
-        """Reload client certificate files on the next request (after a renewal)."""
+        """Reload client certificate files on the next request (after a renewal), and
+        start afresh after a move: the TLS context (and its session cache) is dropped."""
         reset = getattr(self.transport, "reset", None)
         if reset is not None:
             reset()
@@ -143,8 +209,9 @@ class Fetcher:
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip"}
         if etag:
             headers["If-None-Match"] = etag
+        timeout = wait + min(self.timeout, LONG_POLL_MARGIN) if wait else self.timeout
         status, resp_headers, body = self.transport(
-            "GET", url, headers=headers, body=None, timeout=self.timeout + (wait or 0))
+            "GET", url, headers=headers, body=None, timeout=timeout)
         _check_status(url, status, body)
         if resp_headers.get("content-encoding") == "gzip":
             import gzip

@@ -11,6 +11,10 @@ Called by the CLI. Everything time-related is injected (``clock``, ``sleep``,
 * a ``TemporaryError`` (hub down, backend busy, not converged) backs off
   exponentially from ``max(exc.delay, 1 s)`` up to ``max_backoff``, with
   jitter; the interface keeps its last good state meanwhile;
+* a pass that fell back to the cached manifest (the hub did not answer: it
+  is down, or this device just moved and its connection died with the old
+  NAT) retries quickly: after ``QUICK_RETRY`` seconds, doubling up to one
+  interval, without long-poll, so a move is reported within a second;
 * a ``PermanentError`` (refused manifest, bad config of one pass) is
   reported and retried at the normal interval: a later commit may fix it,
   and the tunnels stay up;
@@ -32,6 +36,7 @@ from reconciler.errors import MeshopsError, PermanentError, TemporaryError, Usag
 
 log = logging.getLogger(__name__)
 LONG_POLL_MIN_GAP = 1.0
+QUICK_RETRY = 0.25  # first wait after a pass that could not reach the hub
 
 
 class Rng(Protocol):
@@ -47,6 +52,13 @@ class LoopStats:
 
 def jittered(value: float, jitter: float, rng: Rng) -> float:
     return max(0.0, value * (1 + rng.uniform(-jitter, jitter)))
+
+
+def quick_retry_delay(failures: int, config: AgentConfig, rng: Rng) -> float:
+    """After a pass on the cached manifest: ``QUICK_RETRY * 2**(failures-1)``,
+    at most one interval, jittered."""
+    base = QUICK_RETRY * 2 ** max(failures - 1, 0)
+    return jittered(min(base, config.interval), config.jitter, rng)
 
 
 def backoff_delay(failures: int, hint: float, config: AgentConfig, rng: Rng) -> float:
@@ -123,11 +135,15 @@ class AgentLoop:
             return jittered(cfg.interval, cfg.jitter, self.rng)
         finally:
             self.stats.passes += 1
-        self.stats.failures = 0
-        self.stats.last_error = None
         if self.on_result:
             self.on_result(result)
-        if cfg.hub and result.source != "cache":
+        if result.source == "cache":
+            self.stats.failures += 1
+            self.stats.last_error = next(iter(result.warnings), "manifest source unreachable")
+            return quick_retry_delay(self.stats.failures, cfg, self.rng)
+        self.stats.failures = 0
+        self.stats.last_error = None
+        if cfg.hub:
             # the next pass long-polls; keep a small gap in case the hub answers at once
             elapsed = self.clock() - started
             return max(0.0, LONG_POLL_MIN_GAP - elapsed) + self.rng.uniform(0, cfg.jitter)

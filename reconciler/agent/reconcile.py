@@ -13,10 +13,19 @@ run``). Every pass reads the whole desired and observed state:
 4. observe, ``plan()``, apply (unless ``dry_run``);
 5. re-observe and re-plan: anything left raises ``NotConverged``.
 
+Moves: every pass with a hub compares the source address towards the hub
+(``local_ip``) with the one discovery ran from. A change means the device
+changed networks: that pass skips the long-poll, drops the fetcher's TLS
+state, re-runs STUN discovery at once (from a spare port while WireGuard
+holds its own) and reports the new endpoints. A public IP the hub or a peer's
+WireGuard attributes to this device (reflection) that discovery does not
+know triggers the same re-check, once per new address.
+
 Effects are parameters: ``fetch`` (an ``agent.fetch.Fetcher``), ``backend``
-(``reconciler.backends`` Protocol), ``now``, ``discover`` (STUN, only called
-while the listen port is still free) and ``report`` (posts the endpoint
-report; default: ``fetch.post_json`` to the hub).
+(``reconciler.backends`` Protocol), ``now``, ``discover`` (STUN: while the
+listen port is still free, and after a move), ``local_ip`` (the source
+address towards the hub; default: a routing-table lookup) and ``report``
+(posts the endpoint report; default: ``fetch.post_json`` to the hub).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -179,6 +188,7 @@ def reconcile_once(
     discover: Callable[[int], Any] | None = None,
     report: Callable[[dict[str, Any]], Any] | None = None,
     wait: int | None = None,
+    local_ip: Callable[[], str | None] | None = None,
 ) -> Result:
     """One whole pass (see the module docstring). Raises ``ManifestRefused``
     (interface untouched), ``FetchError`` (no usable manifest), backend errors,
@@ -188,6 +198,13 @@ def reconcile_once(
     warnings: list[str] = []
     if config.hub and not config.tls_ca and not dry_run:
         pin_hub_ca(config, trust, state)
+    here = (local_ip or (lambda: hub_local_ip(config)))() if config.hub else None
+    moved = endpoints_mod.SelfEndpoints.from_dict(state.load_discovery()).moved_from(here)
+    if moved and not dry_run:
+        wait = None  # a long-poll now would only delay the new endpoints' report
+        reset = getattr(fetch, "reset_tls", None)
+        if reset is not None:
+            reset()
     got = obtain_manifest(config, fetch, trust, state, now, wait=wait)
     manifest = got.manifest
     if got.warning:
@@ -201,11 +218,12 @@ def reconcile_once(
     if config.hub and got.source != "cache" and not dry_run:  # before the mTLS calls
         _fetch_device_cert(config, fetch, state, refresh=got.source == "fetched",
                            warnings=warnings)
-    feed = _feed(config, fetch, trust, state, warnings) if got.source != "cache" else None
+    feed = _feed(config, fetch, trust, state, warnings) if got.source != "cache" \
+        else _last_feed(state)
     observed = backend.observe(config.interface)
     listen_port = config.listen_port or manifest.listen_port
     own = _own_endpoints(config, state, discover, observed, feed, listen_port, dry_run,
-                         warnings)
+                         warnings, moved=moved, here=here)
 
     peering_state = state.load_peering()
     decision = paths_mod.decide(manifest, config.name, observed=observed, feed=feed,
@@ -221,6 +239,8 @@ def reconcile_once(
         warnings.append(f"device {config.name!r} is not in manifest serial {manifest.serial} "
                         f"of org {config.org!r}: removed or disabled in git; all peers dropped")
     ops = plan(want.interface, observed, now)
+    import sys as _s, time as _t  # TEMPDEBUG
+    print(f"TEMPDEBUG {_t.time():.2f} here={here} moved={moved} src={got.source} own={own} feed={feed.revision if feed else None} paths={ {k:(v.path,v.endpoint,v.via) for k,v in decision.paths.items()} } ops={ops}", file=_s.stderr, flush=True)  # TEMPDEBUG
     common = {"serial": manifest.serial, "commit": manifest.commit, "source": got.source,
               "member": want.member, "peers": want.peers,
               "feed_revision": feed.revision if feed else None}
@@ -239,7 +259,8 @@ def reconcile_once(
     state.save_peering(decision.state)
     state.save_applied(applied_summary(config, manifest, want))
     if config.hub and got.source != "cache":
-        _report(config, fetch, report, manifest, want, observed, listen_port, own, warnings)
+        _report(config, fetch, report, manifest, want, observed, listen_port, own, warnings,
+                here)
     return Result(ops, len(ops), warnings=tuple(warnings), **common)  # type: ignore[arg-type]
 
 
@@ -271,27 +292,52 @@ def _fetch_device_cert(config: AgentConfig, fetch: FetchLike, state: StateDir, *
             reset()
 
 
+def hub_local_ip(config: AgentConfig) -> str | None:
+    """The source address the routing table picks towards the hub (a LAN candidate)."""
+    hub_host = (config.hub or "").split("://", 1)[-1].split("/", 1)[0]
+    if hub_host.startswith("["):
+        hub_host = hub_host[1:].split("]", 1)[0]
+    elif hub_host.count(":") == 1:
+        hub_host = hub_host.rsplit(":", 1)[0]
+    return endpoints_mod.local_address(hub_host, 443) if hub_host else None
+
+
+def _last_feed(state: StateDir) -> EndpointFeed | None:
+    """The last good feed: a pass on the cached manifest keeps its paths, it does
+    not forget every peer's endpoints and relays."""
+    previous = state.load_feed()
+    return endpoints_mod.feed_from_dict(previous) if previous else None
+
+
 def _own_endpoints(config: AgentConfig, state: StateDir, discover: Callable[[int], Any] | None,
                    observed: ObservedInterface, feed: EndpointFeed | None, listen_port: int,
-                   dry_run: bool, warnings: list[str]) -> endpoints_mod.SelfEndpoints:
+                   dry_run: bool, warnings: list[str], *, moved: bool = False,
+                   here: str | None = None) -> endpoints_mod.SelfEndpoints:
     """This device's own endpoints: STUN discovery from the WireGuard port while
-    it is still free (interface absent), re-checked (from another port) when the
-    hub saw this device at a public IP other than the one discovery knows."""
+    it is still free (interface absent), re-checked (from a spare port) at once
+    when the device moved (``moved``: its source address changed) or when the
+    hub or a peer saw it at a public IP discovery does not know (each such IP
+    triggers one re-check)."""
     own = endpoints_mod.SelfEndpoints.from_dict(state.load_discovery())
     if discover is None or dry_run:
         return own
-    seen = next((e.public_ip for e in feed.entries if e.device == config.name), None) \
-        if feed else None
-    moved = bool(seen and own.public_ip and seen != own.public_ip)
-    if observed.exists and not moved:
+    entry = next((e for e in feed.entries if e.device == config.name), None) if feed else None
+    foreign = endpoints_mod.foreign_ips(entry, own)
+    suspicious = bool(set(foreign) - set(own.checked))
+    if observed.exists and not moved and not suspicious:
         return own
+    if moved:
+        # the old STUN endpoints belong to the NAT this device left
+        own = replace(own, candidates=(), public_ip=None, checked=())
     try:
-        own = endpoints_mod.from_discovery(discover(listen_port), own)
+        found = endpoints_mod.from_discovery(discover(listen_port), own)
     except (FetchError, ConfigError) as exc:
         warnings.append(f"STUN discovery failed: {exc}")
         return own
-    state.save_discovery(own.to_dict())
-    return own
+    found = replace(found, local_ip=here or found.local_ip,
+                    checked=endpoints_mod.foreign_ips(entry, found))
+    state.save_discovery(found.to_dict())
+    return found
 
 
 def phases(ops: tuple[Operation, ...]) -> tuple[tuple[Operation, ...], ...]:
@@ -314,10 +360,10 @@ def phases(ops: tuple[Operation, ...]) -> tuple[tuple[Operation, ...], ...]:
 def _report(config: AgentConfig, fetch: FetchLike, report: Callable[[dict[str, Any]], Any] | None,
             manifest: Manifest, want: desired_mod.Desired, observed: ObservedInterface,
             listen_port: int, own: endpoints_mod.SelfEndpoints,
-            warnings: list[str]) -> None:
-    names = {p.public_key: p.name for p in want.peers}
-    hub_host = (config.hub or "").split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
-    local_ip = endpoints_mod.local_address(hub_host.strip("[]"), 443)
+            warnings: list[str], local_ip: str | None) -> None:
+    # Reflections only of peers reached directly: what a LAN peer's WireGuard
+    # sees is a private address, useless (and misleading) to everyone else.
+    names = {p.public_key: p.name for p in want.peers if p.path == "direct"}
     body = endpoints_mod.build_report(
         manifest, config.name, observed, names_by_key=names, listen_port=listen_port,
         own=own,

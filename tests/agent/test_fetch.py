@@ -44,7 +44,7 @@ def test_http_etag_and_long_poll() -> None:
     assert second.status == 304 and second.body == b""
     _method, url, headers, _, timeout = t.requests[1]
     assert url.endswith("/manifest?wait=30") and headers["If-None-Match"] == '"7"'
-    assert timeout == 33  # the long-poll wait plus the normal timeout
+    assert timeout == 32  # the long-poll wait plus a small margin (not the full timeout)
 
 
 def test_gzip_body_is_decoded() -> None:
@@ -74,3 +74,61 @@ def test_real_http_transport_unreachable_is_temporary() -> None:
         port = s.getsockname()[1]
     with pytest.raises(FetchError):
         Fetcher(timeout=2).get(f"http://127.0.0.1:{port}/v1/orgs/acme/manifest")
+
+
+def test_awaiting_a_response_stops_when_the_local_address_is_gone() -> None:
+    import socket
+    import time
+
+    from reconciler.agent.fetch import await_readable
+
+    a, b = socket.socketpair()
+    with a, b:
+        checks = []
+
+        def alive() -> bool:
+            checks.append(1)
+            return len(checks) < 3  # the route changes on the third check
+
+        start = time.monotonic()
+        with pytest.raises(FetchError, match="local address"):
+            await_readable(a, 30.0, alive, step=0.01)
+        assert time.monotonic() - start < 5 and len(checks) == 3
+
+
+def test_awaiting_a_response_returns_on_data_and_times_out_without() -> None:
+    import socket
+
+    from reconciler.agent.fetch import await_readable
+
+    a, b = socket.socketpair()
+    with a, b:
+        with pytest.raises(TimeoutError):
+            await_readable(a, 0.05, lambda: True, step=0.01)
+        b.sendall(b"HTTP/1.1 304 Not Modified\r\n\r\n")
+        await_readable(a, 1.0, lambda: False, step=0.01)  # data wins over the check
+
+
+def test_a_long_poll_through_the_real_transport_gets_the_answer() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        resp = Fetcher(timeout=2).get(f"http://127.0.0.1:{server.server_port}/m", wait=1)
+        assert (resp.status, resp.body) == (200, b"ok")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -106,3 +106,21 @@ def test_jitter_stays_within_the_fraction(tmp_path) -> None:
     loop.rng = random.Random(1)
     delays = [loop.step() for _ in range(20)]
     assert all(27.0 <= d <= 33.0 for d in delays) and len(set(delays)) > 1
+
+
+def test_a_pass_on_the_cached_manifest_retries_quickly_without_long_poll(tmp_path) -> None:
+    loop, fetch, clock, results, _ = make(tmp_path, hub="https://hub.example")
+    loop.run(max_passes=1)
+    good = fetch.bodies[loop.config.source_url]
+    fetch.bodies[loop.config.source_url] = FetchError("The read operation timed out")
+    clock.sleeps.clear()
+    loop.run(max_passes=1 + 9)
+    assert [r.source for r in results[1:]] == ["cache"] * 9
+    # 0.25 s first, doubling, never more than one interval (30 s)
+    assert clock.sleeps == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    fetch.bodies[loop.config.source_url] = good
+    fetch.calls.clear()
+    loop.run(max_passes=loop.stats.passes + 2)
+    waits = [wait for url, _, wait in fetch.calls if url == loop.config.source_url]
+    assert waits == [None, 30]  # a plain GET first, then back to long-polling
+    assert loop.stats.failures == 0
