@@ -166,9 +166,16 @@ def build_report(
     listen_port: int,
     own: SelfEndpoints = SelfEndpoints(),
     local: str | None = None,
+    heard: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The report body for ``POST /v1/orgs/{org}/endpoints``: own candidates
-    (STUN, local, static) and the reflection observations."""
+    (STUN, local, static) and the reflection observations.
+
+    ``heard`` (peer name -> unix time its rx counter last grew) dates an
+    observation when it is newer than the handshake: a peer that moved keeps
+    its session (no new handshake) and WireGuard roams to its new address, so
+    the handshake time would rank the new address below stale ones."""
+    heard = heard or {}
     candidates = [{"kind": c.kind, "address": c.address} for c in own.candidates]
     if local and not any(c.kind == "local" for c in own.candidates):
         candidates.append({"kind": "local", "address": local})
@@ -177,7 +184,8 @@ def build_report(
         candidates.append({"kind": "static", "address": mine.endpoint})
     observations = [
         {"peer": names_by_key[key], "endpoint": peer.endpoint,
-         "last_handshake": int(peer.last_handshake)}
+         "last_handshake": int(max(peer.last_handshake,
+                                   float(heard.get(names_by_key[key], 0.0))))}
         for key, peer in sorted(observed.peers.items())
         if key in names_by_key and peer.endpoint and peer.last_handshake
     ]

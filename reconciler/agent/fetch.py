@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 from urllib.parse import unquote, urlencode, urlsplit
 
 from reconciler.errors import ConfigError, FetchError
@@ -77,29 +77,44 @@ def route_source(host: str, port: int) -> str | None:
         return None
 
 
-def await_readable(sock: Any, timeout: float, alive: Any, *, step: float = LIVENESS_STEP,
-                   clock: Any = None) -> None:
-    """Block until ``sock`` has data, checking ``alive()`` every ``step`` seconds.
+class Watchdog:
+    """While a request is in flight, check ``alive()`` every ``step`` seconds; when
+    it turns false, shut the socket down so the blocked read returns at once.
 
-    Raises ``TimeoutError`` after ``timeout`` and ``FetchError`` as soon as
-    ``alive()`` is false (the path this connection uses is gone)."""
-    import select
-    import time
+    A thread, because the read may block inside TLS (post-handshake messages make
+    the socket readable before any response byte, so ``select`` cannot tell)."""
 
-    now = clock or time.monotonic
-    deadline = now() + timeout
-    while True:
-        if getattr(sock, "pending", lambda: 0)():  # TLS bytes already decrypted
-            return
-        left = deadline - now()
-        if left <= 0:
-            raise TimeoutError("The read operation timed out")
-        ready, _, _ = select.select([sock], [], [], min(step, left))
-        if ready:
-            return
-        if not alive():
-            raise FetchError("the local address of the connection changed (the device moved "
-                             "or lost its network); request abandoned")
+    def __init__(self, sock: Any, alive: Callable[[], bool], *,
+                 step: float = LIVENESS_STEP) -> None:
+        import threading
+
+        self._sock = sock
+        self._alive = alive
+        self._step = step
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="meshops-fetch-watchdog",
+                                        daemon=True)
+        self.tripped = False
+
+    def _watch(self) -> None:
+        import socket
+
+        while not self._done.wait(self._step):
+            if not self._alive():
+                self.tripped = True
+                try:  # the plain socket's shutdown: the TLS object stays with the reader
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 class HttpTransport:
@@ -156,26 +171,28 @@ class HttpTransport:
         else:
             conn = HTTPConnection(parts.hostname or "", parts.port,
                                   timeout=min(timeout, self.connect_timeout))
+        dog: Watchdog | None = None
         try:
             conn.connect()
             assert conn.sock is not None
             local = conn.sock.getsockname()[0]
             remote = conn.sock.getpeername()
             conn.sock.settimeout(timeout)
-            conn.request(method, target, body=body, headers=dict(headers))
-            await_readable(conn.sock, timeout,
-                           lambda: route_source(remote[0], remote[1]) == local)
-            import sys as _s, time as _t  # TEMPDEBUG
-            print(f"TEMPDEBUG {_t.time():.2f} readable {method} {url} local={local}", file=_s.stderr, flush=True)  # TEMPDEBUG
-            resp = conn.getresponse()
-            data = resp.read()
+            with Watchdog(conn.sock, lambda: route_source(remote[0], remote[1]) == local) as dog:
+                conn.request(method, target, body=body, headers=dict(headers))
+                resp = conn.getresponse()
+                data = resp.read()
+            if dog.tripped:
+                raise OSError("connection shut down by the watchdog")
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
         except ssl.SSLCertVerificationError as exc:
             raise ConfigError(f"{parts.scheme}://{parts.netloc}: TLS verification failed: "
                               f"{exc.verify_message}") from exc
         except (OSError, HTTPException) as exc:  # TimeoutError is an OSError
-            import sys as _s, time as _t  # TEMPDEBUG
-            print(f"TEMPDEBUG {_t.time():.2f} fail {method} {url} {exc!r}", file=_s.stderr, flush=True)  # TEMPDEBUG
+            if dog is not None and dog.tripped:
+                raise FetchError(f"{parts.scheme}://{parts.netloc}: the local address of the "
+                                 "connection is gone (the device moved or lost its network); "
+                                 "request abandoned") from exc
             raise FetchError(f"{parts.scheme}://{parts.netloc}: {exc or type(exc).__name__}") \
                 from exc
         finally:

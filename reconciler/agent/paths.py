@@ -38,6 +38,9 @@ class Decision:
     paths: Mapping[str, PeerPath]
     my_relay: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    # peers whose situation changed (one side moved) and that were not heard from
+    # since: their endpoint is set even over a session WireGuard believes fresh
+    repoint: frozenset[str] = frozenset()
 
 
 def resolve_host(host: str) -> str | None:
@@ -114,7 +117,6 @@ def decide(
     others = [peer_info(d, entries.get(d.name), resolve) for d in manifest.devices
               if d.name != me]
     relays = [d.name for d in manifest.devices if d.relay]
-    previous = peering.PeeringState.from_json(json.dumps(dict(state)) if state else None)
     me_info = peer_info(mine, entries.get(me), resolve)
     if own is not None and (own.candidates or own.mapping != peering.UNKNOWN):
         # this device's own, fresh discovery beats what the feed said last time
@@ -123,13 +125,47 @@ def decide(
                           mapping=own.mapping if own.mapping != peering.UNKNOWN
                           else me_info.mapping,
                           public_ip=own.public_ip or me_info.public_ip)
+    # A pair whose situation changed (either side's public IP or mapping: a
+    # move) starts afresh: its hysteresis is forgotten, and handshakes from
+    # before the change do not vouch for the new path.
+    sits = {p.name: situation(me_info, p) for p in others}
+    before = state.pop(SITUATION_KEY, {})
+    changed_at = dict(state.pop(CHANGED_KEY, {}))
+    changed = {name for name, sit in sits.items() if name in before and before[name] != sit}
+    for name in changed:
+        changed_at[name] = now
+    for name, at in list(changed_at.items()):
+        if name not in sits or handshakes.get(name, 0.0) > float(at):
+            del changed_at[name]  # gone, or heard from since the change
+        else:
+            handshakes[name] = 0.0
+    previous = peering.PeeringState.from_json(json.dumps(dict(state)) if state else None)
+    previous = replace(previous, paths={k: v for k, v in previous.paths.items()
+                                        if k not in changed})
     out = peering.decide(me_info, others, relays,
                          handshakes, now, previous, hysteresis_config(hysteresis))
     paths = {name: PeerPath(name, c.kind, c.endpoint, c.via)
              for name, c in sorted(out.paths.items())}
     kept = json.loads(out.state.to_json())
     kept[LIVENESS_KEY] = {name: [rx, at] for name, (rx, at) in sorted(seen.items())}
-    return Decision(paths, out.my_relay, kept)
+    kept[SITUATION_KEY] = {name: sit for name, sit in sorted(sits.items())}
+    if changed_at:
+        kept[CHANGED_KEY] = dict(sorted(changed_at.items()))
+    # until the peer is heard from again, its endpoint follows the decision (a
+    # reflection of the new address may arrive a pass or two after the move)
+    repoint = frozenset(name for name in changed_at
+                        if paths.get(name) is not None and paths[name].path != "relay")
+    return Decision(paths, out.my_relay, kept, repoint)
+
+
+SITUATION_KEY = "situation"
+CHANGED_KEY = "changed_at"
+
+
+def situation(me: peering.PeerInfo, peer: peering.PeerInfo) -> list[Any]:
+    """What a pair's path rests on: both public IPs and NAT mappings. Endpoint
+    ports are left out (reflections of one mapping may list them in any order)."""
+    return [me.public_ip, me.mapping, peer.public_ip, peer.mapping]
 
 
 LIVENESS_KEY = "liveness"

@@ -47,10 +47,18 @@ from reconciler.backends.base import Backend
 from reconciler.errors import ConfigError, FetchError, ManifestRefused, NotConverged
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.manifest import Manifest
-from reconciler.model.wg import ObservedInterface
+from reconciler.model.wg import DesiredInterface, ObservedInterface
 from reconciler.pki.envelope import Trust, load_trust
 from reconciler.pki.manifest import verify_manifest
-from reconciler.plan import AddPeer, CreateInterface, Operation, plan
+from reconciler.plan import (
+    AddPeer,
+    CreateInterface,
+    Operation,
+    SetListenPort,
+    UpdatePeer,
+    endpoint_needs_set,
+    plan,
+)
 from reconciler.policy import peers_allowed
 
 log = logging.getLogger(__name__)
@@ -222,6 +230,8 @@ def reconcile_once(
         else _last_feed(state)
     observed = backend.observe(config.interface)
     listen_port = config.listen_port or manifest.listen_port
+    if moved and not dry_run and observed.exists and observed.listen_port:
+        rebind(backend, config.interface, observed.listen_port)
     own = _own_endpoints(config, state, discover, observed, feed, listen_port, dry_run,
                          warnings, moved=moved, here=here)
 
@@ -238,7 +248,8 @@ def reconcile_once(
     if not want.member:
         warnings.append(f"device {config.name!r} is not in manifest serial {manifest.serial} "
                         f"of org {config.org!r}: removed or disabled in git; all peers dropped")
-    ops = plan(want.interface, observed, now)
+    ops = repoint(plan(want.interface, observed, now), want.interface, observed,
+                  decision.repoint)
     import sys as _s, time as _t  # TEMPDEBUG
     print(f"TEMPDEBUG {_t.time():.2f} here={here} moved={moved} src={got.source} own={own} feed={feed.revision if feed else None} paths={ {k:(v.path,v.endpoint,v.via) for k,v in decision.paths.items()} } ops={ops}", file=_s.stderr, flush=True)  # TEMPDEBUG
     common = {"serial": manifest.serial, "commit": manifest.commit, "source": got.source,
@@ -259,8 +270,10 @@ def reconcile_once(
     state.save_peering(decision.state)
     state.save_applied(applied_summary(config, manifest, want))
     if config.hub and got.source != "cache":
+        heard = {name: float(v[1]) for name, v in
+                 decision.state.get(paths_mod.LIVENESS_KEY, {}).items()}
         _report(config, fetch, report, manifest, want, observed, listen_port, own, warnings,
-                here)
+                here, heard)
     return Result(ops, len(ops), warnings=tuple(warnings), **common)  # type: ignore[arg-type]
 
 
@@ -300,6 +313,42 @@ def hub_local_ip(config: AgentConfig) -> str | None:
     elif hub_host.count(":") == 1:
         hub_host = hub_host.rsplit(":", 1)[0]
     return endpoints_mod.local_address(hub_host, 443) if hub_host else None
+
+
+def repoint(ops: tuple[Operation, ...], want: DesiredInterface, observed: ObservedInterface,
+            names: frozenset[str]) -> tuple[Operation, ...]:
+    """Set the endpoint of the peers in ``names`` (their pair's situation changed:
+    a move) even where the planner would leave a fresh-looking session to
+    roaming: the old session is dead, and waiting for it to go stale (180 s)
+    would keep sending to a vanished address. Merged into the peer's
+    ``UpdatePeer`` when the plan already has one."""
+    if not names:
+        return ops
+    out = list(ops)
+    for key, peer in sorted(want.peers.items()):
+        seen = observed.peers.get(key)
+        if peer.name not in names or peer.endpoint is None or seen is None:
+            continue
+        if not endpoint_needs_set(peer, seen, float("inf")):
+            continue  # already there
+        at = next((i for i, op in enumerate(out)
+                   if isinstance(op, UpdatePeer) and op.public_key == key), None)
+        if at is None:
+            out.append(UpdatePeer(want.name, key, None, peer.endpoint, None, peer.name))
+        else:
+            out[at] = replace(out[at], endpoint=peer.endpoint)  # type: ignore[type-var]
+    return tuple(out)
+
+
+def rebind(backend: Backend, interface: str, listen_port: int) -> None:
+    """After a move: make WireGuard re-open its UDP socket on the same port.
+
+    wireguard-go remembers, per peer, the local source address it last used
+    ("sticky sockets"); after a move that address is gone, every send fails
+    and nothing goes out until a handshake times out (15 s). Setting the
+    listen port (even to the same value) rebinds the socket and clears those
+    cached sources; the kernel module treats it as a no-op."""
+    backend.apply((SetListenPort(interface, listen_port),))
 
 
 def _last_feed(state: StateDir) -> EndpointFeed | None:
@@ -360,7 +409,8 @@ def phases(ops: tuple[Operation, ...]) -> tuple[tuple[Operation, ...], ...]:
 def _report(config: AgentConfig, fetch: FetchLike, report: Callable[[dict[str, Any]], Any] | None,
             manifest: Manifest, want: desired_mod.Desired, observed: ObservedInterface,
             listen_port: int, own: endpoints_mod.SelfEndpoints,
-            warnings: list[str], local_ip: str | None) -> None:
+            warnings: list[str], local_ip: str | None,
+            heard: dict[str, float] | None = None) -> None:
     # Reflections only of peers reached directly: what a LAN peer's WireGuard
     # sees is a private address, useless (and misleading) to everyone else.
     names = {p.public_key: p.name for p in want.peers if p.path == "direct"}
@@ -368,6 +418,7 @@ def _report(config: AgentConfig, fetch: FetchLike, report: Callable[[dict[str, A
         manifest, config.name, observed, names_by_key=names, listen_port=listen_port,
         own=own,
         local=endpoints_mod.with_port(local_ip, listen_port),
+        heard=heard,
     )
     try:
         if report is not None:

@@ -14,7 +14,8 @@ public IP SANs). The certificate is chosen by SNI:
   (the first org by name; a single-org mesh needs nothing else).
 
 Each org certificate carries the SANs ``ORG``, ``ORG.hub``, ``ORG.<name>`` and
-``<name>`` for every ``--tls-name`` (the hub URL's host by default).
+``<name>`` for every ``--tls-name`` (plus ``localhost``). ``meshops agent`` sends
+and verifies ``ORG.hub``, so any hub URL, even an IP address, works for it.
 ``--tls-cert/--tls-key`` replace all of that with an operator certificate
 (for example from a public CA that agents verify with the system store).
 

@@ -10,7 +10,8 @@ with its own device certificate:
 * every agent reports once per ``MESHOPS_BENCH_INTERVAL`` (30 s), spread
   evenly, so 10,000 agents make ~333 reports/s;
 * ``MESHOPS_BENCH_LONGPOLLS`` (1,000) clients hold manifest long-polls
-  (``If-None-Match`` + ``?wait=25``);
+  (``If-None-Match`` + ``?wait=25``), their starts spread over 25 s as real
+  agents' are;
 * ``MESHOPS_BENCH_KEEPALIVE=1`` (the default) models long-running agents
   (``meshops agent run``): every agent's and poller's mTLS connection is opened
   first (not measured, ``warm_up_s``), then the steady state is measured.
@@ -249,7 +250,8 @@ async def _load(directory: Path, port: int, agents: int, duration: float, interv
             else:
                 err(f"http-{status}")
 
-    async def long_poll(conn: _Conn, stop_at: float) -> None:
+    async def long_poll(conn: _Conn, stop_at: float, offset: float) -> None:
+        await asyncio.sleep(offset)  # real agents' long-polls are not in lock-step
         while time.monotonic() < stop_at - 1:
             try:
                 status = await asyncio.wait_for(conn.request(
@@ -273,7 +275,8 @@ async def _load(directory: Path, port: int, agents: int, duration: float, interv
     gc.disable()
     start = time.monotonic()
     stop_at = start + duration
-    pollers = [asyncio.create_task(long_poll(c, stop_at)) for c in poll_conns]
+    pollers = [asyncio.create_task(long_poll(c, stop_at, 25 * k / max(1, long_polls)))
+               for k, c in enumerate(poll_conns)]
     tasks: set[asyncio.Task[None]] = set()
     sent = 0
     step = interval / agents

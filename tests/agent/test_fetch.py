@@ -76,11 +76,11 @@ def test_real_http_transport_unreachable_is_temporary() -> None:
         Fetcher(timeout=2).get(f"http://127.0.0.1:{port}/v1/orgs/acme/manifest")
 
 
-def test_awaiting_a_response_stops_when_the_local_address_is_gone() -> None:
+def test_a_blocked_read_ends_when_the_local_address_is_gone() -> None:
     import socket
     import time
 
-    from reconciler.agent.fetch import await_readable
+    from reconciler.agent.fetch import Watchdog
 
     a, b = socket.socketpair()
     with a, b:
@@ -90,23 +90,26 @@ def test_awaiting_a_response_stops_when_the_local_address_is_gone() -> None:
             checks.append(1)
             return len(checks) < 3  # the route changes on the third check
 
+        a.settimeout(30)
         start = time.monotonic()
-        with pytest.raises(FetchError, match="local address"):
-            await_readable(a, 30.0, alive, step=0.01)
-        assert time.monotonic() - start < 5 and len(checks) == 3
+        with Watchdog(a, alive, step=0.01) as dog:
+            assert a.recv(10) == b""  # shut down under the blocked read
+        assert dog.tripped and len(checks) == 3
+        assert time.monotonic() - start < 5
 
 
-def test_awaiting_a_response_returns_on_data_and_times_out_without() -> None:
+def test_the_watchdog_leaves_a_live_connection_alone() -> None:
     import socket
 
-    from reconciler.agent.fetch import await_readable
+    from reconciler.agent.fetch import Watchdog
 
     a, b = socket.socketpair()
     with a, b:
-        with pytest.raises(TimeoutError):
-            await_readable(a, 0.05, lambda: True, step=0.01)
-        b.sendall(b"HTTP/1.1 304 Not Modified\r\n\r\n")
-        await_readable(a, 1.0, lambda: False, step=0.01)  # data wins over the check
+        a.settimeout(5)
+        with Watchdog(a, lambda: True, step=0.01) as dog:
+            b.sendall(b"HTTP/1.1 304 Not Modified\r\n\r\n")
+            assert a.recv(100).startswith(b"HTTP/1.1 304")
+        assert not dog.tripped
 
 
 def test_a_long_poll_through_the_real_transport_gets_the_answer() -> None:
