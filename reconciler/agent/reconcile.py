@@ -250,8 +250,6 @@ def reconcile_once(
                         f"of org {config.org!r}: removed or disabled in git; all peers dropped")
     ops = repoint(plan(want.interface, observed, now), want.interface, observed,
                   decision.repoint)
-    import sys as _s, time as _t  # TEMPDEBUG
-    print(f"TEMPDEBUG {_t.time():.2f} here={here} moved={moved} src={got.source} own={own} feed={feed.revision if feed else None} paths={ {k:(v.path,v.endpoint,v.via) for k,v in decision.paths.items()} } ops={ops}", file=_s.stderr, flush=True)  # TEMPDEBUG
     common = {"serial": manifest.serial, "commit": manifest.commit, "source": got.source,
               "member": want.member, "peers": want.peers,
               "feed_revision": feed.revision if feed else None}

@@ -59,13 +59,14 @@ class PublisherPipeline:
     def __init__(self, repo_path: str, state: str, gpg_home: str | None) -> None:
         from reconciler.hub.publish import Publisher
 
-        self._publisher = Publisher(repo_path, state, gpg_home)
+        # a long-lived hub: freeze the filled caches so full collections skip them
+        self._publisher = Publisher(repo_path, state, gpg_home, freeze_caches=True)
 
     def build(self, rev: str, now: float) -> Snapshot:
         result = self._publisher.publish(rev, now)
         orgs: dict[str, OrgSnapshot] = {}
         for name, pub in result.orgs.items():
-            keys = getattr(pub, "keys", None) or self._keys(name)
+            keys = self._keys(name)
             orgs[name] = OrgSnapshot(
                 org=name,
                 serial=pub.manifest.serial,
@@ -81,10 +82,9 @@ class PublisherPipeline:
     def _keys(self, org: str) -> OrgKeys:
         # The publisher decrypted the org's keys for this publish and caches them;
         # the hub needs the same keys to sign the feed and its TLS certificate.
-        cache = self._publisher._orgs.get(org)
-        if cache is None or cache.keys is None:
+        keys = self._publisher.keys_for(org)
+        if keys is None:
             raise PkiError(f"org {org}: the publisher kept no keys for it")
-        keys: OrgKeys = cache.keys
         return keys
 
     def close(self) -> None:
