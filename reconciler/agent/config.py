@@ -60,7 +60,7 @@ class AgentConfig:
     interval: float = 30.0  # `agent run`: seconds between passes
     jitter: float = 0.1  # fraction of the interval, uniformly random
     long_poll: int = 55  # `agent run` against a hub: ?wait=N seconds
-    timeout: float = 10.0  # HTTP timeout (plus long_poll when long-polling)
+    timeout: float = 10.0  # HTTP timeout; a long-poll read waits ``wait`` + min(timeout, 2 s)
     max_backoff: float = 300.0
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     hysteresis: Mapping[str, float] = field(default_factory=dict)  # peering timers (lab)

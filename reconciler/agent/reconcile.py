@@ -366,7 +366,12 @@ def _own_endpoints(config: AgentConfig, state: StateDir, discover: Callable[[int
     hub or a peer saw it at a public IP discovery does not know (each such IP
     triggers one re-check)."""
     own = endpoints_mod.SelfEndpoints.from_dict(state.load_discovery())
-    if discover is None or dry_run:
+    if dry_run:
+        return own
+    if discover is None:
+        if here is not None and here != own.local_ip:  # remembered for move detection
+            own = replace(own, local_ip=here)
+            state.save_discovery(own.to_dict())
         return own
     entry = next((e for e in feed.entries if e.device == config.name), None) if feed else None
     foreign = endpoints_mod.foreign_ips(entry, own)

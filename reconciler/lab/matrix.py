@@ -46,7 +46,8 @@ def wg_dump(ns: str, ifname: str) -> dict[str, WgPeer]:
 
 def ping(ns: str, ip: str, *, count: int = 1, timeout: float = 1.0) -> float | None:
     """RTT in ms of the first reply, or None."""
-    out = run(in_ns(ns, "ping", "-n", "-c", str(count), "-W", str(max(1, int(timeout))), ip), check=False)
+    wait = f"{timeout:g}" if timeout < 1 else str(int(timeout))  # iputils takes fractions
+    out = run(in_ns(ns, "ping", "-n", "-c", str(count), "-W", wait, ip), check=False)
     m = _RTT.search(out)
     return float(m.group(1)) if m else None
 

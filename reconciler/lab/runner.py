@@ -269,6 +269,12 @@ class Lab:
         )
         return matrix.PairResult(src, dst, rtt, path, age)
 
+    def reachable(self, src: str, dst: str, timeout: float = 0.3) -> bool:
+        """One ping with a short timeout: the fine-grained check the timed
+        scenarios poll (a full ``probe`` retries for up to 3 s, which would
+        make the measurement that coarse)."""
+        return matrix.ping(self.topo.ns(src), self.tunnel_ip[dst], timeout=timeout) is not None
+
     def pairs(self, names: Iterable[str] | None = None) -> list[tuple[str, str]]:
         nodes = [n for n in (names or self.keys) if n in self.keys]
         return [(a, b) for a in nodes for b in nodes if a != b]

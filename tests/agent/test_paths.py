@@ -93,3 +93,34 @@ def test_last_seen_tracks_rx_progress_between_passes():
     assert still["relay1"] == (148, 1005.0)  # silent since 1005: going stale
     reset = last_seen(obs(3, 0), names, {k: list(v) for k, v in still.items()}, 1040.0)
     assert reset["relay1"] == (3, 1040.0)  # counter went down (new interface): progress
+
+
+def test_a_peer_that_moved_is_repointed_until_it_is_heard_from_again() -> None:
+    gamma_key = wg_keypair(3)[1]
+
+    def observed(handshake, rx):
+        return ObservedInterface("mo-acme", True, peers={
+            gamma_key: ObservedPeer(gamma_key, ("10.77.0.3/32",), endpoint="203.0.113.3:40003",
+                                    last_handshake=handshake, rx_bytes=rx)})
+
+    first = decide(manifest(), "alpha", observed=observed(NOW - 5, 100), feed=FEED, state={},
+                   now=NOW, resolve=resolve)
+    assert first.paths["gamma"].path == "direct" and first.repoint == frozenset()
+    moved = EndpointFeed("acme", 2, int(NOW), (
+        FEED.entries[0], FEED.entries[1], entry("gamma", "independent", "203.0.113.99", 41000)))
+    # the old session still looks fresh (handshake 6 s ago), but gamma changed networks
+    second = decide(manifest(), "alpha", observed=observed(NOW - 5, 100), feed=moved,
+                    state=first.state, now=NOW + 1, resolve=resolve)
+    assert second.paths["gamma"].endpoint == "203.0.113.99:41000"
+    assert second.repoint == frozenset({"gamma"})
+    still = decide(manifest(), "alpha", observed=observed(NOW - 5, 100), feed=moved,
+                   state=second.state, now=NOW + 2, resolve=resolve)
+    assert still.repoint == frozenset({"gamma"})  # not heard from since the change
+    # no handshake on the new address within the grace period: relay, even though
+    # the old session's handshake is younger than stale_after
+    late = decide(manifest(), "alpha", observed=observed(NOW - 5, 100), feed=moved,
+                  state=still.state, now=NOW + 40, resolve=resolve)
+    assert late.paths["gamma"].path == "relay"
+    heard = decide(manifest(), "alpha", observed=observed(NOW + 41, 500), feed=moved,
+                   state=second.state, now=NOW + 42, resolve=resolve)
+    assert heard.paths["gamma"].path == "direct" and heard.repoint == frozenset()

@@ -13,7 +13,7 @@ from reconciler.errors import FetchError, ManifestRefused, NotConverged
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
 from reconciler.model.wg import ObservedInterface
 from reconciler.pki.envelope import sign_envelope
-from reconciler.plan import AddPeer, RemovePeer, RemoveRoute
+from reconciler.plan import AddPeer, RemovePeer, RemoveRoute, SetListenPort
 
 from .helpers import NOW, FakeBackend, FakeFetch, Org, device, wg_keypair
 
@@ -322,3 +322,160 @@ def test_feed_model_roundtrip() -> None:
     feed = EndpointFeed("acme", 4, 1, (FeedEntry("a", (Candidate("stun", "1.2.3.4:5"),),
                                                  "independent", "1.2.3.4", 9),))
     assert feed_from_dict(feed_to_dict(feed)) == feed
+
+
+def _moving_discover(calls, box):
+    from types import SimpleNamespace
+
+    def discover(port):
+        calls.append(port)
+        ip = box["ip"]
+        return SimpleNamespace(
+            candidates=lambda: (Candidate("local", f"{box['lan']}:51820"),),
+            mapping=box["mapping"], public_ip=ip)
+
+    return discover
+
+
+def _hub_agent(tmp_path, feed_body=None):
+    from .helpers import write_agent
+
+    config = write_agent(tmp_path, ORG, hub="https://hub.example:8443")
+    fetch = FakeFetch({config.source_url: ORG.sign(three())})
+    if feed_body is not None:
+        fetch.bodies[config.feed_url] = feed_body
+    return config, fetch
+
+
+def test_a_new_source_address_rediscovers_at_once_and_reports_in_the_same_pass(tmp_path) -> None:
+    config, fetch = _hub_agent(tmp_path)
+    resets = []
+    fetch.reset_tls = lambda: resets.append(1)  # type: ignore[attr-defined]
+    box = {"ip": "198.51.100.50", "lan": "10.10.1.12", "mapping": "independent"}
+    calls: list[int] = []
+    discover = _moving_discover(calls, box)
+    backend = FakeBackend()
+    here = {"ip": "10.10.1.12"}
+    run(config, fetch, backend, discover=discover, local_ip=lambda: here["ip"], wait=30)
+    run(config, fetch, backend, discover=discover, local_ip=lambda: here["ip"], wait=30)
+    assert calls == [51820] and resets == []
+    rebinds = len(backend.applied)
+    # unplugged from site A, plugged into site B (symmetric NAT) with a new LAN IP
+    box.update(ip="198.51.100.60", lan="10.10.2.12", mapping="dependent")
+    here["ip"] = "10.10.2.12"
+    fetch.calls.clear()
+    run(config, fetch, backend, discover=discover, local_ip=lambda: here["ip"], wait=30)
+    assert calls == [51820, 51820] and resets == [1]
+    assert [wait for url, _, wait in fetch.calls if url == config.source_url] == [None]
+    report = fetch.posts[-1][1]
+    assert report["mapping"] == "dependent"
+    assert {"kind": "local", "address": "10.10.2.12:51820"} in report["candidates"]
+    assert not any(c["kind"] == "stun" for c in report["candidates"])  # old NAT's are gone
+    assert any(isinstance(op, SetListenPort) for ops in backend.applied[rebinds:] for op in ops)
+    saved = StateDir(config.state_dir).load_discovery()
+    assert saved["local_ip"] == "10.10.2.12" and saved["public_ip"] == "198.51.100.60"
+    # the next pass is quiet: no re-discovery, no operations
+    again = run(config, fetch, backend, discover=discover, local_ip=lambda: here["ip"])
+    assert calls == [51820, 51820] and again.applied == 0
+
+
+def test_a_reflected_address_discovery_does_not_know_triggers_one_recheck(tmp_path) -> None:
+    def feed(rev, reflected):
+        return feed_envelope(rev, [{"device": "alpha", "mapping": "independent",
+                                    "public_ip": "198.51.100.50", "updated_at": int(NOW),
+                                    "candidates": [{"kind": "reflected", "address": a}
+                                                   for a in reflected]}])
+
+    config, fetch = _hub_agent(tmp_path, feed(1, ["198.51.100.50:51820"]))
+    box = {"ip": "198.51.100.50", "lan": "10.10.1.12", "mapping": "independent"}
+    calls: list[int] = []
+    discover = _moving_discover(calls, box)
+    backend = FakeBackend()
+    here = lambda: "10.10.1.12"
+    run(config, fetch, backend, discover=discover, local_ip=here)
+    run(config, fetch, backend, discover=discover, local_ip=here)
+    assert calls == [51820]  # the reflection matches what discovery knows
+    # a peer's WireGuard now sees this device at another public IP
+    fetch.bodies[config.feed_url] = feed(2, ["203.0.113.77:41000", "198.51.100.50:51820"])
+    run(config, fetch, backend, discover=discover, local_ip=here)
+    assert calls == [51820, 51820]  # re-checked at once ...
+    saved = StateDir(config.state_dir).load_discovery()
+    assert saved["checked"] == ["203.0.113.77"]
+    fetch.bodies[config.feed_url] = feed(3, ["203.0.113.77:41000", "198.51.100.50:51820"])
+    run(config, fetch, backend, discover=discover, local_ip=here)
+    run(config, fetch, backend, discover=discover, local_ip=here)
+    assert calls == [51820, 51820]  # ... once: a stale reflection does not loop
+
+
+def test_a_pass_on_the_cached_manifest_keeps_the_last_feed(tmp_path) -> None:
+    feed = feed_envelope(3, [{"device": "gamma", "mapping": "independent",
+                              "public_ip": "203.0.113.30", "updated_at": int(NOW),
+                              "candidates": [{"kind": "stun",
+                                              "address": "203.0.113.30:40000"}]}])
+    config, fetch = _hub_agent(tmp_path, feed)
+    backend = FakeBackend()
+    run(config, fetch, backend)
+    fetch.bodies[config.source_url] = FetchError("The read operation timed out")
+    result = run(config, fetch, backend)
+    assert result.source == "cache" and result.applied == 0
+    assert backend.state.peers[wg_keypair(3)[1]].endpoint == "203.0.113.30:40000"
+
+
+def test_only_direct_peers_are_reflected_dated_by_their_traffic(tmp_path) -> None:
+    from dataclasses import replace
+
+    feed = feed_envelope(3, [
+        {"device": "alpha", "mapping": "independent", "public_ip": "198.51.100.50",
+         "updated_at": int(NOW), "candidates": []},
+        {"device": "gamma", "mapping": "independent", "public_ip": "198.51.100.50",
+         "updated_at": int(NOW), "candidates": [{"kind": "local", "address": "10.1.0.3:51820"}]},
+    ])
+    config, fetch = _hub_agent(tmp_path, feed)
+    backend = FakeBackend()
+    run(config, fetch, backend, local_ip=lambda: "10.1.0.1")
+    beta, gamma = wg_keypair(2)[1], wg_keypair(3)[1]
+    assert backend.state.peers[gamma].endpoint == "10.1.0.3:51820"  # same site: LAN
+    peers = dict(backend.state.peers)
+    peers[beta] = replace(peers[beta], last_handshake=NOW - 100, rx_bytes=10)
+    peers[gamma] = replace(peers[gamma], last_handshake=NOW - 100, rx_bytes=10)
+    backend.state = replace(backend.state, peers=peers)
+    run(config, fetch, backend, now=NOW + 5, local_ip=lambda: "10.1.0.1")
+    peers[beta] = replace(peers[beta], rx_bytes=99)  # traffic, no new handshake
+    backend.state = replace(backend.state, peers=peers)
+    run(config, fetch, backend, now=NOW + 9, local_ip=lambda: "10.1.0.1")
+    # gamma (LAN: a private address) is not reflected; beta is, dated by its traffic
+    assert fetch.posts[-1][1]["observations"] == [
+        {"peer": "beta", "endpoint": "198.51.100.2:51820", "last_handshake": int(NOW + 9)}]
+
+
+def test_repoint_sets_the_endpoint_over_a_fresh_session_and_merges_updates() -> None:
+    from reconciler.agent.reconcile import repoint
+    from reconciler.model.wg import DesiredInterface, DesiredPeer, ObservedPeer
+    from reconciler.plan import UpdatePeer
+
+    want = DesiredInterface("mo-acme", "k", 51820, ("10.77.0.1/24",), peers={
+        "B": DesiredPeer("B", ("10.77.0.2/32",), "10.10.2.12:51820", 5, "beta"),
+        "G": DesiredPeer("G", ("10.77.0.3/32",), "203.0.113.3:1", 5, "gamma")})
+    observed = ObservedInterface("mo-acme", True, peers={
+        "B": ObservedPeer("B", (), endpoint="198.51.100.60:4000", last_handshake=NOW - 3),
+        "G": ObservedPeer("G", (), endpoint="203.0.113.9:9", last_handshake=NOW - 3)})
+    planned = (UpdatePeer("mo-acme", "B", ("10.77.0.2/32",), None, None, "beta"),)
+    assert repoint(planned, want, observed, frozenset()) == planned
+    got = repoint(planned, want, observed, frozenset({"beta", "gamma"}))
+    assert got == (UpdatePeer("mo-acme", "B", ("10.77.0.2/32",), "10.10.2.12:51820", None, "beta"),
+                   UpdatePeer("mo-acme", "G", None, "203.0.113.3:1", None, "gamma"))
+
+
+def test_a_move_is_detected_without_stun_too(tmp_path) -> None:
+    config, fetch = _hub_agent(tmp_path)
+    backend = FakeBackend()
+    here = {"ip": "10.10.1.12"}
+    run(config, fetch, backend, local_ip=lambda: here["ip"])
+    run(config, fetch, backend, local_ip=lambda: here["ip"])
+    before = len(backend.applied)
+    here["ip"] = "10.10.2.12"
+    run(config, fetch, backend, local_ip=lambda: here["ip"])
+    assert [op for ops in backend.applied[before:] for op in ops] == [
+        SetListenPort(config.interface, 51820)]  # WireGuard re-binds its port
+    run(config, fetch, backend, local_ip=lambda: here["ip"])
+    assert len(backend.applied) == before + 1  # once
