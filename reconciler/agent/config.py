@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ConfigError
+from reconciler.fsio import atomic_write  # re-exported: agent.state and agent.keys use it
 
 DEFAULT_CONFIG_PATH = "/etc/meshops/agent.json"
 DEFAULT_STATE_DIR = "/var/lib/meshops"
@@ -156,39 +157,6 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> AgentConf
 def save_config(config: AgentConfig, path: str | os.PathLike[str]) -> None:
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
     atomic_write(path, text.encode(), mode=0o644)
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never half.
-
-    The temp file is created in the target directory with ``mode`` already set
-    (0600 for secrets: the key never exists with wider permissions), fsynced,
-    renamed over the target, and the directory is fsynced so the rename
-    survives a power loss.
-    """
-    import tempfile  # lazily: it pulls in random/hashlib, and a no-op pass writes nothing
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def read_private_key(path: str) -> str:

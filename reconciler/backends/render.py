@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reconciler.errors import BackendError
+from reconciler.fsio import atomic_write
 from reconciler.model.wg import DesiredInterface, ObservedInterface, ObservedPeer
 from reconciler.plan.keys import public_key
 from reconciler.plan.ops import (
@@ -228,15 +229,7 @@ class RenderBackend:
 
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` atomically with mode 0600 (it contains a private key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        atomic_write(path, text.encode(), mode=0o600)
     except OSError as exc:
         raise BackendError(f"cannot write {path}: {exc.strerror}") from exc

@@ -31,13 +31,13 @@ Quirks handled here (checked against Debian's wireguard-go 0.0.20220316):
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import socket
 from collections.abc import Sequence
 
 from reconciler.errors import BackendError, BackendUnavailable
 from reconciler.model.wg import ObservedInterface, ObservedPeer
+from reconciler.plan.keys import decode_key
 from reconciler.plan.keys import public_key as derive_public_key
 from reconciler.plan.ops import (
     AddPeer,
@@ -57,12 +57,9 @@ EPROTO = 71
 def key_to_hex(key_b64: str) -> str:
     """Base64 WireGuard key -> lowercase hex; ``BackendError`` if malformed."""
     try:
-        raw = base64.b64decode(key_b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BackendError("WireGuard key is not valid base64") from exc
-    if len(raw) != 32:
-        raise BackendError(f"WireGuard key must be 32 bytes, got {len(raw)}")
-    return raw.hex()
+        return decode_key(key_b64).hex()
+    except ValueError as exc:
+        raise BackendError(str(exc)) from exc
 
 
 def key_from_hex(key_hex: str) -> str:

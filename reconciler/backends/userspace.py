@@ -160,10 +160,8 @@ class UserspaceBackend:
         check_ifname(name)
         pid = self.owned_pid(name)
         client = self._client(name)
-        if pid is not None and client.alive():
-            return pid
-        if pid is None and client.alive():
-            return None
+        if client.alive():
+            return pid  # ours, or None: another daemon answers on the socket
         if pid is None:
             pid = self._start(name)
         deadline = self._clock() + self.start_timeout

@@ -85,14 +85,10 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 def init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from reconciler.agent.config import (
-        DEFAULT_STATE_DIR,
-        AgentConfig,
-        atomic_write,
-        save_config,
-    )
+    from reconciler.agent.config import DEFAULT_STATE_DIR, AgentConfig, save_config
     from reconciler.agent.keys import generate_keys
     from reconciler.errors import UsageError
+    from reconciler.fsio import atomic_write
     from reconciler.pki.envelope import load_trust
 
     config_path = Path(args.config).absolute()
@@ -256,9 +252,9 @@ def status(args: argparse.Namespace) -> int:
 def render(args: argparse.Namespace) -> int:
     import time
 
-    from reconciler.agent.config import atomic_write
     from reconciler.agent.render import render_config
     from reconciler.agent.runtime import make_fetcher
+    from reconciler.fsio import atomic_write
 
     config = _load(args)
     text = render_config(config, fetch=make_fetcher(config), now=time.time(),

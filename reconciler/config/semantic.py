@@ -15,13 +15,13 @@ All checks return ``Problem``s; none raises for bad data.
 
 from __future__ import annotations
 
-import binascii
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
 
 from reconciler.errors import Problem
 from reconciler.model.repo import Device, Mesh, Organization, OrgState, Policy, Source, User
+from reconciler.plan import keys
 
 DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _NAME_REMEDY = ("use a DNS label: lowercase letters, digits and '-', at most 63 characters, "
@@ -35,12 +35,11 @@ def _p(src: Source, path: str, code: str, message: str, remedy: str) -> Problem:
 
 
 def decode_key(text: str) -> bytes | None:
-    """32 raw bytes from standard base64, or None."""
+    """32 raw bytes from strict standard base64, or None."""
     try:
-        raw = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return keys.decode_key(text)
+    except ValueError:
         return None
-    return raw if len(raw) == 32 else None
 
 
 def _endpoint_ok(endpoint: str) -> bool:

@@ -94,12 +94,12 @@ class FeedStore:
         self.url = url
         self._store = open_store(url)
         self.dialect = self._store.dialect
-        self._conn: Any = self._store._conn
         if self.dialect == "sqlite":
             # WAL + FULL: a report answered 200 survives power loss too, not only a crash.
             with self._store.transaction():
                 pass
-            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._store.cursor() as cur:
+                cur.execute("PRAGMA synchronous=FULL")
         self._transaction(lambda cur: [cur.execute(stmt) for stmt in SCHEMA])
 
     def _sql(self, text: str) -> str:
@@ -115,18 +115,14 @@ class FeedStore:
     def _transaction(self, work: Any) -> Any:
         """Run ``work(cursor)`` in one committed transaction; translate driver errors."""
         try:
-            with self._store.transaction():
-                cur = self._conn.cursor()
-                try:
-                    return work(cur)
-                finally:
-                    cur.close()
+            with self._store.cursor() as cur:
+                return work(cur)
         except self._errors() as exc:
             raise TemporaryError(f"feed store ({self.dialect}): {exc}", delay=1.0) from exc
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._store._query(sql, params)
+            return self._store.query(sql, params)
         except self._errors() as exc:
             raise TemporaryError(f"feed store ({self.dialect}): {exc}", delay=1.0) from exc
 

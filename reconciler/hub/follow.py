@@ -19,6 +19,7 @@ git runs as a subprocess (no shell; arguments are a list).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -110,10 +111,8 @@ class _Follower:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
 
 class LocalFollower(_Follower):

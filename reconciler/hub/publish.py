@@ -19,7 +19,7 @@ One publish, per org:
 5. build, encode and sign the manifest (``reconciler.pki.manifest``), with
    ``serial = max(now in ms, last serial + 1)``;
 6. write ``DIR/ORG/certs/NAME.pem``, ``DIR/ORG/ca.crt``, ``DIR/trust.json``
-   and last ``DIR/ORG/manifest.json``, each atomically (temp, fsync, rename).
+   and last ``DIR/ORG/manifest.json``, each atomically (``reconciler.fsio``).
 
 ``Publisher`` keeps the config ``BlobCache``, decrypted keys, the store's
 current certificates, the compiled policy and per-device manifest fragments,
@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import secrets as _secrets
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from reconciler.errors import PkiError, UsageError, ValidationError
+from reconciler.fsio import atomic_write, atomic_write_many, fsync_dir
 from reconciler.hub import gitsig
 from reconciler.hub.store import CertRecord, Store, open_store
 from reconciler.model.manifest import Manifest, ManifestDevice
@@ -87,67 +87,6 @@ class PublishResult:
 
 
 # -- small helpers ------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-BATCH_SYNC_THRESHOLD = 64
-
-
-def write_atomic_many(items: list[tuple[Path, bytes]], mode: int = 0o644) -> None:
-    """Atomically replace many files: write every temp file, make them durable with
-    one ``os.sync()`` (instead of one fsync each, which dominates a cold publish of
-    10,000 certificates) or per-file fsync for small batches, then rename each and
-    fsync the directories."""
-    if len(items) < BATCH_SYNC_THRESHOLD:
-        for path, data in items:
-            write_atomic(path, data, mode)
-        return
-    temps: list[tuple[str, Path]] = []
-    try:
-        for path, data in items:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                os.fchmod(fh.fileno(), mode)
-        os.sync()
-        for tmp, path in temps:
-            os.replace(tmp, path)
-        temps = []
-    finally:
-        for tmp, _ in temps:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-    for directory in {path.parent for path, _ in items}:
-        _fsync_dir(directory)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def worktree_commit(repo: Repo) -> str:
@@ -230,8 +169,8 @@ def init_org_ca(
     bundle = pki_ca.init_ca(org.organization, now)
     doc = pki_ca.secret_doc(org_name, bundle.key_pem, pki_ca.new_signing_key_pem())
     text = encrypt(doc, recipients, gpg=Gpg(gpg_home), fmt="yaml")
-    write_atomic(secret_path, text.encode("utf-8"), 0o600)
-    write_atomic(cert_path, bundle.cert_pem.encode("ascii"), 0o644)
+    atomic_write(secret_path, text.encode("utf-8"), mode=0o600)
+    atomic_write(cert_path, bundle.cert_pem.encode("ascii"), mode=0o644)
     log.info("made CA for org %s (%d recipients)", org_name, len(recipients))
     return cert_path, secret_path
 
@@ -558,7 +497,7 @@ class Publisher:
                 cache.written_dir = org_dir.resolve()
             fps = {d.name: d.cert_sha256 for d in org_pub.manifest.devices}
             changed = [dev for dev in org_pub.certs if cache.written.get(dev) != fps.get(dev)]
-            write_atomic_many(
+            atomic_write_many(
                 [(cert_dir / f"{dev}.pem", org_pub.certs[dev].encode("ascii")) for dev in changed]
             )
             for dev in changed:
@@ -566,12 +505,11 @@ class Publisher:
             for dev in set(cache.written) - set(org_pub.certs):  # removed or disabled
                 (cert_dir / f"{dev}.pem").unlink(missing_ok=True)
                 del cache.written[dev]
-            write_atomic(org_dir / "ca.crt", org_pub.ca_pem.encode("ascii"))
-            _fsync_dir(cert_dir)
-        write_atomic(out / "trust.json", pub.trust_json)
+            atomic_write(org_dir / "ca.crt", org_pub.ca_pem.encode("ascii"))
+            fsync_dir(cert_dir)  # the unlinks above
+        atomic_write(out / "trust.json", pub.trust_json)
         for name, org_pub in pub.orgs.items():  # manifests last: they point at the certs
-            write_atomic(out / name / "manifest.json", org_pub.envelope)
-            _fsync_dir(out / name)
+            atomic_write(out / name / "manifest.json", org_pub.envelope)
 
 
 def _norm_ips(ips: tuple[str, ...] | list[str]) -> tuple[str, ...]:

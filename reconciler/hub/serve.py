@@ -22,6 +22,7 @@ replica move an org's feed revision.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -107,10 +108,8 @@ class ReportWriter:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def submit(self, report: EndpointReport, observations: Sequence[Observation]) -> int:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -122,7 +122,9 @@ class Store:
     """Blocking store over one DB-API connection, guarded by a lock.
 
     Extend by appending to ``MIGRATIONS`` and adding methods that use
-    ``self._run`` / ``self._query`` / ``self.transaction()``."""
+    ``self._run`` / ``self.query`` / ``self.transaction()``. ``query`` and
+    ``cursor`` are public for ``hub.feedstore``, which keeps its tables on a
+    store of its own."""
 
     def __init__(self, conn: Any, dialect: _Dialect, url: str) -> None:
         self._conn = conn
@@ -167,18 +169,19 @@ class Store:
                 raise self._translate(exc) from exc
             return int(cur.rowcount or 0)
 
-    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        rows = [tuple(r) for r in rows]
-        if not rows:
-            return
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A driver cursor inside ``transaction()`` (``?`` placeholders are the
+        caller's to translate); closed, and the transaction committed, on exit."""
         with self.transaction():
             cur = self._conn.cursor()
             try:
-                cur.executemany(self._dialect.sql(sql), rows)
-            except self._dialect.operational_errors as exc:
-                raise self._translate(exc) from exc
+                yield cur
+            finally:
+                cur.close()
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """All rows of one read (``?`` placeholders); ``TemporaryError`` on driver failure."""
         with self._lock:
             try:
                 cur = self._conn.execute(self._dialect.sql(sql), tuple(params))
@@ -207,7 +210,7 @@ class Store:
                 )
 
     def schema_version(self) -> int:
-        rows = self._query("SELECT MAX(version) FROM schema_version")
+        rows = self.query("SELECT MAX(version) FROM schema_version")
         return int(rows[0][0] or 0)
 
     def close(self) -> None:
@@ -238,21 +241,16 @@ class Store:
             self._run(sql, _cert_row(rec))
             return True
 
-    def add_certs(self, recs: Sequence[CertRecord]) -> None:
-        """Record many certificates at once (serials already checked free)."""
-        sql = f"INSERT INTO certs ({_CERT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-        self._many(sql, (_cert_row(r) for r in recs))
-
     def serial_taken(self, serial: int) -> bool:
-        return bool(self._query("SELECT 1 FROM certs WHERE serial = ?", (serial,)))
+        return bool(self.query("SELECT 1 FROM certs WHERE serial = ?", (serial,)))
 
     def cert(self, serial: int) -> CertRecord | None:
-        rows = self._query(f"SELECT {_CERT_COLS} FROM certs WHERE serial = ?", (serial,))
+        rows = self.query(f"SELECT {_CERT_COLS} FROM certs WHERE serial = ?", (serial,))
         return _cert_from_row(rows[0]) if rows else None
 
     def current_certs(self, org: str) -> dict[str, CertRecord]:
         """The newest unrevoked certificate of each device of ``org``."""
-        rows = self._query(
+        rows = self.query(
             f"SELECT {_CERT_COLS} FROM certs WHERE org = ? AND revoked_at IS NULL "
             "ORDER BY device, issued_at, serial",
             (org,),
@@ -262,13 +260,6 @@ class Store:
             rec = _cert_from_row(row)
             out[rec.device] = rec  # later rows (newer) win
         return out
-
-    def device_certs(self, org: str, device: str) -> list[CertRecord]:
-        rows = self._query(
-            f"SELECT {_CERT_COLS} FROM certs WHERE org = ? AND device = ? ORDER BY issued_at",
-            (org, device),
-        )
-        return [_cert_from_row(r) for r in rows]
 
     def revoke(self, serials: Iterable[int], at: int) -> int:
         """Put serials on the revocation list (idempotent); returns how many changed."""
@@ -283,7 +274,7 @@ class Store:
 
     def revoke_device(self, org: str, device: str, at: int) -> list[int]:
         """Revoke every unrevoked certificate of one device; return their serials."""
-        rows = self._query(
+        rows = self.query(
             "SELECT serial FROM certs WHERE org = ? AND device = ? AND revoked_at IS NULL",
             (org, device),
         )
@@ -293,7 +284,7 @@ class Store:
 
     def revoked_serials(self, org: str, now: float) -> tuple[int, ...]:
         """Revoked serials of ``org`` whose certificates have not expired yet."""
-        rows = self._query(
+        rows = self.query(
             "SELECT serial FROM certs WHERE org = ? AND revoked_at IS NOT NULL "
             "AND not_after >= ? ORDER BY serial",
             (org, int(now)),
@@ -302,7 +293,7 @@ class Store:
 
     # -- manifest serials -------------------------------------------------------------------
     def last_serial(self, org: str) -> tuple[int, str] | None:
-        rows = self._query(
+        rows = self.query(
             "SELECT last_serial, last_commit FROM manifest_serials WHERE org = ?", (org,)
         )
         return (int(rows[0][0]), rows[0][1]) if rows else None

@@ -56,8 +56,24 @@ class OrgKeys:
         return self.ca_cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-def _utc(now: float) -> dt.datetime:
+def utc(now: float) -> dt.datetime:
+    """Unix seconds as an aware UTC datetime, whole seconds (X.509 precision)."""
     return dt.datetime.fromtimestamp(int(now), tz=dt.UTC)
+
+
+def key_usage(*, ca: bool) -> x509.KeyUsage:
+    """KeyUsage of a CA (signs certificates and CRLs) or of a device (signs only)."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def init_ca(org: Organization, now: float, *, lifetime_days: int = CA_LIFETIME_DAYS) -> CaBundle:
@@ -73,7 +89,7 @@ def init_ca(org: Organization, now: float, *, lifetime_days: int = CA_LIFETIME_D
     for cidr in (org.cidr_v4, org.cidr_v6):
         if cidr:
             permitted.append(x509.IPAddress(ipaddress.ip_network(cidr, strict=False)))
-    start = _utc(now) - dt.timedelta(minutes=5)  # tolerate small clock skew on devices
+    start = utc(now) - dt.timedelta(minutes=5)  # tolerate small clock skew on devices
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -83,20 +99,7 @@ def init_ca(org: Organization, now: float, *, lifetime_days: int = CA_LIFETIME_D
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=lifetime_days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(ca=True), critical=True)
         .add_extension(
             x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None),
             critical=True,

@@ -35,8 +35,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from reconciler.errors import PkiError
 from reconciler.model.repo import Device
-from reconciler.pki.ca import OrgKeys
+from reconciler.pki.ca import OrgKeys, key_usage, utc
 from reconciler.pki.keys import public_b64, public_from_b64
+from reconciler.plan.keys import decode_key
 
 # Private enterprise arc chosen for meshops (documented in docs/security.md).
 WG_KEY_OID = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
@@ -61,10 +62,6 @@ class DeviceIdentity:
 
 def device_uri(org: str, name: str) -> str:
     return f"{URI_SCHEME}://{org}/devices/{name}"
-
-
-def _utc(ts: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(int(ts), tz=dt.UTC)
 
 
 def _der_octet_string(data: bytes) -> bytes:
@@ -93,14 +90,14 @@ def issue_device_cert(
         device.identity_public_key, f"device {device.name}: identity public key"
     )
     try:
-        wg_raw = base64.b64decode(device.wireguard_public_key, validate=True)
+        wg_raw = decode_key(
+            device.wireguard_public_key, f"device {device.name}: WireGuard public key"
+        )
     except ValueError as exc:
-        raise PkiError(f"device {device.name}: WireGuard public key is not base64") from exc
-    if len(wg_raw) != 32:
-        raise PkiError(f"device {device.name}: WireGuard public key must be 32 bytes")
+        raise PkiError(str(exc)) from exc
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(device_uri(ca.org, device.name))]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in device.tunnel_ips]
-    start = _utc(now) - dt.timedelta(minutes=5)  # clock-skew allowance
+    start = utc(now) - dt.timedelta(minutes=5)  # clock-skew allowance
     builder = (
         x509.CertificateBuilder()
         .subject_name(
@@ -115,22 +112,9 @@ def issue_device_cert(
         .public_key(subject_key)
         .serial_number(serial)
         .not_valid_before(start)
-        .not_valid_after(_utc(now) + dt.timedelta(seconds=lifetime_s))
+        .not_valid_after(utc(now) + dt.timedelta(seconds=lifetime_s))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(ca=False), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]

@@ -8,13 +8,13 @@ messages or ``repr``.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from reconciler.errors import PkiError
+from reconciler.plan.keys import decode_key
 
 
 def raw_public(key: Ed25519PublicKey) -> bytes:
@@ -34,11 +34,9 @@ def public_b64(key: Ed25519PublicKey) -> str:
 def public_from_b64(text: str, what: str = "public key") -> Ed25519PublicKey:
     """Parse a standard-base64 raw 32-byte Ed25519 public key."""
     try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise PkiError(f"{what} is not valid base64") from exc
-    if len(raw) != 32:
-        raise PkiError(f"{what} must be 32 bytes, got {len(raw)}")
+        raw = decode_key(text, what)
+    except ValueError as exc:
+        raise PkiError(str(exc)) from exc
     return Ed25519PublicKey.from_public_bytes(raw)
 
 

@@ -62,11 +62,6 @@ def canonical_network(cidr: str) -> str:
     return str(ipaddress.ip_network(cidr.strip(), strict=False))
 
 
-def canonical_interface(addr: str) -> str:
-    """An interface address such as ``10.0.0.1/24`` in canonical text (host bits kept)."""
-    return str(ipaddress.ip_interface(addr.strip()))
-
-
 def canonical_endpoint(endpoint: str) -> str:
     """``ip:port`` / ``[v6]:port`` in canonical text; hostnames are returned unchanged."""
     text = endpoint.strip()

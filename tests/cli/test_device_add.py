@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,6 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
 
 def key(seed: str) -> str:
     return base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode()
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    dst = tmp_path / "repo"
-    shutil.copytree(EXAMPLE, dst)
-    return dst
 
 
 def add(repo: Path, *extra: str, name: str = "kiosk-2", org: str = "acme") -> list[str]:

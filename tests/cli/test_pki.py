@@ -5,33 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
-
-import pytest
 
 from reconciler.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
-
-
-@pytest.fixture(scope="module")
-def gnupghome(tmp_path_factory):
-    from reconciler.hub.publish import example_gnupghome
-
-    home = tmp_path_factory.mktemp("gnupg")
-    example_gnupghome(EXAMPLE, home)
-    yield str(home)
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-                   capture_output=True, check=False)  # fmt: skip
-
-
-@pytest.fixture
-def repo(tmp_path):
-    dst = tmp_path / "repo"
-    shutil.copytree(EXAMPLE, dst)
-    return dst
 
 
 def test_ca_init_writes_and_refuses_overwrite(repo, gnupghome, capsys):

@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
-
-import pytest
 
 from reconciler.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
-
-
-@pytest.fixture(scope="module")
-def gnupghome(tmp_path_factory):
-    from reconciler.hub.publish import example_gnupghome
-
-    home = tmp_path_factory.mktemp("gnupg")
-    example_gnupghome(EXAMPLE, home)
-    yield str(home)
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-                   capture_output=True, check=False)  # fmt: skip
 
 
 def test_publish_example_repo_then_verify(tmp_path, gnupghome, capsys):
