@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,16 @@ class OrgState:
     def name(self) -> str:
         return self.organization.name
 
-    def enabled_devices(self) -> list[Device]:
-        return [d for _, d in sorted(self.devices.items()) if not d.disabled]
+    def enabled_devices(self) -> tuple[Device, ...]:
+        """Enabled devices sorted by name; computed once per (immutable) org state,
+        since publish, the policy compiler and the manifest builder all ask."""
+        return self._enabled
+
+    @cached_property
+    def _enabled(self) -> tuple[Device, ...]:
+        # cached_property writes the instance __dict__ directly, so it works on a
+        # frozen dataclass
+        return tuple(d for _, d in sorted(self.devices.items()) if not d.disabled)
 
 
 @dataclass(frozen=True)
