@@ -5,6 +5,8 @@ endpoint feed; a backend returns an ``ObservedInterface``;
 ``reconciler.plan.plan(desired, observed, now)`` diffs them. Keys are base64
 (as in ``wg``); backends convert to hex for UAPI. Allowed IPs, addresses and
 routes are canonical CIDR strings (``ipaddress.ip_network(..., strict=False)``).
+``forwarding`` is a property of the interface's network namespace (or host),
+not of the link: a relay wants it on; the planner never turns it off.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class DesiredInterface:
     peers: Mapping[str, DesiredPeer]  # by public key
     routes: tuple[str, ...] = ()  # extra CIDRs routed into the interface
     mtu: int = 1420
+    forwarding: bool = False  # relay: IP forwarding on in the interface's namespace
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class ObservedInterface:
     up: bool = False
     mtu: int = 0
     peers: Mapping[str, ObservedPeer] = field(default_factory=dict)
+    forwarding: bool | None = None  # IP forwarding in its namespace; None = not observed
 
 
 ABSENT = ObservedInterface(name="", exists=False)

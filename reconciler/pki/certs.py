@@ -40,7 +40,10 @@ from reconciler.pki.keys import public_b64, public_from_b64
 from reconciler.plan.keys import decode_key
 
 # Private enterprise arc chosen for meshops (documented in docs/security.md).
-WG_KEY_OID = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
+# A UUID-derived OID (ITU-T X.667 / RFC 4122 section 4 "2.25.<uuid as integer>"):
+# globally unique without registering an enterprise number. UUID
+# 87b9e04d-c7ae-4ecc-98d4-24b3423c1178, "meshops WireGuard public key".
+WG_KEY_OID = x509.ObjectIdentifier("2.25.180410903771910559691615590208786665848")
 URI_SCHEME = "meshops"
 DEFAULT_LIFETIME_S = 30 * 86400
 DEFAULT_RENEW_FRACTION = 2 / 3

@@ -8,7 +8,7 @@ Order is fixed so plans are stable and golden-testable:
 
 1. ``CreateInterface`` when the interface does not exist;
 2. removals: routes, addresses, peers;
-3. updates: private key, listen port, MTU, link up, peers;
+3. updates: private key, listen port, MTU, link up, IP forwarding, peers;
 4. additions: peers, addresses, routes.
 
 Each group is sorted by its key (public key, or address/network).
@@ -28,6 +28,12 @@ Rules
 * Addresses: IPv6 link-local addresses (``fe80::/10``) on the interface are
   the kernel's (a TUN device gets one when it comes up) and are ignored.
 * ``listen_port == 0`` or ``mtu == 0`` in the desired state mean "don't care".
+* **Forwarding** (relays): ``SetForwarding(name, True)`` when
+  ``desired.forwarding`` is set and the observed forwarding is not ``True``
+  (``None``, not observed, counts as off; turning it on twice is harmless).
+  Forwarding is never turned off: ``desired.forwarding == False`` means
+  "don't care", because the host may forward for other reasons (a router,
+  docker, another VPN).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from reconciler.plan.ops import (
     RemoveAddress,
     RemovePeer,
     RemoveRoute,
+    SetForwarding,
     SetLinkUp,
     SetListenPort,
     SetMtu,
@@ -142,6 +149,7 @@ def plan(desired: DesiredInterface, observed: ObservedInterface, now: float) -> 
             exists=True,
             public_key=public_key(desired.private_key),
             listen_port=desired.listen_port,
+            forwarding=observed.forwarding,  # a namespace property, not the link's
         )
 
     want_addrs = _addresses(desired.addresses)
@@ -166,6 +174,8 @@ def plan(desired: DesiredInterface, observed: ObservedInterface, now: float) -> 
         ops.append(SetMtu(name, desired.mtu))
     if not observed.up:
         ops.append(SetLinkUp(name))
+    if desired.forwarding and observed.forwarding is not True:
+        ops.append(SetForwarding(name, True))
     for key in sorted(desired.peers.keys() & observed.peers.keys()):
         update = _diff_peer(name, desired.peers[key], observed.peers[key], now)
         if update is not None:

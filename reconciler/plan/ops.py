@@ -8,7 +8,8 @@ interface out (a plan is about one interface) and never shows a private key:
 key changes print the matching public key instead.
 
 ``WG_OPS`` are carried out by the WireGuard backend (UAPI or netlink),
-``LINK_OPS`` by the link manager (addresses, routes, MTU, link state).
+``LINK_OPS`` by the link manager (addresses, routes, MTU, link state, and
+IP forwarding in the interface's namespace).
 """
 
 from __future__ import annotations
@@ -75,6 +76,21 @@ class SetLinkUp:
 
     def __str__(self) -> str:
         return "set link up"
+
+
+@dataclass(frozen=True)
+class SetForwarding:
+    """Turn IP forwarding on (or off) in the interface's network namespace.
+
+    The planner only ever emits ``enabled=True`` (a relay); it never turns
+    forwarding off, since the host may forward for other reasons.
+    """
+
+    interface: str
+    enabled: bool = True
+
+    def __str__(self) -> str:
+        return f"set ip forwarding {'on' if self.enabled else 'off'} (namespace of {self.interface})"
 
 
 @dataclass(frozen=True)
@@ -171,6 +187,7 @@ Operation = (
     | SetListenPort
     | SetMtu
     | SetLinkUp
+    | SetForwarding
     | AddAddress
     | RemoveAddress
     | AddRoute
@@ -181,4 +198,4 @@ Operation = (
 )
 
 WG_OPS = (CreateInterface, SetPrivateKey, SetListenPort, AddPeer, RemovePeer, UpdatePeer)
-LINK_OPS = (SetMtu, SetLinkUp, AddAddress, RemoveAddress, AddRoute, RemoveRoute)
+LINK_OPS = (SetMtu, SetLinkUp, SetForwarding, AddAddress, RemoveAddress, AddRoute, RemoveRoute)

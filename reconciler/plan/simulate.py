@@ -22,6 +22,7 @@ from reconciler.plan.ops import (
     RemoveAddress,
     RemovePeer,
     RemoveRoute,
+    SetForwarding,
     SetLinkUp,
     SetListenPort,
     SetMtu,
@@ -47,6 +48,7 @@ def simulate(observed: ObservedInterface, ops: Iterable[Operation]) -> ObservedI
                 public_key=public_key(op.private_key),
                 listen_port=op.listen_port,
                 mtu=DEFAULT_MTU,
+                forwarding=state.forwarding,  # per namespace: survives the link
             )
             peers, addresses, routes = {}, [], []
         elif isinstance(op, SetPrivateKey):
@@ -57,6 +59,8 @@ def simulate(observed: ObservedInterface, ops: Iterable[Operation]) -> ObservedI
             state = dataclasses.replace(state, mtu=op.mtu)
         elif isinstance(op, SetLinkUp):
             state = dataclasses.replace(state, up=True)
+        elif isinstance(op, SetForwarding):
+            state = dataclasses.replace(state, forwarding=op.enabled)
         elif isinstance(op, AddAddress):
             if op.address not in addresses:
                 addresses.append(op.address)
