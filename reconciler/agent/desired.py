@@ -23,7 +23,15 @@ layout of ``agent.peering``:
   (policy is enforced at the ends, a relay only forwards);
 * keepalive: this device's own ``keepalive`` when set, else the org default;
 * a device missing from the manifest (removed or disabled in git) keeps its
-  interface but gets no peers: it is cut off, fail-closed.
+  interface but gets no peers: it is cut off, fail-closed;
+* a **relay** (``relay: true``) forwards between its peers: its desired
+  interface has ``forwarding=True`` (IP forwarding on in its namespace; the
+  planner emits ``SetForwarding``, never the reverse) and its peers carry
+  every device's host routes;
+* **key check**: when this device's WireGuard public key in the manifest is
+  not the public key of the local private key, ``compute_desired`` raises
+  ``ConfigError`` naming both keys, before anything is planned, so the
+  interface is never touched with a key the mesh does not know.
 """
 
 from __future__ import annotations
@@ -32,8 +40,10 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from reconciler.errors import ConfigError
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import DesiredInterface, DesiredPeer
+from reconciler.plan.keys import public_key
 
 PATHS = ("direct", "lan", "relay")
 
@@ -121,6 +131,23 @@ def peer_names(manifest: Manifest, me: str, allowed: Iterable[str]) -> tuple[str
     return tuple(sorted(n for n in names if manifest.device(n) is not None))
 
 
+def check_own_key(manifest: Manifest, device: ManifestDevice, private_key: str) -> None:
+    """``ConfigError`` unless ``device``'s manifest public key is that of ``private_key``."""
+    try:
+        local = public_key(private_key)
+    except ValueError as exc:
+        raise ConfigError(f"device {device.name!r}: the local WireGuard private key is not a "
+                          f"valid key ({exc}); restore the key file") from None
+    if local != device.wireguard_public_key:
+        raise ConfigError(
+            f"device {device.name!r}: manifest serial {manifest.serial} (org "
+            f"{manifest.org!r}) has WireGuard public key {device.wireguard_public_key}, but the "
+            f"local private key's public key is {local}. The key in git is not this device's: "
+            "re-run `meshops agent init --force` and update the device file, or restore the "
+            "key file. The interface was not touched."
+        )
+
+
 def compute_desired(
     manifest: Manifest,
     me: str,
@@ -133,13 +160,17 @@ def compute_desired(
     listen_port: int | None = None,
     mtu: int = 1420,
 ) -> Desired:
-    """This device's whole desired interface (see the module docstring)."""
+    """This device's whole desired interface (see the module docstring).
+
+    Raises ``ConfigError`` when the manifest's public key for ``me`` is not the
+    public key of ``private_key``."""
     port = listen_port or manifest.listen_port
     mine = manifest.device(me)
     if mine is None:
         empty = DesiredInterface(name=interface, private_key=private_key, listen_port=port,
                                  addresses=(), peers={}, routes=(), mtu=mtu)
         return Desired(empty, (), member=False)
+    check_own_key(manifest, mine, private_key)
     keepalive = mine.keepalive if mine.keepalive is not None else manifest.keepalive
     names = set(peer_names(manifest, me, allowed))
     if my_relay is not None and (mine.relay or my_relay == me or
@@ -194,5 +225,6 @@ def compute_desired(
         peers=peers,
         routes=tuple(r for r in sort_cidrs(routes) if r not in on_link),
         mtu=mtu,
+        forwarding=mine.relay,
     )
     return Desired(desired, tuple(summaries), member=True)

@@ -3,10 +3,17 @@
 Called by ``meshops agent apply`` (one pass) and ``agent.loop`` (``agent
 run``). Every pass reads the whole desired and observed state:
 
-1. fetch the manifest and verify it against the pinned trust and the last
-   applied serial (``_obtain_manifest``); the hub being unreachable falls
+1. with a hub and no ``device.crt`` yet (or an expired one, which the hub's
+   TLS handshake would refuse: it is dropped first): fetch this device's
+   certificate (public on the hub), because the hub serves manifests over
+   mTLS only;
+   then fetch the manifest and verify it against the pinned trust and the last
+   applied serial (``obtain_manifest``); the hub being unreachable falls
    back to the cached, still-valid manifest (fail-static); a refused manifest
-   raises before the interface is touched;
+   raises before the interface is touched; a new manifest from the hub
+   re-fetches the certificate (renewals), and a hub refusing the manifest
+   request (an expired/revoked local certificate) triggers one re-fetch and
+   retry;
 2. with a hub: fetch the signed endpoint feed and report this device's own
    endpoints and what its WireGuard sees of its peers (reflection);
 3. compute the desired interface (``agent.desired``, pure);
@@ -44,10 +51,11 @@ from reconciler.agent.config import AgentConfig, read_private_key
 from reconciler.agent.fetch import Response
 from reconciler.agent.state import DEVICE_CERT, HUB_CA, CachedManifest, StateDir
 from reconciler.backends.base import Backend
-from reconciler.errors import ConfigError, FetchError, ManifestRefused, NotConverged
+from reconciler.errors import ConfigError, FetchError, ManifestRefused, NotConverged, PkiError
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.manifest import Manifest
 from reconciler.model.wg import DesiredInterface, ObservedInterface
+from reconciler.pki.certs import load_cert
 from reconciler.pki.envelope import Trust, load_trust
 from reconciler.pki.manifest import verify_manifest
 from reconciler.plan import (
@@ -213,7 +221,12 @@ def reconcile_once(
         reset = getattr(fetch, "reset_tls", None)
         if reset is not None:
             reset()
-    got = obtain_manifest(config, fetch, trust, state, now, wait=wait)
+    fresh_cert = False  # device.crt written in this pass: no second fetch below
+    if config.hub and not dry_run:  # the hub's manifest needs mTLS: a certificate first
+        _drop_expired_cert(fetch, state, now)
+        fresh_cert = _fetch_device_cert(config, fetch, state, refresh=False, warnings=warnings)
+    got, renewed = _manifest_with_cert(config, fetch, trust, state, now, wait=wait,
+                                       dry_run=dry_run, warnings=warnings)
     manifest = got.manifest
     if got.warning:
         warnings.append(got.warning)
@@ -223,9 +236,9 @@ def reconcile_once(
         state.save_manifest(CachedManifest(got.envelope, manifest.serial, manifest.commit,
                                            manifest.not_after, got.etag))
     private_key = read_private_key(config.private_key)
-    if config.hub and got.source != "cache" and not dry_run:  # before the mTLS calls
-        _fetch_device_cert(config, fetch, state, refresh=got.source == "fetched",
-                           warnings=warnings)
+    if config.hub and got.source == "fetched" and not dry_run and not (fresh_cert or renewed):
+        # a renewal ships with a publish: a new manifest re-reads the certificate
+        _fetch_device_cert(config, fetch, state, refresh=True, warnings=warnings)
     feed = _feed(config, fetch, trust, state, warnings) if got.source != "cache" \
         else _last_feed(state)
     observed = backend.observe(config.interface)
@@ -282,11 +295,47 @@ def pin_hub_ca(config: AgentConfig, trust: Trust, state: StateDir) -> None:
         state.write_if_changed(HUB_CA, org.ca_pem.encode(), mode=0o644)
 
 
+def _manifest_with_cert(config: AgentConfig, fetch: FetchLike, trust: Trust, state: StateDir,
+                        now: float, *, wait: int | None, dry_run: bool,
+                        warnings: list[str]) -> tuple[VerifiedManifest, bool]:
+    """``obtain_manifest``; when the hub refuses the request (4xx: e.g. the local
+    certificate expired or was revoked while the device was away) the current
+    certificate is fetched once and, if it differs, the request retried. The flag
+    says whether the certificate was replaced that way."""
+    try:
+        return obtain_manifest(config, fetch, trust, state, now, wait=wait), False
+    except ConfigError:
+        if not config.hub or dry_run or not _fetch_device_cert(
+                config, fetch, state, refresh=True, warnings=warnings):
+            raise
+    return obtain_manifest(config, fetch, trust, state, now, wait=wait), True
+
+
+def _drop_expired_cert(fetch: FetchLike, state: StateDir, now: float) -> bool:
+    """Delete ``device.crt`` once it expired: the hub's TLS handshake refuses an
+    expired client certificate outright, so the renewed one must be fetched
+    without any (the certificate endpoint is public). True when dropped."""
+    path = state.path / DEVICE_CERT
+    try:
+        not_after = load_cert(path.read_bytes()).not_valid_after_utc.timestamp()
+    except (OSError, PkiError):
+        return False  # none yet, or unreadable: the fetch below replaces it
+    if not_after > now:
+        return False
+    path.unlink(missing_ok=True)
+    reset = getattr(fetch, "reset_tls", None)
+    if reset is not None:
+        reset()
+    return True
+
+
 def _fetch_device_cert(config: AgentConfig, fetch: FetchLike, state: StateDir, *,
-                       refresh: bool, warnings: list[str]) -> None:
-    """Keep ``device.crt`` (public; renewed by the hub) for mTLS with the identity key."""
+                       refresh: bool, warnings: list[str]) -> bool:
+    """Keep ``device.crt`` (public; renewed by the hub) for mTLS with the identity
+    key. The hub serves it without a client certificate, so a new device fetches
+    it before its first manifest request. True when the file changed."""
     if not refresh and state.path.joinpath(DEVICE_CERT).exists():
-        return
+        return False
     assert config.hub is not None
     url = f"{config.hub.rstrip('/')}/v1/orgs/{config.org}/devices/{config.name}/cert"
     try:
@@ -296,11 +345,13 @@ def _fetch_device_cert(config: AgentConfig, fetch: FetchLike, state: StateDir, *
             raise ValueError("no PEM certificate")
     except (FetchError, ConfigError, ValueError, KeyError, TypeError) as exc:
         warnings.append(f"device certificate not fetched: {exc}")
-        return
-    if state.write_if_changed(DEVICE_CERT, pem.encode(), mode=0o644):
-        reset = getattr(fetch, "reset_tls", None)
-        if reset is not None:
-            reset()
+        return False
+    if not state.write_if_changed(DEVICE_CERT, pem.encode(), mode=0o644):
+        return False
+    reset = getattr(fetch, "reset_tls", None)
+    if reset is not None:
+        reset()
+    return True
 
 
 def hub_local_ip(config: AgentConfig) -> str | None:

@@ -5,11 +5,15 @@ written by ``agent.reconcile``) knows names, tunnel IPs and paths; the
 observed interface knows endpoints, handshakes and byte counters. A peer
 reached through a relay has no WireGuard peer of its own: its handshake and
 counters are the relay's, and its path reads ``relay via NAME``.
+
+``warnings`` are host problems the caller found (for a relay:
+``reconciler.net.firewall.forward_drop_warning``); the table prints them
+under the header, the JSON carries them as a list.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,15 +39,17 @@ class Status:
     serial: int | None
     commit: str | None
     peers: tuple[PeerStatus, ...]
+    warnings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["peers"] = [asdict(p) for p in self.peers]
+        data["warnings"] = list(self.warnings)
         return data
 
 
 def build_status(applied: Mapping[str, Any] | None, observed: ObservedInterface,
-                 now: float) -> Status:
+                 now: float, warnings: Iterable[str] = ()) -> Status:
     applied = applied or {}
     by_name = {p["name"]: p for p in applied.get("peers", [])}
     rows = []
@@ -64,7 +70,7 @@ def build_status(applied: Mapping[str, Any] | None, observed: ObservedInterface,
         ))
     return Status(interface=observed.name or str(applied.get("interface", "")),
                   exists=observed.exists, serial=applied.get("serial"),
-                  commit=applied.get("commit"), peers=tuple(rows))
+                  commit=applied.get("commit"), peers=tuple(rows), warnings=tuple(warnings))
 
 
 def format_age(age: float | None) -> str:
@@ -95,5 +101,6 @@ def format_table(status: Status) -> str:
                      format_age(p.handshake_age), format_bytes(p.rx_bytes),
                      format_bytes(p.tx_bytes)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = [head] + [f"warning: {w}" for w in status.warnings]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)

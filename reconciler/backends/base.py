@@ -6,7 +6,7 @@ feeds the result to ``reconciler.plan.plan``, and hands the operations to
 ``apply``. Then it observes again to verify.
 
 WireGuard state (keys, port, peers) is the backend's own job. Link state
-(MTU, up, addresses, routes) is delegated to a ``LinkControl`` -- in
+(MTU, up, addresses, routes, IP forwarding) is delegated to a ``LinkControl`` -- in
 production ``reconciler.net.iproute.IPRouteLinks`` -- which the caller
 injects as ``links=`` (``backends`` and ``net`` are sibling layers and do not
 import each other). Without ``links`` a backend reports no addresses or
@@ -55,7 +55,8 @@ class LinkControl(Protocol):
     """Link-level state of an interface: MTU, up/down, addresses, routes.
 
     ``observe`` returns an ``ObservedInterface`` with only ``name``,
-    ``exists``, ``up``, ``mtu``, ``addresses`` and ``routes`` filled in.
+    ``exists``, ``up``, ``mtu``, ``addresses``, ``routes`` and ``forwarding``
+    (IP forwarding in the interface's namespace, ``None`` = unknown) filled in.
     ``apply`` carries out the ``reconciler.plan.ops.LINK_OPS`` among ``ops``
     and ignores the others. ``create_wireguard(name)`` makes a kernel
     WireGuard link (kernel backend only).

@@ -227,7 +227,8 @@ class KernelBackend:
             raise _translate(exc, f"read {name}") from exc
         state = decode_info(name, msgs)
         return dataclasses.replace(
-            state, up=link.up, mtu=link.mtu, addresses=link.addresses, routes=link.routes
+            state, up=link.up, mtu=link.mtu, addresses=link.addresses, routes=link.routes,
+            forwarding=link.forwarding,
         )
 
     def apply(self, ops: Sequence[Operation]) -> None:

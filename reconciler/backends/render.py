@@ -12,12 +12,17 @@ Format (wg-quick(8)): ``[Interface]`` with ``PrivateKey``, ``Address``,
 ``ListenPort``, ``MTU``; one ``[Peer]`` per peer with a ``# name`` comment,
 ``PublicKey``, ``AllowedIPs``, ``Endpoint``, ``PersistentKeepalive``. Extra
 routes become ``PostUp = ip route replace CIDR dev %i`` lines (wg-quick
-already routes every peer's AllowedIPs).
+already routes every peer's AllowedIPs). A relay (``forwarding``) gets
+``PostUp = sysctl -w net.ipv4.ip_forward=1``, plus
+``PostUp = sysctl -w net.ipv6.conf.all.forwarding=1`` when it has a global
+IPv6 address; there is no ``PostDown`` undoing it (meshops never turns
+forwarding off: the host may forward for other reasons).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +41,20 @@ from reconciler.plan.ops import (
 from reconciler.plan.simulate import simulate
 
 HEADER = "# Written by meshops; changes are overwritten on the next run."
+IPV4_FORWARD_UP = "sysctl -w net.ipv4.ip_forward=1"
+IPV6_FORWARD_UP = "sysctl -w net.ipv6.conf.all.forwarding=1"
+
+
+def _forwarding_lines(addresses: Sequence[str]) -> list[str]:
+    """The relay's ``PostUp`` sysctls: IPv6 too only with a global IPv6 address
+    (IPv6 forwarding makes Linux ignore router advertisements)."""
+    lines = [f"PostUp = {IPV4_FORWARD_UP}"]
+    for text in addresses:
+        ip = ipaddress.ip_interface(text).ip
+        if ip.version == 6 and not ip.is_link_local:
+            lines.append(f"PostUp = {IPV6_FORWARD_UP}")
+            break
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +73,7 @@ def _render(
     mtu: int,
     routes: Sequence[str],
     peers: Sequence[_RenderPeer],
+    forwarding: bool = False,
 ) -> str:
     lines = [HEADER, "[Interface]", f"PrivateKey = {private_key}"]
     if addresses:
@@ -62,6 +82,8 @@ def _render(
         lines.append(f"ListenPort = {listen_port}")
     if mtu:
         lines.append(f"MTU = {mtu}")
+    if forwarding:
+        lines += _forwarding_lines(addresses)
     lines += [f"PostUp = ip route replace {route} dev %i" for route in routes]
     for peer in sorted(peers, key=lambda p: (p.name, p.public_key)):
         lines.append("")
@@ -91,6 +113,7 @@ def render_wg_quick(desired: DesiredInterface) -> str:
         desired.mtu,
         desired.routes,
         peers,
+        desired.forwarding,
     )
 
 
@@ -104,6 +127,7 @@ class ParsedConfig:
     addresses: list[str] = dataclasses.field(default_factory=list)
     routes: list[str] = dataclasses.field(default_factory=list)
     peers: list[_RenderPeer] = dataclasses.field(default_factory=list)
+    forwarding: bool = False  # a PostUp turns net.ipv4.ip_forward on
 
 
 def _split(value: str) -> list[str]:
@@ -158,6 +182,8 @@ def parse_wg_quick(text: str, where: str = "wg-quick config") -> ParsedConfig:
                 cfg.addresses += _split(value)
             elif key == "PostUp" and value.startswith("ip route replace "):
                 cfg.routes.append(value.split()[3])
+            elif key == "PostUp" and " ".join(value.split()) == IPV4_FORWARD_UP:
+                cfg.forwarding = True
         elif section == "peer":
             peer[key] = value
     flush()
@@ -192,6 +218,7 @@ class RenderBackend:
             routes=tuple(cfg.routes),
             up=True,  # a rendered interface is up whenever wg-quick brings it up
             mtu=cfg.mtu,
+            forwarding=cfg.forwarding,
             peers={
                 p.public_key: ObservedPeer(p.public_key, p.allowed_ips, p.endpoint, p.keepalive)
                 for p in cfg.peers
@@ -220,7 +247,8 @@ class RenderBackend:
             _RenderPeer(names.get(k, ""), k, p.allowed_ips, p.endpoint, p.keepalive)
             for k, p in after.peers.items()
         ]
-        text = _render(private, after.listen_port, after.addresses, after.mtu, after.routes, peers)
+        text = _render(private, after.listen_port, after.addresses, after.mtu, after.routes, peers,
+                       bool(after.forwarding))
         write_private(self.path, text)
 
     def close(self) -> None:

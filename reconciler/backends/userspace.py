@@ -277,6 +277,7 @@ class UserspaceBackend:
             mtu=link.mtu,
             addresses=link.addresses,
             routes=link.routes,
+            forwarding=link.forwarding,
         )
 
     def apply(self, ops: Sequence[Operation]) -> None:

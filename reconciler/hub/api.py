@@ -9,7 +9,13 @@ Identity checks (``_identify``): the certificate must chain to the CA of the org
 in the URL (another org's device gets 403), be inside its validity at the
 hub's ``now`` and not be revoked (401 with ``code`` ``expired``/``revoked``/
 ``bad-certificate``), and the SAN URI ``meshops://ORG/devices/NAME`` gives the
-device name. No certificate on an identity endpoint: 401.
+device name. No certificate on an identity endpoint: 401 ``no-certificate``.
+
+Identity endpoints: the manifest, the endpoint feed and the endpoint report.
+Public (no certificate needed): a device's certificate and the CRL (public
+data; an agent fetches its certificate before its first mTLS request), and the
+operator endpoints ``/v1/status`` and ``/metrics``, which must be reachable by
+operators only (listen address / firewall; docs/security.md).
 
 Every error is JSON ``{"error": CODE, "message": TEXT}``; unexpected exceptions
 become 500 with the same shape and are logged, the server keeps running.
@@ -248,8 +254,7 @@ def parse_report(doc: Any, org: str, now: int, observed: str | None) -> tuple[En
 # -- handlers ----------------------------------------------------------------------
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     org = _org(request)
-    if request.app[PEER_KEY](request):  # public, but a device may only read its own org
-        _identify(request, org)
+    _identify(request, org)  # mTLS: only a valid device of this org reads its manifest
     have = _etag_serial(request.headers.get("If-None-Match"))
     wait = _int_param(request, "wait", 0, MAX_WAIT) or 0
     current = await _hub(request).wait_manifest(org.org, have, wait if have is not None else 0)

@@ -100,7 +100,12 @@ class FeedStore:
                 pass
             with self._store.cursor() as cur:
                 cur.execute("PRAGMA synchronous=FULL")
-        self._transaction(lambda cur: [cur.execute(stmt) for stmt in SCHEMA])
+        self._transaction(self._create_schema)
+
+    def _create_schema(self, cur: Any) -> None:
+        self._store.lock_schema(cur)  # replicas starting together must not race
+        for stmt in SCHEMA:
+            cur.execute(stmt)
 
     def _sql(self, text: str) -> str:
         return text.replace("?", "%s") if self.dialect == "postgresql" else text

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,23 @@ from reconciler.model.endpoints import EndpointReport
 from reconciler.pki.envelope import sign_envelope
 
 log = logging.getLogger(__name__)
+
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_PEM_PRIVATE = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|$)",
+    re.DOTALL)
+_SECRET_VALUE = re.compile(
+    r"(?i)\b(?P<key>password|passwd|token|secret|private_key|data_key)(?P<sep>\s*[=:]\s*)"
+    r"(?P<value>[^\s,;'\"]+)")
+
+
+def redact(text: str) -> str:
+    """A publish error as ``/v1/status`` and the log show it: credentials in
+    URLs (``https://user:token@git.example/...``), PEM private keys and
+    ``password=``/``token:``-style values are replaced by ``***``."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
+    text = _PEM_PRIVATE.sub("[private key redacted]", text)
+    return _SECRET_VALUE.sub(lambda m: f"{m['key']}{m['sep']}***", text)
 
 FEED_MAX_AGE = 30.0  # rebuild a feed at least this often (reflections age out)
 FEED_MIN_INTERVAL = 0.5  # and at most this often per org under a stream of reports
@@ -218,6 +236,7 @@ class Hub:
             return True
 
     def _failed(self, rev: str, message: str) -> bool:
+        message = redact(message)  # /v1/status is unauthenticated: no secrets in it
         self.status.error = message
         self.status.error_at = self.now()
         self.metrics.publishes.labels("error").inc()

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 from reconciler.errors import ConfigError, TemporaryError
 
+SCHEMA_LOCK_KEY = 0x6D657368  # "mesh": the advisory lock held while a hub changes the schema
 MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (
         1,
@@ -192,8 +193,18 @@ class Store:
                 self._conn.commit()  # end the implicit read transaction (psycopg)
             return rows
 
+    def lock_schema(self, cur: Any) -> None:
+        """Inside a transaction: serialize schema changes with every other hub
+        process on the same database until that transaction ends. Two replicas
+        starting at once would otherwise race on ``CREATE TABLE IF NOT EXISTS``
+        (PostgreSQL checks the catalog before it locks: a unique violation).
+        SQLite serializes writers by itself."""
+        if self._dialect.name == "postgresql":
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+
     def _migrate(self) -> None:
         with self.transaction():
+            self.lock_schema(self._conn)
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
             )

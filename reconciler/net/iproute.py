@@ -17,6 +17,13 @@ The only user of pyroute2's ``IPRoute``. The agent builds an
 * Observed routes are the interface's ``main``-table routes that the kernel
   did not add itself (``proto kernel`` prefix routes are left out). IPv6
   link-local addresses are reported; the planner ignores them.
+* IP forwarding (``observe(...).forwarding``, ``SetForwarding``) is read and
+  written through ``reconciler.net.sysctl.Sysctl`` in the same namespace:
+  ``net.ipv4.ip_forward``, plus ``net.ipv6.conf.all.forwarding`` when the
+  interface has (or is about to get) a global IPv6 address. In a named
+  namespace the read is one more concurrent process (``ip netns exec NS
+  sysctl ...``); in the current one it is two file reads. An unreadable
+  value is reported as ``None``.
 
 Errors are translated here: ``BackendUnavailable`` for a missing interface
 or namespace (it may be starting), ``BackendError`` for anything refused.
@@ -33,12 +40,19 @@ from typing import Any
 
 from reconciler.errors import BackendError, BackendUnavailable
 from reconciler.model.wg import ObservedInterface
+from reconciler.net.sysctl import (
+    FORWARD_KEYS,
+    Sysctl,
+    forwarding_keys,
+    forwarding_state,
+)
 from reconciler.plan.ops import (
     AddAddress,
     AddRoute,
     Operation,
     RemoveAddress,
     RemoveRoute,
+    SetForwarding,
     SetLinkUp,
     SetMtu,
 )
@@ -114,11 +128,13 @@ class IPRouteLinks:
         *,
         run: Runner = _run,
         iproute_factory: Callable[[], Any] | None = None,
+        sysctl: Sysctl | None = None,
     ) -> None:
         self.netns = netns
         self._run = run
         self._factory = iproute_factory
         self._ipr: Any = None
+        self.sysctl = sysctl if sysctl is not None else Sysctl(netns, run=run)
 
     # -- observe (cheap: no pyroute2) ------------------------------------------
     def _ip(self, *args: str) -> list[str]:
@@ -130,11 +146,17 @@ class IPRouteLinks:
             self._ip("-4", "route", "show", "table", "main", "dev", name),
             self._ip("-6", "route", "show", "table", "main", "dev", name),
         ]
+        fwd_cmd = self.sysctl.read_command(FORWARD_KEYS)
+        fwd_res: subprocess.CompletedProcess[str] | None = None
         if self._run is _run:
-            res, *route_res = _run_many(cmds)
+            res, *route_res = _run_many(cmds + ([fwd_cmd] if fwd_cmd else []))
+            if fwd_cmd:
+                fwd_res = route_res.pop()
         else:  # an injected runner (tests): one call at a time
             res = self._run(cmds[0])
             route_res = [self._run(cmd) for cmd in cmds[1:]] if res.returncode == 0 else []
+            if fwd_cmd and res.returncode == 0:
+                fwd_res = self._run(fwd_cmd)
         if res.returncode != 0:
             if "does not exist" in res.stderr:
                 return ObservedInterface(name=name, exists=False)
@@ -158,6 +180,7 @@ class IPRouteLinks:
             mtu=state.mtu,
             addresses=state.addresses,
             routes=tuple(routes),
+            forwarding=forwarding_state(self.sysctl.read(FORWARD_KEYS, fwd_res), state.addresses),
         )
 
     # -- apply (pyroute2, imported only here) ---------------------------------
@@ -187,18 +210,32 @@ class IPRouteLinks:
         link_ops = [
             op
             for op in ops
-            if isinstance(op, (SetMtu, SetLinkUp, AddAddress, RemoveAddress, AddRoute, RemoveRoute))
+            if isinstance(op, (SetMtu, SetLinkUp, SetForwarding, AddAddress, RemoveAddress,
+                               AddRoute, RemoveRoute))
         ]
-        if not link_ops:
-            return
-        ipr = self._iproute()
         for op in link_ops:
+            if isinstance(op, SetForwarding):  # a sysctl, not netlink: no pyroute2 needed
+                self._set_forwarding(op, ops)
+                continue
+            ipr = self._iproute()
             try:
                 self._apply_op(ipr, op)
             except (BackendError, BackendUnavailable):
                 raise
             except Exception as exc:  # pyroute2 NetlinkError and friends
                 raise _translate(exc, str(op), op.interface) from exc
+
+    def _set_forwarding(self, op: SetForwarding, ops: Sequence[Operation]) -> None:
+        """``net.ipv4.ip_forward`` (and IPv6 forwarding when the interface has,
+        or gets in this batch, a global IPv6 address) := 1 (or 0)."""
+        res = self._run(self._ip("addr", "show", "dev", op.interface))
+        current = parse_addr_json(op.interface, res.stdout).addresses if res.returncode == 0 else ()
+        removed = {o.address for o in ops if isinstance(o, RemoveAddress)}
+        added = [o.address for o in ops if isinstance(o, AddAddress)]
+        addresses = [a for a in current if a not in removed] + added
+        value = "1" if op.enabled else "0"
+        for key in forwarding_keys(addresses):
+            self.sysctl.write(key, value, what=f"{op} for {op.interface}")
 
     def _apply_op(self, ipr: Any, op: Operation) -> None:
         index = self._index(ipr, op.interface)

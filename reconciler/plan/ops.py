@@ -90,7 +90,7 @@ class SetForwarding:
     enabled: bool = True
 
     def __str__(self) -> str:
-        return f"set ip forwarding {'on' if self.enabled else 'off'} (namespace of {self.interface})"
+        return f"set ip forwarding {'on' if self.enabled else 'off'}"
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,8 @@ async def _load(directory: Path, port: int, agents: int, duration: float, interv
         conns.append(_Conn(port, ctx))
     in_flight = asyncio.Semaphore(max_in_flight)
     poll_ctx = ssl.create_default_context(cadata=ca)
+    # manifest reads need a device certificate of the org (mTLS), like reports
+    poll_ctx.load_cert_chain(directory / "certs" / "d0.pem")
     poll_conns = [_Conn(port, poll_ctx) for _ in range(long_polls)]
     warm_up_s = 0.0
     if keepalive:

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.agent.desired import PeerPath, compute_desired, host_network
+from reconciler.errors import ConfigError
 from reconciler.model.wg import ObservedInterface
-from reconciler.plan import plan, simulate
+from reconciler.plan import SetForwarding, plan, simulate
 from reconciler.policy import peers_allowed
 
 from .helpers import NOW, Org, device, wg_keypair
@@ -20,6 +21,12 @@ from .helpers import NOW, Org, device, wg_keypair
 GOLDEN = Path(__file__).parent / "golden"
 ORG = Org()
 PRIVATE = wg_keypair(1)[0]
+SEEDS = {"alpha": 1, "beta": 2, "gamma": 3, "relay-1": 4}
+
+
+def private_of(name: str) -> str:
+    """The local private key of ``name`` (its manifest key is ``wg_keypair(seed)[1]``)."""
+    return wg_keypair(SEEDS.get(name, 1))[0]
 
 
 def render(desired) -> dict:
@@ -29,6 +36,7 @@ def render(desired) -> dict:
         "interface": {
             "name": iface.name, "listen_port": iface.listen_port, "mtu": iface.mtu,
             "addresses": list(iface.addresses), "routes": list(iface.routes),
+            "forwarding": iface.forwarding,
         },
         "wireguard_peers": [
             {"name": p.name, "public_key": p.public_key, "allowed_ips": list(p.allowed_ips),
@@ -87,7 +95,7 @@ CASES = {
 def test_desired_matches_golden(case: str) -> None:
     build, me, paths = CASES[case]
     manifest = build()
-    got = compute_desired(manifest, me, private_key=PRIVATE, interface="mo-acme",
+    got = compute_desired(manifest, me, private_key=private_of(me), interface="mo-acme",
                           allowed=peers_allowed(manifest, me), paths=paths,
                           my_relay="relay-1" if case.endswith("my-relay") else None)
     text = json.dumps(render(got), indent=2, sort_keys=True) + "\n"
@@ -121,7 +129,8 @@ def test_policy_limits_peers_but_relays_stay() -> None:
     names = {p.name for p in got.interface.peers.values()}
     assert allowed == {"beta"}
     assert names == {"beta"}
-    beta_only = compute_desired(manifest, "gamma", private_key=PRIVATE, interface="mo-acme",
+    beta_only = compute_desired(manifest, "gamma", private_key=private_of("gamma"),
+                                interface="mo-acme",
                                 allowed=peers_allowed(manifest, "gamma"), paths={})
     assert beta_only.interface.peers == {}
 
@@ -133,6 +142,40 @@ def test_relay_path_without_usable_relay_falls_back_to_direct() -> None:
                           paths={"beta": PeerPath("beta", "relay", via="nobody")})
     assert {p.name for p in got.interface.peers.values()} == {"beta", "gamma"}
     assert [s.path for s in got.peers if s.name == "beta"] == ["direct"]
+
+
+def test_relay_wants_forwarding_and_every_host_route() -> None:
+    manifest = with_relay()
+    on_relay = compute_desired(manifest, "relay-1", private_key=private_of("relay-1"),
+                               interface="mo-acme", allowed=peers_allowed(manifest, "relay-1"),
+                               paths={})
+    assert on_relay.interface.forwarding is True
+    allowed = {ip for p in on_relay.interface.peers.values() for ip in p.allowed_ips}
+    assert {"10.77.0.1/32", "10.77.0.2/32", "10.77.0.3/32"} <= allowed
+    ops = plan(on_relay.interface, ObservedInterface("mo-acme", exists=False), NOW)
+    assert SetForwarding("mo-acme", True) in ops
+    member = compute_desired(manifest, "alpha", private_key=private_of("alpha"),
+                             interface="mo-acme", allowed=peers_allowed(manifest, "alpha"),
+                             paths={})
+    assert member.interface.forwarding is False
+
+
+def test_manifest_key_not_ours_is_refused_before_planning() -> None:
+    manifest = with_relay()
+    with pytest.raises(ConfigError) as caught:
+        compute_desired(manifest, "beta", private_key=private_of("alpha"), interface="mo-acme",
+                        allowed=peers_allowed(manifest, "beta"), paths={})
+    text = str(caught.value)
+    assert wg_keypair(2)[1] in text and wg_keypair(1)[1] in text  # both public keys
+    assert "meshops agent init --force" in text and "restore the key file" in text
+    assert private_of("alpha") not in text and private_of("beta") not in text  # no secrets
+    with pytest.raises(ConfigError, match="not a valid key"):
+        compute_desired(manifest, "beta", private_key="bm90IGEga2V5", interface="mo-acme",
+                        allowed=(), paths={})
+    # a device that is not in the manifest has no key to compare: cut off, no error
+    gone = compute_desired(manifest, "zeta", private_key=private_of("alpha"),
+                           interface="mo-acme", allowed=(), paths={})
+    assert not gone.member
 
 
 def test_host_network() -> None:

@@ -258,6 +258,82 @@ def test_hub_mode_fetches_the_device_cert_and_pins_the_ca(tmp_path) -> None:
     assert [c[0] for c in fetch.calls].count(cert_url) == 1  # unchanged manifest: no refetch
 
 
+def _cert_pem(tag: bytes) -> str:
+    import base64
+
+    return ("-----BEGIN CERTIFICATE-----\n" + base64.b64encode(tag).decode()
+            + "\n-----END CERTIFICATE-----\n")
+
+
+def _cert_agent(tmp_path):
+    from .helpers import write_agent
+
+    config = write_agent(tmp_path, ORG, hub="https://hub.example:8443")
+    cert_url = "https://hub.example:8443/v1/orgs/acme/devices/alpha/cert"
+    return config, cert_url
+
+
+def _cert_body(pem: str) -> bytes:
+    return json.dumps({"cert": pem, "ca": "unused"}).encode()
+
+
+def test_first_hub_run_fetches_the_device_cert_before_the_manifest(tmp_path) -> None:
+    """The hub serves manifests over mTLS only: a device without ``device.crt``
+    must get its (public) certificate first, or its first manifest GET is a 401."""
+    config, cert_url = _cert_agent(tmp_path)
+    fetch = FakeFetch({config.source_url: ORG.sign(three()), config.feed_url: feed_envelope(1, []),
+                       cert_url: _cert_body(_cert_pem(b"1"))})
+    result = run(config, fetch, FakeBackend())
+    assert result.applied > 0 and result.warnings == ()
+    urls = [c[0] for c in fetch.calls]
+    assert urls.index(cert_url) < urls.index(config.source_url)
+    assert urls.count(cert_url) == 1  # not fetched again after the manifest
+    assert (tmp_path / "state" / "device.crt").read_text() == _cert_pem(b"1")
+
+
+def test_a_new_manifest_refreshes_the_device_cert(tmp_path) -> None:
+    config, cert_url = _cert_agent(tmp_path)
+    fetch = FakeFetch({config.source_url: ORG.sign(three()), cert_url: _cert_body(_cert_pem(b"1"))})
+    backend = FakeBackend()
+    run(config, fetch, backend)
+    fetch.bodies[cert_url] = _cert_body(_cert_pem(b"renewed"))  # the hub renewed it
+    run(config, fetch, backend)  # same manifest (304): the certificate is not re-read
+    assert (tmp_path / "state" / "device.crt").read_text() == _cert_pem(b"1")
+    fetch.bodies[config.source_url] = ORG.sign(three(serial=2))
+    assert run(config, fetch, backend).serial == 2
+    assert (tmp_path / "state" / "device.crt").read_text() == _cert_pem(b"renewed")
+
+
+def test_a_refused_manifest_request_refetches_a_renewed_cert_and_retries(tmp_path) -> None:
+    """Away past its certificate's expiry, the device's manifest GET gets a 401:
+    the agent fetches the hub's current (renewed) certificate and retries once."""
+    from reconciler.errors import ConfigError
+
+    config, cert_url = _cert_agent(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    (state / "device.crt").write_text(_cert_pem(b"expired"))
+    envelope = ORG.sign(three())
+
+    class Hub(FakeFetch):
+        def get(self, url, *, etag=None, wait=None, params=None):
+            if url == config.source_url and (state / "device.crt").read_text() != \
+                    _cert_pem(b"renewed"):
+                self.calls.append((url, etag, wait))
+                raise ConfigError(f"{url}: HTTP 401: expired")
+            return super().get(url, etag=etag, wait=wait, params=params)
+
+    fetch = Hub({config.source_url: envelope, cert_url: _cert_body(_cert_pem(b"renewed"))})
+    assert run(config, fetch, FakeBackend()).serial == 1
+    urls = [c[0] for c in fetch.calls]
+    assert urls[:3] == [config.source_url, cert_url, config.source_url]
+    # a refusal the certificate cannot fix (unchanged) is raised, not retried forever
+    (state / "device.crt").write_text(_cert_pem(b"revoked"))
+    fetch.bodies[cert_url] = _cert_body(_cert_pem(b"revoked"))
+    with pytest.raises(ConfigError, match="401"):
+        run(config, fetch, FakeBackend())
+
+
 def test_discovery_is_rechecked_when_the_hub_sees_another_public_ip(tmp_path) -> None:
     from types import SimpleNamespace
 
@@ -479,3 +555,50 @@ def test_a_move_is_detected_without_stun_too(tmp_path) -> None:
         SetListenPort(config.interface, 51820)]  # WireGuard re-binds its port
     run(config, fetch, backend, local_ip=lambda: here["ip"])
     assert len(backend.applied) == before + 1  # once
+
+
+def _x509_pem(not_after: float) -> str:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.x509.oid import NameOID
+
+    key = Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alpha")])
+    end = dt.datetime.fromtimestamp(not_after, dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(end - dt.timedelta(days=30)).not_valid_after(end)
+            .sign(key, None))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_an_expired_device_cert_is_dropped_and_fetched_without_it(tmp_path) -> None:
+    """The hub's TLS handshake refuses an expired client certificate, so the agent
+    must not present it: it deletes the file (the transport then sends none),
+    fetches the renewed one and only then asks for the manifest."""
+    config, cert_url = _cert_agent(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    crt = state / "device.crt"
+    renewed = _x509_pem(NOW + 30 * 86400)
+    seen: list[tuple[str, bool]] = []
+
+    class Hub(FakeFetch):
+        def get(self, url, *, etag=None, wait=None, params=None):
+            seen.append((url, crt.exists()))  # what the transport would present
+            if crt.exists() and crt.read_text() != renewed:
+                raise FetchError(f"{url}: TLS handshake failed (certificate expired)")
+            return super().get(url, etag=etag, wait=wait, params=params)
+
+    crt.write_text(_x509_pem(NOW - 60))
+    fetch = Hub({config.source_url: ORG.sign(three()), cert_url: _cert_body(renewed)})
+    assert run(config, fetch, FakeBackend()).serial == 1
+    assert seen[:2] == [(cert_url, False), (config.source_url, True)]
+    assert crt.read_text() == renewed
+    # a valid certificate is kept and not re-fetched on an unchanged pass
+    seen.clear()
+    run(config, fetch, FakeBackend())
+    assert cert_url not in [u for u, _ in seen] and crt.read_text() == renewed

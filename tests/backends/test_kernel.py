@@ -27,6 +27,7 @@ from reconciler.plan import (
     AddAddress,
     AddPeer,
     RemovePeer,
+    SetForwarding,
     UpdatePeer,
     plan,
     public_key,
@@ -157,6 +158,16 @@ def test_observe_merges_links_and_netlink() -> None:
     obs = backend.observe("wg0")
     assert obs.exists and obs.mtu == 1380 and obs.addresses == ("10.0.0.1/24",)
     assert obs.public_key == public_key(key(1)) and obs.listen_port == 51820
+
+
+def test_relay_forwarding_is_observed_and_applied_through_links() -> None:
+    links = FakeLinks(ObservedInterface(name="wg0", exists=True, up=True, forwarding=False))
+    wg = FakeWireGuard()
+    backend = KernelBackend(links=links, wireguard_factory=lambda: wg)
+    assert backend.observe("wg0").forwarding is False
+    backend.apply([SetForwarding("wg0", True)])
+    assert links.applied == [SetForwarding("wg0", True)]
+    assert wg.calls == []  # not a WireGuard operation
 
 
 def test_missing_link_is_absent_without_netlink() -> None:

@@ -14,6 +14,7 @@ from reconciler.backends.render import parse_wg_quick, render_wg_quick
 from reconciler.plan import plan
 
 GOLDEN = Path(__file__).parent / "data" / "wg-mesh.conf"
+RELAY_GOLDEN = Path(__file__).parent / "data" / "wg-relay.conf"
 
 
 def _desired():
@@ -29,6 +30,33 @@ def test_golden_render() -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
+
+
+def _relay():
+    return dataclasses.replace(_desired(), forwarding=True, addresses=("10.0.0.1/24", "fd00::1/64"))
+
+
+def test_golden_render_relay() -> None:
+    text = render_wg_quick(_relay())
+    if os.environ.get("UPDATE_GOLDEN"):
+        RELAY_GOLDEN.write_text(text)
+    assert text == RELAY_GOLDEN.read_text()
+    assert "PostUp = sysctl -w net.ipv4.ip_forward=1\n" in text
+    assert "ip_forward" not in render_wg_quick(_desired())  # only relays
+    v4_only = dataclasses.replace(_relay(), addresses=("10.0.0.1/24", "fe80::1/64"))
+    assert "ipv6" not in render_wg_quick(v4_only)
+
+
+def test_render_backend_converges_a_relay(tmp_path: Path) -> None:
+    backend = open_backend("render", path=tmp_path / "wg-mesh.conf")
+    d = _relay()
+    assert parse_wg_quick(render_wg_quick(d)).forwarding
+    backend.apply(plan(d, backend.observe(d.name), NOW))
+    assert backend.observe(d.name).forwarding is True
+    assert plan(d, backend.observe(d.name), NOW) == ()
+    assert (tmp_path / "wg-mesh.conf").read_text() == render_wg_quick(d)
+    plain = dataclasses.replace(d, forwarding=False)  # never turned off
+    assert plan(plain, backend.observe(d.name), NOW) == ()
 
 
 def test_parse_round_trip() -> None:

@@ -13,7 +13,8 @@ from backends.fakeuapi import FakeUapi
 from reconciler.backends import Backend, open_backend
 from reconciler.backends.userspace import UserspaceBackend, check_ifname, is_wireguard_go_for
 from reconciler.errors import BackendError, BackendUnavailable, ConfigError
-from reconciler.plan import AddAddress, AddPeer, SetListenPort, SetMtu
+from reconciler.model.wg import ObservedInterface
+from reconciler.plan import AddAddress, AddPeer, SetForwarding, SetListenPort, SetMtu
 
 DATA = Path(__file__).parent / "data"
 
@@ -47,6 +48,23 @@ def test_observe_merges_uapi_and_links(backend: UserspaceBackend) -> None:
     finally:
         fake.close()
     assert obs.exists and obs.up and obs.mtu == 1420 and len(obs.peers) == 2
+    assert obs.forwarding is None  # FakeLinks cannot tell
+
+
+def test_forwarding_comes_from_links_and_goes_to_links(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    links = FakeLinks(ObservedInterface(name="wg-t", exists=True, up=True, mtu=1420, forwarding=True))
+    backend = UserspaceBackend(links=links, run_dir=str(run), state_dir=str(tmp_path / "state"))
+    reply = (DATA / "get_reply.txt").read_text()
+    fake = FakeUapi(backend.socket_path("wg-t"), lambda req: reply if "get" in req else "errno=0\n\n")
+    try:
+        assert backend.observe("wg-t").forwarding is True
+        backend.apply([SetForwarding("wg-t", True)])
+    finally:
+        fake.close()
+    assert links.applied == [SetForwarding("wg-t", True)]
+    assert not any("set=1" in r for r in fake.requests)  # nothing for wireguard-go
 
 
 def test_all_peer_changes_go_in_one_transaction(backend: UserspaceBackend) -> None:

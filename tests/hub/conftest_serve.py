@@ -31,7 +31,6 @@ from reconciler.pki.keys import private_to_pem
 
 NOW = 1_790_000_000.0
 MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
-PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
 def run(coro: Any) -> Any:
@@ -75,6 +74,24 @@ class OrgFixture:
         creds = DeviceCreds(self.name, name, pem, private_to_pem(ident), self.next_serial)
         self.devices[name] = creds
         return creds
+
+
+def mint_device(keys: Any, org: str, name: str, tunnel_ip: str, now: float,
+                serial: int = 990_001) -> DeviceCreds:
+    """A device certificate from an org's CA keys (e.g. a running hub's
+    ``OrgSnapshot.keys``), with a fresh identity key: a client for mTLS tests
+    against a hub whose devices' private keys the test does not hold."""
+    ident = Ed25519PrivateKey.generate()
+    wg = X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    device = Device(
+        name=name, org=org, owner="alice", wireguard_public_key=b64(wg),
+        identity_public_key=b64(ident.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)),
+        tunnel_ips=(tunnel_ip,),
+    )
+    pem = issue_device_cert(keys, device, serial, now - 60, 86400)
+    return DeviceCreds(org, name, pem, private_to_pem(ident), serial)
 
 
 def make_org(name: str, cidr: str = "10.20.0.0/16") -> OrgFixture:

@@ -9,8 +9,11 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from reconciler.agent.endpoints import open_feed
 from reconciler.agent.fetch import Fetcher, TlsConfig
+from reconciler.errors import ConfigError
 from reconciler.hub.daemon import ServeConfig, start
 from reconciler.pki.envelope import load_trust, trust_entry
 
@@ -58,6 +61,40 @@ def test_agent_fetcher_talks_to_hub_serve(tmp_path: Path) -> None:
             assert entries["server"].candidates[0].kind == "reflected"
             doc = await asyncio.to_thread(fetcher.get, f"{base}/devices/laptop/cert")
             assert json.loads(doc.body)["cert"] == laptop.cert_pem
+        finally:
+            await running.stop()
+
+    run(go())
+
+
+def test_agent_bootstrap_cert_first_then_manifest_over_mtls(tmp_path: Path) -> None:
+    """A new device has no ``device.crt``: the hub refuses its manifest GET (401),
+    serves the public certificate endpoint, and after ``reset_tls`` (the file now
+    exists) the same fetcher gets the manifest over mTLS."""
+    now = time.time()
+    acme = make_org("acme", "10.20.0.0/16")
+    laptop = acme.add_device("laptop", now)
+    cert_path, key = write_pem_files(tmp_path, laptop)
+    Path(cert_path).unlink()  # what `agent init` leaves: the identity key, no certificate
+    ca = tmp_path / "acme-ca.crt"
+    ca.write_text(acme.keys.ca_pem)
+    repo = init_repo(tmp_path / "repo")
+
+    async def go() -> None:
+        running = await start(ServeConfig(
+            repo=str(repo), listen="127.0.0.1:0", db=f"sqlite:///{tmp_path}/hub.db",
+            state_dir=str(tmp_path / "state"), pipeline=FakePipeline([acme])))
+        try:
+            await wait_for(lambda: running.hub.snapshot is not None)
+            base = f"https://localhost:{running.port}/v1/orgs/acme"
+            fetcher = Fetcher(tls=TlsConfig(cert=cert_path, key=key, ca=str(ca)), timeout=5)
+            with pytest.raises(ConfigError, match="401: no-certificate"):
+                await asyncio.to_thread(fetcher.get, f"{base}/manifest")
+            doc = await asyncio.to_thread(fetcher.get, f"{base}/devices/laptop/cert")
+            Path(cert_path).write_text(json.loads(doc.body)["cert"])
+            fetcher.reset_tls()
+            got = await asyncio.to_thread(fetcher.get, f"{base}/manifest")
+            assert got.status == 200 and got.body == running.hub.org("acme").manifest
         finally:
             await running.stop()
 

@@ -75,20 +75,22 @@ def test_manifest_etag_gzip_and_304(tmp_path: Path) -> None:
     async def go() -> None:
         w = World(tmp_path)
         async with client(w) as (c, hub):
-            r = await c.get("/v1/orgs/acme/manifest", headers={"Accept-Encoding": "identity"})
+            dev = as_device(w.laptop)  # the manifest needs mTLS
+            r = await c.get("/v1/orgs/acme/manifest",
+                            headers={**dev, "Accept-Encoding": "identity"})
             assert r.status == 200 and r.headers["ETag"] == '"1"'
             body = await r.read()
             trust = OrgTrust(keys={_kid(w): w.acme.keys.signing_key.public_key()})
             opened = open_envelope(body, trust, "application/vnd.meshops.manifest+json")
             assert json.loads(opened.payload)["serial"] == 1
             assert body == hub.org("acme").manifest
-            r = await c.get("/v1/orgs/acme/manifest", headers={"Accept-Encoding": "gzip"},
+            r = await c.get("/v1/orgs/acme/manifest", headers={**dev, "Accept-Encoding": "gzip"},
                             auto_decompress=False)
             assert r.headers["Content-Encoding"] == "gzip"
             assert gzip.decompress(await r.read()) == body
-            r = await c.get("/v1/orgs/acme/manifest", headers={"If-None-Match": '"1"'})
+            r = await c.get("/v1/orgs/acme/manifest", headers={**dev, "If-None-Match": '"1"'})
             assert r.status == 304 and r.headers["ETag"] == '"1"'
-            r = await c.get("/v1/orgs/acme/manifest", headers={"If-None-Match": '"0"'})
+            r = await c.get("/v1/orgs/acme/manifest", headers={**dev, "If-None-Match": '"0"'})
             assert r.status == 200
     run(go())
 
@@ -97,15 +99,17 @@ def test_manifest_long_poll_wakes_on_new_commit(tmp_path: Path) -> None:
     async def go() -> None:
         w = World(tmp_path)
         async with client(w) as (c, hub):
+            dev = as_device(w.laptop)  # the manifest needs mTLS
             poll = asyncio.create_task(c.get("/v1/orgs/acme/manifest?wait=10",
-                                             headers={"If-None-Match": '"1"'}))
+                                             headers={**dev, "If-None-Match": '"1"'}))
             await asyncio.sleep(0.2)
             assert not poll.done()
             assert await hub.reconcile("c2")
             r = await asyncio.wait_for(poll, 5)
             assert r.status == 200 and r.headers["ETag"] == '"2"'
             # nothing newer: the long-poll times out with 304
-            r = await c.get("/v1/orgs/acme/manifest?wait=1", headers={"If-None-Match": '"2"'})
+            r = await c.get("/v1/orgs/acme/manifest?wait=1",
+                            headers={**dev, "If-None-Match": '"2"'})
             assert r.status == 304
     run(go())
 
@@ -115,9 +119,10 @@ def test_bad_commit_keeps_last_good_manifest_and_reports_error(tmp_path: Path) -
         w = World(tmp_path)
         w.pipeline.bad.add("bad")
         async with client(w) as (c, hub):
-            before = await (await c.get("/v1/orgs/acme/manifest")).read()
+            dev = as_device(w.laptop)  # the manifest needs mTLS
+            before = await (await c.get("/v1/orgs/acme/manifest", headers=dev)).read()
             assert not await hub.reconcile("bad")
-            r = await c.get("/v1/orgs/acme/manifest")
+            r = await c.get("/v1/orgs/acme/manifest", headers=dev)
             assert r.status == 200 and await r.read() == before
             status = await (await c.get("/v1/status")).json()
             assert status["serving_commit"] == "c1" and status["branch_commit"] == "bad"
@@ -213,23 +218,34 @@ def test_authorization_matrix(tmp_path: Path) -> None:
             # a report for another device of the same org: 403
             r = await c.post(post, json=report_body("server"), headers=as_device(w.laptop))
             assert r.status == 403 and "laptop" in (await r.json())["message"]
-            # no certificate on an identity endpoint: 401
+            # no certificate on an identity endpoint (the manifest too): 401
             r = await c.post(post, json=report_body("laptop"))
             assert r.status == 401 and (await r.json())["error"] == "no-certificate"
-            r = await c.get("/v1/orgs/acme/endpoints")
-            assert r.status == 401
+            for url in ("/v1/orgs/acme/endpoints", "/v1/orgs/acme/manifest",
+                        "/v1/orgs/beta/manifest", "/v1/orgs/acme/manifest?wait=5"):
+                r = await c.get(url, headers={"If-None-Match": '"1"'} if "wait" in url else {})
+                assert r.status == 401, url
+                assert (await r.json())["error"] == "no-certificate"
             # expired and revoked certificates are refused
             r = await c.post(post, json=report_body("old"), headers=as_device(expired))
             assert r.status == 401 and (await r.json())["error"] == "expired"
             r = await c.post(post, json=report_body("stolen"), headers=as_device(revoked))
             assert r.status == 401 and (await r.json())["error"] == "revoked"
-            r = await c.get("/v1/orgs/acme/endpoints", headers=as_device(revoked))
-            assert r.status == 401
+            for url in ("/v1/orgs/acme/endpoints", "/v1/orgs/acme/manifest"):
+                r = await c.get(url, headers=as_device(revoked))
+                assert r.status == 401 and (await r.json())["error"] == "revoked", url
+                r = await c.get(url, headers=as_device(expired))
+                assert r.status == 401 and (await r.json())["error"] == "expired", url
             # the own device, own org: fine
             r = await c.post(post, json=report_body("laptop"), headers=as_device(w.laptop))
             assert r.status == 200
             r = await c.get("/v1/orgs/beta/endpoints", headers=as_device(w.phone))
             assert r.status == 200
+            r = await c.get("/v1/orgs/beta/manifest", headers=as_device(w.phone))
+            assert r.status == 200 and r.headers["ETag"] == '"1"'
+            # public: a device's certificate (bootstrap) and the CRL need no certificate
+            for url in ("/v1/orgs/acme/devices/laptop/cert", "/v1/orgs/acme/crl"):
+                assert (await c.get(url)).status == 200, url
             assert hub.store.total_reports() == 1
             metrics = hub.metrics.render().decode()
             assert 'meshops_hub_auth_refused_total{reason="revoked"}' in metrics
@@ -279,7 +295,8 @@ def test_nothing_published_yet_is_404_and_status_says_so(tmp_path: Path) -> None
     async def go() -> None:
         w = World(tmp_path)
         async with client(w, commit=None) as (c, _):
-            r = await c.get("/v1/orgs/acme/manifest")
+            dev = as_device(w.laptop)  # the manifest needs mTLS
+            r = await c.get("/v1/orgs/acme/manifest", headers=dev)
             assert r.status == 404
             status = await (await c.get("/v1/status")).json()
             assert status["serving_commit"] is None and status["healthy"] is False
@@ -326,10 +343,43 @@ def test_forced_refresh_republishes_the_same_commit(tmp_path: Path) -> None:
     async def go() -> None:
         w = World(tmp_path)
         async with client(w) as (c, hub):
+            dev = as_device(w.laptop)  # the manifest needs mTLS
             assert await hub.reconcile("c1")  # same commit: nothing to do
             assert w.pipeline.builds == ["c1"]
             assert await hub.reconcile("c1", force=True)
             assert w.pipeline.builds == ["c1", "c1"]
-            r = await c.get("/v1/orgs/acme/manifest")
+            r = await c.get("/v1/orgs/acme/manifest", headers=dev)
             assert r.headers["ETag"] == '"2"'
+    run(go())
+
+
+def test_status_is_public_but_reveals_no_secrets(tmp_path: Path) -> None:
+    """/v1/status needs no certificate (operators only, by listen address or
+    firewall), so a publish error is shown with credentials and keys redacted."""
+    from reconciler.errors import SecretsError
+    from reconciler.hub.snapshot import Snapshot
+
+    secret_key = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBADSECRET\n" \
+        "-----END PRIVATE KEY-----"
+
+    class Leaky(FakePipeline):
+        def build(self, rev: str, now: float) -> Snapshot:
+            if rev == "leak":
+                raise SecretsError(f"sops: https://bob:ghp_T0KEN@git.example/r.git "
+                                   f"password=hunter2 {secret_key}")
+            return super().build(rev, now)
+
+    async def go() -> None:
+        w = World(tmp_path)
+        w.pipeline = Leaky([w.acme, w.beta])
+        async with client(w) as (c, hub):
+            assert not await hub.reconcile("leak")
+            r = await c.get("/v1/status")  # no client certificate
+            assert r.status == 200
+            text = await r.text()
+            doc = json.loads(text)
+            assert doc["healthy"] is False and "git.example/r.git" in doc["last_error"]
+            for secret in ("ghp_T0KEN", "bob:", "hunter2", "BADSECRET", "PRIVATE KEY-----"):
+                assert secret not in text, secret
+            assert "https://***@git.example" in doc["last_error"]
     run(go())

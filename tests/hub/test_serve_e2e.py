@@ -17,7 +17,7 @@ from reconciler.hub.daemon import ServeConfig, start
 from reconciler.pki.envelope import load_trust, trust_entry
 from reconciler.pki.manifest import verify_manifest
 
-from .conftest_serve import run
+from .conftest_serve import mint_device, run, write_pem_files
 from .test_serve_tls import client_ctx, fetch, git, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
@@ -59,7 +59,12 @@ def test_serve_real_pipeline_bad_commit_keeps_last_good(repo_and_gpg, tmp_path: 
             await wait_for(lambda: hub.snapshot is not None, 30)
             assert hub.snapshot.commit == first and set(hub.snapshot.orgs) == {"acme", "globex"}
             acme = hub.org("acme")
-            ctx = client_ctx(acme.ca_pem)
+            anonymous = client_ctx(acme.ca_pem)
+            status, _ = await fetch(running.port, "/v1/orgs/acme/manifest", anonymous,
+                                    "acme.hub")
+            assert status == 401  # the hub serves manifests over mTLS only
+            web1 = mint_device(acme.keys, "acme", "web-1", "10.10.0.4", time.time())
+            ctx = client_ctx(acme.ca_pem, write_pem_files(tmp_path, web1))
             status, body = await fetch(running.port, "/v1/orgs/acme/manifest", ctx, "acme.hub")
             assert status == 200
             trust = load_trust(json.dumps({"orgs": {"acme": trust_entry(

@@ -61,6 +61,31 @@ def test_concurrent_writers_never_repeat_a_revision(fresh_postgres_url: str) -> 
             s.close()
 
 
+def test_replicas_starting_together_migrate_the_schema_once(fresh_postgres_url: str) -> None:
+    """Hubs started at the same moment on an empty database: the schema is created
+    under an advisory lock, so none fails on a concurrent CREATE TABLE."""
+    import threading
+
+    barrier = threading.Barrier(6)
+
+    def open_one(_: int) -> FeedStore:
+        barrier.wait()
+        return FeedStore(fresh_postgres_url)
+
+    async def go() -> list[FeedStore]:
+        return list(await asyncio.gather(*(asyncio.to_thread(open_one, i) for i in range(6))))
+
+    stores = run(go())
+    try:
+        assert all(s.dialect == "postgresql" for s in stores)
+        assert stores[0]._store.schema_version() == stores[-1]._store.schema_version() >= 1
+        assert stores[0].record([(_report("laptop", 1), [])]) == {"acme": 1}
+        assert stores[-1].revisions() == {"acme": 1}
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_two_replicas_share_the_feed_and_restart_loses_nothing(
     tmp_path: Path, fresh_postgres_url: str
 ) -> None:

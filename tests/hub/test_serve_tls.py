@@ -116,7 +116,7 @@ def test_serve_over_mtls_with_follow_and_stun(tmp_path: Path) -> None:
             head = git(repo, "rev-parse", "HEAD")
             await wait_for(lambda: hub.snapshot is not None and hub.snapshot.commit == head)
             acme_ctx = client_ctx(acme.keys.ca_pem, files["laptop"])
-            # the public manifest with SNI acme.hub, chained to acme's CA
+            # the manifest (mTLS) with SNI acme.hub, chained to acme's CA
             status, body = await fetch(port, "/v1/orgs/acme/manifest", acme_ctx, "acme.hub")
             assert status == 200 and body == hub.org("acme").manifest
             # SNI beta.hub gets beta's certificate (acme's CA cannot verify it)
@@ -144,6 +144,19 @@ def test_serve_over_mtls_with_follow_and_stun(tmp_path: Path) -> None:
             status, body = await fetch(port, "/v1/orgs/acme/endpoints",
                                        client_ctx(acme.keys.ca_pem, files["stolen"]), "acme.hub")
             assert status == 401 and b"revoked" in body
+            # the manifest over real TLS: no client certificate 401, org B's device 403,
+            # revoked 401; the device certificate itself is public (agent bootstrap)
+            anonymous = client_ctx(acme.keys.ca_pem)
+            status, body = await fetch(port, "/v1/orgs/acme/manifest", anonymous, "acme.hub")
+            assert status == 401 and b"no-certificate" in body
+            status, _ = await fetch(port, "/v1/orgs/acme/manifest", phone_in_acme, "acme.hub")
+            assert status == 403
+            status, body = await fetch(port, "/v1/orgs/acme/manifest",
+                                       client_ctx(acme.keys.ca_pem, files["stolen"]), "acme.hub")
+            assert status == 401 and b"revoked" in body
+            status, body = await fetch(port, "/v1/orgs/acme/devices/laptop/cert", anonymous,
+                                       "acme.hub")
+            assert status == 200 and laptop.cert_pem.encode() in body.replace(b"\\n", b"\n")
             with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
                 await fetch(port, "/v1/orgs/acme/endpoints",
                             client_ctx(acme.keys.ca_pem, files["old"]), "acme.hub")

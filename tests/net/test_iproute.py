@@ -14,6 +14,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from reconciler.errors import BackendError, BackendUnavailable
 from reconciler.model.wg import DesiredPeer
 from reconciler.net.iproute import IPRouteLinks, parse_addr_json, parse_route_json
+from reconciler.net.sysctl import FORWARD_KEYS
 from reconciler.plan import (
     AddAddress,
     AddPeer,
@@ -75,8 +76,11 @@ class FakeRun:
 
     def __call__(self, cmd: list[str]) -> subprocess.CompletedProcess[str]:
         self.cmds.append(cmd)
-        kind = "addr" if "addr" in cmd else ("route6" if "-6" in cmd else "route4")
-        rc, out, err = self.answers[kind]
+        if "sysctl" in cmd:
+            kind = "sysctl"
+        else:
+            kind = "addr" if "addr" in cmd else ("route6" if "-6" in cmd else "route4")
+        rc, out, err = self.answers.get(kind, (0, "", "")) if kind == "sysctl" else self.answers[kind]
         return subprocess.CompletedProcess(cmd, rc, out, err)
 
 
@@ -84,7 +88,9 @@ def test_observe_uses_ip_json_in_the_namespace() -> None:
     run = FakeRun({"addr": (0, ADDR_JSON, ""), "route4": (0, ROUTE4_JSON, ""), "route6": (0, ROUTE6_JSON, "")})
     obs = IPRouteLinks("ns1", run=run).observe("wg0")
     assert obs.routes == ("10.77.0.0/16", "10.1.2.3/32", "fd00:77::/48")
-    assert all(cmd[:4] == ["ip", "-n", "ns1", "-j"] for cmd in run.cmds)
+    assert all(cmd[:4] == ["ip", "-n", "ns1", "-j"] for cmd in run.cmds[:3])
+    assert run.cmds[3] == ["ip", "netns", "exec", "ns1", "sysctl", *FORWARD_KEYS]
+    assert obs.forwarding is None  # nothing readable
 
 
 def test_observe_missing_device_and_namespace() -> None:

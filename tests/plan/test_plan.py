@@ -13,9 +13,11 @@ from reconciler.model.wg import ABSENT, ObservedInterface, ObservedPeer
 from reconciler.plan import (
     AddPeer,
     RemovePeer,
+    SetForwarding,
     SetPrivateKey,
     UpdatePeer,
     plan,
+    simulate,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -58,6 +60,14 @@ def _cases() -> dict[str, tuple]:
             dataclasses.replace(base, private_key=key(9)),
             seen,
         ),
+        "relay-forwarding-off": (
+            dataclasses.replace(base, forwarding=True),
+            dataclasses.replace(seen, forwarding=False, up=False),
+        ),
+        "relay-fresh-interface": (
+            dataclasses.replace(base, forwarding=True),
+            dataclasses.replace(ABSENT, name="wg-mesh"),
+        ),
     }
 
 
@@ -73,6 +83,40 @@ def test_golden(case: str) -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(text)
     assert text == path.read_text()
+
+
+class TestForwarding:
+    def test_relay_with_forwarding_off_or_unobserved_gets_it_on(self) -> None:
+        d = desired(peer(2), forwarding=True)
+        for seen in (False, None):
+            ops = plan(d, observed_from(d, forwarding=seen), NOW)
+            assert ops == (SetForwarding("wg-mesh", True),)
+            assert str(ops[0]) == "set ip forwarding on"
+
+    def test_relay_with_forwarding_on_is_converged(self) -> None:
+        d = desired(peer(2), forwarding=True)
+        assert plan(d, observed_from(d, forwarding=True), NOW) == ()
+
+    def test_forwarding_is_never_turned_off(self) -> None:
+        d = desired(peer(2))  # not a relay
+        assert plan(d, observed_from(d, forwarding=True), NOW) == ()
+        assert not any(isinstance(op, SetForwarding)
+                       for op in plan(d, dataclasses.replace(ABSENT, name="wg-mesh"), NOW))
+
+    def test_forwarding_comes_after_link_up_before_peer_updates(self) -> None:
+        d = desired(peer(2), forwarding=True)
+        seen = observed_from(d, up=False, forwarding=False)
+        seen = dataclasses.replace(seen, peers={key(2): ObservedPeer(key(2), ())})
+        names = [type(op).__name__ for op in plan(d, seen, NOW)]
+        assert names == ["SetLinkUp", "SetForwarding", "UpdatePeer"]
+
+    def test_simulate_keeps_forwarding_across_create(self) -> None:
+        d = desired(peer(2), forwarding=True)
+        start = ObservedInterface(name="wg-mesh", exists=False, forwarding=True)
+        ops = plan(d, start, NOW)
+        assert not any(isinstance(op, SetForwarding) for op in ops)
+        assert simulate(start, ops).forwarding is True
+        assert simulate(start, [SetForwarding("wg-mesh", False)]).forwarding is False
 
 
 def test_converged_plans_nothing_and_ignores_link_local() -> None:

@@ -58,13 +58,15 @@ def desired_ifaces(draw) -> DesiredInterface:
         peers={p.public_key: p for p in peers},
         routes=tuple(draw(st.sets(nets, max_size=2))),
         mtu=draw(st.sampled_from([0, 1280, 1420])),
+        forwarding=draw(st.booleans()),
     )
 
 
 @st.composite
 def observed_ifaces(draw) -> ObservedInterface:
+    forwarding = draw(st.sampled_from([None, False, True]))
     if not draw(st.booleans()):
-        return ObservedInterface(name="wg-mesh", exists=False)
+        return ObservedInterface(name="wg-mesh", exists=False, forwarding=forwarding)
     peers = draw(st.lists(observed_peers(), max_size=6, unique_by=lambda p: p.public_key))
     return ObservedInterface(
         name="wg-mesh",
@@ -76,6 +78,7 @@ def observed_ifaces(draw) -> ObservedInterface:
         up=draw(st.booleans()),
         mtu=draw(st.sampled_from([0, 1280, 1420])),
         peers={p.public_key: p for p in peers},
+        forwarding=forwarding,
     )
 
 
@@ -86,6 +89,10 @@ def test_plan_apply_plan_is_empty(want: DesiredInterface, have: ObservedInterfac
     after = simulate(have, ops)
     assert plan(want, after, NOW) == ()
     assert plan(want, have, NOW) == ops  # deterministic
+    if want.forwarding:
+        assert after.forwarding is True
+    else:  # never turned off, never touched
+        assert after.forwarding == have.forwarding
 
 
 @settings(max_examples=100, deadline=None)
