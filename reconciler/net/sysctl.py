@@ -150,8 +150,8 @@ class Sysctl:
                 ) from exc
             except OSError as exc:
                 reason = "read-only /proc/sys" if exc.errno == errno.EROFS else exc.strerror
-                raise BackendError(f"{what}: cannot write {key} ({reason}); {_hint(key, value)}") \
-                    from exc
+                message = f"{what}: cannot write {key} ({reason}); {_hint(key, value)}"
+                raise BackendError(message) from exc
             return
         res = self._run(["ip", "netns", "exec", self.netns, "sysctl", "-q", "-w", f"{key}={value}"])
         if res.returncode == 0:

@@ -181,3 +181,17 @@ def test_real_namespace_forwarding(netns: str) -> None:
     sysctl.write(IPV4_FORWARD, "1", what="set ip forwarding on")
     assert _read_back(netns, IPV4_FORWARD) == "1"
     assert sysctl.read(FORWARD_KEYS)[IPV4_FORWARD] == "1"
+
+
+def test_read_only_proc_sys_names_the_container_fix(tmp_path: Path) -> None:
+    class ReadOnly(Sysctl):
+        def path(self, key: str) -> Path:
+            return _ReadOnlyPath(str(super().path(key)))  # type: ignore[return-value]
+
+    with pytest.raises(BackendError, match=r"read-only /proc/sys.*--sysctl net.ipv4.ip_forward=1"):
+        ReadOnly(proc_sys=fake_proc(tmp_path)).write(IPV4_FORWARD, "1", what="set ip forwarding on")
+
+
+class _ReadOnlyPath(str):
+    def write_text(self, *args: object, **kw: object) -> int:
+        raise OSError(30, "Read-only file system", str(self))
