@@ -119,7 +119,8 @@ def build_network(topo: Topology, nn: Netns) -> None:
     on_internet("stun", list(topo.stun_ips))
     for node in topo.nodes:
         if node.site is None:
-            on_internet(node.name, [node.ip], forward=node.relay)
+            # relays: the agent enables forwarding itself (SetForwarding); the lab must not
+            on_internet(node.name, [node.ip])
     for site in topo.sites:
         gw = on_internet(f"gw-{site.name}", [site.wan_ip], forward=True)
         nn.bridge(gw, "lan")
