@@ -495,6 +495,7 @@ def applied_summary(config: AgentConfig, manifest: Manifest,
         "commit": manifest.commit,
         "not_after": manifest.not_after,
         "member": want.member,
+        "relay": want.interface.forwarding,  # status checks the FORWARD chain for relays
         "addresses": list(want.interface.addresses),
         "listen_port": want.interface.listen_port,
         "peers": [

@@ -241,7 +241,15 @@ def status(args: argparse.Namespace) -> int:
         observed = backend.observe(config.interface)
     finally:
         backend.close()
-    st = build_status(StateDir(config.state_dir).load_applied(), observed, time.time())
+    applied = StateDir(config.state_dir).load_applied()
+    warnings = []
+    if applied and applied.get("relay"):
+        from reconciler.net.firewall import forward_drop_warning
+
+        warning = forward_drop_warning(config.interface, config.netns)
+        if warning:
+            warnings.append(warning)
+    st = build_status(applied, observed, time.time(), warnings=warnings)
     if args.format == "json":
         print(json.dumps(st.as_dict(), indent=2, sort_keys=True))
     else:

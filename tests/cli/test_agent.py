@@ -109,3 +109,29 @@ def test_render_wg_quick(enrolled, tmp_path, capsys) -> None:
     text = out.read_text()
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert "[Interface]" in text and wg_keypair(2)[1] in text and "10.77.0.2/32" in text
+
+
+def test_status_checks_the_forward_chain_only_for_relays(enrolled, capsys, monkeypatch) -> None:
+    from reconciler.agent.config import load_config
+    from reconciler.agent.state import APPLIED
+
+    config, _, _backend, publish = enrolled
+    publish(4, peers=("beta",))
+    main(["agent", "apply", "--config", str(config)])
+    capsys.readouterr()
+    checked: list[str] = []
+
+    def fake_warning(interface: str, netns: str | None = None) -> str:
+        checked.append(interface)
+        return f"FORWARD chain drops traffic on {interface}"
+
+    monkeypatch.setattr("reconciler.net.firewall.forward_drop_warning", fake_warning)
+    assert main(["agent", "status", "--config", str(config), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == [] and checked == []  # not a relay
+    applied = Path(load_config(config).state_dir) / APPLIED
+    summary = json.loads(applied.read_text())
+    assert summary["relay"] is False
+    applied.write_text(json.dumps({**summary, "relay": True}))
+    assert main(["agent", "status", "--config", str(config), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["warnings"] == [f"FORWARD chain drops traffic on {checked[0]}"]
