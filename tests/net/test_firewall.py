@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
@@ -68,15 +67,6 @@ def test_no_warning_when_it_passes_or_cannot_be_read() -> None:
 
     assert forward_drop_warning("mo-acme", run=missing) is None
 
-
-@pytest.fixture
-def netns():
-    name = f"mo-fw-{os.getpid()}-ipt"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 @pytest.mark.root

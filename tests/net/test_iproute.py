@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from itertools import count
 from typing import Any
 
 import pytest
@@ -179,18 +178,6 @@ def test_create_wireguard_without_module_points_to_userspace(netns: str) -> None
     finally:
         links.close()
 
-
-_seq = count()
-
-
-@pytest.fixture
-def netns():
-    name = f"mo-net-{os.getpid()}-{next(_seq)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 @pytest.mark.root

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -158,15 +157,6 @@ def test_links_turn_on_ipv6_forwarding_for_an_ipv6_address_in_the_batch(tmp_path
     assert (root / "net/ipv4/ip_forward").read_text() == "1\n"
     assert (root / "net/ipv6/conf/all/forwarding").read_text() == "1\n"
 
-
-@pytest.fixture
-def netns():
-    name = f"mo-fw-{os.getpid()}-sys"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 def _read_back(netns: str, key: str) -> str:
