@@ -6,8 +6,8 @@ an ``EndpointFeed``; ``build_report(...)`` is the JSON body of
 ``POST /v1/orgs/{org}/endpoints`` (docs/architecture.md, "Hub HTTP API
 shapes"): own candidates (STUN, local, static) and the reflection
 observations (what this device's WireGuard sees as its peers' source
-addresses). ``local_address(target)`` is the one I/O helper: the source
-address the routing table picks towards the hub (a LAN candidate).
+addresses). It does no I/O: the source address towards the hub (a LAN
+candidate) comes from ``agent.fetch.route_source``.
 
 Called by ``agent.reconcile``. The agent never imports ``reconciler.hub``.
 """
@@ -15,7 +15,6 @@ Called by ``agent.reconcile``. The agent never imports ``reconciler.hub``.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -197,18 +196,6 @@ def build_report(
         "serial": manifest.serial,
         "observations": observations,
     }
-
-
-def local_address(host: str, port: int) -> str | None:
-    """The source IP this host uses towards ``host`` (no packet is sent: a UDP
-    ``connect`` only consults the routing table)."""
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect((host, port or 9))
-            return str(sock.getsockname()[0])
-    except OSError:
-        return None
 
 
 def with_port(ip: str | None, port: int) -> str | None:

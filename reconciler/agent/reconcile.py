@@ -48,7 +48,7 @@ from reconciler.agent import desired as desired_mod
 from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent import paths as paths_mod
 from reconciler.agent.config import AgentConfig, read_private_key
-from reconciler.agent.fetch import Response
+from reconciler.agent.fetch import Response, route_source
 from reconciler.agent.state import DEVICE_CERT, HUB_CA, CachedManifest, StateDir
 from reconciler.backends.base import Backend
 from reconciler.errors import ConfigError, FetchError, ManifestRefused, NotConverged, PkiError
@@ -361,7 +361,7 @@ def hub_local_ip(config: AgentConfig) -> str | None:
         hub_host = hub_host[1:].split("]", 1)[0]
     elif hub_host.count(":") == 1:
         hub_host = hub_host.rsplit(":", 1)[0]
-    return endpoints_mod.local_address(hub_host, 443) if hub_host else None
+    return route_source(hub_host, 443) if hub_host else None
 
 
 def repoint(ops: tuple[Operation, ...], want: DesiredInterface, observed: ObservedInterface,
