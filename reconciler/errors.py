@@ -13,6 +13,7 @@ only loops (``agent run``, ``hub serve``) and the CLI read it::
     │   ├── SecretsError               SOPS / PGP: no key, MAC mismatch, bad format
     │   ├── PkiError                   CA, certificate or signing-key problem
     │   ├── ConfigError                agent or hub configuration is wrong
+    │   ├── InputRefused               a peer or file sent too much, too deep, or not JSON; .reason
     │   └── BackendError               the WireGuard/netlink backend refused an operation
     └── TemporaryError(delay)          try again later (agent exit 75)
         ├── FetchError                 hub/manifest/feed unreachable, HTTP 5xx, timeouts
@@ -111,6 +112,16 @@ class PkiError(PermanentError):
 
 class ConfigError(PermanentError):
     """Agent or hub configuration is wrong."""
+
+
+class InputRefused(PermanentError):
+    """Data from a peer or a file was refused before use: too large, nested too
+    deep, not JSON, or a stream that took too long. ``reason`` is a stable code
+    (``too-large``, ``too-deep``, ``not-json``, ``too-slow``, ``bomb``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class BackendError(PermanentError):

@@ -1,0 +1,71 @@
+"""JSON from peers and files, read within bounds: size, nesting depth, encoding.
+
+``loads(data, what=..., max_bytes=..., max_depth=...)`` is the one JSON reader
+for anything a peer, a server or a file on disk supplies: the agent (manifests,
+the feed, certificates, its own state and config), ``pki`` (envelopes,
+manifest payloads) and the hub (request bodies). The standard library parser
+recurses once per nesting level, so a 200,000-deep document ends in a
+``RecursionError``; here the depth is measured first, in linear time, over the
+document with its strings removed, and a document over ``max_depth`` is
+refused before it is parsed. Every refusal is an ``InputRefused`` whose
+``reason`` is stable (``too-large``, ``too-deep``, ``not-json``) and whose
+message names ``what`` was read. Standard library only: it sits beside
+``errors`` at the bottom layer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from reconciler.errors import InputRefused
+
+DEFAULT_MAX_DEPTH = 64
+# Strings are removed before brackets are counted; possessive quantifiers keep
+# the scan linear on hostile input.
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPEN = frozenset(b"[{")
+
+
+def nesting_depth(data: bytes) -> int:
+    """The deepest ``[``/``{`` nesting of ``data`` outside strings."""
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in brackets:
+        if byte in _OPEN:
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def loads(data: bytes | str, *, what: str, max_bytes: int,
+          max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """Parse ``data`` as JSON, refusing more than ``max_bytes`` bytes, nesting
+    deeper than ``max_depth``, invalid UTF-8 and invalid JSON (including
+    ``NaN``/``Infinity``, which JSON does not have)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if len(raw) > max_bytes:
+        raise InputRefused("too-large", f"{what}: {len(raw)} bytes is over the limit of "
+                                        f"{max_bytes} bytes")
+    depth = nesting_depth(raw)
+    if depth > max_depth:
+        raise InputRefused("too-deep", f"{what}: JSON nested {depth} levels deep, over the "
+                                       f"limit of {max_depth}")
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(text, parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise InputRefused("not-json", f"{what}: not UTF-8 (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise InputRefused("not-json", f"{what}: not JSON: {exc.msg} at line {exc.lineno} "
+                                       f"column {exc.colno}") from exc
+    except (ValueError, RecursionError) as exc:  # a constant, or an int over 4,300 digits
+        raise InputRefused("not-json", f"{what}: not acceptable JSON: {exc}") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
