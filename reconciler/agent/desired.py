@@ -40,10 +40,10 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from reconciler.converge.keys import public_key
 from reconciler.errors import ConfigError
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import DesiredInterface, DesiredPeer
-from reconciler.plan.keys import public_key
 
 PATHS = ("direct", "lan", "relay")
 

@@ -51,14 +51,7 @@ from reconciler.agent.config import AgentConfig, read_private_key
 from reconciler.agent.fetch import Response, route_source
 from reconciler.agent.state import DEVICE_CERT, HUB_CA, CachedManifest, StateDir
 from reconciler.backends.base import Backend
-from reconciler.errors import ConfigError, FetchError, ManifestRefused, NotConverged, PkiError
-from reconciler.model.endpoints import EndpointFeed
-from reconciler.model.manifest import Manifest
-from reconciler.model.wg import DesiredInterface, ObservedInterface
-from reconciler.pki.certs import load_cert
-from reconciler.pki.envelope import Trust, load_trust
-from reconciler.pki.manifest import verify_manifest
-from reconciler.plan import (
+from reconciler.converge import (
     AddPeer,
     CreateInterface,
     Operation,
@@ -67,6 +60,13 @@ from reconciler.plan import (
     endpoint_needs_set,
     plan,
 )
+from reconciler.errors import ConfigError, FetchError, ManifestRefused, NotConverged, PkiError
+from reconciler.model.endpoints import EndpointFeed
+from reconciler.model.manifest import Manifest
+from reconciler.model.wg import DesiredInterface, ObservedInterface
+from reconciler.pki.certs import load_cert
+from reconciler.pki.envelope import Trust, load_trust
+from reconciler.pki.manifest import verify_manifest
 from reconciler.policy import peers_allowed
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The agent (``reconciler.agent``) opens a backend with
 ``reconciler.backends.open_backend(kind, **opts)``, calls ``observe(name)``,
-feeds the result to ``reconciler.plan.plan``, and hands the operations to
+feeds the result to ``reconciler.converge.plan``, and hands the operations to
 ``apply``. Then it observes again to verify.
 
 WireGuard state (keys, port, peers) is the backend's own job. Link state
@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from reconciler.converge.ops import Operation
 from reconciler.model.wg import ObservedInterface
-from reconciler.plan.ops import Operation
 
 DEFAULT_RUN_DIR = "/var/run/wireguard"
 DEFAULT_STATE_DIR = "/var/lib/meshops/wireguard"
@@ -57,7 +57,7 @@ class LinkControl(Protocol):
     ``observe`` returns an ``ObservedInterface`` with only ``name``,
     ``exists``, ``up``, ``mtu``, ``addresses``, ``routes`` and ``forwarding``
     (IP forwarding in the interface's namespace, ``None`` = unknown) filled in.
-    ``apply`` carries out the ``reconciler.plan.ops.LINK_OPS`` among ``ops``
+    ``apply`` carries out the ``reconciler.converge.ops.LINK_OPS`` among ``ops``
     and ignores the others. ``create_wireguard(name)`` makes a kernel
     WireGuard link (kernel backend only).
     """

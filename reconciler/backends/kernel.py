@@ -29,10 +29,8 @@ from typing import Any
 
 from reconciler.backends.base import LinkControl
 from reconciler.backends.uapi import uapi_endpoint
-from reconciler.errors import BackendError, BackendUnavailable, ConfigError
-from reconciler.model.wg import ObservedInterface, ObservedPeer
-from reconciler.plan.keys import public_key as derive_public_key
-from reconciler.plan.ops import (
+from reconciler.converge.keys import public_key as derive_public_key
+from reconciler.converge.ops import (
     LINK_OPS,
     AddPeer,
     CreateInterface,
@@ -42,6 +40,8 @@ from reconciler.plan.ops import (
     SetPrivateKey,
     UpdatePeer,
 )
+from reconciler.errors import BackendError, BackendUnavailable, ConfigError
+from reconciler.model.wg import ObservedInterface, ObservedPeer
 
 NO_MODULE = (
     "the WireGuard kernel module is not available (generic netlink family "

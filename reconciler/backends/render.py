@@ -5,7 +5,7 @@ For devices no agent runs on (phones, routers): ``meshops agent render
 (``open_backend("render", path=...)``) lets the agent's normal
 observe/plan/apply loop maintain such a file: ``observe`` parses it,
 ``apply`` replays the operations on the parsed state
-(``reconciler.plan.simulate``) and rewrites the file atomically, mode 0600
+(``reconciler.converge.simulate``) and rewrites the file atomically, mode 0600
 (it holds the private key).
 
 Format (wg-quick(8)): ``[Interface]`` with ``PrivateKey``, ``Address``,
@@ -27,18 +27,18 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler.errors import BackendError
-from reconciler.fsio import atomic_write
-from reconciler.model.wg import DesiredInterface, ObservedInterface, ObservedPeer
-from reconciler.plan.keys import public_key
-from reconciler.plan.ops import (
+from reconciler.converge.keys import public_key
+from reconciler.converge.ops import (
     AddPeer,
     CreateInterface,
     Operation,
     SetPrivateKey,
     UpdatePeer,
 )
-from reconciler.plan.simulate import simulate
+from reconciler.converge.simulate import simulate
+from reconciler.errors import BackendError
+from reconciler.fsio import atomic_write
+from reconciler.model.wg import DesiredInterface, ObservedInterface, ObservedPeer
 
 HEADER = "# Written by meshops; changes are overwritten on the next run."
 IPV4_FORWARD_UP = "sysctl -w net.ipv4.ip_forward=1"

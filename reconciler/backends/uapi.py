@@ -35,11 +35,9 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 
-from reconciler.errors import BackendError, BackendUnavailable
-from reconciler.model.wg import ObservedInterface, ObservedPeer
-from reconciler.plan.keys import decode_key
-from reconciler.plan.keys import public_key as derive_public_key
-from reconciler.plan.ops import (
+from reconciler.converge.keys import decode_key
+from reconciler.converge.keys import public_key as derive_public_key
+from reconciler.converge.ops import (
     AddPeer,
     CreateInterface,
     Operation,
@@ -48,6 +46,8 @@ from reconciler.plan.ops import (
     SetPrivateKey,
     UpdatePeer,
 )
+from reconciler.errors import BackendError, BackendUnavailable
+from reconciler.model.wg import ObservedInterface, ObservedPeer
 
 EADDRINUSE = 98
 EINVAL = 22

@@ -42,9 +42,9 @@ from pathlib import Path
 
 from reconciler.backends.base import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, LinkControl
 from reconciler.backends.uapi import UapiClient, set_lines, transactions
+from reconciler.converge.ops import LINK_OPS, WG_OPS, CreateInterface, Operation
 from reconciler.errors import BackendError, BackendUnavailable, ConfigError
 from reconciler.model.wg import ObservedInterface
-from reconciler.plan.ops import LINK_OPS, WG_OPS, CreateInterface, Operation
 
 IFNAMSIZ = 15
 LOG_ROTATE_BYTES = 1 << 20

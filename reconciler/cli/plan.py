@@ -2,7 +2,7 @@
 
 ``meshops plan [REPO] --base REV [--head REV] [--format markdown|json|text]``
 loads the repository at two revisions through ``reconciler.config.load`` and
-prints ``reconciler.policy.diff.plan_diff`` of them: devices added, removed
+prints ``reconciler.policy.review.review_diff`` of them: devices added, removed
 and changed, and the reachability diff. Without ``--head`` the head side is
 the working tree of REPO (uncommitted edits included), which is what a
 developer wants before committing; CI passes ``--head HEAD``. Exit codes: 0
@@ -72,7 +72,7 @@ def _print_problems(side: str, problems: Any) -> None:
 
 def plan(args: argparse.Namespace) -> int:
     from reconciler.config import load
-    from reconciler.policy.diff import plan_diff, render_json, render_markdown, render_text
+    from reconciler.policy.review import render_json, render_markdown, render_text, review_diff
 
     base = load(args.repo, args.base)
     head = load(args.repo, args.head)
@@ -84,7 +84,7 @@ def plan(args: argparse.Namespace) -> int:
             bad = 1
     if bad or base.repo is None or head.repo is None:
         return 1
-    report = plan_diff(base.repo, head.repo)
+    report = review_diff(base.repo, head.repo)
     render = {"markdown": render_markdown, "json": render_json, "text": render_text}
     sys.stdout.write(render[args.format](report))
     return 0

@@ -19,9 +19,9 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
 
+from reconciler.converge import keys
 from reconciler.errors import Problem
 from reconciler.model.repo import Device, Mesh, Organization, OrgState, Policy, Source, User
-from reconciler.plan import keys
 
 DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _NAME_REMEDY = ("use a DNS label: lowercase letters, digits and '-', at most 63 characters, "

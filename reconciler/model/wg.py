@@ -2,7 +2,7 @@
 
 The agent computes a ``DesiredInterface`` from a verified manifest and the
 endpoint feed; a backend returns an ``ObservedInterface``;
-``reconciler.plan.plan(desired, observed, now)`` diffs them. Keys are base64
+``reconciler.converge.plan(desired, observed, now)`` diffs them. Keys are base64
 (as in ``wg``); backends convert to hex for UAPI. Allowed IPs, addresses and
 routes are canonical CIDR strings (``ipaddress.ip_network(..., strict=False)``).
 ``forwarding`` is a property of the interface's network namespace (or host),

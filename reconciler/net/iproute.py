@@ -38,15 +38,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from reconciler.errors import BackendError, BackendUnavailable
-from reconciler.model.wg import ObservedInterface
-from reconciler.net.sysctl import (
-    FORWARD_KEYS,
-    Sysctl,
-    forwarding_keys,
-    forwarding_state,
-)
-from reconciler.plan.ops import (
+from reconciler.converge.ops import (
     AddAddress,
     AddRoute,
     Operation,
@@ -55,6 +47,14 @@ from reconciler.plan.ops import (
     SetForwarding,
     SetLinkUp,
     SetMtu,
+)
+from reconciler.errors import BackendError, BackendUnavailable
+from reconciler.model.wg import ObservedInterface
+from reconciler.net.sysctl import (
+    FORWARD_KEYS,
+    Sysctl,
+    forwarding_keys,
+    forwarding_state,
 )
 
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]

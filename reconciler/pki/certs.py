@@ -33,11 +33,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from reconciler.converge.keys import decode_key
 from reconciler.errors import PkiError
 from reconciler.model.repo import Device
 from reconciler.pki.ca import OrgKeys, key_usage, utc
 from reconciler.pki.keys import public_b64, public_from_b64
-from reconciler.plan.keys import decode_key
 
 # Private enterprise arc chosen for meshops (documented in docs/security.md).
 # A UUID-derived OID (ITU-T X.667 / RFC 4122 section 4 "2.25.<uuid as integer>"):

@@ -13,8 +13,8 @@ import hashlib
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from reconciler.converge.keys import decode_key
 from reconciler.errors import PkiError
-from reconciler.plan.keys import decode_key
 
 
 def raw_public(key: Ed25519PublicKey) -> bytes:

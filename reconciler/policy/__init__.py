@@ -3,7 +3,7 @@
 * ``evaluate(org_state, src, dst, proto, port) -> Decision`` and
   ``run_tests(org_state) -> tuple[TestOutcome, ...]``: called by
   ``reconciler.config`` for ``meshops validate``;
-* ``reachability(org_state) -> Matrix`` and ``diff.plan_diff(base, head)``:
+* ``reachability(org_state) -> Matrix`` and ``diff.review_diff(base, head)``:
   ``meshops plan``;
 * ``compile_policy(org_state) -> CompiledPolicy``: ``reconciler.pki.manifest``;
 * ``evaluate_compiled(...)`` and ``peers_allowed(manifest, me)``: agents.

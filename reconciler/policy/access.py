@@ -1,7 +1,7 @@
 """What one device may send to another: a compact set of (protocol, ports).
 
 ``Access`` is the value type of the reachability matrix and of the plan diff
-(``reconciler.policy.reach`` and ``reconciler.policy.diff``). It holds merged
+(``reconciler.policy.reach`` and ``reconciler.policy.review``). It holds merged
 TCP and UDP port ranges and an ICMP flag, supports union and difference, and
 renders as ``"all"`` or ``"tcp 22,443; udp 53; icmp"``. Pure and stdlib-only.
 """

@@ -3,7 +3,7 @@
 ``evaluate(org_state, src, dst, proto, port)`` is the reference semantics that
 the compiled form (``compiled.evaluate_compiled``) and the reachability matrix
 (``reach``) must agree with. Called by ``reconciler.config`` (policy tests in
-``meshops validate``), ``policy.diff`` and tests. Pure and stdlib-only.
+``meshops validate``), ``policy.review`` and tests. Pure and stdlib-only.
 
 Semantics (docs/policy.md has the long form):
 

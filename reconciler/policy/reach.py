@@ -1,6 +1,6 @@
 """The reachability matrix of one org: what every enabled device may send to every other.
 
-Called by ``policy.diff`` (``meshops plan``), docs and tests. Devices are
+Called by ``policy.review`` (``meshops plan``), docs and tests. Devices are
 grouped into classes by the rules whose src and dst select them; the access of
 a pair depends only on the two classes, so the work is O(rules x devices +
 classes^2), not O(devices^2). ``Matrix.get`` and ``Matrix.pairs`` expand it on

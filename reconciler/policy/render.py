@@ -1,7 +1,7 @@
-"""Render a ``PlanReport`` as markdown (a PR comment), plain text or JSON.
+"""Render a ``ReviewReport`` as markdown (a PR comment), plain text or JSON.
 
-Called by ``meshops plan`` through ``policy.diff``. All three are
-deterministic: inputs are sorted by ``plan_diff`` and JSON keys are sorted.
+Called by ``meshops plan`` through ``policy.review``. All three are
+deterministic: inputs are sorted by ``review_diff`` and JSON keys are sorted.
 Markdown stays below GitHub's comment limit by capping each table at
 ``MAX_ROWS`` rows (the JSON form is never truncated). Pure and stdlib-only.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .report import DeviceEntry, FieldChange, OrgPlan, PlanReport, ReachChange
+from .report import DeviceEntry, FieldChange, OrgPlan, ReachChange, ReviewReport
 
 MAX_ROWS = 200
 MAX_NAMES = 8
@@ -89,7 +89,7 @@ def _md_org(o: OrgPlan) -> list[str]:
     return lines
 
 
-def render_markdown(report: PlanReport) -> str:
+def render_markdown(report: ReviewReport) -> str:
     head = [f"## {TITLE}", "",
             f"`{_short(report.base_commit, 'nothing')}` → `{_short(report.head_commit)}`", ""]
     if report.empty:
@@ -102,7 +102,7 @@ def render_markdown(report: PlanReport) -> str:
 
 # -- text -------------------------------------------------------------------
 
-def render_text(report: PlanReport) -> str:
+def render_text(report: ReviewReport) -> str:
     lines = [f"{TITLE}: {_short(report.base_commit, 'nothing')} -> {_short(report.head_commit)}"]
     if report.empty:
         return "\n".join(lines + ["No changes."]) + "\n"
@@ -155,7 +155,7 @@ def _json_org(o: OrgPlan) -> dict[str, Any]:
     }
 
 
-def report_dict(report: PlanReport) -> dict[str, Any]:
+def report_dict(report: ReviewReport) -> dict[str, Any]:
     s = report.summary()
     return {
         "base": report.base_commit,
@@ -168,5 +168,5 @@ def report_dict(report: PlanReport) -> dict[str, Any]:
     }
 
 
-def render_json(report: PlanReport) -> str:
+def render_json(report: ReviewReport) -> str:
     return json.dumps(report_dict(report), indent=2, sort_keys=True) + "\n"

@@ -1,6 +1,6 @@
 """The data of a ``meshops plan``: what a change to the org repository does.
 
-Built by ``policy.diff.plan_diff``, rendered by ``policy.render``. All tuples
+Built by ``policy.review.review_diff``, rendered by ``policy.render``. All tuples
 are sorted, so reports are stable and golden-testable. Pure and stdlib-only.
 """
 
@@ -88,7 +88,7 @@ class Summary:
 
 
 @dataclass(frozen=True)
-class PlanReport:
+class ReviewReport:
     base_commit: str | None
     head_commit: str | None
     orgs: tuple[OrgPlan, ...]

@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from reconciler.converge import plan, public_key
 from reconciler.model.wg import DesiredInterface, DesiredPeer, ObservedInterface, ObservedPeer
-from reconciler.plan import plan, public_key
 
 
 def _key(n: int) -> str:

@@ -5,7 +5,7 @@
 * ``policy_labels_bytes_per_device``: mean JSON bytes of ``ManifestDevice.labels``
   per device (the manifest's whole budget is 200 bytes/device).
 * ``policy_compiled_bytes``: JSON size of the compiled policy (independent of devices).
-* ``plan_diff_10k``: ``plan_diff`` + markdown between two 10,000-device repos
+* ``plan_diff_10k``: ``review_diff`` + markdown between two 10,000-device repos
   (one rule changed, one device added, one disabled).
 * ``allocate_next_free_10k``: ``next_free`` in a 10,000-device org.
 """
@@ -34,7 +34,7 @@ from reconciler.model.repo import (
     Rule,
 )
 from reconciler.policy import compile_policy, peers_allowed
-from reconciler.policy.diff import plan_diff, render_markdown
+from reconciler.policy.review import render_markdown, review_diff
 
 TAGS = ("web", "db", "cache", "ci", "laptop", "printer", "gpu", "edge")
 
@@ -131,7 +131,7 @@ def bench_plan_diff() -> dict[str, Any]:
 
     def once() -> None:
         nonlocal text
-        text = render_markdown(plan_diff(base, head))
+        text = render_markdown(review_diff(base, head))
 
     return {"value": _median(once, 3), "unit": "s", "goal": 2.0, "devices": 10_000,
             "markdown_bytes": len(text.encode())}

@@ -3,7 +3,7 @@
 * ``Org``: an org signing key, its pinned trust bytes, and signed manifests;
 * ``FakeFetch``: URL -> body/exception, with ETag and call records;
 * ``FakeBackend``: applies plan operations to an in-memory
-  ``ObservedInterface`` with ``reconciler.plan.simulate`` (the planner's own
+  ``ObservedInterface`` with ``reconciler.converge.simulate`` (the planner's own
   model of wireguard-go), counts apply calls, can inject drift and failures.
 """
 
@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from reconciler.agent.config import AgentConfig, atomic_write
 from reconciler.agent.fetch import Response
+from reconciler.converge import simulate
 from reconciler.errors import FetchError
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import ABSENT, ObservedInterface
 from reconciler.pki.envelope import trust_entry
 from reconciler.pki.manifest import encode_manifest, sign_manifest
-from reconciler.plan import simulate
 
 NOW = 1_763_800_000.0
 FP = "A" * 43

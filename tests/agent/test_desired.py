@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.agent.desired import PeerPath, compute_desired, host_network
+from reconciler.converge import SetForwarding, plan, simulate
 from reconciler.errors import ConfigError
 from reconciler.model.wg import ObservedInterface
-from reconciler.plan import SetForwarding, plan, simulate
 from reconciler.policy import peers_allowed
 
 from .helpers import NOW, Org, device, wg_keypair

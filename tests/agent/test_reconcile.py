@@ -9,11 +9,11 @@ import pytest
 
 from reconciler.agent.reconcile import reconcile_once
 from reconciler.agent.state import StateDir
+from reconciler.converge import AddPeer, RemovePeer, RemoveRoute, SetListenPort
 from reconciler.errors import FetchError, ManifestRefused, NotConverged
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
 from reconciler.model.wg import ObservedInterface
 from reconciler.pki.envelope import sign_envelope
-from reconciler.plan import AddPeer, RemovePeer, RemoveRoute, SetListenPort
 
 from .helpers import NOW, FakeBackend, FakeFetch, Org, device, wg_keypair
 
@@ -526,8 +526,8 @@ def test_only_direct_peers_are_reflected_dated_by_their_traffic(tmp_path) -> Non
 
 def test_repoint_sets_the_endpoint_over_a_fresh_session_and_merges_updates() -> None:
     from reconciler.agent.reconcile import repoint
+    from reconciler.converge import UpdatePeer
     from reconciler.model.wg import DesiredInterface, DesiredPeer, ObservedPeer
-    from reconciler.plan import UpdatePeer
 
     want = DesiredInterface("mo-acme", "k", 51820, ("10.77.0.1/24",), peers={
         "B": DesiredPeer("B", ("10.77.0.2/32",), "10.10.2.12:51820", 5, "beta"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from reconciler.converge.ops import LINK_OPS, Operation
 from reconciler.model.wg import ObservedInterface
-from reconciler.plan.ops import LINK_OPS, Operation
 
 
 class FakeLinks:

@@ -14,16 +14,14 @@ from socket import AF_INET, AF_INET6, inet_pton
 from typing import Any
 
 import pytest
-from plan.cases import NOW, desired, key, peer
+from converge.cases import NOW, desired, key, peer
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.generic.wireguard import wgmsg
 
 from backends.fakelinks import FakeLinks
 from reconciler.backends import open_backend
 from reconciler.backends.kernel import KernelBackend, decode_info, peer_request
-from reconciler.errors import BackendError, BackendUnavailable, ConfigError
-from reconciler.model.wg import ObservedInterface
-from reconciler.plan import (
+from reconciler.converge import (
     AddAddress,
     AddPeer,
     RemovePeer,
@@ -32,6 +30,8 @@ from reconciler.plan import (
     plan,
     public_key,
 )
+from reconciler.errors import BackendError, BackendUnavailable, ConfigError
+from reconciler.model.wg import ObservedInterface
 
 DATA = Path(__file__).parent / "data"
 

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from plan.cases import key
+from converge.cases import key
 
 from reconciler.backends.userspace import UserspaceBackend
+from reconciler.converge import SetForwarding, plan
 from reconciler.model.wg import DesiredInterface, DesiredPeer
 from reconciler.net.iproute import IPRouteLinks
-from reconciler.plan import SetForwarding, plan
 
 pytestmark = pytest.mark.root
 

@@ -7,11 +7,11 @@ import os
 import stat
 from pathlib import Path
 
-from plan.cases import NOW, PRIVATE, desired, key, peer
+from converge.cases import NOW, PRIVATE, desired, key, peer
 
 from reconciler.backends import open_backend
 from reconciler.backends.render import parse_wg_quick, render_wg_quick
-from reconciler.plan import plan
+from reconciler.converge import plan
 
 GOLDEN = Path(__file__).parent / "data" / "wg-mesh.conf"
 RELAY_GOLDEN = Path(__file__).parent / "data" / "wg-relay.conf"

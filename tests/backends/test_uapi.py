@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from plan.cases import key, peer
+from converge.cases import key, peer
 
 from reconciler.backends import uapi
-from reconciler.errors import BackendError, BackendUnavailable
-from reconciler.plan import (
+from reconciler.converge import (
     AddPeer,
     CreateInterface,
     RemovePeer,
@@ -19,6 +18,7 @@ from reconciler.plan import (
     UpdatePeer,
     public_key,
 )
+from reconciler.errors import BackendError, BackendUnavailable
 
 DATA = Path(__file__).parent / "data"
 

@@ -6,15 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
-from plan.cases import key, peer
+from converge.cases import key, peer
 
 from backends.fakelinks import FakeLinks
 from backends.fakeuapi import FakeUapi
 from reconciler.backends import Backend, open_backend
 from reconciler.backends.userspace import UserspaceBackend, check_ifname, is_wireguard_go_for
+from reconciler.converge import AddAddress, AddPeer, SetForwarding, SetListenPort, SetMtu
 from reconciler.errors import BackendError, BackendUnavailable, ConfigError
 from reconciler.model.wg import ObservedInterface
-from reconciler.plan import AddAddress, AddPeer, SetForwarding, SetListenPort, SetMtu
 
 DATA = Path(__file__).parent / "data"
 

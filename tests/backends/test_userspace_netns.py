@@ -20,13 +20,13 @@ from itertools import count
 from pathlib import Path
 
 import pytest
-from plan.cases import key
+from converge.cases import key
 
 from reconciler.backends.userspace import UserspaceBackend
+from reconciler.converge import CreateInterface, plan, public_key
 from reconciler.errors import BackendUnavailable
 from reconciler.model.wg import DesiredInterface, DesiredPeer
 from reconciler.net.iproute import IPRouteLinks
-from reconciler.plan import CreateInterface, plan, public_key
 
 pytestmark = pytest.mark.root
 _seq = count()
@@ -210,7 +210,7 @@ def test_daemon_survives_the_agent_process(lab: Lab) -> None:
         "sys.path.insert(0, 'tests')\n"
         "from reconciler.backends.userspace import UserspaceBackend\n"
         "from reconciler.net.iproute import IPRouteLinks\n"
-        "from reconciler.plan import plan\n"
+        "from reconciler.converge import plan\n"
         "from backends.test_userspace_netns import desired_for\n"
         f"b = UserspaceBackend(links=IPRouteLinks({ns!r}), netns={ns!r}, state_dir={str(lab.state_dir)!r})\n"
         f"want = desired_for({ifname!r})\n"

@@ -10,11 +10,7 @@ from typing import Any
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 
-from reconciler.errors import BackendError, BackendUnavailable
-from reconciler.model.wg import DesiredPeer
-from reconciler.net.iproute import IPRouteLinks, parse_addr_json, parse_route_json
-from reconciler.net.sysctl import FORWARD_KEYS
-from reconciler.plan import (
+from reconciler.converge import (
     AddAddress,
     AddPeer,
     AddRoute,
@@ -23,6 +19,10 @@ from reconciler.plan import (
     SetLinkUp,
     SetMtu,
 )
+from reconciler.errors import BackendError, BackendUnavailable
+from reconciler.model.wg import DesiredPeer
+from reconciler.net.iproute import IPRouteLinks, parse_addr_json, parse_route_json
+from reconciler.net.sysctl import FORWARD_KEYS
 
 # Recorded from `ip -j addr show dev wg0` on a wireguard-go TUN (iproute2 6.1).
 ADDR_JSON = json.dumps(

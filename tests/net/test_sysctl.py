@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.converge import AddAddress, SetForwarding, SetLinkUp
 from reconciler.errors import BackendError, BackendUnavailable
 from reconciler.net.iproute import IPRouteLinks
 from reconciler.net.sysctl import (
@@ -19,7 +20,6 @@ from reconciler.net.sysctl import (
     forwarding_state,
     parse_sysctl_output,
 )
-from reconciler.plan import AddAddress, SetForwarding, SetLinkUp
 
 
 def fake_proc(tmp_path: Path, v4: str | None = "0", v6: str | None = "0") -> Path:

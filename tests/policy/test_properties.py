@@ -117,13 +117,13 @@ def test_peers_allowed_is_the_symmetric_matrix(state):
 @settings(max_examples=150, deadline=None)
 @given(an_org(), an_org())
 def test_plan_reach_diff_matches_pairwise_diff(base, head):
-    from reconciler.policy.diff import plan_diff
+    from reconciler.policy.review import review_diff
 
     mb, mh = reachability(base), reachability(head)
     names = sorted(set(mb.devices) | set(mh.devices))
     want = {(s, d): (mh.get(s, d) - mb.get(s, d), mb.get(s, d) - mh.get(s, d))
             for s in names for d in names if s != d and mb.get(s, d) != mh.get(s, d)}
-    report = plan_diff(repo(base), repo(head))
+    report = review_diff(repo(base), repo(head))
     got: dict = {}
     for org in report.orgs:
         for c in org.reach:

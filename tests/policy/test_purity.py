@@ -13,7 +13,7 @@ FORBIDDEN = ("yaml", "jsonschema", "git", "pyroute2", "gnupg", "stun", "aiohttp"
 def test_import_loads_no_io_library():
     code = (
         "import sys, json\n"
-        "import reconciler.policy, reconciler.policy.diff\n"
+        "import reconciler.policy, reconciler.policy.review\n"
         f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]\n"
         "print(json.dumps(bad))\n"
     )

@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from reconciler.model.wg import ObservedInterface, ObservedPeer
-from reconciler.plan.keys import public_key
-from reconciler.plan.ops import (
+from reconciler.converge.keys import public_key
+from reconciler.converge.ops import (
     AddAddress,
     AddPeer,
     AddRoute,
@@ -29,6 +28,7 @@ from reconciler.plan.ops import (
     SetPrivateKey,
     UpdatePeer,
 )
+from reconciler.model.wg import ObservedInterface, ObservedPeer
 
 # wireguard-go creates its TUN with this MTU (device.DefaultMTU).
 DEFAULT_MTU = 1420

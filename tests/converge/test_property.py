@@ -1,6 +1,6 @@
 """Property: plan, simulate the operations, plan again -> nothing left.
 
-Also checks the planner's purity: plan/ imports only the stdlib and the
+Also checks the planner's purity: converge/ imports only the stdlib and the
 lower meshops layers.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plan.cases import NOW, key
+from converge.cases import NOW, key
+from reconciler.converge import plan, public_key, simulate
 from reconciler.model.wg import DesiredInterface, DesiredPeer, ObservedInterface, ObservedPeer
-from reconciler.plan import plan, public_key, simulate
 
 keys = st.integers(min_value=2, max_value=40).map(key)
 v4_hosts = st.integers(min_value=2, max_value=250).map(lambda n: f"10.0.{n // 100}.{n}/32")
@@ -108,7 +108,7 @@ def test_plan_is_removals_updates_additions(want: DesiredInterface, have: Observ
 
 def test_plan_package_imports_only_stdlib_and_lower_layers() -> None:
     package = Path(__file__).resolve().parents[2] / "reconciler" / "plan"
-    allowed_own = ("reconciler.plan", "reconciler.model", "reconciler.errors")
+    allowed_own = ("reconciler.converge", "reconciler.model", "reconciler.errors")
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names: list[str] = []

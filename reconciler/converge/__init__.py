@@ -2,13 +2,12 @@
 
 Stdlib only, no I/O. The agent calls ``plan`` and hands the operations to a
 backend (``reconciler.backends``); ``--dry-run`` prints them. See
-``reconciler.plan.diff`` for the rules (order, endpoint rule) and
-``reconciler.plan.ops`` for the operations.
+``reconciler.converge.planner`` for the rules (order, endpoint rule) and
+``reconciler.converge.ops`` for the operations.
 """
 
-from reconciler.plan.diff import STALE_HANDSHAKE, endpoint_needs_set, plan
-from reconciler.plan.keys import public_key
-from reconciler.plan.ops import (
+from reconciler.converge.keys import public_key
+from reconciler.converge.ops import (
     LINK_OPS,
     WG_OPS,
     AddAddress,
@@ -26,7 +25,8 @@ from reconciler.plan.ops import (
     SetPrivateKey,
     UpdatePeer,
 )
-from reconciler.plan.simulate import simulate
+from reconciler.converge.planner import STALE_HANDSHAKE, endpoint_needs_set, plan
+from reconciler.converge.simulate import simulate
 
 __all__ = [
     "LINK_OPS",

@@ -6,7 +6,7 @@ private key with the public key a backend observes without any I/O or
 third-party library. ``decode_key(text, what)`` is the one strict check
 for 32-byte base64 keys (also used by ``config.semantic``, ``pki`` and
 ``backends.uapi``, which translate its ``ValueError``). ``short(key)`` is the
-abbreviated form used in operation strings. Called by ``reconciler.plan.ops``
+abbreviated form used in operation strings. Called by ``reconciler.converge.ops``
 and ``.diff``.
 """
 

@@ -41,9 +41,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from reconciler.model.wg import DesiredInterface, DesiredPeer, ObservedInterface, ObservedPeer
-from reconciler.plan.keys import public_key
-from reconciler.plan.ops import (
+from reconciler.converge.keys import public_key
+from reconciler.converge.ops import (
     AddAddress,
     AddPeer,
     AddRoute,
@@ -59,6 +58,7 @@ from reconciler.plan.ops import (
     SetPrivateKey,
     UpdatePeer,
 )
+from reconciler.model.wg import DesiredInterface, DesiredPeer, ObservedInterface, ObservedPeer
 
 STALE_HANDSHAKE = 180.0
 _LINK_LOCAL_V6 = ipaddress.ip_network("fe80::/10")

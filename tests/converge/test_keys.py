@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from reconciler.plan.keys import decode_key, public_key, short
+from reconciler.converge.keys import decode_key, public_key, short
 
 
 def test_public_key_matches_cryptography() -> None:

@@ -1,4 +1,4 @@
-"""plan_diff and its renderers; golden files in tests/policy/golden/.
+"""review_diff and its renderers; golden files in tests/policy/golden/.
 
 Regenerate the golden files after an intended change with
 ``MESHOPS_UPDATE_GOLDEN=1 pytest tests/policy/test_diff.py`` and review the diff.
@@ -16,8 +16,8 @@ from policyorgs import ACME_DEVICES, ACME_GROUPS, ACME_RULES, dev, org_state, po
 
 from reconciler.model.repo import Organization, Policy, Rule
 from reconciler.policy import Access
-from reconciler.policy.diff import plan_diff, render_json, render_markdown, render_text
 from reconciler.policy.render import MAX_ROWS
+from reconciler.policy.review import render_json, render_markdown, render_text, review_diff
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -56,7 +56,7 @@ def check_golden(name: str, text: str) -> None:
 
 
 def test_device_changes():
-    report = plan_diff(base_repo(), head_repo())
+    report = review_diff(base_repo(), head_repo())
     assert [o.org for o in report.orgs] == ["acme", "initech"]  # globex unchanged
     acme = report.orgs[0]
     assert [(e.name, e.why) for e in acme.added] == [("db-2", "enabled"), ("laptop-c", "new")]
@@ -69,7 +69,7 @@ def test_device_changes():
 
 
 def test_reachability_changes():
-    acme = plan_diff(base_repo(), head_repo()).orgs[0]
+    acme = review_diff(base_repo(), head_repo()).orgs[0]
     by_pair = {}
     for change in acme.reach:
         for s in change.srcs:
@@ -87,7 +87,7 @@ def test_reachability_changes():
     assert by_pair[("web-1", "relay-1")].lost == Access(udp=ports(53), icmp=True)
     assert ("laptop-a", "laptop-b") not in by_pair  # unchanged icmp
     # initech is new: its single device has no pair
-    assert plan_diff(base_repo(), head_repo()).orgs[1].reach == ()
+    assert review_diff(base_repo(), head_repo()).orgs[1].reach == ()
 
 
 def test_reachability_diff_matches_brute_force():
@@ -98,13 +98,13 @@ def test_reachability_diff_matches_brute_force():
     names = sorted(set(mb.devices) | set(mh.devices))
     want = {(s, d): (mh.get(s, d) - mb.get(s, d), mb.get(s, d) - mh.get(s, d))
             for s in names for d in names if s != d and mb.get(s, d) != mh.get(s, d)}
-    got = {(s, d): (c.gained, c.lost) for c in plan_diff(base_repo(), head_repo()).orgs[0].reach
+    got = {(s, d): (c.gained, c.lost) for c in review_diff(base_repo(), head_repo()).orgs[0].reach
            for s in c.srcs for d in c.dsts if s != d}
     assert got == want
 
 
 def test_no_changes():
-    report = plan_diff(base_repo(), base_repo())
+    report = review_diff(base_repo(), base_repo())
     assert report.empty
     assert "**No changes.**" in render_markdown(report)
     assert "No changes." in render_text(report)
@@ -116,7 +116,7 @@ def test_org_field_and_removed_org():
     acme = head.orgs["acme"]
     acme2 = dataclasses.replace(acme, organization=Organization(
         name="acme", cidr_v4="10.10.0.0/23", owners=("alice",)))
-    report = plan_diff(base_repo(), repo(acme2, commit="c" * 40))
+    report = review_diff(base_repo(), repo(acme2, commit="c" * 40))
     assert [(o.org, o.status) for o in report.orgs] == [("acme", "changed"),
                                                         ("globex", "removed")]
     assert report.orgs[0].org_fields[0].field == "cidr_v4"
@@ -126,7 +126,7 @@ def test_org_field_and_removed_org():
 
 
 def test_base_none_means_everything_is_new():
-    report = plan_diff(None, base_repo())
+    report = review_diff(None, base_repo())
     assert report.base_commit is None
     assert {o.status for o in report.orgs} == {"added"}
     assert "`nothing` → `aaaaaaaaaaaa`" in render_markdown(report)
@@ -135,7 +135,7 @@ def test_base_none_means_everything_is_new():
 @pytest.mark.parametrize("name,render", [
     ("plan.md", render_markdown), ("plan.txt", render_text), ("plan.json", render_json)])
 def test_golden(name, render):
-    check_golden(name, render(plan_diff(base_repo(), head_repo())))
+    check_golden(name, render(review_diff(base_repo(), head_repo())))
 
 
 def test_markdown_caps_rows_and_escapes_pipes():
@@ -145,10 +145,10 @@ def test_markdown_caps_rows_and_escapes_pipes():
                   for i in range(MAX_ROWS + 19))
     head = org_state(devices=devices, policy=Policy(rules=rules), cidr="10.10.0.0/16")
     base = org_state(devices=devices, policy=Policy(), cidr="10.10.0.0/16")
-    md = render_markdown(plan_diff(repo(base), repo(head)))
+    md = render_markdown(review_diff(repo(base), repo(head)))
     assert "_…and 19 more rows; run `meshops plan --format json`._" in md
     assert md.count("\n| `n") == MAX_ROWS
     desc = dataclasses.replace(devices[0], description="a | b")
-    md2 = render_markdown(plan_diff(repo(base), repo(org_state(
+    md2 = render_markdown(review_diff(repo(base), repo(org_state(
         devices=(desc,) + devices[1:], policy=Policy(), cidr="10.10.0.0/16"))))
     assert "| changed | `n000` | description: (none) → a \\| b |" in md2

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from plan.cases import NOW, PRIVATE, desired, key, observed_from, peer
-from reconciler.model.wg import ABSENT, ObservedInterface, ObservedPeer
-from reconciler.plan import (
+from converge.cases import NOW, PRIVATE, desired, key, observed_from, peer
+from reconciler.converge import (
     AddPeer,
     RemovePeer,
     SetForwarding,
@@ -19,6 +18,7 @@ from reconciler.plan import (
     plan,
     simulate,
 )
+from reconciler.model.wg import ABSENT, ObservedInterface, ObservedPeer
 
 GOLDEN = Path(__file__).parent / "golden"
 

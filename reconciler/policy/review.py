@@ -1,4 +1,4 @@
-"""``plan_diff(base, head)``: what a change to the org repository does to the mesh.
+"""``review_diff(base, head)``: what a change to the org repository does to the mesh.
 
 Called by ``meshops plan`` (``reconciler.cli.plan``) with the repos loaded at
 two revisions. Reports, per org: devices that join or leave the mesh (a
@@ -20,9 +20,9 @@ from reconciler.model.repo import Device, OrgState, Repo
 from .access import NO_ACCESS
 from .reach import Matrix, Signature, reachability
 from .render import render_json, render_markdown, render_text
-from .report import DeviceChange, DeviceEntry, FieldChange, OrgPlan, PlanReport, ReachChange
+from .report import DeviceChange, DeviceEntry, FieldChange, OrgPlan, ReachChange, ReviewReport
 
-__all__ = ["plan_diff", "render_json", "render_markdown", "render_text"]
+__all__ = ["render_json", "render_markdown", "render_text", "review_diff"]
 
 _SKIP = {"source", "name", "org"}
 
@@ -118,7 +118,7 @@ def _org_plan(org: str, base: OrgState | None, head: OrgState | None) -> OrgPlan
     return None if plan.empty else plan
 
 
-def plan_diff(base: Repo | None, head: Repo) -> PlanReport:
+def review_diff(base: Repo | None, head: Repo) -> ReviewReport:
     """Compare two loaded repos (``base=None``: everything in ``head`` is new)."""
     old = dict(base.orgs) if base else {}
     new = dict(head.orgs)
@@ -127,6 +127,6 @@ def plan_diff(base: Repo | None, head: Repo) -> PlanReport:
         plan = _org_plan(org, old.get(org), new.get(org))
         if plan is not None:
             plans.append(plan)
-    return PlanReport(base.commit if base else None, head.commit, tuple(plans))
+    return ReviewReport(base.commit if base else None, head.commit, tuple(plans))
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 
+from reconciler.converge.keys import public_key
 from reconciler.model.wg import DesiredInterface, DesiredPeer, ObservedInterface, ObservedPeer
-from reconciler.plan.keys import public_key
 
 
 def key(n: int) -> str:

@@ -1,6 +1,6 @@
 """The operations a plan is made of: frozen, printable data.
 
-``reconciler.plan.diff.plan`` returns a tuple of these; backends
+``reconciler.converge.planner.plan`` returns a tuple of these; backends
 (``reconciler.backends``) and the link manager (``reconciler.net.iproute``)
 execute them; ``meshops agent apply --dry-run`` prints them with ``str``.
 Every operation names its interface in ``interface``; ``__str__`` leaves the
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reconciler.converge.keys import public_key, short
 from reconciler.model.wg import DesiredPeer
-from reconciler.plan.keys import public_key, short
 
 
 def _peer_label(public_key_b64: str, name: str) -> str:
