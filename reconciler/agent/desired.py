@@ -1,6 +1,6 @@
 """Pure: a verified manifest + peering decisions -> this device's ``DesiredInterface``.
 
-Called by ``agent.reconcile`` every pass (and by ``agent render``). No I/O,
+Called by ``agent.decide`` every pass (and so by ``agent render``). No I/O,
 no clock: the caller passes the allowed peer set (``policy.peers_allowed``),
 one ``PeerPath`` per peer (``agent.peering`` decides them from the endpoint
 feed), the private key and the listen port.
@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from reconciler.converge.keys import public_key
 from reconciler.errors import ConfigError
+from reconciler.model.endpoint import parse_or_none
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import DesiredInterface, DesiredPeer
 
@@ -104,15 +105,9 @@ def interface_addresses(manifest: Manifest, device: ManifestDevice) -> tuple[str
 
 
 def _literal(endpoint: str | None) -> str | None:
-    """A static ``ip:port`` endpoint as is; hostnames need resolving (``agent.paths``)."""
-    if not endpoint:
-        return None
-    host = endpoint.rpartition(":")[0].strip("[]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return endpoint
+    """A static ``ip:port`` endpoint; host names were resolved by ``agent.paths``."""
+    parsed = parse_or_none(endpoint)
+    return str(parsed) if parsed is not None else None
 
 
 def org_cidrs(manifest: Manifest) -> tuple[str, ...]:

@@ -11,10 +11,11 @@ Called by the CLI. Everything time-related is injected (``clock``, ``sleep``,
 * a ``TemporaryError`` (hub down, backend busy, not converged) backs off
   exponentially from ``max(exc.delay, 1 s)`` up to ``max_backoff``, with
   jitter; the interface keeps its last good state meanwhile;
-* a pass that fell back to the cached manifest (the hub did not answer: it
-  is down, or this device just moved and its connection died with the old
-  NAT) retries quickly: after ``QUICK_RETRY`` seconds, doubling up to one
-  interval, without long-poll, so a move is reported within a second;
+* a pass whose decision asks to be requeued (``Result.requeue_after``: it fell
+  back to the cached manifest because the hub did not answer, being down, or
+  this device just moved and its connection died with the old NAT) retries
+  quickly: after that delay, doubling up to one interval, without long-poll,
+  so a move is reported within a second;
 * a ``PermanentError`` (refused manifest, bad config of one pass) is
   reported and retried at the normal interval: a later commit may fix it,
   and the tunnels stay up;
@@ -36,7 +37,6 @@ from reconciler.errors import MeshopsError, PermanentError, TemporaryError, Usag
 
 log = logging.getLogger(__name__)
 LONG_POLL_MIN_GAP = 1.0
-QUICK_RETRY = 0.25  # first wait after a pass that could not reach the hub
 
 
 class Rng(Protocol):
@@ -54,10 +54,11 @@ def jittered(value: float, jitter: float, rng: Rng) -> float:
     return max(0.0, value * (1 + rng.uniform(-jitter, jitter)))
 
 
-def quick_retry_delay(failures: int, config: AgentConfig, rng: Rng) -> float:
-    """After a pass on the cached manifest: ``QUICK_RETRY * 2**(failures-1)``,
-    at most one interval, jittered."""
-    base = QUICK_RETRY * 2 ** max(failures - 1, 0)
+def quick_retry_delay(failures: int, first: float, config: AgentConfig, rng: Rng) -> float:
+    """After a pass that asked to be requeued (``Result.requeue_after``, e.g. it
+    ran on the cached manifest): ``first * 2**(failures-1)``, at most one
+    interval, jittered."""
+    base = first * 2 ** max(failures - 1, 0)
     return jittered(min(base, config.interval), config.jitter, rng)
 
 
@@ -137,10 +138,10 @@ class AgentLoop:
             self.stats.passes += 1
         if self.on_result:
             self.on_result(result)
-        if result.source == "cache":
+        if result.requeue_after is not None:  # the pass ran on the cached manifest
             self.stats.failures += 1
             self.stats.last_error = next(iter(result.warnings), "manifest source unreachable")
-            return quick_retry_delay(self.stats.failures, cfg, self.rng)
+            return quick_retry_delay(self.stats.failures, result.requeue_after, cfg, self.rng)
         self.stats.failures = 0
         self.stats.last_error = None
         if cfg.hub:
@@ -184,6 +185,4 @@ class _MarkWaits:
         return self._inner.post_json(url, obj)
 
     def reset_tls(self) -> None:
-        reset = getattr(self._inner, "reset_tls", None)
-        if reset is not None:
-            reset()
+        self._inner.reset_tls()

@@ -3,8 +3,8 @@
 Called by the agent's reconcile pass (``reconciler.agent``) after it has the
 verified manifest and the endpoint feed, before it builds the desired interface.
 Stdlib and ``reconciler.model`` only; no clock, no I/O: ``now`` and handshake times
-come in as arguments, and the state goes out as JSON the agent persists between
-one-shot runs. docs/nat-traversal.md explains the rules with examples.
+come in as arguments, and the state goes out as a ``PeeringState`` value that
+``agent.memory`` persists between one-shot runs. docs/nat-traversal.md explains the rules with examples.
 
 The static rule (``choose_path``), symmetric in its two sides:
 
@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
+from reconciler.model.endpoint import host_of
 from reconciler.model.endpoints import Candidate
 
 DIRECT, LAN, RELAY = "direct", "lan", "relay"
@@ -70,17 +70,12 @@ def _first(candidates: Sequence[Candidate], kinds: Sequence[str]) -> str | None:
     return None
 
 
-def _host(address: str) -> str:
-    host = address.rsplit(":", 1)[0]
-    return host[1:-1] if host.startswith("[") else host
-
-
 def _lan_endpoint(me: PeerInfo, peer: PeerInfo) -> str | None:
     """The peer's LAN candidate sharing the longest prefix with one of mine."""
-    mine = [ipaddress.ip_address(_host(c.address)) for c in me.candidates if c.kind == "local"]
+    mine = [ipaddress.ip_address(host_of(c.address)) for c in me.candidates if c.kind == "local"]
     best: tuple[int, int, str] | None = None
     for order, c in enumerate(x for x in peer.candidates if x.kind == "local"):
-        theirs = ipaddress.ip_address(_host(c.address))
+        theirs = ipaddress.ip_address(host_of(c.address))
         common = 0
         for own in mine:
             if own.version == theirs.version:
@@ -189,33 +184,10 @@ class RelayState:
 
 @dataclass(frozen=True)
 class PeeringState:
-    """Everything the hysteresis remembers; ``to_json``/``from_json`` for the agent."""
+    """Everything the hysteresis remembers (persisted by ``agent.memory``)."""
 
     paths: Mapping[str, PathState] = field(default_factory=dict)
     relays: Mapping[str, RelayState] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": 1,
-                "paths": {k: asdict(v) for k, v in sorted(self.paths.items())},
-                "relays": {k: asdict(v) for k, v in sorted(self.relays.items())},
-            },
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str | None) -> PeeringState:
-        """Parse saved state; anything unreadable starts fresh (it is only a cache)."""
-        if not text:
-            return cls()
-        try:
-            data = json.loads(text)
-            paths = {str(k): PathState(**v) for k, v in data.get("paths", {}).items()}
-            relays = {str(k): RelayState(**v) for k, v in data.get("relays", {}).items()}
-        except (ValueError, TypeError, AttributeError):
-            return cls()
-        return cls(paths, relays)
 
 
 def _backoff(failures: int, cfg: HysteresisConfig) -> float:
@@ -305,44 +277,3 @@ def decide(
         out[peer.name] = choice
     my_relay = None if me.relay else choose_relay(me.name, relays, down)
     return Decision(out, my_relay, PeeringState(path_states, relay_states))
-
-
-# -- allowed-ips layout -----------------------------------------------------------
-
-
-def host_prefixes(tunnel_ips: Sequence[str]) -> tuple[str, ...]:
-    """Tunnel IPs as /32 and /128 prefixes."""
-    return tuple(str(ipaddress.ip_network(ip.split("/")[0])) for ip in tunnel_ips)
-
-
-def allowed_ips(
-    me: PeerInfo,
-    paths: Mapping[str, PathChoice],
-    prefixes: Mapping[str, Sequence[str]],
-    org_cidrs: Sequence[str],
-    my_relay: str | None,
-) -> dict[str, tuple[str, ...]]:
-    """WireGuard allowed-ips per peer name.
-
-    ``prefixes`` maps each peer (relays included) to what it owns: its /32s and
-    /128s and any routes it advertises. Direct and LAN peers carry their own
-    prefixes. A relayed peer carries none: its prefixes go on its relay's entry, and
-    ``my_relay`` also carries ``org_cidrs`` as the catch-all (longest prefix lets the
-    /32s of direct peers win). A relay device gives every peer its own prefixes.
-    """
-    out: dict[str, list[str]] = {name: [] for name in paths}
-    for name, choice in sorted(paths.items()):
-        own = list(prefixes.get(name, ()))
-        if me.relay or choice.kind != RELAY:
-            out[name].extend(own)
-        elif choice.via is not None:
-            out.setdefault(choice.via, []).extend(own)
-    if my_relay is not None and not me.relay:
-        out.setdefault(my_relay, []).extend(org_cidrs)
-    return {name: _sorted_prefixes(values) for name, values in sorted(out.items())}
-
-
-def _sorted_prefixes(values: Sequence[str]) -> tuple[str, ...]:
-    nets = {ipaddress.ip_network(v, strict=False) for v in values}
-    return tuple(str(n) for n in sorted(nets, key=lambda n: (n.version, n.network_address,
-                                                               n.prefixlen)))

@@ -25,7 +25,7 @@ from reconciler.converge.ops import (
     SetPrivateKey,
     UpdatePeer,
 )
-from reconciler.converge.planner import STALE_HANDSHAKE, endpoint_needs_set, plan
+from reconciler.converge.planner import STALE_HANDSHAKE, endpoint_needs_set, phases, plan
 from reconciler.converge.simulate import simulate
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "SetPrivateKey",
     "UpdatePeer",
     "endpoint_needs_set",
+    "phases",
     "plan",
     "public_key",
     "simulate",

@@ -6,6 +6,7 @@ caller passes ``now``), stdlib only.
 
 Order is fixed so plans are stable and golden-testable:
 
+0. after a move (``rebind``): ``SetListenPort`` to the port it has;
 1. ``CreateInterface`` when the interface does not exist;
 2. removals: routes, addresses, peers;
 3. updates: private key, listen port, MTU, link up, IP forwarding, peers;
@@ -24,7 +25,10 @@ Rules
   endpoint is ``None``, or it differs *and* the last handshake is older
   than ``STALE_HANDSHAKE`` (180 s, the time after which WireGuard gives up
   on a session, REJECT_AFTER_TIME) or never happened. A healthy roamed
-  session is left alone; a stale one is re-pointed.
+  session is left alone; a stale one is re-pointed. Peers in ``repoint``
+  (their pair's situation changed: a move) get the desired endpoint even
+  over a fresh-looking session: that session is dead, and waiting 180 s
+  would keep sending to a vanished address.
 * Addresses: IPv6 link-local addresses (``fe80::/10``) on the interface are
   the kernel's (a TUN device gets one when it comes up) and are ignored.
 * ``listen_port == 0`` or ``mtu == 0`` in the desired state mean "don't care".
@@ -58,6 +62,7 @@ from reconciler.converge.ops import (
     SetPrivateKey,
     UpdatePeer,
 )
+from reconciler.model.endpoint import parse_or_none
 from reconciler.model.wg import DesiredInterface, DesiredPeer, ObservedInterface, ObservedPeer
 
 STALE_HANDSHAKE = 180.0
@@ -67,22 +72,6 @@ _LINK_LOCAL_V6 = ipaddress.ip_network("fe80::/10")
 def canonical_network(cidr: str) -> str:
     """``10.0.0.3`` / ``10.0.0.3/32`` / ``2001:DB8::/32`` -> canonical network text."""
     return str(ipaddress.ip_network(cidr.strip(), strict=False))
-
-
-def canonical_endpoint(endpoint: str) -> str:
-    """``ip:port`` / ``[v6]:port`` in canonical text; hostnames are returned unchanged."""
-    text = endpoint.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-    if not sep:
-        return text
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return text
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def _net_sort_key(text: str) -> tuple[int, int, int]:
@@ -97,7 +86,10 @@ def _same_ips(desired: tuple[str, ...], observed: tuple[str, ...]) -> bool:
 
 
 def _same_endpoint(desired: str, observed: str) -> bool:
-    return desired == observed or canonical_endpoint(desired) == canonical_endpoint(observed)
+    if desired == observed:
+        return True
+    want, have = parse_or_none(desired), parse_or_none(observed)
+    return want is not None and want == have
 
 
 def endpoint_needs_set(
@@ -114,9 +106,11 @@ def endpoint_needs_set(
     return last is None or last <= 0 or now - last > stale
 
 
-def _diff_peer(interface: str, d: DesiredPeer, o: ObservedPeer, now: float) -> UpdatePeer | None:
+def _diff_peer(interface: str, d: DesiredPeer, o: ObservedPeer, now: float,
+               repoint: bool) -> UpdatePeer | None:
     allowed = None if _same_ips(d.allowed_ips, o.allowed_ips) else d.allowed_ips
-    endpoint = d.endpoint if endpoint_needs_set(d, o, now) else None
+    endpoint = d.endpoint if endpoint_needs_set(d, o, float("inf") if repoint else now) \
+        else None
     keepalive = None if d.keepalive == o.keepalive else d.keepalive
     if allowed is None and endpoint is None and keepalive is None:
         return None
@@ -138,10 +132,22 @@ def _networks(values: Iterable[str]) -> dict[str, str]:
     return {canonical_network(v): v for v in values}
 
 
-def plan(desired: DesiredInterface, observed: ObservedInterface, now: float) -> tuple[Operation, ...]:
-    """The operations that turn ``observed`` into ``desired`` (see module docstring)."""
+def plan(desired: DesiredInterface, observed: ObservedInterface, now: float, *,
+         repoint: frozenset[str] = frozenset(), rebind: bool = False) -> tuple[Operation, ...]:
+    """The operations that turn ``observed`` into ``desired`` (see module docstring).
+
+    After a move (this device changed networks) the caller passes ``rebind``
+    and the public keys to ``repoint``; both are one-shot: the re-observation
+    after apply is planned without them."""
     name = desired.name
     ops: list[Operation] = []
+    if rebind and observed.exists and observed.listen_port and \
+            observed.listen_port == (desired.listen_port or observed.listen_port):
+        # wireguard-go keeps, per peer, the source address it last used ("sticky
+        # sockets"); after a move it is gone and every send fails until a
+        # handshake times out (15 s). Setting the port, even to the same value,
+        # rebinds the socket and clears them; the kernel module ignores it.
+        ops.append(SetListenPort(name, observed.listen_port))
     if not observed.exists:
         ops.append(CreateInterface(name, desired.listen_port, desired.private_key))
         observed = ObservedInterface(
@@ -177,7 +183,8 @@ def plan(desired: DesiredInterface, observed: ObservedInterface, now: float) -> 
     if desired.forwarding and observed.forwarding is not True:
         ops.append(SetForwarding(name, True))
     for key in sorted(desired.peers.keys() & observed.peers.keys()):
-        update = _diff_peer(name, desired.peers[key], observed.peers[key], now)
+        update = _diff_peer(name, desired.peers[key], observed.peers[key], now,
+                            key in repoint)
         if update is not None:
             ops.append(update)
 
@@ -189,3 +196,19 @@ def plan(desired: DesiredInterface, observed: ObservedInterface, now: float) -> 
     for net in sorted(want_routes.keys() - have_routes.keys(), key=_net_sort_key):
         ops.append(AddRoute(name, net))
     return tuple(ops)
+
+
+def phases(ops: tuple[Operation, ...]) -> tuple[tuple[Operation, ...], ...]:
+    """The order a backend applies a plan in: a plan that creates the interface
+    goes in two steps, first the interface (key, port, link), then the peers.
+
+    wireguard-go binds a random port as soon as it starts and its device is
+    up at once; peers added before ``listen_port`` is set would send their
+    first handshake (keepalive) from that random port, and the remote side
+    would roam to an address that dies a moment later. So peers go in only
+    after the port is bound."""
+    if not any(isinstance(op, CreateInterface) for op in ops):
+        return (ops,) if ops else ()
+    first = tuple(op for op in ops if not isinstance(op, AddPeer))
+    rest = tuple(op for op in ops if isinstance(op, AddPeer))
+    return (first, rest) if rest else (first,)

@@ -73,6 +73,7 @@ class FakeFetch:
     bodies: dict[str, Any] = field(default_factory=dict)
     calls: list[tuple[str, str | None, int | None]] = field(default_factory=list)
     posts: list[tuple[str, Any]] = field(default_factory=list)
+    resets: int = 0
 
     def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
             params: Any = None) -> Response:
@@ -88,6 +89,9 @@ class FakeFetch:
     def post_json(self, url: str, obj: Any) -> Any:
         self.posts.append((url, obj))
         return {"accepted": True}
+
+    def reset_tls(self) -> None:
+        self.resets += 1
 
 
 class FakeBackend:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from reconciler.agent.paths import decide, literal_endpoint
+from reconciler.agent.memory import Heard, Memory
+from reconciler.agent.paths import decide_paths, literal_endpoint
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
 from reconciler.model.wg import ObservedInterface, ObservedPeer
 
@@ -31,13 +32,17 @@ FEED = EndpointFeed("acme", 1, int(NOW), (
 ))
 
 
-def resolve(host):
-    return {"relay.example": "203.0.113.4"}.get(host)
+RESOLVED = {"relay.example": "203.0.113.4"}
+
+
+def decide(manifest, me, *, state, resolve=None, **kw):
+    return decide_paths(manifest, me, memory=state if isinstance(state, Memory) else Memory(),
+                        resolved=RESOLVED if resolve else None, **kw)
 
 
 def test_symmetric_peer_goes_through_the_relay_cone_peer_direct() -> None:
     got = decide(manifest(), "alpha", observed=ObservedInterface("mo-acme", False), feed=FEED,
-                 state={}, now=NOW, resolve=resolve)
+                 state={}, now=NOW, resolve=True)
     assert got.paths["beta"].path == "relay" and got.paths["beta"].via == "relay-1"
     assert got.paths["gamma"].path == "direct"
     assert got.paths["gamma"].endpoint == "203.0.113.3:40003"
@@ -50,12 +55,12 @@ def test_stale_direct_path_falls_back_to_relay_and_state_persists() -> None:
     observed = ObservedInterface("mo-acme", True, peers={
         gamma_key: ObservedPeer(gamma_key, ("10.77.0.3/32",), last_handshake=None)})
     first = decide(manifest(), "alpha", observed=observed, feed=FEED, state={}, now=NOW,
-                   resolve=resolve)
+                   resolve=True)
     assert first.paths["gamma"].path == "direct"
-    later = decide(manifest(), "alpha", observed=observed, feed=FEED, state=first.state,
-                   now=NOW + 60, resolve=resolve)
+    later = decide(manifest(), "alpha", observed=observed, feed=FEED, state=first.memory,
+                   now=NOW + 60, resolve=True)
     assert later.paths["gamma"].path == "relay"  # no handshake within the grace period
-    assert later.state != first.state
+    assert later.memory != first.memory
 
 
 def test_unknown_device_gets_nothing() -> None:
@@ -65,10 +70,13 @@ def test_unknown_device_gets_nothing() -> None:
 
 
 def test_literal_endpoint() -> None:
-    assert literal_endpoint("198.51.100.7:51820") == "198.51.100.7:51820"
-    assert literal_endpoint("[2001:db8::1]:51820") == "[2001:db8::1]:51820"
-    assert literal_endpoint("nowhere.invalid:1", lambda h: None) is None
-    assert literal_endpoint(None) is None
+    assert literal_endpoint("198.51.100.7:51820", {}) == "198.51.100.7:51820"
+    assert literal_endpoint("[2001:DB8::01]:51820", {}) == "[2001:db8::1]:51820"
+    assert literal_endpoint("relay.example:7", RESOLVED) == "203.0.113.4:7"
+    assert literal_endpoint("nowhere.invalid:1", {"nowhere.invalid": None}) is None
+    assert literal_endpoint("nowhere.invalid:1", {}) is None
+    assert literal_endpoint("[fe80::1%eth0]:1", {}) is None
+    assert literal_endpoint(None, {}) is None
 
 
 def test_last_seen_tracks_rx_progress_between_passes():
@@ -85,14 +93,14 @@ def test_last_seen_tracks_rx_progress_between_passes():
         })
 
     first = last_seen(obs(100, 0), names, {}, 1000.0)
-    assert first == {"relay1": (100, 900.0), "b": (0, 0.0)}  # unknown history: the handshake
-    moved = last_seen(obs(148, 0), names, {k: list(v) for k, v in first.items()}, 1005.0)
-    assert moved["relay1"] == (148, 1005.0)  # keepalives arrived: seen now
-    assert moved["b"] == (0, 0.0)
-    still = last_seen(obs(148, 0), names, {k: list(v) for k, v in moved.items()}, 1030.0)
-    assert still["relay1"] == (148, 1005.0)  # silent since 1005: going stale
-    reset = last_seen(obs(3, 0), names, {k: list(v) for k, v in still.items()}, 1040.0)
-    assert reset["relay1"] == (3, 1040.0)  # counter went down (new interface): progress
+    assert first == {"relay1": Heard(100, 900.0), "b": Heard(0, 0.0)}  # no history: handshake
+    moved = last_seen(obs(148, 0), names, first, 1005.0)
+    assert moved["relay1"] == Heard(148, 1005.0)  # keepalives arrived: seen now
+    assert moved["b"] == Heard(0, 0.0)
+    still = last_seen(obs(148, 0), names, moved, 1030.0)
+    assert still["relay1"] == Heard(148, 1005.0)  # silent since 1005: going stale
+    reset = last_seen(obs(3, 0), names, still, 1040.0)
+    assert reset["relay1"] == Heard(3, 1040.0)  # counter went down (new interface): progress
 
 
 def test_a_peer_that_moved_is_repointed_until_it_is_heard_from_again() -> None:
@@ -104,23 +112,23 @@ def test_a_peer_that_moved_is_repointed_until_it_is_heard_from_again() -> None:
                                     last_handshake=handshake, rx_bytes=rx)})
 
     first = decide(manifest(), "alpha", observed=observed(NOW - 5, 100), feed=FEED, state={},
-                   now=NOW, resolve=resolve)
+                   now=NOW, resolve=True)
     assert first.paths["gamma"].path == "direct" and first.repoint == frozenset()
     moved = EndpointFeed("acme", 2, int(NOW), (
         FEED.entries[0], FEED.entries[1], entry("gamma", "independent", "203.0.113.99", 41000)))
     # the old session still looks fresh (handshake 6 s ago), but gamma changed networks
     second = decide(manifest(), "alpha", observed=observed(NOW - 5, 100), feed=moved,
-                    state=first.state, now=NOW + 1, resolve=resolve)
+                    state=first.memory, now=NOW + 1, resolve=True)
     assert second.paths["gamma"].endpoint == "203.0.113.99:41000"
     assert second.repoint == frozenset({"gamma"})
     still = decide(manifest(), "alpha", observed=observed(NOW - 5, 100), feed=moved,
-                   state=second.state, now=NOW + 2, resolve=resolve)
+                   state=second.memory, now=NOW + 2, resolve=True)
     assert still.repoint == frozenset({"gamma"})  # not heard from since the change
     # no handshake on the new address within the grace period: relay, even though
     # the old session's handshake is younger than stale_after
     late = decide(manifest(), "alpha", observed=observed(NOW - 5, 100), feed=moved,
-                  state=still.state, now=NOW + 40, resolve=resolve)
+                  state=still.memory, now=NOW + 40, resolve=True)
     assert late.paths["gamma"].path == "relay"
     heard = decide(manifest(), "alpha", observed=observed(NOW + 41, 500), feed=moved,
-                   state=second.state, now=NOW + 42, resolve=resolve)
+                   state=second.memory, now=NOW + 42, resolve=True)
     assert heard.paths["gamma"].path == "direct" and heard.repoint == frozenset()

@@ -45,7 +45,7 @@ def test_first_pass_converges_and_second_pass_is_a_noop(agent) -> None:
     config, fetch, backend = agent
     first = run(config, fetch, backend)
     assert first.applied == len(first.operations) > 0
-    assert (first.serial, first.source, first.residual) == (1, "fetched", ())
+    assert (first.serial, first.source, first.requeue_after) == (1, "fetched", None)
     assert set(backend.state.peers) == {wg_keypair(2)[1], wg_keypair(3)[1]}
     assert backend.state.addresses == ("10.77.0.1/24",)
     second = run(config, fetch, backend)
@@ -522,24 +522,6 @@ def test_only_direct_peers_are_reflected_dated_by_their_traffic(tmp_path) -> Non
     # gamma (LAN: a private address) is not reflected; beta is, dated by its traffic
     assert fetch.posts[-1][1]["observations"] == [
         {"peer": "beta", "endpoint": "198.51.100.2:51820", "last_handshake": int(NOW + 9)}]
-
-
-def test_repoint_sets_the_endpoint_over_a_fresh_session_and_merges_updates() -> None:
-    from reconciler.agent.reconcile import repoint
-    from reconciler.converge import UpdatePeer
-    from reconciler.model.wg import DesiredInterface, DesiredPeer, ObservedPeer
-
-    want = DesiredInterface("mo-acme", "k", 51820, ("10.77.0.1/24",), peers={
-        "B": DesiredPeer("B", ("10.77.0.2/32",), "10.10.2.12:51820", 5, "beta"),
-        "G": DesiredPeer("G", ("10.77.0.3/32",), "203.0.113.3:1", 5, "gamma")})
-    observed = ObservedInterface("mo-acme", True, peers={
-        "B": ObservedPeer("B", (), endpoint="198.51.100.60:4000", last_handshake=NOW - 3),
-        "G": ObservedPeer("G", (), endpoint="203.0.113.9:9", last_handshake=NOW - 3)})
-    planned = (UpdatePeer("mo-acme", "B", ("10.77.0.2/32",), None, None, "beta"),)
-    assert repoint(planned, want, observed, frozenset()) == planned
-    got = repoint(planned, want, observed, frozenset({"beta", "gamma"}))
-    assert got == (UpdatePeer("mo-acme", "B", ("10.77.0.2/32",), "10.10.2.12:51820", None, "beta"),
-                   UpdatePeer("mo-acme", "G", None, "203.0.113.3:1", None, "gamma"))
 
 
 def test_a_move_is_detected_without_stun_too(tmp_path) -> None:

@@ -1,0 +1,87 @@
+"""Step three of a pass: apply the decision, verify it, persist once, report.
+
+``commit(decision, effects, state_dir=..., feed_url=..., now=...) -> Result``
+is called by ``agent.reconcile.reconcile_once`` (never on ``--dry-run``):
+
+1. apply the operations in ``converge.phases`` order through the backend;
+2. re-observe and re-plan: anything left raises ``NotConverged`` naming the
+   residual operations, and nothing is persisted (the next pass starts from
+   the same floor);
+3. write the state once: the manifest as the new rollback floor (only now,
+   so "last applied" means applied), the feed, the memory, this device's own
+   endpoints and ``applied.json``; each file is written only when it changed,
+   so a no-op pass writes nothing;
+4. post the endpoint report; a failure is a warning, not an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler.agent import desired as desired_mod
+from reconciler.agent import endpoints as endpoints_mod
+from reconciler.agent.decide import Decision
+from reconciler.agent.gather import Effects
+from reconciler.agent.inputs import Inputs
+from reconciler.agent.state import CachedManifest, StateDir
+from reconciler.converge import Operation, phases, plan
+from reconciler.errors import ConfigError, FetchError, NotConverged
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one pass did. ``operations`` is the plan (applied unless dry-run)."""
+
+    operations: tuple[Operation, ...]
+    applied: int
+    serial: int
+    commit: str
+    source: str = "fetched"  # fetched | unchanged (304 / same bytes) | cache (hub unreachable)
+    member: bool = True  # False: this device is not in the manifest; it got no peers
+    warnings: tuple[str, ...] = ()
+    peers: tuple[desired_mod.PeerSummary, ...] = field(default=(), repr=False)
+    feed_revision: int | None = None
+    requeue_after: float | None = None  # None: the normal cadence
+
+    @classmethod
+    def of(cls, inputs: Inputs, decision: Decision, applied: int,
+           warnings: tuple[str, ...] = ()) -> Result:
+        return cls(decision.operations, applied, inputs.manifest.serial, inputs.manifest.commit,
+                   inputs.source.source, decision.desired.member,
+                   decision.warnings + warnings, decision.desired.peers,
+                   decision.feed.revision if decision.feed else None, decision.requeue_after)
+
+
+def commit(inputs: Inputs, decision: Decision, effects: Effects, *, state_dir: str,
+           feed_url: str | None, now: float) -> Result:
+    if decision.operations:
+        for phase in phases(decision.operations):
+            effects.backend.apply(phase)
+        observed = effects.backend.observe(inputs.interface)
+        residual = plan(decision.desired.interface, observed, now)
+        if residual:
+            raise NotConverged(residual)
+    persist(StateDir(state_dir), inputs, decision)
+    warnings: tuple[str, ...] = ()
+    if decision.report is not None:
+        try:
+            if effects.report is not None:
+                effects.report(dict(decision.report))
+            elif feed_url is not None:
+                effects.fetch.post_json(feed_url, dict(decision.report))
+        except (FetchError, ConfigError) as exc:
+            warnings = (f"endpoint report not sent: {exc}",)
+    return Result.of(inputs, decision, len(decision.operations), warnings)
+
+
+def persist(state: StateDir, inputs: Inputs, decision: Decision) -> None:
+    """Write what the converged pass leaves behind (each file only when changed)."""
+    if decision.record_manifest:
+        manifest, source = inputs.manifest, inputs.source
+        state.save_manifest(CachedManifest(source.envelope, manifest.serial, manifest.commit,
+                                           manifest.not_after, source.etag))
+    if decision.feed is not None:
+        state.save_feed(endpoints_mod.feed_to_dict(decision.feed))
+    state.save_peering(decision.memory.to_dict())
+    state.save_discovery(decision.own.to_dict())
+    state.save_applied(dict(decision.applied))

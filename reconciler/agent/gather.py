@@ -1,0 +1,160 @@
+"""Step one of a pass: read everything the decision needs, once.
+
+``gather(config, effects, now, wait=...) -> Inputs`` is called by
+``agent.reconcile.reconcile_once`` (and ``agent.loop`` through it). It reads,
+in this order, and nothing twice:
+
+1. the pinned trust, the state dir's memory (``peering.json``), this
+   device's own endpoints (``discovery.json``) and the last endpoint feed;
+2. the source address towards the hub (``effects.local_ip``): another one
+   than discovery ran from means the device moved, and the fetcher's TLS
+   state is dropped (its connections died with the old network) and the
+   long-poll skipped;
+3. the verified manifest and its source, with the hub credentials it needs
+   (``agent.source.manifest_with_cert``);
+4. the endpoint feed (a pass on the cached manifest keeps the last one);
+5. the local private key, the observed interface (``effects.backend``);
+6. STUN discovery, only while the listen port is free (no interface yet),
+   after a move, or when others see this device at a public IP discovery
+   does not know (once per such IP);
+7. addresses of static endpoints written as host names (``effects.resolve``).
+
+``Inputs`` (``agent.inputs``) is plain data; ``agent.decide`` turns it into operations without
+further I/O. Errors: ``ManifestRefused`` (nothing touched), ``FetchError``
+(no usable manifest), ``ConfigError`` (trust, key or config), backend errors.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from reconciler.agent import endpoints as endpoints_mod
+from reconciler.agent.config import AgentConfig, read_private_key
+from reconciler.agent.endpoints import SelfEndpoints
+from reconciler.agent.fetch import route_source
+from reconciler.agent.inputs import Inputs
+from reconciler.agent.memory import Memory
+from reconciler.agent.source import FetchLike, fetch_feed, load_pinned_trust, manifest_with_cert
+from reconciler.agent.state import StateDir
+from reconciler.backends.base import Backend
+from reconciler.errors import ConfigError, FetchError
+from reconciler.model.endpoint import Endpoint, parse_or_none
+from reconciler.model.endpoints import EndpointFeed
+from reconciler.model.manifest import Manifest
+from reconciler.model.wg import ObservedInterface
+
+Discover = Callable[[int], Any]  # listen port -> stun.client.Discovery
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Everything a pass does to the world, injected (tests pass fakes)."""
+
+    fetch: FetchLike
+    backend: Backend
+    discover: Discover | None = None  # STUN from the WireGuard port
+    report: Callable[[dict[str, Any]], Any] | None = None  # default: POST to the feed URL
+    local_ip: Callable[[], str | None] | None = None  # default: a routing-table lookup
+    resolve: Callable[[str], str | None] | None = None  # default: getaddrinfo
+
+
+def gather(config: AgentConfig, effects: Effects, now: float, *,
+           wait: int | None = None) -> Inputs:
+    state = StateDir(config.state_dir)
+    trust = load_pinned_trust(config)
+    warnings: list[str] = []
+    memory = Memory.from_dict(state.load_peering())
+    own = SelfEndpoints.from_dict(state.load_discovery())
+    last_feed = endpoints_mod.feed_from_dict(state.load_feed() or {})
+    here = (effects.local_ip or (lambda: hub_local_ip(config)))() if config.hub else None
+    moved = own.moved_from(here)
+    if moved:
+        wait = None  # a long-poll now would only delay the new endpoints' report
+        effects.fetch.reset_tls()
+    got = manifest_with_cert(config, effects.fetch, trust, state, now, wait=wait,
+                             warnings=warnings)
+    if got.warning:
+        warnings.append(got.warning)
+    feed = last_feed if got.source == "cache" else \
+        fetch_feed(config, effects.fetch, trust, last_feed, warnings)
+    private_key = read_private_key(config.private_key)
+    observed = effects.backend.observe(config.interface)
+    listen_port = config.listen_port or got.manifest.listen_port
+    own = discover_own(config.name, own, effects.discover, observed, feed, listen_port,
+                       here, moved, warnings)
+    return Inputs(
+        me=config.name, org=config.org, interface=config.interface, listen_port=listen_port,
+        hysteresis=dict(config.hysteresis or {}), hub=bool(config.hub),
+        manifest=got.manifest, source=got, feed=feed, observed=observed, memory=memory,
+        own=own, private_key=private_key, here=here, moved=moved,
+        was_member=observed.exists or bool((state.load_applied() or {}).get("member")),
+        resolved=resolve_static(got.manifest, effects.resolve or resolve_host),
+        warnings=tuple(warnings),
+    )
+
+
+def discover_own(me: str, own: SelfEndpoints, discover: Discover | None,
+                 observed: ObservedInterface, feed: EndpointFeed | None, listen_port: int,
+                 here: str | None, moved: bool, warnings: list[str]) -> SelfEndpoints:
+    """This device's own endpoints: STUN discovery from the WireGuard port while
+    it is still free (interface absent), re-checked (from a spare port) at once
+    after a move or when the hub or a peer saw this device at a public IP
+    discovery does not know (each such IP triggers one re-check). ``here`` is
+    remembered for move detection."""
+    if discover is None:
+        return replace(own, local_ip=here) if here is not None else own
+    entry = next((e for e in feed.entries if e.device == me), None) if feed else None
+    foreign = endpoints_mod.foreign_ips(entry, own)
+    suspicious = bool(set(foreign) - set(own.checked))
+    if observed.exists and not moved and not suspicious:
+        return own
+    if moved:  # the old STUN endpoints belong to the NAT this device left
+        own = replace(own, candidates=(), public_ip=None, checked=())
+    try:
+        found = endpoints_mod.from_discovery(discover(listen_port), own)
+    except (FetchError, ConfigError) as exc:
+        warnings.append(f"STUN discovery failed: {exc}")
+        return own  # local_ip unchanged: a moved device retries next pass
+    return replace(found, local_ip=here or found.local_ip,
+                   checked=endpoints_mod.foreign_ips(entry, found))
+
+
+def hub_local_ip(config: AgentConfig) -> str | None:
+    """The source address the routing table picks towards the hub (a LAN candidate)."""
+    netloc = (config.hub or "").split("://", 1)[-1].split("/", 1)[0]
+    parsed = parse_or_none(netloc if ":" in netloc.rpartition("]")[2] else f"{netloc}:443",
+                           allow_names=True)
+    return route_source(parsed.host, parsed.port) if parsed else None
+
+
+def resolve_host(host: str) -> str | None:
+    """First address of ``host`` (IPv4 preferred), or None when it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return None
+    addrs = sorted({str(i[4][0]) for i in infos}, key=lambda a: (":" in a, a))
+    return addrs[0] if addrs else None
+
+
+def resolve_static(manifest: Manifest, resolve: Callable[[str], str | None]) \
+        -> dict[str, str | None]:
+    """Host name -> address for every static endpoint written as a name."""
+    out: dict[str, str | None] = {}
+    for dev in manifest.devices:
+        parsed = parse_or_none(dev.endpoint, allow_names=True)
+        if parsed is not None and not parsed.is_literal and parsed.host not in out:
+            address = resolve(parsed.host)
+            out[parsed.host] = address if _usable(address) else None
+    return out
+
+
+def _usable(address: str | None) -> bool:
+    try:
+        ip = Endpoint.of(address or "", 1).ip
+    except ValueError:
+        return False
+    return ip is not None and not ip.is_unspecified

@@ -1,0 +1,52 @@
+"""The data one agent pass decides on: ``Inputs`` and the ``VerifiedManifest`` in it.
+
+Filled by ``agent.gather`` (and by ``agent.render`` for a device seen for the
+first time), read by the pure ``agent.decide`` and by ``agent.commit``. Plain
+frozen data: this module imports no I/O and sits under the purity contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.agent.endpoints import SelfEndpoints
+from reconciler.agent.memory import Memory
+from reconciler.model.endpoints import EndpointFeed
+from reconciler.model.manifest import Manifest
+from reconciler.model.wg import ObservedInterface
+
+
+@dataclass(frozen=True)
+class VerifiedManifest:
+    manifest: Manifest
+    envelope: bytes
+    etag: str | None
+    source: str  # fetched | unchanged (304 / same bytes) | cache (source unreachable)
+    warning: str | None = None
+    cached_etag: str | None = None  # the ETag the state dir holds for it
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One pass's whole view of the world (see the module docstring)."""
+
+    me: str
+    org: str
+    interface: str
+    listen_port: int
+    hysteresis: Mapping[str, Any]
+    hub: bool  # a hub to report to
+    manifest: Manifest
+    source: VerifiedManifest
+    feed: EndpointFeed | None
+    observed: ObservedInterface
+    memory: Memory
+    own: SelfEndpoints
+    private_key: str = field(repr=False)
+    here: str | None = None  # source address towards the hub
+    moved: bool = False
+    was_member: bool = False  # an earlier pass applied a membership, or the interface exists
+    resolved: Mapping[str, str | None] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()

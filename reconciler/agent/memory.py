@@ -1,0 +1,93 @@
+"""What the agent remembers between passes about its peers: one typed value.
+
+``Memory`` is read by ``agent.gather`` (``Memory.from_dict`` of
+``peering.json``), advanced by the pure ``agent.decide`` (through
+``agent.paths``), and written once by ``agent.commit``
+(``Memory.to_dict``). Nothing else reads or writes its parts. It holds:
+
+* ``peering``: the direct/relay hysteresis and relay health
+  (``agent.peering.PeeringState``);
+* ``heard``: per peer, its rx counter and when it last grew (``Heard``):
+  liveness between handshakes, kept so one-shot runs see progress too;
+* ``situations``: per peer, what its path rested on last pass (both public
+  IPs and NAT mappings); a change is a move;
+* ``changed_at``: per peer, when its situation changed and it has not been
+  heard from since (its endpoint is re-pointed until then).
+
+The file format is version 1 of ``peering.json`` (the same keys the agent
+wrote before memory was typed), so existing state dirs keep their memory.
+Anything unreadable counts as empty: memory is only a cache of observations.
+Pure: no I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from reconciler.agent.peering import PathState, PeeringState, RelayState
+
+VERSION = 1
+Situation = tuple[str | None, str, str | None, str]  # my ip, my mapping, peer ip, peer mapping
+
+
+@dataclass(frozen=True)
+class Heard:
+    rx_bytes: int
+    at: float  # unix seconds the peer was last heard from
+
+
+@dataclass(frozen=True)
+class Memory:
+    peering: PeeringState = field(default_factory=PeeringState)
+    heard: Mapping[str, Heard] = field(default_factory=dict)
+    situations: Mapping[str, Situation] = field(default_factory=dict)
+    changed_at: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "version": VERSION,
+            "paths": {k: asdict(v) for k, v in sorted(self.peering.paths.items())},
+            "relays": {k: asdict(v) for k, v in sorted(self.peering.relays.items())},
+            "liveness": {k: [h.rx_bytes, h.at] for k, h in sorted(self.heard.items())},
+            "situation": {k: list(s) for k, s in sorted(self.situations.items())},
+        }
+        if self.changed_at:
+            doc["changed_at"] = dict(sorted(self.changed_at.items()))
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any] | None) -> Memory:
+        """Parse ``peering.json``; anything malformed starts empty."""
+        if not isinstance(doc, Mapping):
+            return cls()
+        try:
+            paths = {str(k): PathState(str(v["mode"]), _num(v["since"]), int(v["failures"]),
+                                       _num(v["retry_at"]))
+                     for k, v in doc.get("paths", {}).items()}
+            relays = {str(k): RelayState(_num(v["since"]), int(v["failures"]),
+                                         _num(v["down_until"]))
+                      for k, v in doc.get("relays", {}).items()}
+            heard = {str(k): Heard(int(v[0]), _num(v[1]))
+                     for k, v in doc.get("liveness", {}).items()}
+            situations = {str(k): _situation(v) for k, v in doc.get("situation", {}).items()}
+            changed = {str(k): _num(v) for k, v in doc.get("changed_at", {}).items()}
+        except (TypeError, KeyError, ValueError, AttributeError, IndexError):
+            return cls()
+        return cls(PeeringState(paths, relays), heard, situations, changed)
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value!r}")
+    return float(value)
+
+
+def _situation(value: Any) -> Situation:
+    my_ip, my_map, peer_ip, peer_map = value
+    for ip in (my_ip, peer_ip):
+        if ip is not None and not isinstance(ip, str):
+            raise ValueError("public ip must be a string or null")
+    return (my_ip, str(my_map), peer_ip, str(peer_map))

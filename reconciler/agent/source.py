@@ -1,0 +1,217 @@
+"""Where the agent's verified inputs come from: trust, credentials, manifest, feed.
+
+Called by ``agent.gather`` (every pass) and ``agent.render``. Every function
+here reads; the only writes are the public credentials the reads need, kept
+in the state dir: the org CA from the pinned trust (``hub-ca.pem``, the hub's
+TLS anchor) and this device's certificate (``device.crt``, public, issued and
+renewed by the hub), because the hub serves manifests over mTLS only.
+
+* ``obtain_manifest`` fetches the manifest and verifies it against the pinned
+  trust and the rollback floor (the last *applied* serial); the source being
+  unreachable falls back to the cached, still-valid manifest (fail-static);
+* ``manifest_with_cert``: a hub refusing the request (an expired or revoked
+  local certificate) triggers one certificate re-fetch and retry;
+* ``fetch_feed``: the signed endpoint feed; on failure the last good one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+from reconciler.agent import endpoints as endpoints_mod
+from reconciler.agent.config import AgentConfig
+from reconciler.agent.fetch import Response
+from reconciler.agent.inputs import VerifiedManifest
+from reconciler.agent.state import DEVICE_CERT, HUB_CA, CachedManifest, StateDir
+from reconciler.errors import ConfigError, FetchError, ManifestRefused, PkiError
+from reconciler.model.endpoints import EndpointFeed
+from reconciler.model.manifest import Manifest
+from reconciler.pki.certs import load_cert
+from reconciler.pki.envelope import Trust, load_trust
+from reconciler.pki.manifest import verify_manifest
+
+log = logging.getLogger(__name__)
+
+
+class FetchLike(Protocol):
+    """The agent's HTTP client as the pass uses it (``agent.fetch.Fetcher``)."""
+
+    def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
+            params: Any = None) -> Response: ...
+
+    def post_json(self, url: str, obj: Any) -> Any: ...
+
+    def reset_tls(self) -> None:
+        """Drop TLS state (client certificate, sessions): the certificate
+        changed, or the device moved and old connections are dead."""
+
+
+def load_pinned_trust(config: AgentConfig) -> Trust:
+    try:
+        data = Path(config.trust).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{config.trust}: cannot read the pinned trust file: "
+                          f"{exc.strerror}") from exc
+    return load_trust(data)
+
+
+def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: CachedManifest | None,
+                         last_serial: int, now: float) -> Manifest:
+    """Verify ``envelope``; the rollback floor is the last applied serial.
+
+    ``verify_manifest`` refuses ``serial <= last_serial``. Re-applying the
+    manifest already applied (same serial) must work, so: the identical
+    envelope is verified without the floor (signature, org and expiry still
+    checked); any other envelope is verified against ``last_serial - 1`` and,
+    if its serial equals the floor, must carry the same manifest as the cache
+    (one serial, two contents is refused as a rollback/equivocation). A cache
+    that no longer verifies (corrupt on disk) cannot vouch for anything: the
+    new envelope then only has to clear the floor.
+    """
+    if cached is not None and envelope == cached.envelope:
+        manifest = verify_manifest(envelope, trust, org, None, now)
+        if manifest.serial < last_serial:
+            raise ManifestRefused("rollback", f"cached serial {manifest.serial} is below the "
+                                              f"last applied serial {last_serial}")
+        return manifest
+    floor = last_serial - 1 if last_serial > 0 else None
+    manifest = verify_manifest(envelope, trust, org, floor, now)
+    if last_serial and manifest.serial == last_serial and cached is not None:
+        try:
+            previous = verify_manifest(cached.envelope, trust, org, None, float("-inf"))
+        except ManifestRefused:
+            log.warning("the cached manifest does not verify; it is replaced by serial %d",
+                        manifest.serial)
+            return manifest
+        if previous != manifest:
+            raise ManifestRefused(
+                "rollback", f"serial {manifest.serial} was already applied with other content")
+    return manifest
+
+
+def obtain_manifest(config: AgentConfig, fetch: FetchLike, trust: Trust, state: StateDir,
+                    now: float, *, wait: int | None = None) -> VerifiedManifest:
+    """Fetch + verify, or fall back to the cache when the source is unreachable."""
+    cached = state.load_manifest()
+    last = state.last_serial()
+    url = config.source_url
+    try:
+        resp = fetch.get(url, etag=cached.etag if cached and not url.startswith("file:")
+                         else None, wait=wait)
+    except FetchError as exc:
+        if cached is None:
+            raise
+        try:
+            manifest = verify_against_cache(cached.envelope, trust, config.org, cached, last, now)
+        except ManifestRefused as refused:
+            raise FetchError(f"{exc}; the cached manifest (serial {cached.serial}) cannot be "
+                             f"used: {refused}", exc.delay) from exc
+        return VerifiedManifest(manifest, cached.envelope, cached.etag, "cache",
+                                f"manifest source unreachable ({exc}); re-applied the cached "
+                                f"manifest serial {manifest.serial}", cached.etag)
+    if resp.status == 304:
+        if cached is None:
+            raise FetchError(f"{url}: 304 Not Modified but no cached manifest")
+        envelope = cached.envelope
+    else:
+        envelope = resp.body
+    manifest = verify_against_cache(envelope, trust, config.org, cached, last, now)
+    unchanged = cached is not None and envelope == cached.envelope
+    return VerifiedManifest(manifest, envelope, resp.etag, "unchanged" if unchanged else "fetched",
+                            cached_etag=cached.etag if cached is not None else None)
+
+
+def pin_hub_ca(config: AgentConfig, trust: Trust, state: StateDir) -> None:
+    """The org CA from the pinned trust verifies the hub's TLS certificate."""
+    org = trust.orgs.get(config.org)
+    if org is not None and org.ca_pem:
+        state.write_if_changed(HUB_CA, org.ca_pem.encode(), mode=0o644)
+
+
+def drop_expired_cert(fetch: FetchLike, state: StateDir, now: float) -> bool:
+    """Delete ``device.crt`` once it expired: the hub's TLS handshake refuses an
+    expired client certificate outright, so the renewed one must be fetched
+    without any (the certificate endpoint is public). True when dropped."""
+    path = state.path / DEVICE_CERT
+    try:
+        not_after = load_cert(path.read_bytes()).not_valid_after_utc.timestamp()
+    except (OSError, PkiError):
+        return False  # none yet, or unreadable: the fetch replaces it
+    if not_after > now:
+        return False
+    path.unlink(missing_ok=True)
+    fetch.reset_tls()
+    return True
+
+
+def fetch_device_cert(config: AgentConfig, fetch: FetchLike, state: StateDir, *,
+                      refresh: bool, warnings: list[str]) -> bool:
+    """Keep ``device.crt`` (public; renewed by the hub) for mTLS with the identity
+    key. The hub serves it without a client certificate, so a new device fetches
+    it before its first manifest request. True when the file changed."""
+    if not refresh and state.path.joinpath(DEVICE_CERT).exists():
+        return False
+    assert config.hub is not None
+    url = f"{config.hub.rstrip('/')}/v1/orgs/{config.org}/devices/{config.name}/cert"
+    try:
+        doc = json.loads(fetch.get(url).body or b"{}")
+        pem = doc["cert"]
+        if not isinstance(pem, str) or "BEGIN CERTIFICATE" not in pem:
+            raise ValueError("no PEM certificate")
+    except (FetchError, ConfigError, ValueError, KeyError, TypeError) as exc:
+        warnings.append(f"device certificate not fetched: {exc}")
+        return False
+    if not state.write_if_changed(DEVICE_CERT, pem.encode(), mode=0o644):
+        return False
+    fetch.reset_tls()
+    return True
+
+
+def manifest_with_cert(config: AgentConfig, fetch: FetchLike, trust: Trust, state: StateDir,
+                       now: float, *, wait: int | None,
+                       warnings: list[str]) -> VerifiedManifest:
+    """The verified manifest, with the hub credentials it needs kept current.
+
+    With a hub: the org CA is pinned, an expired certificate dropped and a
+    missing one fetched first; a hub refusing the request (4xx: e.g. the
+    local certificate expired or was revoked while the device was away)
+    triggers one certificate re-fetch and, if it changed, a retry; a new
+    manifest re-fetches the certificate (renewals ship with a publish)."""
+    if not config.hub:
+        return obtain_manifest(config, fetch, trust, state, now, wait=wait)
+    if not config.tls_ca:
+        pin_hub_ca(config, trust, state)
+    drop_expired_cert(fetch, state, now)
+    fresh = fetch_device_cert(config, fetch, state, refresh=False, warnings=warnings)
+    try:
+        got = obtain_manifest(config, fetch, trust, state, now, wait=wait)
+    except ConfigError:
+        if not fetch_device_cert(config, fetch, state, refresh=True, warnings=warnings):
+            raise
+        return obtain_manifest(config, fetch, trust, state, now, wait=wait)
+    if got.source == "fetched" and not fresh:
+        fetch_device_cert(config, fetch, state, refresh=True, warnings=warnings)
+    return got
+
+
+def fetch_feed(config: AgentConfig, fetch: FetchLike, trust: Trust,
+               last: EndpointFeed | None, warnings: list[str]) -> EndpointFeed | None:
+    """The endpoint feed (hub only); on failure, or when older, ``last``."""
+    if config.feed_url is None:
+        return last
+    try:
+        resp = fetch.get(config.feed_url)
+        if resp.status == 304 or not resp.body:
+            return last
+        feed = endpoints_mod.open_feed(resp.body, trust, config.org)
+    except (FetchError, ManifestRefused, ConfigError) as exc:
+        warnings.append(f"endpoint feed not used: {exc}")
+        return last
+    if last is not None and feed.revision < last.revision:
+        warnings.append(f"endpoint feed revision {feed.revision} is older than "
+                        f"{last.revision}; kept the newer one")
+        return last
+    return feed
