@@ -9,7 +9,7 @@ observations (what this device's WireGuard sees as its peers' source
 addresses). It does no I/O: the source address towards the hub (a LAN
 candidate) comes from ``agent.fetch.route_source``.
 
-Called by ``agent.reconcile``. The agent never imports ``reconciler.hub``.
+Called by ``agent.gather`` (parse, own endpoints) and ``agent.decide`` (the report). The agent never imports ``reconciler.hub``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import ManifestRefused
+from reconciler.model.endpoint import host_of
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
 from reconciler.model.manifest import Manifest
 from reconciler.model.wg import ObservedInterface
@@ -112,7 +113,7 @@ class SelfEndpoints:
             return cls()
 
     def local_hosts(self) -> frozenset[str]:
-        return frozenset(host(c.address) for c in self.candidates if c.kind == "local")
+        return frozenset(host_of(c.address) for c in self.candidates if c.kind == "local")
 
     def moved_from(self, here: str | None) -> bool:
         """True when ``here`` (today's source address towards the hub) is not the
@@ -124,12 +125,6 @@ class SelfEndpoints:
         return bool(self.local_hosts()) and here not in self.local_hosts()
 
 
-def host(address: str) -> str:
-    """``"1.2.3.4:5"`` -> ``"1.2.3.4"``; ``"[2001:db8::1]:5"`` -> ``"2001:db8::1"``."""
-    text = address.rpartition(":")[0] if ":" in address else address
-    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
-
-
 def foreign_ips(entry: FeedEntry | None, own: SelfEndpoints) -> tuple[str, ...]:
     """Public IPs others attribute to this device (the hub's view of the report
     connection, the reflections of live WireGuard sessions) that are neither the
@@ -137,7 +132,7 @@ def foreign_ips(entry: FeedEntry | None, own: SelfEndpoints) -> tuple[str, ...]:
     if entry is None:
         return ()
     seen = [entry.public_ip] if entry.public_ip else []
-    seen += [host(c.address) for c in entry.candidates if c.kind == "reflected"]
+    seen += [host_of(c.address) for c in entry.candidates if c.kind == "reflected"]
     skip = own.local_hosts() | {own.public_ip}
     return tuple(sorted({ip for ip in seen if ip not in skip}))
 
@@ -196,9 +191,3 @@ def build_report(
         "serial": manifest.serial,
         "observations": observations,
     }
-
-
-def with_port(ip: str | None, port: int) -> str | None:
-    if ip is None:
-        return None
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

@@ -41,6 +41,7 @@ from reconciler.converge.ops import (
     UpdatePeer,
 )
 from reconciler.errors import BackendError, BackendUnavailable, ConfigError
+from reconciler.model.endpoint import Endpoint
 from reconciler.model.wg import ObservedInterface, ObservedPeer
 
 NO_MODULE = (
@@ -121,9 +122,8 @@ def decode_info(name: str, msgs: Iterable[Any]) -> ObservedInterface:
 
 
 def _endpoint_fields(endpoint: str) -> dict[str, Any]:
-    text = uapi_endpoint(endpoint)  # validates: IP literal + port
-    host, _, port = text.rpartition(":")
-    return {"endpoint_addr": host.strip("[]"), "endpoint_port": int(port)}
+    parsed = Endpoint.parse(uapi_endpoint(endpoint))  # validates: IP literal + port
+    return {"endpoint_addr": parsed.host, "endpoint_port": parsed.port}
 
 
 def peer_request(op: AddPeer | RemovePeer | UpdatePeer) -> dict[str, Any]:

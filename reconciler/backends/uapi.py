@@ -31,7 +31,6 @@ Quirks handled here (checked against Debian's wireguard-go 0.0.20220316):
 from __future__ import annotations
 
 import base64
-import ipaddress
 import socket
 from collections.abc import Sequence
 
@@ -47,6 +46,7 @@ from reconciler.converge.ops import (
     UpdatePeer,
 )
 from reconciler.errors import BackendError, BackendUnavailable
+from reconciler.model.endpoint import Endpoint
 from reconciler.model.wg import ObservedInterface, ObservedPeer
 
 EADDRINUSE = 98
@@ -72,23 +72,13 @@ def key_from_hex(key_hex: str) -> str:
 
 
 def uapi_endpoint(endpoint: str) -> str:
-    """Validate ``ip:port`` / ``[v6]:port`` and return the UAPI form."""
-    text = endpoint.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
+    """Validate ``ip:port`` / ``[v6]:port`` (``model.endpoint``) and return the UAPI form."""
     try:
-        ip = ipaddress.ip_address(host)
-        number = int(port)
+        parsed = Endpoint.parse(endpoint.strip())
     except ValueError as exc:
-        raise BackendError(
-            f"endpoint {endpoint!r} must be an IP literal with a port "
-            "(wireguard-go does not resolve names)"
-        ) from exc
-    if not sep or not 0 < number < 65536:
-        raise BackendError(f"endpoint {endpoint!r} has no valid port")
-    return f"[{ip}]:{number}" if ip.version == 6 else f"{ip}:{number}"
+        raise BackendError(f"endpoint {endpoint!r} must be an IP literal with a port "
+                           f"(wireguard-go does not resolve names): {exc}") from exc
+    return str(parsed)
 
 
 def encode_get() -> bytes:

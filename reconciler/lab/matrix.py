@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from reconciler.lab.netns import in_ns, run
+from reconciler.model.endpoint import parse_or_none
 
 _RTT = re.compile(r"time=([\d.]+) ms")
 
@@ -79,10 +80,9 @@ _SITE_RANGES = tuple(
 def _is_private(endpoint: str | None) -> bool:
     if not endpoint:
         return False
-    host = endpoint.rsplit(":", 1)[0].strip("[]")
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
+    parsed = parse_or_none(endpoint)
+    addr = parsed.ip if parsed is not None else None
+    if addr is None:
         return False
     return any(addr in net for net in _SITE_RANGES if net.version == addr.version)
 

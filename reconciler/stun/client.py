@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import BackendUnavailable, ConfigError
+from reconciler.model.endpoint import Endpoint
 from reconciler.model.endpoints import Candidate
 from reconciler.stun import message as m
 from reconciler.stun.localaddr import lan_addresses
@@ -132,13 +133,13 @@ def split_server(server: str | tuple[str, int], default_port: int = 3478) -> tup
     if isinstance(server, tuple):
         return server[0], int(server[1])
     text = server.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host, int(port)
-    return text, default_port
+    try:
+        parsed = Endpoint.parse(text, allow_names=True)
+    except ValueError:
+        bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        parsed = Endpoint.parse(f"[{bare}]:{default_port}" if ":" in bare
+                                else f"{bare}:{default_port}", allow_names=True)
+    return parsed.host, parsed.port
 
 
 def _resolve(host: str, port: int, family: int) -> tuple[Any, ...]:

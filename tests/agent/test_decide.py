@@ -49,17 +49,18 @@ FEED = EndpointFeed("acme", 3, int(NOW), (
 
 def inputs(**kw) -> Inputs:
     m = kw.pop("manifest", manifest())
-    base = dict(
-        me="alpha", org="acme", interface="mo-acme", listen_port=51820, hysteresis={},
-        hub=True, manifest=m,
-        source=VerifiedManifest(m, b"envelope", '"1"', "fetched"),
-        feed=FEED, observed=ObservedInterface("mo-acme", exists=False), memory=Memory(),
-        own=SelfEndpoints((Candidate("local", "10.10.1.11:51820"),), "independent",
-                          "198.51.100.1", "10.10.1.11"),
-        private_key=wg_keypair(1)[0], here="10.10.1.11",
-        resolved={"relay.example": "203.0.113.50"})
-    base.update(kw)
-    return Inputs(**base)
+    defaults = {
+        "me": "alpha", "org": "acme", "interface": "mo-acme", "listen_port": 51820,
+        "hysteresis": {}, "hub": True, "manifest": m,
+        "source": VerifiedManifest(m, b"envelope", '"1"', "fetched"),
+        "feed": FEED, "observed": ObservedInterface("mo-acme", exists=False),
+        "memory": Memory(),
+        "own": SelfEndpoints((Candidate("local", "10.10.1.11:51820"),), "independent",
+                             "198.51.100.1", "10.10.1.11"),
+        "private_key": wg_keypair(1)[0], "here": "10.10.1.11",
+        "resolved": {"relay.example": "203.0.113.50"},
+    }
+    return Inputs(**{**defaults, **kw})
 
 
 def converged(inp: Inputs) -> Inputs:
