@@ -80,7 +80,7 @@ class Desired:
 
 def host_network(ip: str) -> str:
     """``10.0.0.3`` -> ``10.0.0.3/32``; ``fd00::3`` -> ``fd00::3/128``."""
-    addr = ipaddress.ip_interface(ip).ip
+    addr = ipaddress.ip_address(ip.partition("/")[0])  # far cheaper than ip_interface
     return f"{addr}/{addr.max_prefixlen}"
 
 
@@ -89,9 +89,17 @@ def canonical(cidr: str) -> str:
 
 
 def sort_cidrs(cidrs: Iterable[str]) -> tuple[str, ...]:
+    """Canonical CIDRs, sorted by family, address and prefix."""
     nets = {ipaddress.ip_network(c, strict=False) for c in cidrs}
     return tuple(str(n) for n in sorted(nets, key=lambda n: (n.version, n.network_address,
                                                             n.prefixlen)))
+
+
+def _sort_canonical(cidrs: set[str]) -> tuple[str, ...]:
+    """``sort_cidrs`` for entries already canonical (``host_network``,
+    ``canonical``): one entry, the common case at 10,000 peers, is not parsed
+    again."""
+    return (next(iter(cidrs)),) if len(cidrs) == 1 else sort_cidrs(cidrs)
 
 
 def interface_addresses(manifest: Manifest, device: ManifestDevice) -> tuple[str, ...]:
@@ -205,7 +213,7 @@ def compute_desired(
             endpoints[name] = relay_path.endpoint if relay_path else _literal(dev.endpoint)
         peers[dev.wireguard_public_key] = DesiredPeer(
             public_key=dev.wireguard_public_key,
-            allowed_ips=sort_cidrs(ips),
+            allowed_ips=_sort_canonical(ips),
             endpoint=endpoints[name],
             keepalive=keepalive,
             name=name,

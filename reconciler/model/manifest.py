@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -42,8 +43,11 @@ class Manifest:
     revoked: tuple[int, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @cached_property
+    def _by_name(self) -> Mapping[str, ManifestDevice]:
+        # built once per manifest (frozen: cached_property writes __dict__ directly)
+        return {d.name: d for d in self.devices}
+
     def device(self, name: str) -> ManifestDevice | None:
-        for d in self.devices:
-            if d.name == name:
-                return d
-        return None
+        """The device called ``name``, by index: no scan per lookup."""
+        return self._by_name.get(name)
