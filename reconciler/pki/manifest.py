@@ -11,9 +11,14 @@ JSON form (keys sorted, compact, UTF-8)::
     {"cidr_v4": "10.9.0.0/16", "cidr_v6": "fd00:9::/48", "commit": "<sha>",
      "devices": [{"name": "laptop-7", "wg": "<base64>", "ips": ["10.9.0.7"],
                   "fp": "<sha256 of cert DER, base64url>", "tags": [...], ...}],
+     "hub_url": "https://hub.example.com:8443",
      "issued_at": 1763776800, "keepalive": 25, "listen_port": 51820,
      "not_after": 1764381600, "org": "acme", "policy": {...},
-     "revoked": [123, ...], "serial": 1763776800000, "version": 1}
+     "revoked": [123, ...], "serial": 1763776800000,
+     "stun_servers": ["203.0.113.1:3478", ...], "version": 1}
+
+``hub_url`` and ``stun_servers`` are mesh.yaml's, passed in by the publisher,
+so agents learn them under the org's signature; each is left out when unset.
 
 Per device, defaults and empty fields are left out (``relay``/``exit`` only
 when true, ``tags``/``labels``/``routes`` only when non-empty, ``endpoint`` and
@@ -46,7 +51,9 @@ _TOP_REQUIRED = (
     "version", "org", "serial", "commit", "issued_at", "not_after",
     "cidr_v4", "listen_port", "keepalive", "devices",
 )  # fmt: skip
-_TOP_OPTIONAL = ("cidr_v6", "policy", "revoked", "extra")
+_TOP_OPTIONAL = ("cidr_v6", "policy", "revoked", "extra", "hub_url", "stun_servers")
+# Same shape as mesh.schema.json's hub_url; fullmatch, so no trailing newline slips in.
+_HUB_URL = re.compile(r"https?://[^\s/]+\S*")
 _DEV_REQUIRED = ("name", "wg", "ips", "fp")
 _DEV_OPTIONAL = ("routes", "relay", "endpoint", "tags", "labels", "keepalive", "exit")
 
@@ -74,12 +81,16 @@ def build_manifest(
     revoked: Iterable[int] = (),
     compiled: Any = None,
     entries: MutableMapping[str, tuple[Any, str, tuple[str, ...], ManifestDevice]] | None = None,
+    hub_url: str | None = None,
+    stun_servers: Iterable[str] = (),
 ) -> Manifest:
     """The manifest for one org. Devices without a fingerprint (no cert) are left out.
 
     ``compiled`` is a precomputed ``CompiledPolicy`` (the publisher caches it);
     by default ``reconciler.policy.compile_policy(org_state)`` is called.
-    ``entries`` memoizes ``ManifestDevice`` objects by device name across calls."""
+    ``entries`` memoizes ``ManifestDevice`` objects by device name across calls.
+    ``hub_url`` and ``stun_servers`` are mesh.yaml's (``Repo.mesh``), signed
+    into the manifest as they are (order kept: it is the order agents try)."""
     if compiled is None:
         from reconciler.policy import compile_policy
 
@@ -125,6 +136,8 @@ def build_manifest(
         devices=tuple(devices),
         policy=compiled.as_dict(),
         revoked=tuple(sorted(set(revoked))),
+        hub_url=hub_url or None,
+        stun_servers=tuple(stun_servers),
     )
 
 
@@ -196,6 +209,10 @@ def _top_to_dict(m: Manifest) -> dict[str, Any]:
         out["revoked"] = list(m.revoked)
     if m.extra:
         out["extra"] = dict(m.extra)
+    if m.hub_url:
+        out["hub_url"] = m.hub_url
+    if m.stun_servers:
+        out["stun_servers"] = list(m.stun_servers)
     return out
 
 
@@ -304,6 +321,13 @@ def check_manifest_dict(d: Any) -> None:
         _fail("$.policy", "must be an object")
     if "extra" in d and not isinstance(d["extra"], dict):
         _fail("$.extra", "must be an object")
+    hub_url = d.get("hub_url", "https://x")
+    if not isinstance(hub_url, str) or not _HUB_URL.fullmatch(hub_url):
+        _fail("$.hub_url", "must be an http(s):// URL without spaces")
+    if "stun_servers" in d:
+        _str_list(d["stun_servers"], "$.stun_servers", _ENDPOINT.fullmatch)
+        if len(set(d["stun_servers"])) != len(d["stun_servers"]):
+            _fail("$.stun_servers", "must not repeat a server")
     if "revoked" in d:
         if not isinstance(d["revoked"], list):
             _fail("$.revoked", "must be an array")
@@ -383,6 +407,8 @@ def manifest_from_dict(d: Mapping[str, Any]) -> Manifest:
         policy=d.get("policy"),
         revoked=tuple(d.get("revoked", ())),
         extra=dict(d.get("extra", {})),
+        hub_url=d.get("hub_url"),
+        stun_servers=tuple(d.get("stun_servers", ())),
     )
 
 

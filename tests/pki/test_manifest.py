@@ -96,6 +96,16 @@ BAD_DOCS = [
     ("revoked negative", lambda d: d.update(revoked=[-1])),
     ("policy list", lambda d: d.update(policy=[])),
     ("port too big", lambda d: d.update(listen_port=70000)),
+    ("hub_url not a URL", lambda d: d.update(hub_url="hub.example.com:8443")),
+    ("hub_url ftp", lambda d: d.update(hub_url="ftp://hub.example.com")),
+    ("hub_url trailing newline", lambda d: d.update(hub_url="https://hub.example.com\n")),
+    ("hub_url with a space", lambda d: d.update(hub_url="https://hub example.com")),
+    ("hub_url number", lambda d: d.update(hub_url=8443)),
+    ("stun_servers string", lambda d: d.update(stun_servers="203.0.113.1:3478")),
+    ("stun_servers no port", lambda d: d.update(stun_servers=["203.0.113.1"])),
+    ("stun_servers trailing newline", lambda d: d.update(stun_servers=["203.0.113.1:3478\n"])),
+    ("stun_servers repeated", lambda d: d.update(stun_servers=["h:1", "h:1"])),
+    ("stun_servers number", lambda d: d.update(stun_servers=[3478])),
 ]
 
 
@@ -287,3 +297,63 @@ def test_open_envelope_for_other_payload_types(keys):
     with pytest.raises(ManifestRefused) as err:
         open_envelope(data, trust, pm.MANIFEST_TYPE)
     assert err.value.reason == "malformed"
+
+
+HUB = "https://hub.example.com:8443"
+STUN = ("203.0.113.1:3478", "[2001:db8::1]:3478", "stun.example.net:3478")
+
+
+def test_mesh_endpoints_are_signed_into_the_manifest_and_round_trip(keys, org_state):
+    m = _build(org_state, hub_url=HUB, stun_servers=STUN)
+    assert m.hub_url == HUB and m.stun_servers == STUN
+    d = pm.manifest_to_dict(m)
+    assert d["hub_url"] == HUB and d["stun_servers"] == list(STUN)  # order kept
+    jsonschema.Draft202012Validator(SCHEMA).validate(d)
+    assert pm.encode_manifest(m, {}) == pm.canonical_json(d)
+    got = pm.verify_manifest(_signed(keys, m), _trust(keys), "acme", None, NOW)
+    assert got == m
+    assert (got.hub_url, got.stun_servers) == (HUB, STUN)
+
+
+def test_unset_mesh_endpoints_are_left_out(keys, org_state):
+    m = _build(org_state)
+    d = pm.manifest_to_dict(m)
+    assert "hub_url" not in d and "stun_servers" not in d
+    got = pm.verify_manifest(_signed(keys, m), _trust(keys), "acme", None, NOW)
+    assert got.hub_url is None and got.stun_servers == ()
+    # an empty hub_url from a caller is "unset", never an empty string in the manifest
+    assert "hub_url" not in pm.manifest_to_dict(_build(org_state, hub_url=""))
+
+
+def test_signature_covers_the_mesh_endpoints(keys, org_state):
+    """A man in the middle cannot point agents at his hub or STUN server."""
+    m = _build(org_state, hub_url=HUB, stun_servers=STUN)
+    envelope = json.loads(_signed(keys, m))
+    payload = base64.b64decode(envelope["payload"])
+    for old, new in ((b"hub.example.com", b"hub.attacker.ex"), (b"203.0.113.1:", b"203.0.113.9:")):
+        assert old in payload
+        forged = dict(envelope, payload=base64.b64encode(payload.replace(old, new)).decode())
+        with pytest.raises(ManifestRefused) as err:
+            pm.verify_manifest(json.dumps(forged).encode(), _trust(keys), "acme", None, NOW)
+        assert err.value.reason == "bad-signature"
+
+
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.1:8443", "https://hub.example.com", "https://[2001:db8::1]:8443/base/",
+])  # fmt: skip
+def test_hub_url_forms_pass_both_checks(org_state, url):
+    d = pm.manifest_to_dict(_build(org_state, hub_url=url))
+    jsonschema.Draft202012Validator(SCHEMA).validate(d)
+    assert pm.manifest_from_dict(d).hub_url == url
+
+
+def test_example_repo_mesh_endpoints_fit_the_manifest_schema():
+    """What mesh.yaml accepts must fit the manifest, or agents would refuse it."""
+    from reconciler.config import load
+
+    repo = load(Path(__file__).resolve().parents[2] / "example-repo").repo
+    assert repo is not None
+    doc = {"hub_url": repo.mesh.hub_url, "stun_servers": list(repo.mesh.stun_servers)}
+    for key, value in doc.items():
+        jsonschema.Draft202012Validator(SCHEMA["properties"][key]).validate(value)
+    assert doc["stun_servers"]
