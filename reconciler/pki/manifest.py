@@ -47,6 +47,9 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _WG = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
 _FP = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+# Checks use fullmatch: "$" alone also matches before a trailing newline. The schema's
+# patterns end in "(?![\s\S])" (no character follows) for the same reason, in both the
+# ECMA-262 and the Python regex dialects.
 _TOP_REQUIRED = (
     "version", "org", "serial", "commit", "issued_at", "not_after",
     "cidr_v4", "listen_port", "keepalive", "devices",
@@ -300,12 +303,35 @@ def _keys(d: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...
         _fail(path, f"unexpected {', '.join(extra)}")
 
 
+_PORTS = re.compile(r"[0-9]+(-[0-9]+)?")
+_PROTOS = ("tcp", "udp", "icmp", "any")
+
+
+def _check_policy(policy: Any) -> None:
+    """The compiled policy's shape (``policy.compile_policy(...).as_dict()``)."""
+    _keys(policy, "$.policy", ("version", "rules"), ())
+    _int(policy["version"], "$.policy.version", 1)
+    if not isinstance(policy["rules"], list):
+        _fail("$.policy.rules", "must be an array")
+    for i, rule in enumerate(policy["rules"]):
+        p = f"$.policy.rules[{i}]"
+        _keys(rule, p, ("src", "dst", "proto"), ("ports", "name"))
+        _str_list(rule["src"], f"{p}.src")
+        _str_list(rule["dst"], f"{p}.dst")
+        if rule["proto"] not in _PROTOS:
+            _fail(f"{p}.proto", f"must be one of {', '.join(_PROTOS)}")
+        if "ports" in rule:
+            _str_list(rule["ports"], f"{p}.ports", _PORTS.fullmatch)
+        if "name" in rule and not isinstance(rule["name"], str):
+            _fail(f"{p}.name", "must be a string")
+
+
 def check_manifest_dict(d: Any) -> None:
     """Hand-written mirror of schemas/manifest.schema.json; raises ``SchemaViolation``."""
     _keys(d, "$", _TOP_REQUIRED, _TOP_OPTIONAL)
     if d["version"] != FORMAT_VERSION or isinstance(d["version"], bool):
         _fail("$.version", f"must be {FORMAT_VERSION}")
-    if not isinstance(d["org"], str) or not _NAME.match(d["org"]):
+    if not isinstance(d["org"], str) or not _NAME.fullmatch(d["org"]):
         _fail("$.org", "must be a DNS label")
     _int(d["serial"], "$.serial", 1)
     if not isinstance(d["commit"], str) or not d["commit"]:
@@ -317,8 +343,8 @@ def check_manifest_dict(d: Any) -> None:
     for key in ("cidr_v4", "cidr_v6"):
         if key in d and (not isinstance(d[key], str) or not _is_cidr(d[key])):
             _fail(f"$.{key}", "must be a CIDR")
-    if "policy" in d and not isinstance(d["policy"], dict):
-        _fail("$.policy", "must be an object")
+    if "policy" in d:
+        _check_policy(d["policy"])
     if "extra" in d and not isinstance(d["extra"], dict):
         _fail("$.extra", "must be an object")
     hub_url = d.get("hub_url", "https://x")
@@ -339,14 +365,14 @@ def check_manifest_dict(d: Any) -> None:
     for i, dev in enumerate(d["devices"]):
         p = f"$.devices[{i}]"
         _keys(dev, p, _DEV_REQUIRED, _DEV_OPTIONAL)
-        if not isinstance(dev["name"], str) or not _NAME.match(dev["name"]):
+        if not isinstance(dev["name"], str) or not _NAME.fullmatch(dev["name"]):
             _fail(f"{p}.name", "must be a DNS label")
         if dev["name"] in names:
             _fail(f"{p}.name", f"duplicate device {dev['name']!r}")
         names.add(dev["name"])
-        if not isinstance(dev["wg"], str) or not _WG.match(dev["wg"]):
+        if not isinstance(dev["wg"], str) or not _WG.fullmatch(dev["wg"]):
             _fail(f"{p}.wg", "must be a base64 WireGuard key")
-        if not isinstance(dev["fp"], str) or not _FP.match(dev["fp"]):
+        if not isinstance(dev["fp"], str) or not _FP.fullmatch(dev["fp"]):
             _fail(f"{p}.fp", "must be a base64url SHA-256")
         _str_list(dev["ips"], f"{p}.ips", _is_ip)
         if not dev["ips"]:
@@ -358,7 +384,7 @@ def check_manifest_dict(d: Any) -> None:
             if key in dev and dev[key] is not True:
                 _fail(f"{p}.{key}", "must be true when present")
         if "endpoint" in dev and (
-            not isinstance(dev["endpoint"], str) or not _ENDPOINT.match(dev["endpoint"])
+            not isinstance(dev["endpoint"], str) or not _ENDPOINT.fullmatch(dev["endpoint"])
         ):
             _fail(f"{p}.endpoint", "must be host:port")
         if "keepalive" in dev:

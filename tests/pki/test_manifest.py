@@ -96,6 +96,26 @@ BAD_DOCS = [
     ("revoked negative", lambda d: d.update(revoked=[-1])),
     ("policy list", lambda d: d.update(policy=[])),
     ("port too big", lambda d: d.update(listen_port=70000)),
+    ("org with a trailing newline", lambda d: d.update(org="acme\n")),
+    ("device name with a trailing newline", lambda d: d["devices"][0].update(name="alpha\n")),
+    ("wg with a trailing newline", lambda d: d["devices"][0].update(wg=d["devices"][0]["wg"] + "\n")),
+    ("fp with a trailing newline", lambda d: d["devices"][0].update(fp="A" * 43 + "\n")),
+    ("endpoint with a trailing newline",
+     lambda d: d["devices"][1].update(endpoint="203.0.113.5:51820\n")),
+    ("policy port with a trailing newline", lambda d: d.update(
+        policy={"version": 1, "rules": [{"src": ["*"], "dst": ["*"], "proto": "tcp",
+                                          "ports": ["22\n"]}]})),
+    ("policy without rules", lambda d: d.update(policy={"version": 1})),
+    ("policy extra key", lambda d: d.update(policy={"version": 1, "rules": [], "x": 1})),
+    ("policy version 0", lambda d: d.update(policy={"version": 0, "rules": []})),
+    ("policy rule bad proto", lambda d: d.update(policy={"version": 1, "rules": [
+        {"src": ["*"], "dst": ["*"], "proto": "sctp"}]})),
+    ("policy rule src string", lambda d: d.update(policy={"version": 1, "rules": [
+        {"src": "*", "dst": ["*"], "proto": "any"}]})),
+    ("policy rule port number", lambda d: d.update(policy={"version": 1, "rules": [
+        {"src": ["*"], "dst": ["*"], "proto": "tcp", "ports": [22]}]})),
+    ("policy rule extra key", lambda d: d.update(policy={"version": 1, "rules": [
+        {"src": ["*"], "dst": ["*"], "proto": "tcp", "action": "drop"}]})),
     ("hub_url not a URL", lambda d: d.update(hub_url="hub.example.com:8443")),
     ("hub_url ftp", lambda d: d.update(hub_url="ftp://hub.example.com")),
     ("hub_url trailing newline", lambda d: d.update(hub_url="https://hub.example.com\n")),
