@@ -35,9 +35,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from reconciler.errors import ManifestRefused
+from reconciler.errors import ManifestRefused, Problem, ValidationError
 from reconciler.model.manifest import Manifest, ManifestDevice
-from reconciler.model.repo import OrgState
+from reconciler.model.repo import Mesh, OrgState
 from reconciler.pki.envelope import OrgTrust, Trust, load_trust, open_envelope, sign_envelope
 
 MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
@@ -84,16 +84,21 @@ def build_manifest(
     revoked: Iterable[int] = (),
     compiled: Any = None,
     entries: MutableMapping[str, tuple[Any, str, tuple[str, ...], ManifestDevice]] | None = None,
-    hub_url: str | None = None,
-    stun_servers: Iterable[str] = (),
+    mesh: Mesh | None = None,
 ) -> Manifest:
     """The manifest for one org. Devices without a fingerprint (no cert) are left out.
 
     ``compiled`` is a precomputed ``CompiledPolicy`` (the publisher caches it);
     by default ``reconciler.policy.compile_policy(org_state)`` is called.
     ``entries`` memoizes ``ManifestDevice`` objects by device name across calls.
-    ``hub_url`` and ``stun_servers`` are mesh.yaml's (``Repo.mesh``), signed
-    into the manifest as they are (order kept: it is the order agents try)."""
+    ``mesh`` (``Repo.mesh``) gives ``hub_url`` and ``stun_servers``, signed into
+    the manifest as they are (order kept: it is the order agents try). A value
+    agents would refuse raises ``ValidationError`` naming mesh.yaml's line:
+    the hub never signs a manifest that every agent would then refuse."""
+    if mesh is not None:
+        problems = mesh_endpoint_problems(mesh)
+        if problems:
+            raise ValidationError(problems)
     if compiled is None:
         from reconciler.policy import compile_policy
 
@@ -139,8 +144,8 @@ def build_manifest(
         devices=tuple(devices),
         policy=compiled.as_dict(),
         revoked=tuple(sorted(set(revoked))),
-        hub_url=hub_url or None,
-        stun_servers=tuple(stun_servers),
+        hub_url=(mesh.hub_url or None) if mesh is not None else None,
+        stun_servers=tuple(mesh.stun_servers) if mesh is not None else (),
     )
 
 
@@ -326,6 +331,41 @@ def _check_policy(policy: Any) -> None:
             _fail(f"{p}.name", "must be a string")
 
 
+def _check_endpoints(d: Mapping[str, Any]) -> None:
+    """``hub_url`` and ``stun_servers`` (mesh.yaml's), wherever they come from."""
+    hub_url = d.get("hub_url", "https://x")
+    if not isinstance(hub_url, str) or not _HUB_URL.fullmatch(hub_url):
+        _fail("$.hub_url", "must be an http(s):// URL without spaces")
+    if "stun_servers" in d:
+        _str_list(d["stun_servers"], "$.stun_servers", _ENDPOINT.fullmatch)
+        if len(set(d["stun_servers"])) != len(d["stun_servers"]):
+            _fail("$.stun_servers", "must not repeat a server")
+
+
+def mesh_endpoint_problems(mesh: Mesh) -> list[Problem]:
+    """mesh.yaml's ``hub_url`` and ``stun_servers`` as the manifest (and so every
+    agent) will check them; one ``Problem`` per bad value, at its line."""
+    checks: list[tuple[str, Any, dict[str, Any]]] = [
+        ("hub_url", mesh.hub_url, {"hub_url": mesh.hub_url})]
+    checks += [(f"stun_servers.{i}", s, {"stun_servers": [s]})
+               for i, s in enumerate(mesh.stun_servers)]
+    if len(set(mesh.stun_servers)) != len(mesh.stun_servers):
+        checks.append(("stun_servers", list(mesh.stun_servers),
+                       {"stun_servers": list(mesh.stun_servers)}))
+    problems = []
+    for path, value, doc in checks:
+        try:
+            _check_endpoints(doc)
+        except SchemaViolation as exc:
+            problems.append(Problem(
+                mesh.source.file, mesh.source.line(path), "E-MANIFEST-FIELD",
+                f"{path} {value!r} cannot go into the signed manifest: "
+                f"{str(exc).partition(': ')[2]}",
+                "write hub_url as http(s)://host[:port][/path] and each STUN server as "
+                "host:port, each server once"))  # fmt: skip
+    return problems
+
+
 def check_manifest_dict(d: Any) -> None:
     """Hand-written mirror of schemas/manifest.schema.json; raises ``SchemaViolation``."""
     _keys(d, "$", _TOP_REQUIRED, _TOP_OPTIONAL)
@@ -347,13 +387,7 @@ def check_manifest_dict(d: Any) -> None:
         _check_policy(d["policy"])
     if "extra" in d and not isinstance(d["extra"], dict):
         _fail("$.extra", "must be an object")
-    hub_url = d.get("hub_url", "https://x")
-    if not isinstance(hub_url, str) or not _HUB_URL.fullmatch(hub_url):
-        _fail("$.hub_url", "must be an http(s):// URL without spaces")
-    if "stun_servers" in d:
-        _str_list(d["stun_servers"], "$.stun_servers", _ENDPOINT.fullmatch)
-        if len(set(d["stun_servers"])) != len(d["stun_servers"]):
-            _fail("$.stun_servers", "must not repeat a server")
+    _check_endpoints(d)
     if "revoked" in d:
         if not isinstance(d["revoked"], list):
             _fail("$.revoked", "must be an array")
@@ -485,6 +519,7 @@ __all__ = [
     "load_trust",
     "manifest_from_dict",
     "manifest_to_dict",
+    "mesh_endpoint_problems",
     "next_serial",
     "open_envelope",
     "sign_envelope",
