@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +110,28 @@ class GitFacts:
     repo_at_rev: bool = False  # it holds mesh.yaml or orgs/ at that commit
 
 
+@dataclass(frozen=True)
+class DirFacts:
+    """What the file system says about the directory given."""
+
+    is_dir: bool = False
+    repo_files: bool = False  # it holds mesh.yaml or orgs/ (in the working tree)
+    below: tuple[str, ...] = ()  # repos_below(path)
+    absolute: str = ""
+
+
+def gather_dir(path: str) -> DirFacts:
+    if not os.path.isdir(path):
+        return DirFacts(absolute=os.path.abspath(path))
+    return DirFacts(
+        is_dir=True,
+        repo_files=os.path.isfile(os.path.join(path, "mesh.yaml"))
+        or os.path.isdir(os.path.join(path, "orgs")),
+        below=tuple(repos_below(path)),
+        absolute=os.path.abspath(path),
+    )
+
+
 def repos_below(path: str, depth: int = 2) -> list[str]:
     """Directories under ``path`` (at most ``depth`` levels, hidden ones skipped) that
     hold a mesh.yaml: the repository the user probably meant. Sorted, as typed paths."""
@@ -171,21 +193,21 @@ def gather_git(path: str, rev: str | None) -> GitFacts:
         return GitFacts()
 
 
-def explain(path: str, rev: str | None, *, git: GitFacts | None, below: Sequence[str],
+def explain(path: str, rev: str | None, *, where: DirFacts, git: GitFacts | None,
             redo: Callable[[str], str]) -> str | None:
     """PURE: a message naming the problem and its fix, or None when nothing is known.
 
-    ``git`` is ``gather_git(path, rev)`` (None when ``rev`` is None and git was not
-    asked), ``below`` is ``repos_below(path)``, ``redo(p)`` the user's command with
-    ``p`` as the repository, for the fix line."""
+    ``where`` is ``gather_dir(path)``, ``git`` is ``gather_git(path, rev)`` (None when
+    ``rev`` is None: git is not asked), ``redo(p)`` the user's command with ``p`` as
+    the repository, for the fix line."""
+    below = where.below
     suggest = (f"meshops repositories below it: {', '.join(below)}; run `{redo(below[0])}`"
                if below else "")
-    if not os.path.isdir(path):
+    if not where.is_dir:
         return (f"{path} is not a directory\n  fix: pass the org repository's directory "
                 "(the one that holds mesh.yaml)")
     if rev is None:
-        if os.path.isfile(os.path.join(path, "mesh.yaml")) or os.path.isdir(
-                os.path.join(path, "orgs")):
+        if where.repo_files:
             return None
         return (f"{path} is not a meshops repository (no mesh.yaml, no orgs/)\n  fix: "
                 + (suggest or "run it in the org repository (the directory that holds "
@@ -193,8 +215,8 @@ def explain(path: str, rev: str | None, *, git: GitFacts | None, below: Sequence
     assert git is not None
     if git.top is None:
         why = f" ({git.refused})" if git.refused else ""
-        fix = ("run `git config --global --add safe.directory "
-               f"{os.path.abspath(path)}`" if "dubious ownership" in git.refused
+        fix = (f"run `git config --global --add safe.directory {where.absolute}`"
+               if "dubious ownership" in git.refused
                else "make it one (`git init && git add -A && git commit -m init`), or "
                "compare directories of a repository that has the history")
         return (f"{path} is not inside a git repository{why}, so revision {rev!r} "
@@ -247,10 +269,10 @@ def load_explained(path: str | os.PathLike[str], rev: str | None, *,
     try:
         return load(path, rev)
     except UsageError as exc:
-        where = os.fspath(path)
-        git = gather_git(where, rev) if rev is not None and os.path.isdir(where) else None
-        below = repos_below(where) if os.path.isdir(where) else []
-        message = explain(where, rev, git=git, below=below, redo=redo)
+        text = os.fspath(path)
+        where = gather_dir(text)
+        git = gather_git(text, rev) if rev is not None and where.is_dir else None
+        message = explain(text, rev, where=where, git=git, redo=redo)
         if message is None:
             raise
         raise UsageError(message) from exc

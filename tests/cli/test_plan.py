@@ -261,20 +261,27 @@ def test_plain_directory_without_a_repo_below_points_at_the_docs(tmp_path: Path,
     assert "is not a directory" in err
 
 
-def test_explain_is_pure_and_covers_git_refusals(tmp_path: Path):
-    from reconciler.cli.repo import GitFacts, explain
+def test_explain_is_pure_and_covers_git_refusals():
+    from reconciler.cli.repo import DirFacts, GitFacts, explain
 
     def redo(p: str) -> str:
         return f"meshops plan {p} --base main"
 
-    dubious = GitFacts(refused="fatal: detected dubious ownership in repository at '/r'")
-    msg = explain(str(tmp_path), "main", git=dubious, below=[], redo=redo)
-    assert "safe.directory" in msg and "dubious ownership" in msg
+    here = DirFacts(is_dir=True, absolute="/srv/org")
+    dubious = GitFacts(refused="fatal: detected dubious ownership in repository at '/srv/org'")
+    msg = explain("org", "main", where=here, git=dubious, redo=redo)
+    assert "dubious ownership" in msg
+    assert "git config --global --add safe.directory /srv/org" in msg
     fine = GitFacts(top="/r", has_commits=True, rev_ok=True, path_at_rev=True, repo_at_rev=True)
-    assert explain(str(tmp_path), "main", git=fine, below=[], redo=redo) is None
+    assert explain("org", "main", where=here, git=fine, redo=redo) is None
     # a working tree that is a repository: nothing to explain (the loader's message stands)
-    (tmp_path / "mesh.yaml").write_text("kind: Mesh\n")
-    assert explain(str(tmp_path), None, git=None, below=[], redo=redo) is None
+    repo = DirFacts(is_dir=True, repo_files=True, absolute="/srv/org")
+    assert explain("org", None, where=repo, git=None, redo=redo) is None
+    # the suggestion uses the user's own command, with the repository found below
+    top = DirFacts(is_dir=True, below=("deploy/org", "other"), absolute="/srv")
+    msg = explain(".", None, where=top, git=None, redo=redo)
+    assert "below it: deploy/org, other; run `meshops plan deploy/org --base main`" in msg
+    assert "not a directory" in explain("x", None, where=DirFacts(), git=None, redo=redo)
 
 
 def test_repos_below_skips_hidden_and_virtualenv_directories(tmp_path: Path):
