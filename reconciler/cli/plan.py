@@ -22,7 +22,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.config.loader import LoadResult
 
 FORMATS = ("markdown", "json", "text")
 
@@ -106,7 +109,7 @@ def device_add(args: argparse.Namespace) -> int:
         identity_key=args.identity_key, owner=args.owner, tags=tags_of(args.tag),
         relay=args.relay, endpoint=args.endpoint, description=args.description,
     )
-    def load(path: Path) -> Any:
+    def load(path: Path) -> LoadResult:
         return load_explained(path, None, redo=lambda p: f"meshops device add --repo {p} ...")
 
     try:

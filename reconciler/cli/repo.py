@@ -21,7 +21,10 @@ import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.config.loader import LoadResult
 
 
 def register(sub: Any) -> None:
@@ -260,7 +263,7 @@ def _rev_fix(rev: str, git: GitFacts) -> str:
 
 
 def load_explained(path: str | os.PathLike[str], rev: str | None, *,
-                   redo: Callable[[str], str]) -> Any:
+                   redo: Callable[[str], str]) -> LoadResult:
     """``reconciler.config.load(path, rev)``; a ``UsageError`` from it is re-raised with
     ``explain``'s message (problem and fix) when the diagnosis finds one."""
     from reconciler.config import load
