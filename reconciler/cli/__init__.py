@@ -19,6 +19,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+DESCRIPTION = ("GitOps WireGuard meshes: validate an org repository, review a change, publish "
+               "signed manifests, run the hub and the agents.")
 GROUPS = (
     "reconciler.cli.repo",  # validate
     "reconciler.cli.plan",  # plan, device add
@@ -30,6 +32,28 @@ GROUPS = (
 )
 
 
+def package_version() -> str:
+    """The installed distribution's version (``[project].version`` in pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshops")
+    except PackageNotFoundError:  # run from a source tree that was never pip-installed
+        return "unknown (not installed: pip install -e . in the source tree)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``; reads the package metadata only when asked (fast agent starts)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"meshops {package_version()}")
+        parser.exit(0)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 itself; keep that, add usage
         self.print_usage(sys.stderr)
@@ -38,8 +62,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="meshops", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="meshops", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the installed version (package metadata) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in GROUPS:

@@ -28,7 +28,8 @@ def _register_publish(hsub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--state", default="sqlite:///.meshops/hub.db",
                    help="certificate/serial store: sqlite:///PATH or postgresql://… "
-                        "(default sqlite:///.meshops/hub.db)")  # fmt: skip
+                        "(default sqlite:///.meshops/hub.db, relative to the current "
+                        "directory; every run prints where it is)")  # fmt: skip
     p.add_argument("--gnupghome", help="GnuPG home holding the hub's secret key")
     p.set_defaults(handler=_publish)
 
@@ -58,7 +59,25 @@ def _publish(args: argparse.Namespace) -> int:
             f"-> {args.out / name / 'manifest.json'}"
         )
     print(f"commit {result.commit}; trust anchors in {args.out / 'trust.json'}")
+    print(f"state (issued certificates, serials): {_state_location(args.state)}; "
+          "publish with the same --state next time")
     return 0
+
+
+def _state_location(url: str) -> str:
+    """Where ``--state`` lives, said plainly: an absolute SQLite path, or the
+    PostgreSQL URL without its password."""
+    from urllib.parse import urlsplit
+
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        return path if path == ":memory:" else str(Path(path).resolve())
+    parts = urlsplit(url)
+    if parts.scheme.startswith("postgres"):
+        netloc = parts.netloc.rpartition("@")[2]  # host:port, never user:password
+        user = f"{parts.username}@" if parts.username else ""
+        return f"{parts.scheme}://{user}{netloc}{parts.path}"
+    return str(Path(url).resolve()) if "://" not in url else url
 
 
 # -- hub serve (owned by the hub-serve work: reconciler/hub/daemon.py) ----------------------

@@ -7,7 +7,8 @@ and changed, and the reachability diff. Without ``--head`` the head side is
 the working tree of REPO (uncommitted edits included), which is what a
 developer wants before committing; CI passes ``--head HEAD``. Exit codes: 0
 (plan printed, whether or not anything changes), 1 (either side is invalid:
-its problems go to stderr), 2 (not a repository, unknown revision).
+its problems go to stderr), 2 (not a repository, unknown revision: the message
+names the fix, see ``reconciler.cli.repo.load_explained``).
 
 ``meshops device add --org ORG NAME --wireguard-key K --identity-key K
 [--owner U] [--tag T]... [--relay --endpoint HOST:PORT] [--repo PATH]``
@@ -20,7 +21,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.config.loader import LoadResult
 
 FORMATS = ("markdown", "json", "text")
 
@@ -71,11 +76,15 @@ def _print_problems(side: str, problems: Any) -> None:
 
 
 def plan(args: argparse.Namespace) -> int:
-    from reconciler.config import load
+    from reconciler.cli.repo import load_explained
     from reconciler.policy.review import render_json, render_markdown, render_text, review_diff
 
-    base = load(args.repo, args.base)
-    head = load(args.repo, args.head)
+    def redo(path: str) -> str:
+        head = f" --head {args.head}" if args.head else ""
+        return f"meshops plan {path} --base {args.base}{head}"
+
+    base = load_explained(args.repo, args.base, redo=redo)
+    head = load_explained(args.repo, args.head, redo=redo)
     bad = 0
     for side, result in ((f"base {args.base}", base),
                          (f"head {args.head or '(working tree)'}", head)):
@@ -91,6 +100,7 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def device_add(args: argparse.Namespace) -> int:
+    from reconciler.cli.repo import load_explained
     from reconciler.config.writer import NewDevice, add_device, tags_of
     from reconciler.errors import ValidationError
 
@@ -99,8 +109,11 @@ def device_add(args: argparse.Namespace) -> int:
         identity_key=args.identity_key, owner=args.owner, tags=tags_of(args.tag),
         relay=args.relay, endpoint=args.endpoint, description=args.description,
     )
+    def load(path: Path) -> LoadResult:
+        return load_explained(path, None, redo=lambda p: f"meshops device add --repo {p} ...")
+
     try:
-        added = add_device(args.repo, req)
+        added = add_device(args.repo, req, load=load)
     except ValidationError as exc:
         print(f"meshops device add: refused, nothing written ({len(exc.problems)} problem(s)):",
               file=sys.stderr)

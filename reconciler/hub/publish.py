@@ -424,6 +424,7 @@ class Publisher:
             revoked=revoked_all,
             compiled=self._compiled(org, cache),
             entries=cache.entries,
+            mesh=mesh,
         )
         if len(cache.entries) > len(enabled):
             cache.entries = {n: e for n, e in cache.entries.items() if n in enabled}

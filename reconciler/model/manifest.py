@@ -42,6 +42,11 @@ class Manifest:
     policy: Mapping[str, Any] | None = None  # compiled policy; None = full mesh
     revoked: tuple[int, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # mesh.yaml's hub_url and stun_servers, signed with the rest so agents can trust
+    # them; reconciler.agent.meshconfig.effective_endpoints merges them with the
+    # agent's own config. None / () when the hub did not set them.
+    hub_url: str | None = None
+    stun_servers: tuple[str, ...] = ()
 
     @cached_property
     def _by_name(self) -> Mapping[str, ManifestDevice]:

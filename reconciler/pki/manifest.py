@@ -11,9 +11,14 @@ JSON form (keys sorted, compact, UTF-8)::
     {"cidr_v4": "10.9.0.0/16", "cidr_v6": "fd00:9::/48", "commit": "<sha>",
      "devices": [{"name": "laptop-7", "wg": "<base64>", "ips": ["10.9.0.7"],
                   "fp": "<sha256 of cert DER, base64url>", "tags": [...], ...}],
+     "hub_url": "https://hub.example.com:8443",
      "issued_at": 1763776800, "keepalive": 25, "listen_port": 51820,
      "not_after": 1764381600, "org": "acme", "policy": {...},
-     "revoked": [123, ...], "serial": 1763776800000, "version": 1}
+     "revoked": [123, ...], "serial": 1763776800000,
+     "stun_servers": ["203.0.113.1:3478", ...], "version": 1}
+
+``hub_url`` and ``stun_servers`` are mesh.yaml's, passed in by the publisher,
+so agents learn them under the org's signature; each is left out when unset.
 
 Per device, defaults and empty fields are left out (``relay``/``exit`` only
 when true, ``tags``/``labels``/``routes`` only when non-empty, ``endpoint`` and
@@ -30,9 +35,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from reconciler.errors import ManifestRefused
+from reconciler.errors import ManifestRefused, Problem, ValidationError
 from reconciler.model.manifest import Manifest, ManifestDevice
-from reconciler.model.repo import OrgState
+from reconciler.model.repo import Mesh, OrgState
 from reconciler.pki.envelope import OrgTrust, Trust, load_trust, open_envelope, sign_envelope
 
 MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
@@ -42,11 +47,16 @@ _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _WG = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
 _FP = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+# Checks use fullmatch: "$" alone also matches before a trailing newline. The schema's
+# patterns end in "(?![\s\S])" (no character follows) for the same reason, in both the
+# ECMA-262 and the Python regex dialects.
 _TOP_REQUIRED = (
     "version", "org", "serial", "commit", "issued_at", "not_after",
     "cidr_v4", "listen_port", "keepalive", "devices",
 )  # fmt: skip
-_TOP_OPTIONAL = ("cidr_v6", "policy", "revoked", "extra")
+_TOP_OPTIONAL = ("cidr_v6", "policy", "revoked", "extra", "hub_url", "stun_servers")
+# Same shape as mesh.schema.json's hub_url; fullmatch, so no trailing newline slips in.
+_HUB_URL = re.compile(r"https?://[^\s/]+\S*")
 _DEV_REQUIRED = ("name", "wg", "ips", "fp")
 _DEV_OPTIONAL = ("routes", "relay", "endpoint", "tags", "labels", "keepalive", "exit")
 
@@ -74,12 +84,21 @@ def build_manifest(
     revoked: Iterable[int] = (),
     compiled: Any = None,
     entries: MutableMapping[str, tuple[Any, str, tuple[str, ...], ManifestDevice]] | None = None,
+    mesh: Mesh | None = None,
 ) -> Manifest:
     """The manifest for one org. Devices without a fingerprint (no cert) are left out.
 
     ``compiled`` is a precomputed ``CompiledPolicy`` (the publisher caches it);
     by default ``reconciler.policy.compile_policy(org_state)`` is called.
-    ``entries`` memoizes ``ManifestDevice`` objects by device name across calls."""
+    ``entries`` memoizes ``ManifestDevice`` objects by device name across calls.
+    ``mesh`` (``Repo.mesh``) gives ``hub_url`` and ``stun_servers``, signed into
+    the manifest as they are (order kept: it is the order agents try). A value
+    agents would refuse raises ``ValidationError`` naming mesh.yaml's line:
+    the hub never signs a manifest that every agent would then refuse."""
+    if mesh is not None:
+        problems = mesh_endpoint_problems(mesh)
+        if problems:
+            raise ValidationError(problems)
     if compiled is None:
         from reconciler.policy import compile_policy
 
@@ -125,6 +144,8 @@ def build_manifest(
         devices=tuple(devices),
         policy=compiled.as_dict(),
         revoked=tuple(sorted(set(revoked))),
+        hub_url=(mesh.hub_url or None) if mesh is not None else None,
+        stun_servers=tuple(mesh.stun_servers) if mesh is not None else (),
     )
 
 
@@ -196,6 +217,10 @@ def _top_to_dict(m: Manifest) -> dict[str, Any]:
         out["revoked"] = list(m.revoked)
     if m.extra:
         out["extra"] = dict(m.extra)
+    if m.hub_url:
+        out["hub_url"] = m.hub_url
+    if m.stun_servers:
+        out["stun_servers"] = list(m.stun_servers)
     return out
 
 
@@ -283,12 +308,70 @@ def _keys(d: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...
         _fail(path, f"unexpected {', '.join(extra)}")
 
 
+_PORTS = re.compile(r"[0-9]+(-[0-9]+)?")
+_PROTOS = ("tcp", "udp", "icmp", "any")
+
+
+def _check_policy(policy: Any) -> None:
+    """The compiled policy's shape (``policy.compile_policy(...).as_dict()``)."""
+    _keys(policy, "$.policy", ("version", "rules"), ())
+    _int(policy["version"], "$.policy.version", 1)
+    if not isinstance(policy["rules"], list):
+        _fail("$.policy.rules", "must be an array")
+    for i, rule in enumerate(policy["rules"]):
+        p = f"$.policy.rules[{i}]"
+        _keys(rule, p, ("src", "dst", "proto"), ("ports", "name"))
+        _str_list(rule["src"], f"{p}.src")
+        _str_list(rule["dst"], f"{p}.dst")
+        if rule["proto"] not in _PROTOS:
+            _fail(f"{p}.proto", f"must be one of {', '.join(_PROTOS)}")
+        if "ports" in rule:
+            _str_list(rule["ports"], f"{p}.ports", _PORTS.fullmatch)
+        if "name" in rule and not isinstance(rule["name"], str):
+            _fail(f"{p}.name", "must be a string")
+
+
+def _check_endpoints(d: Mapping[str, Any]) -> None:
+    """``hub_url`` and ``stun_servers`` (mesh.yaml's), wherever they come from."""
+    hub_url = d.get("hub_url", "https://x")
+    if not isinstance(hub_url, str) or not _HUB_URL.fullmatch(hub_url):
+        _fail("$.hub_url", "must be an http(s):// URL without spaces")
+    if "stun_servers" in d:
+        _str_list(d["stun_servers"], "$.stun_servers", _ENDPOINT.fullmatch)
+        if len(set(d["stun_servers"])) != len(d["stun_servers"]):
+            _fail("$.stun_servers", "must not repeat a server")
+
+
+def mesh_endpoint_problems(mesh: Mesh) -> list[Problem]:
+    """mesh.yaml's ``hub_url`` and ``stun_servers`` as the manifest (and so every
+    agent) will check them; one ``Problem`` per bad value, at its line."""
+    checks: list[tuple[str, Any, dict[str, Any]]] = [
+        ("hub_url", mesh.hub_url, {"hub_url": mesh.hub_url})]
+    checks += [(f"stun_servers.{i}", s, {"stun_servers": [s]})
+               for i, s in enumerate(mesh.stun_servers)]
+    if len(set(mesh.stun_servers)) != len(mesh.stun_servers):
+        checks.append(("stun_servers", list(mesh.stun_servers),
+                       {"stun_servers": list(mesh.stun_servers)}))
+    problems = []
+    for path, value, doc in checks:
+        try:
+            _check_endpoints(doc)
+        except SchemaViolation as exc:
+            problems.append(Problem(
+                mesh.source.file, mesh.source.line(path), "E-MANIFEST-FIELD",
+                f"{path} {value!r} cannot go into the signed manifest: "
+                f"{str(exc).partition(': ')[2]}",
+                "write hub_url as http(s)://host[:port][/path] and each STUN server as "
+                "host:port, each server once"))  # fmt: skip
+    return problems
+
+
 def check_manifest_dict(d: Any) -> None:
     """Hand-written mirror of schemas/manifest.schema.json; raises ``SchemaViolation``."""
     _keys(d, "$", _TOP_REQUIRED, _TOP_OPTIONAL)
     if d["version"] != FORMAT_VERSION or isinstance(d["version"], bool):
         _fail("$.version", f"must be {FORMAT_VERSION}")
-    if not isinstance(d["org"], str) or not _NAME.match(d["org"]):
+    if not isinstance(d["org"], str) or not _NAME.fullmatch(d["org"]):
         _fail("$.org", "must be a DNS label")
     _int(d["serial"], "$.serial", 1)
     if not isinstance(d["commit"], str) or not d["commit"]:
@@ -300,10 +383,11 @@ def check_manifest_dict(d: Any) -> None:
     for key in ("cidr_v4", "cidr_v6"):
         if key in d and (not isinstance(d[key], str) or not _is_cidr(d[key])):
             _fail(f"$.{key}", "must be a CIDR")
-    if "policy" in d and not isinstance(d["policy"], dict):
-        _fail("$.policy", "must be an object")
+    if "policy" in d:
+        _check_policy(d["policy"])
     if "extra" in d and not isinstance(d["extra"], dict):
         _fail("$.extra", "must be an object")
+    _check_endpoints(d)
     if "revoked" in d:
         if not isinstance(d["revoked"], list):
             _fail("$.revoked", "must be an array")
@@ -315,14 +399,14 @@ def check_manifest_dict(d: Any) -> None:
     for i, dev in enumerate(d["devices"]):
         p = f"$.devices[{i}]"
         _keys(dev, p, _DEV_REQUIRED, _DEV_OPTIONAL)
-        if not isinstance(dev["name"], str) or not _NAME.match(dev["name"]):
+        if not isinstance(dev["name"], str) or not _NAME.fullmatch(dev["name"]):
             _fail(f"{p}.name", "must be a DNS label")
         if dev["name"] in names:
             _fail(f"{p}.name", f"duplicate device {dev['name']!r}")
         names.add(dev["name"])
-        if not isinstance(dev["wg"], str) or not _WG.match(dev["wg"]):
+        if not isinstance(dev["wg"], str) or not _WG.fullmatch(dev["wg"]):
             _fail(f"{p}.wg", "must be a base64 WireGuard key")
-        if not isinstance(dev["fp"], str) or not _FP.match(dev["fp"]):
+        if not isinstance(dev["fp"], str) or not _FP.fullmatch(dev["fp"]):
             _fail(f"{p}.fp", "must be a base64url SHA-256")
         _str_list(dev["ips"], f"{p}.ips", _is_ip)
         if not dev["ips"]:
@@ -334,7 +418,7 @@ def check_manifest_dict(d: Any) -> None:
             if key in dev and dev[key] is not True:
                 _fail(f"{p}.{key}", "must be true when present")
         if "endpoint" in dev and (
-            not isinstance(dev["endpoint"], str) or not _ENDPOINT.match(dev["endpoint"])
+            not isinstance(dev["endpoint"], str) or not _ENDPOINT.fullmatch(dev["endpoint"])
         ):
             _fail(f"{p}.endpoint", "must be host:port")
         if "keepalive" in dev:
@@ -383,6 +467,8 @@ def manifest_from_dict(d: Mapping[str, Any]) -> Manifest:
         policy=d.get("policy"),
         revoked=tuple(d.get("revoked", ())),
         extra=dict(d.get("extra", {})),
+        hub_url=d.get("hub_url"),
+        stun_servers=tuple(d.get("stun_servers", ())),
     )
 
 
@@ -433,6 +519,7 @@ __all__ = [
     "load_trust",
     "manifest_from_dict",
     "manifest_to_dict",
+    "mesh_endpoint_problems",
     "next_serial",
     "open_envelope",
     "sign_envelope",

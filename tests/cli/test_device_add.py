@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,20 @@ def test_missing_required_option_exits_2(repo: Path, capsys):
         main(["device", "add", "--repo", str(repo), "--org", "acme", "x"])
     assert info.value.code == 2
     capsys.readouterr()
+
+
+def test_run_from_a_directory_above_the_repo_names_it_and_writes_nothing(tmp_path, capsys):
+    """`meshops device add` in the meshops checkout (not the org repo) says where it is."""
+    shutil.copytree(EXAMPLE, tmp_path / "example-repo")
+    before = files(tmp_path)
+    code = main(add(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{tmp_path} is not a meshops repository (no mesh.yaml, no orgs/)" in err
+    assert f"meshops device add --repo {tmp_path / 'example-repo'}" in err
+    assert files(tmp_path) == before
+
+
+def test_missing_repo_directory_is_a_usage_error(tmp_path, capsys):
+    assert main(add(tmp_path / "nowhere")) == 2
+    assert "is not a directory" in capsys.readouterr().err

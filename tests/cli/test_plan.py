@@ -142,3 +142,152 @@ def test_console_entry_point(repo: Path):
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["summary"]["devices_added"] == 1
+
+
+# -- a repository or revision that cannot be read: the message names the fix ---------------
+# Real git repositories made with the git CLI; each case is one way the README's
+# `meshops plan . --base origin/main` goes wrong on a first try.
+
+
+@pytest.fixture
+def outer(tmp_path: Path) -> Path:
+    """A larger git repository (like the meshops checkout) with the org repo in a
+    subdirectory, two commits, and a clone of it that has `origin`."""
+    top = tmp_path / "project"
+    (top / "docs").mkdir(parents=True)
+    (top / "docs/readme.md").write_text("docs\n")
+    git(top, "init", "-q", "-b", "main")
+    git(top, "add", "-A")
+    git(top, "commit", "-q", "-m", "docs only")
+    shutil.copytree(EXAMPLE, top / "deploy/org")
+    git(top, "add", "-A")
+    git(top, "commit", "-q", "-m", "org repo")
+    return top
+
+
+def clone(src: Path, dst: Path, *args: str) -> Path:
+    git(src.parent, "clone", "-q", *args, f"file://{src}", str(dst))
+    return dst
+
+
+def err_of(capsys, *argv: str) -> str:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "", (code, out, err)
+    assert "Traceback" not in err
+    return err
+
+
+def test_plan_of_a_subdirectory_of_a_larger_repository_works(outer: Path, capsys):
+    code, out, err = run(capsys, "plan", str(outer / "deploy/org"), "--base", "HEAD",
+                         "--format", "text")  # fmt: skip
+    assert code == 0, err
+    assert "No changes" in out
+    work = clone(outer, outer.parent / "work")
+    code, _, err = run(capsys, "plan", str(work / "deploy/org"), "--base", "origin/main")
+    assert code == 0, err
+
+
+def test_repository_root_that_is_not_the_org_repo_names_the_subdirectory(outer, capsys):
+    """What `meshops plan . --base origin/main` in the meshops checkout used to do."""
+    work = clone(outer, outer.parent / "work")
+    err = err_of(capsys, "plan", str(work), "--base", "origin/main")
+    assert "is not a meshops repository" in err
+    assert f"run `meshops plan {work / 'deploy/org'} --base origin/main`" in err
+    err = err_of(capsys, "validate", str(work))
+    assert f"run `meshops validate {work / 'deploy/org'}`" in err
+    err = err_of(capsys, "validate", str(work), "--rev", "HEAD")
+    assert f"`meshops validate {work / 'deploy/org'} --rev HEAD`" in err
+
+
+def test_no_remote_says_so_and_offers_local_revisions(outer: Path, capsys):
+    err = err_of(capsys, "plan", str(outer / "deploy/org"), "--base", "origin/main")
+    assert "has no remote, so there is no 'origin/main'" in err
+    assert "local branches: main" in err and "HEAD~1" in err
+    assert "git remote add origin URL && git fetch origin" in err
+
+
+def test_remote_without_that_branch_says_fetch(outer: Path, capsys):
+    work = clone(outer, outer.parent / "work")
+    err = err_of(capsys, "plan", str(work / "deploy/org"), "--base", "origin/develop")
+    assert "remote 'origin' has no branch 'develop'" in err
+    assert "origin/main" in err and "git fetch origin develop" in err
+    assert "shallow" not in err
+
+
+def test_shallow_clone_mentions_fetch_depth(outer: Path, capsys):
+    git(outer, "branch", "other", "HEAD~1")
+    work = clone(outer, outer.parent / "shallow", "--depth", "1", "--single-branch")
+    err = err_of(capsys, "plan", str(work / "deploy/org"), "--base", "origin/other")
+    assert "git fetch origin other" in err and "fetch-depth: 0" in err
+
+
+def test_unknown_remote_name_lists_the_remotes(outer: Path, capsys):
+    work = clone(outer, outer.parent / "work")
+    err = err_of(capsys, "plan", str(work / "deploy/org"), "--base", "upstream/main")
+    assert "there is no remote 'upstream' (remotes: origin)" in err
+
+
+def test_unknown_local_revision_lists_branches(outer: Path, capsys):
+    err = err_of(capsys, "plan", str(outer / "deploy/org"), "--base", "no-such-branch")
+    assert "revision 'no-such-branch' does not resolve" in err
+    assert "local branches: main" in err
+
+
+def test_path_added_after_the_base_revision(outer: Path, capsys):
+    err = err_of(capsys, "plan", str(outer / "deploy/org"), "--base", "HEAD~1")
+    assert "does not exist at revision 'HEAD~1'" in err
+    assert "git log --oneline --" in err
+
+
+def test_not_a_git_repository_says_git_init(tmp_path: Path, capsys):
+    org = tmp_path / "org"
+    shutil.copytree(EXAMPLE, org)
+    err = err_of(capsys, "plan", str(org), "--base", "origin/main")
+    assert "is not inside a git repository" in err and "git init" in err
+
+
+def test_repository_without_commits_says_commit_first(tmp_path: Path, capsys):
+    org = tmp_path / "org"
+    shutil.copytree(EXAMPLE, org)
+    git(org, "init", "-q", "-b", "main")
+    err = err_of(capsys, "plan", str(org), "--base", "HEAD")
+    assert "has no commits yet" in err and "git commit" in err
+
+
+def test_plain_directory_without_a_repo_below_points_at_the_docs(tmp_path: Path, capsys):
+    err = err_of(capsys, "validate", str(tmp_path))
+    assert "is not a meshops repository" in err and "docs/repo-format.md" in err
+    err = err_of(capsys, "validate", str(tmp_path / "missing"))
+    assert "is not a directory" in err
+
+
+def test_explain_is_pure_and_covers_git_refusals():
+    from reconciler.cli.repo import DirFacts, GitFacts, explain
+
+    def redo(p: str) -> str:
+        return f"meshops plan {p} --base main"
+
+    here = DirFacts(is_dir=True, absolute="/srv/org")
+    dubious = GitFacts(refused="fatal: detected dubious ownership in repository at '/srv/org'")
+    msg = explain("org", "main", where=here, git=dubious, redo=redo)
+    assert "dubious ownership" in msg
+    assert "git config --global --add safe.directory /srv/org" in msg
+    fine = GitFacts(top="/r", has_commits=True, rev_ok=True, path_at_rev=True, repo_at_rev=True)
+    assert explain("org", "main", where=here, git=fine, redo=redo) is None
+    # a working tree that is a repository: nothing to explain (the loader's message stands)
+    repo = DirFacts(is_dir=True, repo_files=True, absolute="/srv/org")
+    assert explain("org", None, where=repo, git=None, redo=redo) is None
+    # the suggestion uses the user's own command, with the repository found below
+    top = DirFacts(is_dir=True, below=("deploy/org", "other"), absolute="/srv")
+    msg = explain(".", None, where=top, git=None, redo=redo)
+    assert "below it: deploy/org, other; run `meshops plan deploy/org --base main`" in msg
+    assert "not a directory" in explain("x", None, where=DirFacts(), git=None, redo=redo)
+
+
+def test_repos_below_skips_hidden_and_virtualenv_directories(tmp_path: Path):
+    from reconciler.cli.repo import repos_below
+
+    for sub in ("a/org", ".hidden/org", ".venv/org", "node_modules/org", "b/c/d/org", "z"):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "mesh.yaml").write_text("kind: Mesh\n")
+    assert repos_below(str(tmp_path)) == [str(tmp_path / "a/org"), str(tmp_path / "z")]

@@ -28,7 +28,7 @@ def test_workflow_validates_and_posts_the_plan():
     workflow = yaml.safe_load(text)
     steps = workflow["jobs"]["validate"]["steps"]
     runs = " ".join(s.get("run", "") for s in steps)
-    assert "pip install meshops" in runs
+    assert 'pip install "meshops @ git+https://' in runs  # not on PyPI: tests/test_readme.py
     assert "meshops validate --format github" in runs
     assert "meshops plan --base origin/${{ github.base_ref }} --format markdown" in runs
     assert "gh pr comment" in runs

@@ -96,6 +96,36 @@ BAD_DOCS = [
     ("revoked negative", lambda d: d.update(revoked=[-1])),
     ("policy list", lambda d: d.update(policy=[])),
     ("port too big", lambda d: d.update(listen_port=70000)),
+    ("org with a trailing newline", lambda d: d.update(org="acme\n")),
+    ("device name with a trailing newline", lambda d: d["devices"][0].update(name="alpha\n")),
+    ("wg with a trailing newline", lambda d: d["devices"][0].update(wg=d["devices"][0]["wg"] + "\n")),
+    ("fp with a trailing newline", lambda d: d["devices"][0].update(fp="A" * 43 + "\n")),
+    ("endpoint with a trailing newline",
+     lambda d: d["devices"][1].update(endpoint="203.0.113.5:51820\n")),
+    ("policy port with a trailing newline", lambda d: d.update(
+        policy={"version": 1, "rules": [{"src": ["*"], "dst": ["*"], "proto": "tcp",
+                                          "ports": ["22\n"]}]})),
+    ("policy without rules", lambda d: d.update(policy={"version": 1})),
+    ("policy extra key", lambda d: d.update(policy={"version": 1, "rules": [], "x": 1})),
+    ("policy version 0", lambda d: d.update(policy={"version": 0, "rules": []})),
+    ("policy rule bad proto", lambda d: d.update(policy={"version": 1, "rules": [
+        {"src": ["*"], "dst": ["*"], "proto": "sctp"}]})),
+    ("policy rule src string", lambda d: d.update(policy={"version": 1, "rules": [
+        {"src": "*", "dst": ["*"], "proto": "any"}]})),
+    ("policy rule port number", lambda d: d.update(policy={"version": 1, "rules": [
+        {"src": ["*"], "dst": ["*"], "proto": "tcp", "ports": [22]}]})),
+    ("policy rule extra key", lambda d: d.update(policy={"version": 1, "rules": [
+        {"src": ["*"], "dst": ["*"], "proto": "tcp", "action": "drop"}]})),
+    ("hub_url not a URL", lambda d: d.update(hub_url="hub.example.com:8443")),
+    ("hub_url ftp", lambda d: d.update(hub_url="ftp://hub.example.com")),
+    ("hub_url trailing newline", lambda d: d.update(hub_url="https://hub.example.com\n")),
+    ("hub_url with a space", lambda d: d.update(hub_url="https://hub example.com")),
+    ("hub_url number", lambda d: d.update(hub_url=8443)),
+    ("stun_servers string", lambda d: d.update(stun_servers="203.0.113.1:3478")),
+    ("stun_servers no port", lambda d: d.update(stun_servers=["203.0.113.1"])),
+    ("stun_servers trailing newline", lambda d: d.update(stun_servers=["203.0.113.1:3478\n"])),
+    ("stun_servers repeated", lambda d: d.update(stun_servers=["h:1", "h:1"])),
+    ("stun_servers number", lambda d: d.update(stun_servers=[3478])),
 ]
 
 
@@ -287,3 +317,97 @@ def test_open_envelope_for_other_payload_types(keys):
     with pytest.raises(ManifestRefused) as err:
         open_envelope(data, trust, pm.MANIFEST_TYPE)
     assert err.value.reason == "malformed"
+
+
+HUB = "https://hub.example.com:8443"
+STUN = ("203.0.113.1:3478", "[2001:db8::1]:3478", "stun.example.net:3478")
+
+
+def _mesh(hub_url=HUB, stun=STUN, lines=None):
+    from reconciler.model.repo import Mesh, Source
+
+    return Mesh(hub_url=hub_url, stun_servers=tuple(stun),
+                source=Source("mesh.yaml", lines or {}))  # fmt: skip
+
+
+def test_mesh_endpoints_are_signed_into_the_manifest_and_round_trip(keys, org_state):
+    m = _build(org_state, mesh=_mesh())
+    assert m.hub_url == HUB and m.stun_servers == STUN
+    d = pm.manifest_to_dict(m)
+    assert d["hub_url"] == HUB and d["stun_servers"] == list(STUN)  # order kept
+    jsonschema.Draft202012Validator(SCHEMA).validate(d)
+    assert pm.encode_manifest(m, {}) == pm.canonical_json(d)
+    got = pm.verify_manifest(_signed(keys, m), _trust(keys), "acme", None, NOW)
+    assert got == m
+    assert (got.hub_url, got.stun_servers) == (HUB, STUN)
+
+
+def test_unset_mesh_endpoints_are_left_out(keys, org_state):
+    m = _build(org_state)
+    d = pm.manifest_to_dict(m)
+    assert "hub_url" not in d and "stun_servers" not in d
+    got = pm.verify_manifest(_signed(keys, m), _trust(keys), "acme", None, NOW)
+    assert got.hub_url is None and got.stun_servers == ()
+    # a mesh without STUN servers leaves the key out, never an empty list
+    d = pm.manifest_to_dict(_build(org_state, mesh=_mesh(stun=())))
+    assert d["hub_url"] == HUB and "stun_servers" not in d
+
+
+def test_signature_covers_the_mesh_endpoints(keys, org_state):
+    """A man in the middle cannot point agents at his hub or STUN server."""
+    m = _build(org_state, mesh=_mesh())
+    envelope = json.loads(_signed(keys, m))
+    payload = base64.b64decode(envelope["payload"])
+    for old, new in ((b"hub.example.com", b"hub.attacker.ex"), (b"203.0.113.1:", b"203.0.113.9:")):
+        assert old in payload
+        forged = dict(envelope, payload=base64.b64encode(payload.replace(old, new)).decode())
+        with pytest.raises(ManifestRefused) as err:
+            pm.verify_manifest(json.dumps(forged).encode(), _trust(keys), "acme", None, NOW)
+        assert err.value.reason == "bad-signature"
+
+
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.1:8443", "https://hub.example.com", "https://[2001:db8::1]:8443/base/",
+])  # fmt: skip
+def test_hub_url_forms_pass_both_checks(org_state, url):
+    d = pm.manifest_to_dict(_build(org_state, mesh=_mesh(hub_url=url)))
+    jsonschema.Draft202012Validator(SCHEMA).validate(d)
+    assert pm.manifest_from_dict(d).hub_url == url
+
+
+def test_example_repo_mesh_endpoints_fit_the_manifest_schema():
+    """What mesh.yaml accepts must fit the manifest, or agents would refuse it."""
+    from reconciler.config import load
+
+    repo = load(Path(__file__).resolve().parents[2] / "example-repo").repo
+    assert repo is not None
+    doc = {"hub_url": repo.mesh.hub_url, "stun_servers": list(repo.mesh.stun_servers)}
+    for key, value in doc.items():
+        jsonschema.Draft202012Validator(SCHEMA["properties"][key]).validate(value)
+    assert doc["stun_servers"]
+
+
+@pytest.mark.parametrize("hub_url,stun,where", [
+    ("https://hub.example.com trailing", (), ("hub_url", 4)),
+    ("https://hub.example.com\n", (), ("hub_url", 4)),
+    (HUB, ("203.0.113.1:3478", "203.0.113.2"), ("stun_servers.1", 7)),
+    (HUB, ("203.0.113.1:3478\n",), ("stun_servers.0", 6)),
+    (HUB, ("h:1", "h:1"), ("stun_servers", 5)),
+])  # fmt: skip
+def test_publisher_never_signs_endpoints_agents_would_refuse(org_state, hub_url, stun, where):
+    """Whatever mesh.yaml's own checks let through, the builder refuses it with
+    mesh.yaml:line instead of signing a manifest every agent of the org refuses."""
+    from reconciler.errors import ValidationError
+
+    lines = {"hub_url": 4, "stun_servers": 5, "stun_servers.0": 6, "stun_servers.1": 7}
+    mesh = _mesh(hub_url=hub_url, stun=stun, lines=lines)
+    with pytest.raises(ValidationError) as err:
+        _build(org_state, mesh=mesh)
+    (problem,) = err.value.problems
+    assert (problem.file, problem.line, problem.code) == ("mesh.yaml", where[1], "E-MANIFEST-FIELD")
+    assert problem.message.startswith(f"{where[0]} ") and problem.remedy
+    assert pm.mesh_endpoint_problems(mesh) == [problem]
+
+
+def test_good_mesh_endpoints_have_no_problems():
+    assert pm.mesh_endpoint_problems(_mesh()) == []
