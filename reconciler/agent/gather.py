@@ -14,9 +14,10 @@ in this order, and nothing twice:
    (``agent.source.manifest_with_cert``);
 4. the endpoint feed (a pass on the cached manifest keeps the last one);
 5. the local private key, the observed interface (``effects.backend``);
-6. STUN discovery, only while the listen port is free (no interface yet),
-   after a move, or when others see this device at a public IP discovery
-   does not know (once per such IP);
+6. STUN discovery against the config's servers, else the signed manifest's
+   (mesh.yaml ``stun_servers``, ``agent.meshconfig``), only while the listen
+   port is free (no interface yet), after a move, or when others see this
+   device at a public IP discovery does not know (once per such IP);
 7. addresses of static endpoints written as host names (``effects.resolve``).
 
 ``Inputs`` (``agent.inputs``) is plain data; ``agent.decide`` turns it into operations without
@@ -27,7 +28,7 @@ further I/O. Errors: ``ManifestRefused`` (nothing touched), ``FetchError``
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,6 +38,7 @@ from reconciler.agent.endpoints import SelfEndpoints
 from reconciler.agent.fetch import route_source
 from reconciler.agent.inputs import Inputs
 from reconciler.agent.memory import Memory
+from reconciler.agent.meshconfig import effective_endpoints
 from reconciler.agent.source import FetchLike, fetch_feed, load_pinned_trust, manifest_with_cert
 from reconciler.agent.state import StateDir
 from reconciler.backends.base import Backend
@@ -46,7 +48,7 @@ from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.manifest import Manifest
 from reconciler.model.wg import ObservedInterface
 
-Discover = Callable[[int], Any]  # listen port -> stun.client.Discovery
+Discover = Callable[[int, Sequence[str]], Any]  # (listen port, servers) -> Discovery
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,11 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
     private_key = read_private_key(config.private_key)
     observed = effects.backend.observe(config.interface)
     listen_port = config.listen_port or got.manifest.listen_port
-    own = discover_own(config.name, own, effects.discover, observed, feed, listen_port,
-                       here, moved, warnings)
+    servers = effective_endpoints(config.hub, config.stun_servers, got.manifest).stun_servers
+    stun = effects.discover
+    own = discover_own(config.name, own,
+                       (lambda port: stun(port, servers)) if stun and servers else None,
+                       observed, feed, listen_port, here, moved, warnings)
     return Inputs(
         me=config.name, org=config.org, interface=config.interface, listen_port=listen_port,
         hysteresis=dict(config.hysteresis or {}), hub=bool(config.hub),
@@ -96,7 +101,7 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
     )
 
 
-def discover_own(me: str, own: SelfEndpoints, discover: Discover | None,
+def discover_own(me: str, own: SelfEndpoints, discover: Callable[[int], Any] | None,
                  observed: ObservedInterface, feed: EndpointFeed | None, listen_port: int,
                  here: str | None, moved: bool, warnings: list[str]) -> SelfEndpoints:
     """This device's own endpoints: STUN discovery from the WireGuard port while

@@ -26,7 +26,7 @@ Called by the CLI. Everything time-related is injected (``clock``, ``sleep``,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -78,7 +78,7 @@ class AgentLoop:
         clock: Callable[[], float],
         sleep: Callable[[float], None],
         rng: Rng,
-        discover: Callable[[int], Any] | None = None,
+        discover: Callable[[int, Sequence[str]], Any] | None = None,
         on_result: Callable[[Result], None] | None = None,
         on_error: Callable[[MeshopsError], None] | None = None,
     ) -> None:

@@ -20,7 +20,7 @@ is given, so tests drive a pass without root or sockets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from reconciler.agent.commit import Result, commit
@@ -40,7 +40,7 @@ def reconcile_once(
     backend: Backend,
     now: float,
     dry_run: bool = False,
-    discover: Callable[[int], Any] | None = None,
+    discover: Callable[[int, Sequence[str]], Any] | None = None,
     report: Callable[[dict[str, Any]], Any] | None = None,
     wait: int | None = None,
     local_ip: Callable[[], str | None] | None = None,

@@ -9,7 +9,7 @@ imported here, lazily, only when the command needs them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from reconciler.agent.config import AgentConfig
@@ -59,14 +59,15 @@ def make_fetcher(config: AgentConfig) -> Fetcher:
     return Fetcher(timeout=config.timeout, tls=tls)
 
 
-def make_discover(config: AgentConfig) -> Callable[[int], Any] | None:
-    """A ``discover(listen_port)`` callable (STUN from the WireGuard port), or None
-    when discovery is off or no server is configured. Never uses public defaults."""
-    servers = config.stun_servers or ()
-    if not config.discover or not servers:
+def make_discover(config: AgentConfig) -> Callable[[int, Sequence[str]], Any] | None:
+    """A ``discover(listen_port, servers)`` callable (STUN from the WireGuard
+    port), or None when discovery is off. The pass passes the servers: the
+    config's, else the signed manifest's (``agent.meshconfig``); it never uses
+    public defaults."""
+    if not config.discover:
         return None
 
-    def discover(listen_port: int) -> Any:
+    def discover(listen_port: int, servers: Sequence[str]) -> Any:
         from reconciler.stun.client import discover as stun_discover
 
         try:

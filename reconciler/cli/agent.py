@@ -43,7 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--netns", help="network namespace of the interface (lab, tests)")
     p.add_argument("--listen-port", type=int, help="override the org's listen port")
     p.add_argument("--stun", action="append", metavar="HOST:PORT",
-                   help="STUN server for endpoint discovery; repeat (enables discovery)")
+                   help="STUN server for endpoint discovery; repeat (enables discovery; "
+                        "overrides mesh.yaml's stun_servers)")
+    p.add_argument("--discover", action="store_true",
+                   help="run STUN discovery with mesh.yaml's stun_servers from the signed "
+                        "manifest (implied by --stun)")
     p.add_argument("--force", action="store_true", help="replace existing keys and config")
     p.set_defaults(handler=init)
 
@@ -106,7 +110,7 @@ def init(args: argparse.Namespace) -> int:
         backend=args.backend, interface=args.interface or "", netns=args.netns,
         state_dir=str(Path(args.state_dir).absolute()) if args.state_dir else DEFAULT_STATE_DIR,
         listen_port=args.listen_port, stun_servers=tuple(args.stun) if args.stun else None,
-        discover=bool(args.stun),
+        discover=bool(args.stun) or args.discover,
     ).validate()
     keys = generate_keys(config.private_key, config.identity_key, force=args.force)
     atomic_write(config.trust, trust_bytes, mode=0o644)

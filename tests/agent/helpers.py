@@ -133,6 +133,7 @@ def write_agent(tmp: Path, org: Org, *, name: str = "alpha", seed: int = 1,
     atomic_write(tmp / "trust.json", org.trust)
     if manifest_url is None and hub is None:
         manifest_url = f"file://{tmp}/pub/{org.name}/manifest.json"
+    kw.setdefault("stun_servers", ("203.0.113.250:3478",))  # discovery itself is a fake
     return AgentConfig(org=org.name, name=name, trust=str(tmp / "trust.json"),
                        private_key=str(tmp / "wireguard.key"),
                        identity_key=str(tmp / "identity.key"), manifest_url=manifest_url,

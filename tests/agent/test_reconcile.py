@@ -343,7 +343,7 @@ def test_discovery_is_rechecked_when_the_hub_sees_another_public_ip(tmp_path) ->
     seen = {"ip": "198.51.100.1"}
     calls = []
 
-    def discover(port):
+    def discover(port, servers):
         calls.append(port)
         return SimpleNamespace(
             candidates=lambda: (Candidate("stun", f"{seen['ip']}:40000"),),
@@ -384,7 +384,7 @@ def test_discovery_runs_only_while_the_port_is_free(agent) -> None:
     config, fetch, backend = agent
     calls = []
 
-    def discover(port):
+    def discover(port, servers):
         calls.append(port)
 
     run(config, fetch, backend, discover=discover)
@@ -403,7 +403,7 @@ def test_feed_model_roundtrip() -> None:
 def _moving_discover(calls, box):
     from types import SimpleNamespace
 
-    def discover(port):
+    def discover(port, servers):
         calls.append(port)
         ip = box["ip"]
         return SimpleNamespace(
@@ -584,3 +584,24 @@ def test_an_expired_device_cert_is_dropped_and_fetched_without_it(tmp_path) -> N
     seen.clear()
     run(config, fetch, FakeBackend())
     assert cert_url not in [u for u, _ in seen] and crt.read_text() == renewed
+
+
+@pytest.mark.parametrize("config_stun,manifest_stun,want", [
+    (None, ("198.51.100.20:3478", "198.51.100.21:3478"), ("198.51.100.20:3478", "198.51.100.21:3478")),
+    (("203.0.113.9:3478",), ("198.51.100.20:3478",), ("203.0.113.9:3478",)),  # config wins
+    ((), ("198.51.100.20:3478",), None),  # an explicit empty list turns STUN off
+    (None, (), None),  # nowhere: no discovery, never a public default
+])
+def test_stun_servers_come_from_the_config_else_the_signed_manifest(
+        tmp_path, config_stun, manifest_stun, want) -> None:
+    from .helpers import write_agent
+
+    config = write_agent(tmp_path, ORG, stun_servers=config_stun)
+    fetch = FakeFetch({config.source_url: ORG.sign(three(stun_servers=manifest_stun))})
+    asked = []
+
+    def discover(port, servers):
+        asked.append(tuple(servers))
+
+    run(config, fetch, FakeBackend(), discover=discover)
+    assert asked == ([want] if want else [])
