@@ -23,8 +23,8 @@ from typing import Any
 
 from reconciler.errors import ConfigError, MeshopsError
 from reconciler.hub.feedstore import FeedStore
-from reconciler.hub.follow import LocalFollower, RemoteFollower, is_remote
-from reconciler.hub.serve import Hub
+from reconciler.hub.follow import Head, LocalFollower, RemoteFollower, is_remote
+from reconciler.hub.serve import REFRESH_EVERY, RETRY_CAP, Hub
 from reconciler.hub.snapshot import Pipeline, Snapshot
 from reconciler.hub.tls import TlsManager
 
@@ -51,7 +51,7 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
 @dataclass
 class ServeConfig:
     repo: str
-    branch: str = "main"
+    branch: str | None = None  # None: the checked-out branch (a remote: its default branch)
     listen: str = "0.0.0.0:8443"
     stun: str | None = None
     db: str | None = None  # default: sqlite:///STATE_DIR/hub.db
@@ -62,7 +62,8 @@ class ServeConfig:
     tls_key: str | None = None
     tls_names: tuple[str, ...] = ()
     store_poll: float = 0.5  # how often to look for other replicas' feed revisions
-    refresh: float = 6 * 3600  # re-publish the served commit (renewals, manifest not_after)
+    refresh: float = REFRESH_EVERY  # re-publish the served commit (renewals, not_after)
+    retry_cap: float = RETRY_CAP  # longest wait between attempts of a temporarily failing commit
     plain_http: bool = False  # tests/behind a TLS-terminating proxy only: no mTLS then
     pipeline: Pipeline | None = None  # injected by tests; default: PublisherPipeline
     now: Callable[[], float] = time.time
@@ -141,15 +142,16 @@ async def start(config: ServeConfig) -> Running:
     follower: LocalFollower | RemoteFollower
     hub_holder: list[Hub] = []
 
-    async def on_commit(rev: str) -> None:
-        await hub_holder[0].reconcile(rev)
+    async def on_head(head: Head) -> float | None:
+        hub_holder[0].follow_state(head.branch, head.problem)
+        return await hub_holder[0].reconcile(head.commit)
 
     if remote:
-        follower = RemoteFollower(config.repo, config.branch, on_commit,
+        follower = RemoteFollower(config.repo, config.branch, on_head,
                                   os.path.join(config.state_dir, "git"), poll)
         repo_path = follower.path
     else:
-        follower = LocalFollower(config.repo, config.branch, on_commit, poll)
+        follower = LocalFollower(config.repo, config.branch, on_head, poll)
         repo_path = config.repo
     pipeline = config.pipeline or _default_pipeline(config, repo_path)
     tls = None if config.plain_http else TlsManager(
@@ -159,7 +161,8 @@ async def start(config: ServeConfig) -> Running:
         if tls is not None:
             tls.update({o.org: o.keys for o in snap.orgs.values()}, config.now())
 
-    hub = Hub(pipeline=pipeline, store=store, now=config.now, on_swap=on_swap)
+    hub = Hub(pipeline=pipeline, store=store, now=config.now, on_swap=on_swap,
+              refresh_every=config.refresh, retry_cap=config.retry_cap)
     hub_holder.append(hub)
     running = Running(hub=hub, port=0, stun_port=None, tls=tls)
     close_pipeline = getattr(pipeline, "close", None)
@@ -181,17 +184,6 @@ async def start(config: ServeConfig) -> Running:
     poller = asyncio.get_running_loop().create_task(store_poller(), name="store-poller")
     running._stop.append(poller.cancel)
 
-    async def refresher() -> None:
-        # Without commits, certificates still come due for renewal and manifests
-        # still expire (not_after), and the hub's own TLS certificates age: re-publish.
-        while True:
-            await asyncio.sleep(config.refresh)
-            snap = hub.snapshot
-            if snap is not None:
-                await hub.reconcile(snap.commit, force=True)
-
-    refresh_task = asyncio.get_running_loop().create_task(refresher(), name="refresher")
-    running._stop.append(refresh_task.cancel)
     gc_task = asyncio.get_running_loop().create_task(tame_gc(), name="gc")
     running._stop.append(gc_task.cancel)
 

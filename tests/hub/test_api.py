@@ -58,7 +58,7 @@ async def client(world: World, commit: str | None = "c1"):
     hub = world.new_hub()
     await hub.start()
     if commit:
-        assert await hub.reconcile(commit)
+        assert await hub.publish(commit)
     async with TestClient(TestServer(make_app(hub, peer_cert=header_cert))) as c:
         yield c, hub
     await hub.close()
@@ -104,7 +104,7 @@ def test_manifest_long_poll_wakes_on_new_commit(tmp_path: Path) -> None:
                                              headers={**dev, "If-None-Match": '"1"'}))
             await asyncio.sleep(0.2)
             assert not poll.done()
-            assert await hub.reconcile("c2")
+            assert await hub.publish("c2")
             r = await asyncio.wait_for(poll, 5)
             assert r.status == 200 and r.headers["ETag"] == '"2"'
             # nothing newer: the long-poll times out with 304
@@ -121,7 +121,7 @@ def test_bad_commit_keeps_last_good_manifest_and_reports_error(tmp_path: Path) -
         async with client(w) as (c, hub):
             dev = as_device(w.laptop)  # the manifest needs mTLS
             before = await (await c.get("/v1/orgs/acme/manifest", headers=dev)).read()
-            assert not await hub.reconcile("bad")
+            assert not await hub.publish("bad")
             r = await c.get("/v1/orgs/acme/manifest", headers=dev)
             assert r.status == 200 and await r.read() == before
             status = await (await c.get("/v1/status")).json()
@@ -130,7 +130,7 @@ def test_bad_commit_keeps_last_good_manifest_and_reports_error(tmp_path: Path) -
             assert "bad.yaml:3" in status["last_error"]
             metrics = await (await c.get("/metrics")).text()
             assert "meshops_hub_publish_failing 1.0" in metrics
-            assert await hub.reconcile("c3")
+            assert await hub.publish("c3")
             status = await (await c.get("/v1/status")).json()
             assert status["healthy"] is True and status["last_error"] is None
     run(go())
@@ -308,7 +308,7 @@ def test_status_rollout_view_and_crl(tmp_path: Path) -> None:
         w = World(tmp_path)
         w.pipeline.revoked["acme"] = frozenset({7, 9})
         async with client(w) as (c, hub):
-            await hub.reconcile("c2")  # serial 2
+            await hub.publish("c2")  # serial 2
             await c.post("/v1/orgs/acme/endpoints", json=report_body("laptop", serial=2),
                          headers=as_device(w.laptop))
             await c.post("/v1/orgs/acme/endpoints", json=report_body("server", serial=1),
@@ -339,14 +339,17 @@ def test_reports_survive_a_restart_sqlite(tmp_path: Path) -> None:
     run(go())
 
 
-def test_forced_refresh_republishes_the_same_commit(tmp_path: Path) -> None:
+def test_the_served_commit_is_republished_when_the_refresh_is_due(tmp_path: Path) -> None:
     async def go() -> None:
         w = World(tmp_path)
         async with client(w) as (c, hub):
             dev = as_device(w.laptop)  # the manifest needs mTLS
-            assert await hub.reconcile("c1")  # same commit: nothing to do
-            assert w.pipeline.builds == ["c1"]
-            assert await hub.reconcile("c1", force=True)
+            requeue = await hub.reconcile("c1")  # served already: nothing to build
+            assert w.pipeline.builds == ["c1"] and requeue == hub.refresh_every
+            w.clock[0] += hub.refresh_every - 1
+            assert await hub.reconcile("c1") == 1.0 and w.pipeline.builds == ["c1"]
+            w.clock[0] += 1
+            assert await hub.reconcile("c1") == hub.refresh_every
             assert w.pipeline.builds == ["c1", "c1"]
             r = await c.get("/v1/orgs/acme/manifest", headers=dev)
             assert r.headers["ETag"] == '"2"'
@@ -373,7 +376,7 @@ def test_status_is_public_but_reveals_no_secrets(tmp_path: Path) -> None:
         w = World(tmp_path)
         w.pipeline = Leaky([w.acme, w.beta])
         async with client(w) as (c, hub):
-            assert not await hub.reconcile("leak")
+            assert not await hub.publish("leak")
             r = await c.get("/v1/status")  # no client certificate
             assert r.status == 200
             text = await r.text()
