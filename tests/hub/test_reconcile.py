@@ -11,7 +11,6 @@ filesystem event.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from contextlib import asynccontextmanager
@@ -214,8 +213,8 @@ def test_permanent_failure_stays_until_a_newer_commit_replaces_it(tmp_path: Path
             assert doc["error_class"] == "ValidationError" and "bad.yaml:3" in doc["last_error"]
             assert doc["next_retry_at"] is None and doc["healthy"] is False
             assert failure_series(await metrics(c)) == [
-                'meshops_hub_publish_failure{commit="c2",error="ValidationError",'
-                'kind="permanent"} 1.0']
+                ('meshops_hub_publish_failure{commit="c2",error="ValidationError",'
+                'kind="permanent"} 1.0')]
             # still visible after the refresh of c1
             w.tick(REFRESH)
             await hub.reconcile("c2")
