@@ -75,8 +75,8 @@ def _register_serve(hsub: argparse._SubParsersAction) -> None:
     p.add_argument("--repo", required=True, help="local checkout PATH or remote git URL")
     p.add_argument(
         "--branch",
-        help="branch to follow (default: the branch checked out in --repo; for a URL, "
-        "the remote's default branch)",
+        help="branch to follow (default, or empty: the branch checked out in --repo; for a "
+        "URL, the remote's default branch)",
     )
     p.add_argument(
         "--listen", default="0.0.0.0:8443", help="HTTPS ADDR:PORT (default 0.0.0.0:8443)"
@@ -113,7 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(
         repo=args.repo,
-        branch=args.branch,
+        branch=args.branch or None,  # "" (an empty MESHOPS_BRANCH): the checked-out branch
         listen=args.listen,
         stun=args.stun,
         db=args.db,

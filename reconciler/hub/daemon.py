@@ -3,10 +3,17 @@
 Called by ``reconciler.cli.hub`` (``run(config)``; blocks until SIGTERM/SIGINT)
 and by tests (``start(config)`` / ``Running.stop()``). It opens the feed store,
 builds the ``Hub`` (``reconciler.hub.serve``), follows the branch
-(``reconciler.hub.follow``), listens for HTTPS (``reconciler.hub.api`` with
-``reconciler.hub.tls``), embeds the STUN responder
+(``reconciler.hub.follow``: every pass hands the head to ``Hub.reconcile``,
+which also schedules retries and the periodic refresh), listens for HTTPS
+(``reconciler.hub.api`` with ``reconciler.hub.tls``, behind the connection
+guard of ``reconciler.hub.limits``), embeds the STUN responder
 (``reconciler.stun.server.create_stun_endpoint``) and polls the store so
 long-polls wake up when another replica accepts a report.
+
+The listener is ``loop.create_server`` with aiohttp's protocol factory wrapped
+by ``ConnectionGuard`` (aiohttp's ``TCPSite`` takes neither a wrapped factory
+nor a TLS handshake timeout); aiohttp's ``AppRunner`` still owns the
+application's lifecycle and closes its connections at shutdown.
 """
 
 from __future__ import annotations
