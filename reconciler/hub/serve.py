@@ -306,6 +306,10 @@ class Hub:
         (``None``: only when the follower is woken)."""
         async with self._reconcile_lock:
             self.status.commit = head
+            serving = self.snapshot.commit if self.snapshot else None
+            stale = self.status.failure
+            if stale is not None and head is not None and head != stale.commit and head == serving:
+                self._set_failure(None)  # the branch went back to the served commit
             for _ in range(3):  # at most a refresh and the head; every build moves a deadline
                 serving = self.snapshot.commit if self.snapshot else None
                 failure = self.status.failure

@@ -233,6 +233,21 @@ def test_permanent_failure_stays_until_a_newer_commit_replaces_it(tmp_path: Path
     run(go())
 
 
+def test_a_branch_reset_to_the_served_commit_clears_the_failure(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        w.pipeline.bad.add("c2")
+        async with serving(w) as (hub, c):
+            await hub.reconcile("c1")
+            await hub.reconcile("c2")
+            assert (await status(c))["failing_commit"] == "c2"
+            assert await hub.reconcile("c1") == REFRESH  # git reset --hard c1; push --force
+            doc = await status(c)
+            assert doc["healthy"] is True and doc["failing_commit"] is None
+            assert w.pipeline.builds == ["c1", "c2"] and failure_series(await metrics(c)) == []
+    run(go())
+
+
 def test_a_crash_is_retried_and_its_traceback_logged_once(tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     async def go() -> None:
