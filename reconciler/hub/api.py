@@ -97,6 +97,7 @@ HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
 PEER_KEY: web.AppKey[PeerCert] = web.AppKey("peer_cert", object)  # type: ignore[arg-type]
 LIMITS_KEY: web.AppKey[Limits] = web.AppKey("limits", Limits)
 REFUSALS_KEY: web.AppKey[RefusalLog] = web.AppKey("refusals", RefusalLog)
+CRASHES_KEY: web.AppKey[dict[tuple[str, str], float]] = web.AppKey("crashes", dict)
 _DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
 _SIGNED_DIGITS = re.compile(rf"-?[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
 _PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
@@ -447,8 +448,8 @@ async def _errors(
         response = error_response(exc.status, code, exc.reason)
     except MeshopsError as exc:
         response = error_response(500, "hub-error", str(exc))
-    except Exception:  # never crash the server; log and answer 500
-        log.exception("unhandled error on %s %s", request.method, request.path)
+    except Exception as exc:  # noqa: BLE001 - never crash the server; log and answer 500
+        _log_crash(request, route, exc)
         response = error_response(500, "internal", "internal error; see the hub log")
     if _anonymous_tls(request):
         response.force_close()  # one request per anonymous connection (hub/limits.py)
@@ -457,6 +458,23 @@ async def _errors(
         hub.metrics.latency.labels(route).observe(time.monotonic() - started)
     hub.metrics.requests.labels(route, str(response.status)).inc()
     return response
+
+
+CRASH_LOG_WINDOW = 60.0
+
+
+def _log_crash(request: web.Request, route: str, exc: Exception) -> None:
+    """A bug a client can trigger must not flood the log: one traceback per
+    route and exception type per minute, one line for the others."""
+    crashes = request.app[CRASHES_KEY]
+    key, now = (route, type(exc).__name__), time.monotonic()
+    last = crashes.get(key)
+    if last is None or now - last >= CRASH_LOG_WINDOW:
+        crashes[key] = now
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    else:
+        log.error("unhandled error on %s %s: %s: %s (traceback logged at most once a minute)",
+                  request.method, request.path[:200], type(exc).__name__, str(exc)[:200])
 
 
 _REFUSED = {"too-large": (413, "too-large"), "too-deep": (400, "too-deep"),
@@ -476,6 +494,7 @@ def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | 
     app[PEER_KEY] = peer_cert
     app[LIMITS_KEY] = limits or Limits()
     app[REFUSALS_KEY] = refusals or RefusalLog(hub.metrics)
+    app[CRASHES_KEY] = {}  # (route, exception type) -> when its traceback was last logged
     app.router.add_get("/v1/orgs/{org}/manifest", get_manifest)
     app.router.add_get("/v1/orgs/{org}/devices/{name}/cert", get_cert)
     app.router.add_post("/v1/orgs/{org}/endpoints", post_endpoints)

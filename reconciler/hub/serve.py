@@ -185,7 +185,6 @@ class PublishStatus:
     failure: Failure | None = None  # why the head is not served, if so
     last_good_at: float | None = None
     refresh_at: float | None = None  # when the served commit is re-published next
-    attempts: int = 0  # builds run since start
 
     @property
     def error(self) -> str | None:
@@ -328,7 +327,6 @@ class Hub:
             return await self._publish(rev, refresh=False, head=rev)
 
     async def _publish(self, rev: str, *, refresh: bool, head: str | None) -> bool:
-        self.status.attempts += 1
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:

@@ -513,3 +513,23 @@ def test_a_maximal_report_fits_the_body_limit_and_one_more_is_refused(tmp_path: 
             assert str(MAX_BODY) in doc["message"] and "1024 observations" in doc["message"]
             assert hub.store.total_reports() == 2
     run(go())
+
+
+def test_a_bug_clients_can_trigger_logs_one_traceback_not_one_per_request(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, hub):
+            async def broken() -> dict[str, object]:
+                raise RuntimeError("a bug in the status page")
+
+            hub.status_doc = broken  # type: ignore[method-assign]
+            for _ in range(50):
+                r = await c.get("/v1/status")
+                assert r.status == 500 and (await r.json())["error"] == "internal"
+            assert (await c.get("/v1/orgs/acme/crl")).status == 200  # still serving
+    with caplog.at_level(logging.ERROR, logger="reconciler.hub.api"):
+        run(go())
+    records = [r for r in caplog.records if r.name == "reconciler.hub.api"]
+    assert len(records) == 50 and sum(1 for r in records if r.exc_info) == 1
+    assert all("\n" not in r.getMessage() for r in records)
