@@ -145,8 +145,11 @@ class _Follower:
             self.branch = await asyncio.to_thread(checked_out_branch, self.path)
             log.info("following branch %s (checked out in %s)", self.branch, self.path)
 
-    def _missing(self, branch: str) -> str:
+    def _missing(self, branch: str) -> str | None:
+        """Why ``branch`` has no head (``None``: it exists after all)."""
         have = branches(self.path)
+        if branch in have:
+            return None
         listed = ", ".join(have[:10]) if have else "none"
         return (f"branch {branch!r} not found in {self.where()} (its branches: {listed}); "
                 "pass --branch, or leave it out to follow the checked-out branch")
@@ -166,6 +169,9 @@ class _Follower:
             commit = await asyncio.to_thread(resolve, self.path, self.branch)
             if commit is None and problem is None:
                 problem = await asyncio.to_thread(self._missing, self.branch)
+            if commit is None and problem is None:  # created while we looked: read it again
+                commit = await asyncio.to_thread(resolve, self.path, self.branch)
+                problem = None if commit else f"branch {self.branch!r} cannot be read"
         self._note(problem)
         self.head = commit
         return Head(self.branch, commit, problem)
@@ -269,7 +275,7 @@ class RemoteFollower(_Follower):
     def where(self) -> str:
         return self.url
 
-    def _missing(self, branch: str) -> str:
+    def _missing(self, branch: str) -> str | None:
         return (f"branch {branch!r} has not been fetched from {self.url} yet; pass --branch, "
                 "or leave it out to follow the remote's default branch")
 
