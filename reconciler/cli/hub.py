@@ -87,12 +87,16 @@ def _register_serve(hsub: argparse._SubParsersAction) -> None:
     p = hsub.add_parser(
         "serve",
         help="follow a branch, serve signed manifests, the endpoint feed and STUN (mTLS)",
-        description="Follow BRANCH of the org repository (a local checkout watched with "
+        description="Follow a branch of the org repository (a local checkout watched with "
         "watchdog, or a remote URL fetched every --poll seconds), publish each new commit "
         "and serve it over HTTPS with client certificates. See docs/api.md.",
     )
     p.add_argument("--repo", required=True, help="local checkout PATH or remote git URL")
-    p.add_argument("--branch", default="main", help="branch to follow (default main)")
+    p.add_argument(
+        "--branch",
+        help="branch to follow (default, or empty: the branch checked out in --repo; for a "
+        "URL, the remote's default branch)",
+    )
     p.add_argument(
         "--listen", default="0.0.0.0:8443", help="HTTPS ADDR:PORT (default 0.0.0.0:8443)"
     )
@@ -128,7 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(
         repo=args.repo,
-        branch=args.branch,
+        branch=args.branch or None,  # "" (an empty MESHOPS_BRANCH): the checked-out branch
         listen=args.listen,
         stun=args.stun,
         db=args.db,

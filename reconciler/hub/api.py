@@ -17,14 +17,26 @@ data; an agent fetches its certificate before its first mTLS request), and the
 operator endpoints ``/v1/status`` and ``/metrics``, which must be reachable by
 operators only (listen address / firewall; docs/security.md).
 
+Hostile input: request bodies are read within ``Limits.body_timeout`` and
+parsed by ``reconciler.boundedjson`` (size and nesting bounds, refusals are
+4xx with the reason); integers in headers and query strings are ASCII digits
+of bounded length, anything else is refused (query) or ignored
+(``If-None-Match``). The body limit ``MAX_BODY`` is derived from the report
+limits (``MAX_OBSERVATIONS`` and ``MAX_CANDIDATES`` entries of the largest
+size each), so every report the limits allow fits. Connection-level limits
+(handshake, anonymous cap and deadline, idle timeout) are in
+``reconciler.hub.limits``.
+
 Every error is JSON ``{"error": CODE, "message": TEXT}``; unexpected exceptions
 become 500 with the same shape and are logged, the server keeps running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -33,8 +45,10 @@ from typing import Any
 
 from aiohttp import web
 
-from reconciler.errors import MeshopsError, PkiError, TemporaryError
+from reconciler import boundedjson
+from reconciler.errors import InputRefused, MeshopsError, PkiError, TemporaryError
 from reconciler.hub.feedstore import Observation
+from reconciler.hub.limits import Limits, RefusalLog
 from reconciler.hub.metrics import CONTENT_TYPE
 from reconciler.hub.serve import Hub
 from reconciler.hub.snapshot import OrgSnapshot
@@ -44,22 +58,56 @@ from reconciler.pki.certs import DeviceIdentity, check_device_cert
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024  # a report with 1,000 observations is ~80 bytes each
 MAX_WAIT = 300  # seconds a long-poll may ask for
 MAX_CANDIDATES = 32
 MAX_OBSERVATIONS = 1024
+MAX_NAME = 63  # a device name is a DNS label (reconciler/config/schema.py)
+MAX_ADDRESS = 64  # the longest "ip:port" accepted (the longest valid one has 53 characters)
+MAX_INT = 2**62  # serials, handshake times
+REPORT_DEPTH = 8  # a report nests 3 levels deep
+MAX_DIGITS = 19  # an ETag or a query integer: up to 2**63 - 1
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of ``value`` as ``json.dumps`` writes it by default (", " and ": "
+    separators), the roomier of the two usual forms (agents send the compact one)."""
+    return len(json.dumps(value).encode())
+
+
+def _max_body() -> int:
+    """The largest report the limits allow, in bytes: every entry at its maximum
+    size, as ``json.dumps`` writes it by default, rounded up to a KiB."""
+    name, address = "n" * MAX_NAME, "a" * MAX_ADDRESS
+    kind = max(CANDIDATE_KINDS, key=len)
+    candidate = _json_size({"kind": kind, "address": address}) + len(", ")
+    observation = _json_size({"peer": name, "endpoint": address,
+                              "last_handshake": MAX_INT}) + len(", ")
+    rest = _json_size({"device": name, "candidates": [], "mapping": max(MAPPINGS, key=len),
+                       "listen_port": 65535, "serial": MAX_INT, "observations": []})
+    total = rest + MAX_CANDIDATES * candidate + MAX_OBSERVATIONS * observation
+    return -(-total // 1024) * 1024
+
+
+MAX_BODY = _max_body()  # 200 KiB with the limits above
 MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
 FEED_TYPE = "application/vnd.meshops.feed+json"
 
 PeerCert = Callable[[web.Request], "str | None"]
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
 PEER_KEY: web.AppKey[PeerCert] = web.AppKey("peer_cert", object)  # type: ignore[arg-type]
+LIMITS_KEY: web.AppKey[Limits] = web.AppKey("limits", Limits)
+REFUSALS_KEY: web.AppKey[RefusalLog] = web.AppKey("refusals", RefusalLog)
+CRASHES_KEY: web.AppKey[dict[tuple[str, str], float]] = web.AppKey("crashes", dict)
+_DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
+_SIGNED_DIGITS = re.compile(rf"-?[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.close = close  # also close the connection (the request was not read to its end)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -95,23 +143,30 @@ def _int_param(request: web.Request, name: str, lo: int, hi: int) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad-parameter", f"?{name}= must be an integer, got {raw!r}") from None
+    if not _SIGNED_DIGITS.fullmatch(raw):  # int() would take "²", "١٢" and 5,000 digits
+        shown = raw if len(raw) <= 24 else f"{raw[:20]}… ({len(raw)} characters)"
+        raise ApiError(400, "bad-parameter",
+                       f"?{name}= must be an integer of at most {MAX_DIGITS} ASCII digits, "
+                       f"got {shown!r}")
+    value = int(raw)
     if not lo <= value <= hi:
         raise ApiError(400, "bad-parameter", f"?{name}= must be within {lo}..{hi}")
     return value
 
 
 def _etag_serial(header: str | None) -> int | None:
-    """``If-None-Match: "42"`` (or W/"42", or a list) -> 42."""
+    """``If-None-Match: "42"`` (or W/"42", or a list) -> 42.
+
+    A tag that is not 1 to 19 ASCII digits (5,000 digits, "²", "١٢", "*",
+    anything else) matches no serial and is ignored: the client gets the full
+    answer, as for a stale ETag (RFC 9110 13.1.2 leaves no other outcome that
+    helps it)."""
     if not header:
         return None
     best = None
     for part in header.split(","):
         tag = part.strip().removeprefix("W/").strip('"')
-        if tag.isdigit():
+        if _DIGITS.fullmatch(tag):
             best = max(best or 0, int(tag))
     return best
 
@@ -176,15 +231,21 @@ def _peer_addr(request: web.Request) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _peer_host(request: web.Request) -> str:
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport else None
+    return str(peer[0]) if peer else "unknown"
+
+
 def _address(value: Any, what: str) -> str:
     import ipaddress
 
-    if not isinstance(value, str) or len(value) > 64:
+    if not isinstance(value, str) or len(value) > MAX_ADDRESS or not value.isascii():
         raise ApiError(400, "bad-report", f"{what} must be an \"ip:port\" string")
     host, sep, port = value.rpartition(":")
     try:
         ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
-        ok = sep == ":" and 0 < int(port) < 65536
+        ok = sep == ":" and bool(_PORT.fullmatch(port)) and 0 < int(port) < 65536
     except ValueError:
         ok = False
     if not ok:
@@ -192,7 +253,7 @@ def _address(value: Any, what: str) -> str:
     return value
 
 
-def _nonneg_int(doc: dict[str, Any], key: str, hi: int = 2**62) -> int:
+def _nonneg_int(doc: dict[str, Any], key: str, hi: int = MAX_INT) -> int:
     value = doc.get(key, 0)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
         raise ApiError(400, "bad-report", f"{key} must be an integer within 0..{hi}")
@@ -208,8 +269,8 @@ def parse_report(doc: Any, org: str, now: int, observed: str | None) -> tuple[En
     if unknown:
         raise ApiError(400, "bad-report", f"unknown field(s): {', '.join(sorted(unknown))}")
     device = doc.get("device")
-    if not isinstance(device, str) or not device:
-        raise ApiError(400, "bad-report", "device must be a non-empty string")
+    if not isinstance(device, str) or not device or len(device) > MAX_NAME:
+        raise ApiError(400, "bad-report", f"device must be a name of 1 to {MAX_NAME} characters")
     cands = doc.get("candidates", [])
     if not isinstance(cands, list) or len(cands) > MAX_CANDIDATES:
         raise ApiError(400, "bad-report", f"candidates must be a list of at most {MAX_CANDIDATES}")
@@ -231,8 +292,10 @@ def parse_report(doc: Any, org: str, now: int, observed: str | None) -> tuple[En
                        f"observations must be a list of at most {MAX_OBSERVATIONS}")
     observations = []
     for i, o in enumerate(obs_doc):
-        if not isinstance(o, dict) or not isinstance(o.get("peer"), str) or not o["peer"]:
-            raise ApiError(400, "bad-report", f"observations[{i}].peer must be a device name")
+        if not isinstance(o, dict) or not isinstance(o.get("peer"), str) or not o["peer"] \
+                or len(o["peer"]) > MAX_NAME:
+            raise ApiError(400, "bad-report", f"observations[{i}].peer must be a device name "
+                                              f"of 1 to {MAX_NAME} characters")
         observations.append(Observation(
             peer=o["peer"],
             endpoint=_address(o.get("endpoint"), f"observations[{i}].endpoint"),
@@ -283,16 +346,25 @@ async def post_endpoints(request: web.Request) -> web.Response:
     hub = _hub(request)
     org = _org(request)
     caller = _identify(request, org)
+    too_large = (f"the body must be at most {MAX_BODY} bytes (a report of {MAX_OBSERVATIONS} "
+                 f"observations and {MAX_CANDIDATES} candidates fits)")
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, "too-large", f"the body must be at most {MAX_BODY} bytes")
+        raise ApiError(413, "too-large", f"Content-Length {request.content_length}: {too_large}",
+                       close=True)
+    limits = request.app[LIMITS_KEY]
     try:
-        raw = await request.read()
+        async with asyncio.timeout(limits.body_timeout):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too-large", f"the body must be at most {MAX_BODY} bytes") from None
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "bad-json", "the body is not valid JSON") from None
+        raise ApiError(413, "too-large", too_large, close=True) from None
+    except TimeoutError:
+        request.app[REFUSALS_KEY].refused(_peer_host(request), "body-timeout",
+                                          f"device {caller.device} sent no complete body "
+                                          f"within {limits.body_timeout:g}s")
+        raise ApiError(408, "body-timeout", f"the body did not arrive within "
+                                            f"{limits.body_timeout:g}s", close=True) from None
+    doc = boundedjson.loads(raw, what="the report body", max_bytes=MAX_BODY,
+                            max_depth=REPORT_DEPTH)
     observed = _peer_addr(request)
     report, observations = parse_report(doc, org.org, int(hub.now()), observed)
     if report.device != caller.device:
@@ -365,15 +437,22 @@ async def _errors(
         response = await handler(request)
     except ApiError as exc:
         response = error_response(exc.status, exc.code, exc.message)
+        if exc.close:
+            response.force_close()
+    except InputRefused as exc:  # a body over the limits: too large, too deep, not JSON
+        status, code = _REFUSED.get(exc.reason, (400, exc.reason))
+        response = error_response(status, code, str(exc))
     except web.HTTPException as exc:  # aiohttp's own 404/405/413
         code = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(
             exc.status, "http-error")
         response = error_response(exc.status, code, exc.reason)
     except MeshopsError as exc:
         response = error_response(500, "hub-error", str(exc))
-    except Exception:  # never crash the server; log and answer 500
-        log.exception("unhandled error on %s %s", request.method, request.path)
+    except Exception as exc:  # noqa: BLE001 - never crash the server; log and answer 500
+        _log_crash(request, route, exc)
         response = error_response(500, "internal", "internal error; see the hub log")
+    if _anonymous_tls(request):
+        response.force_close()  # one request per anonymous connection (hub/limits.py)
     long_poll = "wait" in request.query
     if not long_poll:
         hub.metrics.latency.labels(route).observe(time.monotonic() - started)
@@ -381,10 +460,41 @@ async def _errors(
     return response
 
 
-def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert) -> web.Application:
+CRASH_LOG_WINDOW = 60.0
+
+
+def _log_crash(request: web.Request, route: str, exc: Exception) -> None:
+    """A bug a client can trigger must not flood the log: one traceback per
+    route and exception type per minute, one line for the others."""
+    crashes = request.app[CRASHES_KEY]
+    key, now = (route, type(exc).__name__), time.monotonic()
+    last = crashes.get(key)
+    if last is None or now - last >= CRASH_LOG_WINDOW:
+        crashes[key] = now
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    else:
+        log.error("unhandled error on %s %s: %s: %s (traceback logged at most once a minute)",
+                  request.method, request.path[:200], type(exc).__name__, str(exc)[:200])
+
+
+_REFUSED = {"too-large": (413, "too-large"), "too-deep": (400, "too-deep"),
+            "not-json": (400, "bad-json")}
+
+
+def _anonymous_tls(request: web.Request) -> bool:
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport else None
+    return ssl_object is not None and not ssl_object.getpeercert(binary_form=True)
+
+
+def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | None = None,
+             refusals: RefusalLog | None = None) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[HUB_KEY] = hub
     app[PEER_KEY] = peer_cert
+    app[LIMITS_KEY] = limits or Limits()
+    app[REFUSALS_KEY] = refusals or RefusalLog(hub.metrics)
+    app[CRASHES_KEY] = {}  # (route, exception type) -> when its traceback was last logged
     app.router.add_get("/v1/orgs/{org}/manifest", get_manifest)
     app.router.add_get("/v1/orgs/{org}/devices/{name}/cert", get_cert)
     app.router.add_post("/v1/orgs/{org}/endpoints", post_endpoints)

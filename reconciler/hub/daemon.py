@@ -3,10 +3,17 @@
 Called by ``reconciler.cli.hub`` (``run(config)``; blocks until SIGTERM/SIGINT)
 and by tests (``start(config)`` / ``Running.stop()``). It opens the feed store,
 builds the ``Hub`` (``reconciler.hub.serve``), follows the branch
-(``reconciler.hub.follow``), listens for HTTPS (``reconciler.hub.api`` with
-``reconciler.hub.tls``), embeds the STUN responder
+(``reconciler.hub.follow``: every pass hands the head to ``Hub.reconcile``,
+which also schedules retries and the periodic refresh), listens for HTTPS
+(``reconciler.hub.api`` with ``reconciler.hub.tls``, behind the connection
+guard of ``reconciler.hub.limits``), embeds the STUN responder
 (``reconciler.stun.server.create_stun_endpoint``) and polls the store so
 long-polls wake up when another replica accepts a report.
+
+The listener is ``loop.create_server`` with aiohttp's protocol factory wrapped
+by ``ConnectionGuard`` (aiohttp's ``TCPSite`` takes neither a wrapped factory
+nor a TLS handshake timeout); aiohttp's ``AppRunner`` still owns the
+application's lifecycle and closes its connections at shutdown.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from typing import Any
 
 from reconciler.errors import ConfigError, MeshopsError
 from reconciler.hub.feedstore import FeedStore
-from reconciler.hub.follow import LocalFollower, RemoteFollower, is_remote
-from reconciler.hub.serve import Hub
+from reconciler.hub.follow import Head, LocalFollower, RemoteFollower, is_remote
+from reconciler.hub.limits import ConnectionGuard, Limits, RefusalLog, anonymous_cap
+from reconciler.hub.serve import REFRESH_EVERY, RETRY_CAP, Hub
 from reconciler.hub.snapshot import Pipeline, Snapshot
 from reconciler.hub.tls import TlsManager
 
@@ -51,7 +59,7 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
 @dataclass
 class ServeConfig:
     repo: str
-    branch: str = "main"
+    branch: str | None = None  # None: the checked-out branch (a remote: its default branch)
     listen: str = "0.0.0.0:8443"
     stun: str | None = None
     db: str | None = None  # default: sqlite:///STATE_DIR/hub.db
@@ -62,8 +70,10 @@ class ServeConfig:
     tls_key: str | None = None
     tls_names: tuple[str, ...] = ()
     store_poll: float = 0.5  # how often to look for other replicas' feed revisions
-    refresh: float = 6 * 3600  # re-publish the served commit (renewals, manifest not_after)
+    refresh: float = REFRESH_EVERY  # re-publish the served commit (renewals, not_after)
+    retry_cap: float = RETRY_CAP  # longest wait between attempts of a temporarily failing commit
     plain_http: bool = False  # tests/behind a TLS-terminating proxy only: no mTLS then
+    limits: Limits = field(default_factory=Limits)  # timeouts and caps (reconciler.hub.limits)
     pipeline: Pipeline | None = None  # injected by tests; default: PublisherPipeline
     now: Callable[[], float] = time.time
 
@@ -77,6 +87,7 @@ class Running:
     port: int
     stun_port: int | None
     tls: TlsManager | None
+    guard: ConnectionGuard | None = None
     _stop: list[Callable[[], Any]] = field(default_factory=list)
 
     async def stop(self) -> None:
@@ -141,15 +152,16 @@ async def start(config: ServeConfig) -> Running:
     follower: LocalFollower | RemoteFollower
     hub_holder: list[Hub] = []
 
-    async def on_commit(rev: str) -> None:
-        await hub_holder[0].reconcile(rev)
+    async def on_head(head: Head) -> float | None:
+        hub_holder[0].follow_state(head.branch, head.problem)
+        return await hub_holder[0].reconcile(head.commit)
 
     if remote:
-        follower = RemoteFollower(config.repo, config.branch, on_commit,
+        follower = RemoteFollower(config.repo, config.branch, on_head,
                                   os.path.join(config.state_dir, "git"), poll)
         repo_path = follower.path
     else:
-        follower = LocalFollower(config.repo, config.branch, on_commit, poll)
+        follower = LocalFollower(config.repo, config.branch, on_head, poll)
         repo_path = config.repo
     pipeline = config.pipeline or _default_pipeline(config, repo_path)
     tls = None if config.plain_http else TlsManager(
@@ -159,7 +171,8 @@ async def start(config: ServeConfig) -> Running:
         if tls is not None:
             tls.update({o.org: o.keys for o in snap.orgs.values()}, config.now())
 
-    hub = Hub(pipeline=pipeline, store=store, now=config.now, on_swap=on_swap)
+    hub = Hub(pipeline=pipeline, store=store, now=config.now, on_swap=on_swap,
+              refresh_every=config.refresh, retry_cap=config.retry_cap)
     hub_holder.append(hub)
     running = Running(hub=hub, port=0, stun_port=None, tls=tls)
     close_pipeline = getattr(pipeline, "close", None)
@@ -181,34 +194,41 @@ async def start(config: ServeConfig) -> Running:
     poller = asyncio.get_running_loop().create_task(store_poller(), name="store-poller")
     running._stop.append(poller.cancel)
 
-    async def refresher() -> None:
-        # Without commits, certificates still come due for renewal and manifests
-        # still expire (not_after), and the hub's own TLS certificates age: re-publish.
-        while True:
-            await asyncio.sleep(config.refresh)
-            snap = hub.snapshot
-            if snap is not None:
-                await hub.reconcile(snap.commit, force=True)
-
-    refresh_task = asyncio.get_running_loop().create_task(refresher(), name="refresher")
-    running._stop.append(refresh_task.cancel)
     gc_task = asyncio.get_running_loop().create_task(tame_gc(), name="gc")
     running._stop.append(gc_task.cancel)
 
-    app = make_app(hub)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    limits = config.limits
+    refusals = RefusalLog(hub.metrics)
+    loop = asyncio.get_running_loop()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(QuietLoopErrors(previous_handler))
+    running._stop.append(lambda: loop.set_exception_handler(previous_handler))
+    app = make_app(hub, limits=limits, refusals=refusals)
+    # keepalive_timeout: a connection must send its next complete request head
+    # within idle_timeout (aiohttp arms it at connection start and after each answer)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                           keepalive_timeout=limits.idle_timeout,
+                           lingering_time=limits.lingering_time)
     await runner.setup()
     running._stop.append(runner.cleanup)
     host, port = parse_hostport(config.listen, 8443)
-    site = web.TCPSite(runner, host, port, ssl_context=tls.front if tls else None,
-                       backlog=4096, reuse_address=True)
+    assert runner.server is not None
+    factory: Callable[[], asyncio.Protocol] = runner.server  # type: ignore[assignment]
+    if tls is not None:  # plain HTTP is for a TLS-terminating proxy, which applies its own
+        cap = anonymous_cap(limits, open_files_limit())
+        running.guard = ConnectionGuard(limits, hub.metrics, refusals, cap)
+        factory = running.guard.factory(factory)
     try:
-        await site.start()
+        server = await loop.create_server(
+            factory, host, port, ssl=tls.front if tls else None,
+            ssl_handshake_timeout=limits.handshake_timeout if tls else None,
+            ssl_shutdown_timeout=limits.handshake_timeout if tls else None,
+            backlog=4096, reuse_address=True)
     except OSError as exc:
         await running.stop()
         raise ConfigError(f"--listen {config.listen}: {exc.strerror or exc}") from exc
-    server = site._server  # aiohttp exposes the asyncio server only here
-    sockets = getattr(server, "sockets", None) or []
+    running._stop.append(server.close)  # runs before runner.cleanup (stops run reversed)
+    sockets = server.sockets or []
     running.port = sockets[0].getsockname()[1] if sockets else port
 
     if config.stun:
@@ -226,8 +246,68 @@ async def start(config: ServeConfig) -> Running:
     return running
 
 
+def open_files_limit() -> int:
+    """This process's soft limit of open files (``RLIMIT_NOFILE``)."""
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (systemd's default
+    soft limit is 1,024; the unit sets 65,536) and return the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+    return soft
+
+
+class QuietLoopErrors:
+    """An event-loop exception handler for a server facing the internet: an
+    ``OSError`` (``accept()`` out of file descriptors, a reset during a TLS
+    handshake) becomes one log line per message and minute, without a
+    traceback; anything else goes to the previous handler."""
+
+    def __init__(self, previous: Any, window: float = 60.0) -> None:
+        self._previous = previous
+        self._window = window
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if not isinstance(exc, OSError):
+            if self._previous is not None:
+                self._previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        message = str(context.get("message", "event loop error"))
+        now = time.monotonic()
+        last = self._last.get(message)
+        if last is not None and now - last[0] < self._window:
+            self._last[message] = (last[0], last[1] + 1)
+            return
+        if len(self._last) > 256:
+            self._last.clear()
+        self._last[message] = (now, 0)
+        more = f" ({last[1]} more since the last line)" if last and last[1] else ""
+        log.warning("%s: %s%s", message, exc, more)
+
+
 async def serve_forever(config: ServeConfig) -> None:
+    nofile = raise_open_files_limit()
     running = await start(config)
+    log.info("hub listening on port %s (stun %s); open files limit %d, anonymous connections "
+             "capped at %s", running.port, running.stun_port, nofile,
+             running.guard.max_anonymous if running.guard else "- (plain HTTP)")
     log.info("hub listening on port %s (stun %s)", running.port, running.stun_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

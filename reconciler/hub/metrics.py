@@ -59,6 +59,40 @@ class Metrics:
             "1 while the newest commit failed to publish (the last good one is served)",
             registry=r,
         )
+        self.publish_failure = Gauge(
+            "meshops_hub_publish_failure",
+            "consecutive failed attempts of the commit that is not served, by its 12-digit "
+            "commit, kind (temporary, permanent, internal) and error class; gone once it clears",
+            ["commit", "kind", "error"],
+            registry=r,
+        )
+        self.publish_retries = Counter(
+            "meshops_hub_publish_retries", "builds of a commit that failed before", registry=r
+        )
+        self.next_retry = Gauge(
+            "meshops_hub_publish_next_retry_timestamp",
+            "unix time of the next attempt of the failing commit (0: none planned)",
+            registry=r,
+        )
+        self.branch_found = Gauge(
+            "meshops_hub_branch_found",
+            "1 while the followed branch can be read, 0 while it cannot (see /v1/status)",
+            registry=r,
+        )
+        self.connections = Gauge(
+            "meshops_hub_connections",
+            "open connections: handshake (TLS not finished), device (client certificate), "
+            "anonymous (no client certificate)",
+            ["kind"],
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "meshops_hub_connections_refused",
+            "connections closed by the hub's limits: anonymous-cap, anonymous-deadline, "
+            "body-timeout",
+            ["reason"],
+            registry=r,
+        )
         self.last_success = Gauge(
             "meshops_hub_last_publish_success_timestamp", "unix time of the last good publish",
             registry=r,

@@ -1,14 +1,29 @@
-"""The running hub: current snapshot, reconcile on new commits, reports, feeds.
+"""The running hub: current snapshot, level-based publish, reports, feeds.
 
 ``Hub`` is the state ``reconciler.hub.api`` serves from. It is built and
 wired to the follower, the HTTPS listener, the STUN responder and the store
 poller by ``reconciler.hub.daemon`` (what ``meshops hub serve`` runs); tests
-build it directly with a fake pipeline.
+build it directly with a fake pipeline and an injected clock.
 
-Build, validate, swap: ``Hub.reconcile(rev)`` runs the publish pipeline in a
+Level-based, like a controller-runtime reconciler: the follower calls
+``Hub.reconcile(head)`` on every pass with the branch head it read (not only
+when the head moved). ``decide`` (pure) compares the head with what is served
+and with the head's last failure, and returns what to build now and when the
+next pass is due at the latest:
+
+* a head that is not served and has not failed is built;
+* a ``TemporaryError`` is retried with exponential backoff, starting from the
+  exception's ``delay`` and capped at ``retry_cap``; it stays on ``/v1/status``
+  and in the metrics until a build of that head succeeds;
+* a ``PermanentError`` is not retried for the same commit; it stays visible
+  until a newer head replaces it;
+* the served commit is re-published every ``refresh_every`` seconds
+  (certificate renewals, manifest ``not_after``), also while a newer head
+  fails; that refresh never hides the head's failure.
+
+Build, validate, swap: ``Hub.publish(rev)`` runs the publish pipeline in a
 worker thread and swaps the new ``Snapshot`` in with one assignment only when
-it succeeded. A failure keeps the last good snapshot serving and is shown on
-``/v1/status`` and in ``meshops_hub_publish_failing``.
+it succeeded. A failure keeps the last good snapshot serving.
 
 Reports are batched: concurrent ``POST /endpoints`` requests are written in
 one transaction by ``ReportWriter``, and each request is answered only after
@@ -30,7 +45,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from reconciler.errors import MeshopsError
+from reconciler.errors import MeshopsError, TemporaryError
 from reconciler.hub.feed import FEED_PAYLOAD_TYPE, build_feed, feed_payload
 from reconciler.hub.feedstore import FeedStore, Observation
 from reconciler.hub.metrics import Metrics
@@ -89,13 +104,91 @@ class SignedFeed:
     snapshot_serial: int
 
 
+REFRESH_EVERY = 6 * 3600.0  # re-publish the served commit (renewals, manifest not_after)
+RETRY_CAP = 300.0  # the longest wait between two attempts of a temporarily failing commit
+RETRY_MIN = 1.0  # the shortest, whatever delay an exception suggests
+
+TEMPORARY, PERMANENT, INTERNAL = "temporary", "permanent", "internal"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why ``commit`` is not served. ``kind`` is ``temporary`` (retried at
+    ``retry_at``), ``permanent`` (not retried for this commit) or ``internal``
+    (an unexpected exception: a bug or the host; retried like a temporary one)."""
+
+    commit: str
+    kind: str
+    error_class: str
+    message: str  # redacted: /v1/status is unauthenticated
+    at: float  # unix time of the last failed attempt
+    attempts: int  # consecutive failed attempts of this commit
+    retry_at: float | None  # unix time of the next attempt; None: never for this commit
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one pass does: build ``build`` (``None``: nothing), and run the
+    next pass within ``requeue`` seconds (``None``: only when woken)."""
+
+    build: str | None
+    refresh: bool = False  # ``build`` re-publishes the served commit
+    requeue: float | None = None
+
+
+def retry_delay(hint: float, attempts: int, cap: float = RETRY_CAP,
+                floor: float = RETRY_MIN) -> float:
+    """Exponential backoff: ``hint`` (the exception's ``delay``) doubled per
+    further consecutive failure, at least ``floor``, at most ``cap``."""
+    return min(cap, max(floor, hint) * 2.0 ** min(attempts - 1, 30))
+
+
+def decide(head: str | None, serving: str | None, failure: Failure | None,
+           refresh_at: float | None, now: float) -> Decision:
+    """The pure heart of a pass.
+
+    ``head``: the branch head (``None``: the branch cannot be read);
+    ``serving``: the commit served (``None``: nothing yet); ``failure``: the
+    last failure of the head, if any; ``refresh_at``: when the served commit
+    is due to be re-published."""
+    wait = float("inf")
+    if head is not None and head != serving:
+        if failure is None or failure.commit != head:
+            return Decision(build=head)
+        if failure.retry_at is not None:
+            if now >= failure.retry_at:
+                return Decision(build=head)
+            wait = failure.retry_at - now
+    if serving is not None and refresh_at is not None:
+        if now >= refresh_at:
+            return Decision(build=serving, refresh=True)
+        wait = min(wait, refresh_at - now)
+    return Decision(build=None, requeue=None if wait == float("inf") else wait)
+
+
+def classify(exc: BaseException) -> tuple[str, float]:
+    """The retry class of a failed build and the delay it suggests."""
+    if isinstance(exc, TemporaryError):
+        return TEMPORARY, exc.delay
+    if isinstance(exc, MeshopsError):  # PermanentError, or any other error of the tree
+        return PERMANENT, 0.0
+    return INTERNAL, 5.0
+
+
 @dataclass
 class PublishStatus:
-    commit: str | None = None  # the newest commit seen on the branch
-    error: str | None = None  # why that commit is not served (None: it is)
-    error_at: float | None = None
+    """What the last passes found; ``Hub.status_doc`` renders it."""
+
+    commit: str | None = None  # the branch head read by the last pass
+    branch: str | None = None  # the branch followed (None: not known yet)
+    follow_error: str | None = None  # why the branch head cannot be read, if so
+    failure: Failure | None = None  # why the head is not served, if so
     last_good_at: float | None = None
-    attempts: int = 0
+    refresh_at: float | None = None  # when the served commit is re-published next
+
+    @property
+    def error(self) -> str | None:
+        return self.failure.message if self.failure else None
 
 
 class ReportWriter:
@@ -167,6 +260,9 @@ class Hub:
     now: Callable[[], float] = time.time
     metrics: Metrics = field(default_factory=Metrics)
     on_swap: Callable[[Snapshot], None] | None = None  # e.g. TLS refresh
+    refresh_every: float = REFRESH_EVERY
+    retry_cap: float = RETRY_CAP
+    retry_min: float = RETRY_MIN
     snapshot: Snapshot | None = None
     status: PublishStatus = field(default_factory=PublishStatus)
     revisions: dict[str, int] = field(default_factory=dict)
@@ -197,53 +293,104 @@ class Hub:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
     # -- publish ------------------------------------------------------------
-    async def reconcile(self, rev: str, *, force: bool = False) -> bool:
-        """Publish commit ``rev``; swap it in only if everything succeeded.
+    def follow_state(self, branch: str | None, problem: str | None) -> None:
+        """What the follower knows about its branch (``problem``: why no head)."""
+        self.status.branch = branch
+        self.status.follow_error = redact(problem) if problem else None
+        self.metrics.branch_found.set(0 if problem else 1)
 
-        ``force`` re-publishes the commit already served: certificates due for
-        renewal are renewed and manifests get a fresh ``not_after`` even when
-        nobody commits (``reconciler.hub.daemon`` does this every few hours)."""
+    async def reconcile(self, head: str | None) -> float | None:
+        """One level-based pass for branch head ``head``: build what ``decide``
+        says; return the seconds until the next pass is due at the latest
+        (``None``: only when the follower is woken)."""
         async with self._reconcile_lock:
-            if not force and self.snapshot is not None and self.snapshot.commit == rev:
-                return True
-            self.status.commit = rev
-            self.status.attempts += 1
-            started = time.monotonic()
-            loop = asyncio.get_running_loop()
-            try:
-                snap = await loop.run_in_executor(self._pub, self.pipeline.build, rev, self.now())
-                if self.on_swap is not None:
-                    self.on_swap(snap)  # e.g. new TLS contexts; fails before the swap
-            except MeshopsError as exc:
-                return self._failed(rev, str(exc))
-            except Exception as exc:  # a bug in a stage must not stop the hub
-                log.exception("publish of %s crashed", rev[:12])
-                return self._failed(rev, f"internal error: {type(exc).__name__}: {exc}")
-            finally:
-                self.metrics.publish_seconds.observe(time.monotonic() - started)
-            self.snapshot = snap
-            self.status.error = None
-            self.status.error_at = None
-            self.status.last_good_at = self.now()
-            self.metrics.publishes.labels("ok").inc()
-            self.metrics.publish_failing.set(0)
-            self.metrics.last_success.set(self.status.last_good_at)
-            for org in snap.orgs.values():
-                self.metrics.manifest_serial.labels(org.org).set(org.serial)
-            self.manifest_changed.fire()
-            self.feed_changed.fire()  # device set may have changed
-            log.info("serving commit %s (%d orgs)", rev[:12], len(snap.orgs))
-            return True
+            self.status.commit = head
+            serving = self.snapshot.commit if self.snapshot else None
+            stale = self.status.failure
+            if stale is not None and head is not None and head != stale.commit and head == serving:
+                self._set_failure(None)  # the branch went back to the served commit
+            for _ in range(3):  # at most a refresh and the head; every build moves a deadline
+                serving = self.snapshot.commit if self.snapshot else None
+                failure = self.status.failure
+                decision = decide(head, serving, failure, self.status.refresh_at, self.now())
+                if decision.build is None:
+                    return decision.requeue
+                if failure is not None and failure.commit == decision.build:
+                    self.metrics.publish_retries.inc()
+                await self._publish(decision.build, refresh=decision.refresh, head=head)
+            return 0.0
 
-    def _failed(self, rev: str, message: str) -> bool:
-        message = redact(message)  # /v1/status is unauthenticated: no secrets in it
-        self.status.error = message
-        self.status.error_at = self.now()
+    async def publish(self, rev: str) -> bool:
+        """Build ``rev`` now and serve it if the build succeeds (tests, tools)."""
+        async with self._reconcile_lock:
+            self.status.commit = rev
+            return await self._publish(rev, refresh=False, head=rev)
+
+    async def _publish(self, rev: str, *, refresh: bool, head: str | None) -> bool:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            snap = await loop.run_in_executor(self._pub, self.pipeline.build, rev, self.now())
+            if self.on_swap is not None:
+                self.on_swap(snap)  # e.g. new TLS contexts; fails before the swap
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the last good snapshot
+            return self._failed(rev, exc, refresh=refresh, head=head)
+        finally:
+            self.metrics.publish_seconds.observe(time.monotonic() - started)
+        self.snapshot = snap
+        now = self.now()
+        self.status.last_good_at = now
+        self.status.refresh_at = now + self.refresh_every
+        failure = self.status.failure
+        if failure is not None and (rev == head or failure.commit == rev):
+            self._set_failure(None)  # the head is served, or the failed refresh went through
+        self.metrics.publishes.labels("ok").inc()
+        self.metrics.last_success.set(now)
+        for org in snap.orgs.values():
+            self.metrics.manifest_serial.labels(org.org).set(org.serial)
+        self.manifest_changed.fire()
+        self.feed_changed.fire()  # device set may have changed
+        log.info("serving commit %s (%d orgs)", rev[:12], len(snap.orgs))
+        return True
+
+    def _failed(self, rev: str, exc: Exception, *, refresh: bool, head: str | None) -> bool:
+        kind, hint = classify(exc)
+        text = str(exc) if isinstance(exc, MeshopsError) else \
+            f"internal error: {type(exc).__name__}: {exc}"
+        message = redact(text)  # /v1/status is unauthenticated: no secrets in it
+        now = self.now()
+        old = self.status.failure
+        attempts = old.attempts + 1 if old is not None and old.commit == rev else 1
+        if kind == INTERNAL and attempts == 1:
+            log.error("publish of %s crashed", rev[:12], exc_info=exc)  # a bug: once per commit
+        retry_at = None if kind == PERMANENT else now + retry_delay(
+            hint, attempts, self.retry_cap, self.retry_min)
         self.metrics.publishes.labels("error").inc()
-        self.metrics.publish_failing.set(1)
-        log.error("commit %s not published, still serving %s: %s", rev[:12],
+        if refresh:
+            # the served commit could not be re-published: keep serving it, try again later
+            self.status.refresh_at = retry_at if retry_at is not None else now + self.refresh_every
+        if rev == head or not refresh:
+            # a failed refresh of the head is retried by the refresh schedule
+            self._set_failure(Failure(rev, kind, type(exc).__name__, message, now, attempts,
+                                      self.status.refresh_at if refresh else retry_at))
+        when = "never for this commit" if retry_at is None else f"in {retry_at - now:.0f}s"
+        log.error("commit %s not published (%s %s, attempt %d, retry %s), still serving %s: %s",
+                  rev[:12], kind, type(exc).__name__, attempts, when,
                   self.snapshot.commit[:12] if self.snapshot else "nothing", message)
         return False
+
+    def _set_failure(self, failure: Failure | None) -> None:
+        old = self.status.failure
+        if old is not None:
+            self.metrics.publish_failure.remove(old.commit[:12], old.kind, old.error_class)
+        self.status.failure = failure
+        self.metrics.publish_failing.set(0 if failure is None else 1)
+        if failure is None:
+            self.metrics.next_retry.set(0)
+            return
+        self.metrics.publish_failure.labels(failure.commit[:12], failure.kind,
+                                            failure.error_class).set(failure.attempts)
+        self.metrics.next_retry.set(failure.retry_at or 0)
 
     def org(self, name: str) -> OrgSnapshot | None:
         snap = self.snapshot
@@ -359,12 +506,20 @@ class Hub:
                     for dev, (s, at) in sorted(seen.items())
                 },
             }
+        st, failure = self.status, self.status.failure
         return {
             "serving_commit": snap.commit if snap else None,
-            "branch_commit": self.status.commit,
-            "healthy": snap is not None and self.status.error is None,
-            "last_error": self.status.error,
-            "last_error_at": self.status.error_at,
-            "last_good_at": self.status.last_good_at,
+            "branch": st.branch,
+            "branch_commit": st.commit,
+            "follow_error": st.follow_error,
+            "healthy": snap is not None and failure is None and st.follow_error is None,
+            "last_error": failure.message if failure else None,
+            "last_error_at": failure.at if failure else None,
+            "failing_commit": failure.commit if failure else None,
+            "error_kind": failure.kind if failure else None,
+            "error_class": failure.error_class if failure else None,
+            "attempts": failure.attempts if failure else 0,
+            "next_retry_at": failure.retry_at if failure else None,
+            "last_good_at": st.last_good_at,
             "orgs": orgs,
         }

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from reconciler.errors import Problem, ValidationError
+from reconciler.errors import FetchError, Problem, ValidationError
 from reconciler.hub.snapshot import OrgSnapshot, Snapshot
 from reconciler.model.repo import Device, Organization
 from reconciler.pki.ca import init_ca, new_signing_key_pem, org_keys_from_doc, secret_doc
@@ -115,11 +115,17 @@ def org_snapshot(org: OrgFixture, serial: int, commit: str, revoked: frozenset[i
 
 
 class FakePipeline:
-    """``commits[rev]`` is a Snapshot factory or an exception to raise."""
+    """Builds a Snapshot of ``orgs`` for any commit, except: a commit in ``bad``
+    fails with a ValidationError (permanent); a commit in ``flaky`` fails with
+    a FetchError(delay=``flaky_delay``) that many more times (temporary); a
+    commit in ``crash`` raises a RuntimeError (a bug)."""
 
     def __init__(self, orgs: list[OrgFixture]) -> None:
         self.orgs = orgs
         self.bad: set[str] = set()
+        self.flaky: dict[str, int] = {}
+        self.flaky_delay = 5.0
+        self.crash: set[str] = set()
         self.revoked: dict[str, frozenset[int]] = {}
         self.serial = 0
         self.builds: list[str] = []
@@ -129,6 +135,12 @@ class FakePipeline:
         if rev in self.bad:
             raise ValidationError([Problem("orgs/acme/devices/bad.yaml", 3, "schema",
                                            "tunnel_ips.0 is not an IP address")])
+        if self.flaky.get(rev, 0) > 0:
+            self.flaky[rev] -= 1
+            raise FetchError(f"secrets/acme.sops.yaml: gpg-agent did not answer for {rev}",
+                             self.flaky_delay)
+        if rev in self.crash:
+            raise RuntimeError(f"stage blew up on {rev}")
         self.serial += 1
         return Snapshot(
             commit=rev,

@@ -8,14 +8,16 @@ import asyncio
 import base64
 import gzip
 import json
+import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from reconciler.hub.api import make_app
+from reconciler.hub.api import MAX_BODY, MAX_OBSERVATIONS, make_app
 from reconciler.hub.feed import FEED_PAYLOAD_TYPE
 from reconciler.hub.feedstore import FeedStore
 from reconciler.hub.serve import Hub
@@ -58,7 +60,7 @@ async def client(world: World, commit: str | None = "c1"):
     hub = world.new_hub()
     await hub.start()
     if commit:
-        assert await hub.reconcile(commit)
+        assert await hub.publish(commit)
     async with TestClient(TestServer(make_app(hub, peer_cert=header_cert))) as c:
         yield c, hub
     await hub.close()
@@ -104,7 +106,7 @@ def test_manifest_long_poll_wakes_on_new_commit(tmp_path: Path) -> None:
                                              headers={**dev, "If-None-Match": '"1"'}))
             await asyncio.sleep(0.2)
             assert not poll.done()
-            assert await hub.reconcile("c2")
+            assert await hub.publish("c2")
             r = await asyncio.wait_for(poll, 5)
             assert r.status == 200 and r.headers["ETag"] == '"2"'
             # nothing newer: the long-poll times out with 304
@@ -121,7 +123,7 @@ def test_bad_commit_keeps_last_good_manifest_and_reports_error(tmp_path: Path) -
         async with client(w) as (c, hub):
             dev = as_device(w.laptop)  # the manifest needs mTLS
             before = await (await c.get("/v1/orgs/acme/manifest", headers=dev)).read()
-            assert not await hub.reconcile("bad")
+            assert not await hub.publish("bad")
             r = await c.get("/v1/orgs/acme/manifest", headers=dev)
             assert r.status == 200 and await r.read() == before
             status = await (await c.get("/v1/status")).json()
@@ -130,7 +132,7 @@ def test_bad_commit_keeps_last_good_manifest_and_reports_error(tmp_path: Path) -
             assert "bad.yaml:3" in status["last_error"]
             metrics = await (await c.get("/metrics")).text()
             assert "meshops_hub_publish_failing 1.0" in metrics
-            assert await hub.reconcile("c3")
+            assert await hub.publish("c3")
             status = await (await c.get("/v1/status")).json()
             assert status["healthy"] is True and status["last_error"] is None
     run(go())
@@ -268,7 +270,7 @@ def test_bad_requests_get_json_4xx(tmp_path: Path) -> None:
                 (json.dumps(report_body("laptop", observations=[{"peer": "x"}])).encode(), 400,
                  "bad-report"),
                 (b"\xff\xfe", 400, "bad-json"),
-                (b"x" * 200_000, 413, "too-large"),
+                (b"x" * (MAX_BODY + 1), 413, "too-large"),
             ]
             for body, status, code in cases:
                 r = await c.post(post, data=body, headers={**dev,
@@ -308,7 +310,7 @@ def test_status_rollout_view_and_crl(tmp_path: Path) -> None:
         w = World(tmp_path)
         w.pipeline.revoked["acme"] = frozenset({7, 9})
         async with client(w) as (c, hub):
-            await hub.reconcile("c2")  # serial 2
+            await hub.publish("c2")  # serial 2
             await c.post("/v1/orgs/acme/endpoints", json=report_body("laptop", serial=2),
                          headers=as_device(w.laptop))
             await c.post("/v1/orgs/acme/endpoints", json=report_body("server", serial=1),
@@ -339,14 +341,17 @@ def test_reports_survive_a_restart_sqlite(tmp_path: Path) -> None:
     run(go())
 
 
-def test_forced_refresh_republishes_the_same_commit(tmp_path: Path) -> None:
+def test_the_served_commit_is_republished_when_the_refresh_is_due(tmp_path: Path) -> None:
     async def go() -> None:
         w = World(tmp_path)
         async with client(w) as (c, hub):
             dev = as_device(w.laptop)  # the manifest needs mTLS
-            assert await hub.reconcile("c1")  # same commit: nothing to do
-            assert w.pipeline.builds == ["c1"]
-            assert await hub.reconcile("c1", force=True)
+            requeue = await hub.reconcile("c1")  # served already: nothing to build
+            assert w.pipeline.builds == ["c1"] and requeue == hub.refresh_every
+            w.clock[0] += hub.refresh_every - 1
+            assert await hub.reconcile("c1") == 1.0 and w.pipeline.builds == ["c1"]
+            w.clock[0] += 1
+            assert await hub.reconcile("c1") == hub.refresh_every
             assert w.pipeline.builds == ["c1", "c1"]
             r = await c.get("/v1/orgs/acme/manifest", headers=dev)
             assert r.headers["ETag"] == '"2"'
@@ -373,7 +378,7 @@ def test_status_is_public_but_reveals_no_secrets(tmp_path: Path) -> None:
         w = World(tmp_path)
         w.pipeline = Leaky([w.acme, w.beta])
         async with client(w) as (c, hub):
-            assert not await hub.reconcile("leak")
+            assert not await hub.publish("leak")
             r = await c.get("/v1/status")  # no client certificate
             assert r.status == 200
             text = await r.text()
@@ -383,3 +388,148 @@ def test_status_is_public_but_reveals_no_secrets(tmp_path: Path) -> None:
                 assert secret not in text, secret
             assert "https://***@git.example" in doc["last_error"]
     run(go())
+
+
+# -- hostile input (issue 10): never a 500, always a JSON reason ----------------------------
+
+def test_hostile_bodies_get_a_4xx_with_the_reason_and_no_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    deep_list = b"[" * 100_000 + b"]" * 100_000
+    deep_obj = b'{"a":' * 30_000 + b"1" + b"}" * 30_000
+    nested_in_report = json.dumps(report_body("laptop")).encode()[:-1] + \
+        b', "observations": [' + b"[" * 5_000 + b"]" * 5_000 + b"]}"
+    just_too_deep = b'{"device": "laptop", "candidates": ' + b"[" * 8 + b"]" * 8 + b"}"
+    huge_int = json.dumps(report_body("laptop")).encode()[:-1] + b', "serial": ' + \
+        b"9" * 5_000 + b"}"
+    cases = [
+        (deep_list, 400, "too-deep"),
+        (deep_obj, 400, "too-deep"),
+        (nested_in_report, 400, "too-deep"),
+        (just_too_deep, 400, "too-deep"),
+        (huge_int, 400, "bad-json"),
+        (b'{"device": NaN}', 400, "bad-json"),
+        (b"\xff\xfe{}", 400, "bad-json"),
+    ]
+
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, _):
+            for body, status, code in cases:
+                r = await c.post("/v1/orgs/acme/endpoints", data=body,
+                                 headers={**as_device(w.laptop),
+                                          "Content-Type": "application/json"})
+                doc = await r.json()
+                assert (r.status, doc["error"]) == (status, code), (body[:30], doc)
+                assert "the report body" in doc["message"]
+            r = await c.post("/v1/orgs/acme/endpoints", json=report_body("laptop"),
+                             headers=as_device(w.laptop))
+            assert r.status == 200
+    with caplog.at_level(logging.DEBUG):
+        run(go())
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_malformed_if_none_match_is_no_match_never_a_500(tmp_path: Path) -> None:
+    ignored = ["9" * 5_000, '"' + "9" * 5_000 + '"', "W/\"" + "9" * 5_000 + '"', "\u00b2",
+               '"\u00b2"', "\u0661", '"\u0661\u0662"', "W/\"\u0663\"", "*", ",,,", '"-1"',
+               '"1.0"', '"0x1"', '" 1"', '"1_0"', '"' + "9" * 20 + '"']
+
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, _):
+            dev = as_device(w.laptop)
+            for value in ignored:
+                r = await c.get("/v1/orgs/acme/manifest",
+                                headers={**dev, "If-None-Match": value})
+                assert r.status == 200, value[:20]
+                assert r.headers["ETag"] == '"1"'
+            # a good tag among bad ones still matches
+            r = await c.get("/v1/orgs/acme/manifest",
+                            headers={**dev, "If-None-Match": '"\u0661", "' + "9" * 5000 + '", "1"'})
+            assert r.status == 304
+            for url in ("/v1/orgs/acme/manifest?wait=\u00b2", "/v1/orgs/acme/manifest?wait=\u0661",
+                        "/v1/orgs/acme/endpoints?since=" + "9" * 5_000,
+                        "/v1/orgs/acme/endpoints?since=\u0661\u0662", "/v1/orgs/acme/endpoints?since=1e3",
+                        "/v1/orgs/acme/endpoints?since=%201"):
+                r = await c.get(url, headers=dev)
+                doc = await r.json()
+                assert (r.status, doc["error"]) == (400, "bad-parameter"), url[:60]
+                assert len(doc["message"]) < 200  # the 5,000 digits are not echoed back
+    run(go())
+
+
+def test_report_addresses_with_non_ascii_digits_are_refused(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, _):
+            for address in ("203.0.113.7:\u0665\u0661\u0668\u0662\u0660",
+                            "203.0.113.7:\u00b9", "\u0662\u0660\u0663.0.113.7:51820",
+                            "203.0.113.7:" + "5" * 5_000, "203.0.113.7:+80", "203.0.113.7: 80"):
+                body = report_body("laptop", candidates=[{"kind": "stun", "address": address}])
+                r = await c.post("/v1/orgs/acme/endpoints", json=body,
+                                 headers=as_device(w.laptop))
+                assert r.status == 400, address[:30]
+                assert (await r.json())["error"] == "bad-report"
+    run(go())
+
+
+LONGEST_ADDRESS = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535"
+
+
+def maximal_report(observations: int = MAX_OBSERVATIONS) -> dict[str, Any]:
+    """Every list at its limit, every entry at its largest valid size."""
+    peer = "p" * 63
+    return report_body(
+        "laptop",
+        candidates=[{"kind": "reflected", "address": LONGEST_ADDRESS}] * 32,
+        listen_port=65535, serial=2**62,
+        observations=[{"peer": peer, "endpoint": LONGEST_ADDRESS, "last_handshake": 2**62}]
+        * observations,
+    )
+
+
+def test_a_maximal_report_fits_the_body_limit_and_one_more_is_refused(tmp_path: Path) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, hub):
+            dev = {**as_device(w.laptop), "Content-Type": "application/json"}
+            for dumps in (json.dumps, lambda d: json.dumps(d, separators=(",", ":"))):
+                body = dumps(maximal_report()).encode()
+                assert 64 * 1024 < len(body) <= MAX_BODY  # the old 64 KiB limit was too small
+                r = await c.post("/v1/orgs/acme/endpoints", data=body, headers=dev)
+                assert r.status == 200, await r.text()
+            # one observation over the limit: a clear reason
+            r = await c.post("/v1/orgs/acme/endpoints",
+                             data=json.dumps(maximal_report(MAX_OBSERVATIONS + 1)), headers=dev)
+            doc = await r.json()
+            assert r.status == 400 and doc["error"] == "bad-report"
+            assert f"at most {MAX_OBSERVATIONS}" in doc["message"]
+            # a body over the limit: 413 that names the limit and why
+            big = json.dumps(maximal_report(2 * MAX_OBSERVATIONS)).encode()
+            assert len(big) > MAX_BODY
+            r = await c.post("/v1/orgs/acme/endpoints", data=big, headers=dev)
+            doc = await r.json()
+            assert r.status == 413 and doc["error"] == "too-large"
+            assert str(MAX_BODY) in doc["message"] and "1024 observations" in doc["message"]
+            assert hub.store.total_reports() == 2
+    run(go())
+
+
+def test_a_bug_clients_can_trigger_logs_one_traceback_not_one_per_request(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def go() -> None:
+        w = World(tmp_path)
+        async with client(w) as (c, hub):
+            async def broken() -> dict[str, object]:
+                raise RuntimeError("a bug in the status page")
+
+            hub.status_doc = broken  # type: ignore[method-assign]
+            for _ in range(50):
+                r = await c.get("/v1/status")
+                assert r.status == 500 and (await r.json())["error"] == "internal"
+            assert (await c.get("/v1/orgs/acme/crl")).status == 200  # still serving
+    with caplog.at_level(logging.ERROR, logger="reconciler.hub.api"):
+        run(go())
+    records = [r for r in caplog.records if r.name == "reconciler.hub.api"]
+    assert len(records) == 50 and sum(1 for r in records if r.exc_info) == 1
+    assert all("\n" not in r.getMessage() for r in records)
