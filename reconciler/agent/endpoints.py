@@ -21,7 +21,13 @@ from typing import Any
 
 from reconciler.errors import ManifestRefused
 from reconciler.model.endpoint import host_of
-from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
+from reconciler.model.endpoints import (
+    MAX_CANDIDATES,
+    MAX_OBSERVATIONS,
+    Candidate,
+    EndpointFeed,
+    FeedEntry,
+)
 from reconciler.model.manifest import Manifest
 from reconciler.model.wg import ObservedInterface
 from reconciler.pki.envelope import Trust, open_envelope
@@ -168,7 +174,10 @@ def build_report(
     ``heard`` (peer name -> unix time its rx counter last grew) dates an
     observation when it is newer than the handshake: a peer that moved keeps
     its session (no new handshake) and WireGuard roams to its new address, so
-    the handshake time would rank the new address below stale ones."""
+    the handshake time would rank the new address below stale ones.
+
+    At most ``MAX_OBSERVATIONS`` observations (the freshest) and
+    ``MAX_CANDIDATES`` candidates are sent: the hub refuses more."""
     heard = heard or {}
     candidates = [{"kind": c.kind, "address": c.address} for c in own.candidates]
     if local and not any(c.kind == "local" for c in own.candidates):
@@ -183,9 +192,12 @@ def build_report(
         for key, peer in sorted(observed.peers.items())
         if key in names_by_key and peer.endpoint and peer.last_handshake
     ]
+    if len(observations) > MAX_OBSERVATIONS:  # the hub's limit: keep the freshest
+        observations = sorted(observations, key=lambda o: (-o["last_handshake"], o["peer"]))
+        observations = sorted(observations[:MAX_OBSERVATIONS], key=lambda o: o["peer"])
     return {
         "device": me,
-        "candidates": candidates,
+        "candidates": candidates[:MAX_CANDIDATES],
         "mapping": own.mapping,
         "listen_port": listen_port,
         "serial": manifest.serial,

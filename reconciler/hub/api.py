@@ -53,14 +53,19 @@ from reconciler.hub.metrics import CONTENT_TYPE
 from reconciler.hub.serve import Hub
 from reconciler.hub.snapshot import OrgSnapshot
 from reconciler.hub.tls import peer_certificate_pem
-from reconciler.model.endpoints import CANDIDATE_KINDS, MAPPINGS, Candidate, EndpointReport
+from reconciler.model.endpoints import (
+    CANDIDATE_KINDS,
+    MAPPINGS,
+    MAX_CANDIDATES,
+    MAX_OBSERVATIONS,
+    Candidate,
+    EndpointReport,
+)
 from reconciler.pki.certs import DeviceIdentity, check_device_cert
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 300  # seconds a long-poll may ask for
-MAX_CANDIDATES = 32
-MAX_OBSERVATIONS = 1024
 MAX_NAME = 63  # a device name is a DNS label (reconciler/config/schema.py)
 MAX_ADDRESS = 64  # the longest "ip:port" accepted (the longest valid one has 53 characters)
 MAX_INT = 2**62  # serials, handshake times

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CANDIDATE_KINDS = ("stun", "local", "static", "reflected", "observed")
+# The report limits both sides agree on: agents send at most this many, the hub
+# refuses more (its body limit is derived from them).
+MAX_CANDIDATES = 32
+MAX_OBSERVATIONS = 1024
 MAPPINGS = ("independent", "dependent", "unknown")
 
 

@@ -605,3 +605,20 @@ def test_stun_servers_come_from_the_config_else_the_signed_manifest(
 
     run(config, fetch, FakeBackend(), discover=discover)
     assert asked == ([want] if want else [])
+
+
+def test_a_relay_with_more_peers_than_the_report_limit_sends_the_freshest() -> None:
+    from reconciler.agent.endpoints import build_report
+    from reconciler.model.endpoints import MAX_OBSERVATIONS
+    from reconciler.model.wg import ObservedPeer
+
+    n = MAX_OBSERVATIONS + 300
+    peers = {f"K{i}": ObservedPeer(f"K{i}", (), endpoint=f"198.51.100.{i % 250 + 1}:{1000 + i}",
+                                   last_handshake=NOW - i) for i in range(n)}
+    names = {f"K{i}": f"p{i:05d}" for i in range(n)}
+    body = build_report(three(), "alpha", ObservedInterface("mo", True, peers=peers),
+                        names_by_key=names, listen_port=51820)
+    got = body["observations"]
+    assert len(got) == MAX_OBSERVATIONS
+    assert {o["peer"] for o in got} == {f"p{i:05d}" for i in range(MAX_OBSERVATIONS)}
+    assert [o["peer"] for o in got] == sorted(o["peer"] for o in got)
