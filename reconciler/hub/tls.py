@@ -205,6 +205,12 @@ class TlsManager:
         self._fixed = (cert_file, key_file) if cert_file else None
         if cert_file and not key_file:
             raise ConfigError("--tls-cert needs --tls-key")
+        if not cert_file and not hasattr(os, "memfd_create"):
+            raise ConfigError(
+                "hub-issued TLS certificates need memfd_create (Linux) to keep their keys "
+                "off disk; on this system serve an operator certificate with "
+                "--tls-cert/--tls-key"
+            )
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._certs: dict[str, ServerCert] = {}
         self._cas: dict[str, str] = {}

@@ -214,3 +214,10 @@ def test_server_key_is_loaded_from_a_memfd_and_never_a_file(tmp_path: Path) -> N
     # and a real context loads it (the handshake tests use the same path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     hub_tls._load_chain(ctx, cert.cert_pem + acme.keys.ca_pem, cert.key_pem)
+
+
+def test_without_memfd_the_hub_refuses_to_issue_and_says_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "memfd_create")
+    with pytest.raises(ConfigError, match="memfd_create .* --tls-cert/--tls-key"):
+        hub_tls.TlsManager(["localhost"])
