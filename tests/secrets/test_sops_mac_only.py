@@ -10,8 +10,10 @@ documents, in YAML and JSON, and with tampering each side must notice.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from reconciler.secrets.rules import CryptRules
 from reconciler.secrets.values import is_encrypted
 
 FP_MAIN = "FBC7B9E2A4F9289AC0C1D4843D16CEE4A27381B4"
-NOW = sops.datetime(2026, 3, 4, 5, 6, 7, tzinfo=sops.UTC)
+NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 # sops.go, MACOnlyEncryptedInitialization, byte for byte
 SOPS_GO_SEED = bytes([0x8a, 0x3f, 0xd2, 0xad, 0x54, 0xce, 0x66, 0x52, 0x7b, 0x10, 0x34, 0xf3,
@@ -80,8 +82,6 @@ def test_sops_encrypts_we_decrypt(doc, flag, value, rules, gpg: Gpg, run_sops,
 @pytest.mark.parametrize(("flag", "value", "rules"), RULES, ids=[r[0] for r in RULES])
 def test_we_encrypt_sops_decrypts(doc, flag, value, rules, gpg: Gpg, run_sops,
                                   tmp_path: Path) -> None:
-    import dataclasses
-
     ours = tmp_path / "ours.enc.yaml"
     ours.write_text(sops.encrypt(doc, [FP_MAIN], gpg=gpg, now=NOW,
                                  rules=dataclasses.replace(rules, mac_only_encrypted=True)))
