@@ -74,14 +74,16 @@ def forge(
     )
 
 
-def legacy_ca(keys: OrgKeys, now: float) -> OrgKeys:
+def legacy_ca(keys: OrgKeys, now: float, *, bc_critical: bool = True,
+              ski: bool = True) -> OrgKeys:
     """``keys`` with a CA certificate as meshops made it before strict X.509: the
-    same key and constraints minus the DNS subtrees, and no AKI on the CA."""
+    same key and constraints minus the DNS subtrees, and no AKI on the CA.
+    ``bc_critical=False`` or ``ski=False`` make it a CA strict checks refuse."""
     old = keys.ca_cert
     nc = old.extensions.get_extension_for_class(x509.NameConstraints).value
     permitted = [n for n in nc.permitted_subtrees or () if not isinstance(n, x509.DNSName)]
     start = dt.datetime.fromtimestamp(int(now), tz=dt.UTC) - dt.timedelta(minutes=5)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(old.subject)
         .issuer_name(old.subject)
@@ -89,12 +91,13 @@ def legacy_ca(keys: OrgKeys, now: float) -> OrgKeys:
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=bc_critical)
         .add_extension(key_usage(ca=True), critical=True)
         .add_extension(x509.NameConstraints(permitted_subtrees=permitted,
                                             excluded_subtrees=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(keys.ca_key.public_key()),
-                       critical=False)
-        .sign(keys.ca_key, None)
     )
+    if ski:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(keys.ca_key.public_key()), critical=False)
+    cert = builder.sign(keys.ca_key, None)
     return OrgKeys(org=keys.org, ca_key=keys.ca_key, ca_cert=cert, signing_key=keys.signing_key)

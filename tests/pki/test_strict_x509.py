@@ -216,25 +216,29 @@ def test_openssl_refuses_a_dotted_cn_outside_the_subtree(tmp_path, now, acme):
 
 @needs_openssl
 @pytest.mark.parametrize(
-    ("flaw", "message"),
-    [({"aki": False}, "Missing Authority Key Identifier"),
-     ({"bc_critical": False, "ku": True}, None)],
+    ("where", "flaw", "message"),
+    [("leaf", {"aki": False}, "Missing Authority Key Identifier"),
+     ("ca", {"bc_critical": False}, "Basic Constraints of CA cert not marked critical"),
+     ("ca", {"ski": False}, "Missing Subject Key Identifier")],
 )
-def test_openssl_strict_catches_what_the_old_certificates_lacked(tmp_path, now, acme, flaw,
-                                                                 message):
-    # The same flaw passes without -x509_strict: the strict flag is what the tests rely on.
-    pem, _ = forge(acme, now, dns=["acme.hub"], **flaw)
+def test_openssl_strict_catches_what_a_lax_profile_lacks(tmp_path, now, acme, where, flaw,
+                                                         message):
+    # Each flaw passes without -x509_strict: the strict flag is what the tests rely on,
+    # and our profile has what it asks for (the leaf AKI was the hub's bug).
+    if where == "leaf":
+        ca_pem, pem = acme.ca_pem, forge(acme, now, dns=["acme.hub"], **flaw)[0]
+    else:
+        bad = legacy_ca(acme, now, **flaw)
+        ca_pem, pem = bad.ca_pem, issue_server_cert(bad, ["acme.hub"], now).cert_pem
     ca, leaf = tmp_path / "ca.pem", tmp_path / "leaf.pem"
-    ca.write_text(acme.ca_pem)
+    ca.write_text(ca_pem)
     leaf.write_text(pem)
     lax = subprocess.run([OPENSSL, "verify", "-CAfile", str(ca), str(leaf)],
                          check=False, capture_output=True, text=True)
-    assert lax.returncode == 0, lax.stderr
-    strict = openssl_verify(tmp_path, acme.ca_pem, pem)
-    if message:
-        assert strict.returncode != 0 and message in strict.stdout + strict.stderr
-    else:  # a non-critical basicConstraints on a leaf is allowed; the CA's must be critical
-        assert strict.returncode == 0
+    assert lax.returncode == 0, lax.stdout + lax.stderr
+    strict = openssl_verify(tmp_path, ca_pem, pem)
+    assert strict.returncode != 0
+    assert message in strict.stdout + strict.stderr
 
 
 # -- real TLS handshakes over loopback with VERIFY_X509_STRICT ---------------------------------
