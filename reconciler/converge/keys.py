@@ -20,8 +20,9 @@ from __future__ import annotations
 import base64
 import binascii
 
+# Only the x25519 module: ``public_bytes_raw`` (cryptography >= 40) spares the
+# serialization package, which would double the import cost of this package.
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 
 def decode_key(key_b64: str, what: str = "WireGuard key") -> bytes:
@@ -43,8 +44,7 @@ def public_key(private_key_b64: str) -> str:
     are a valid X25519 private key: the scalar is clamped (RFC 7748 section 5),
     as WireGuard does."""
     private = X25519PrivateKey.from_private_bytes(decode_key(private_key_b64, "WireGuard private key"))
-    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return base64.b64encode(raw).decode("ascii")
+    return base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii")
 
 
 def short(key: str) -> str:
