@@ -8,7 +8,9 @@ survives a power loss.
 
 Callers: ``hub.publish`` (certificates, manifests, trust, CA files),
 ``backends.render`` (wg-quick files holding a private key), ``cli.agent``
-(trust anchors, rendered configs). It sits at the bottom layer beside
+(trust anchors, rendered configs), and the agent's config, keys and state
+dir (``agent.config``, ``agent.keys``, ``agent.state``, through the name
+``agent.config`` re-exports). It sits at the bottom layer beside
 ``errors`` and raises plain ``OSError``; callers translate it where they own
 the failure.
 """

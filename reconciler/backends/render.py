@@ -8,15 +8,40 @@ observe/plan/apply loop maintain such a file: ``observe`` parses it,
 (``reconciler.converge.simulate``) and rewrites the file atomically, mode 0600
 (it holds the private key).
 
-Format (wg-quick(8)): ``[Interface]`` with ``PrivateKey``, ``Address``,
-``ListenPort``, ``MTU``; one ``[Peer]`` per peer with a ``# name`` comment,
-``PublicKey``, ``AllowedIPs``, ``Endpoint``, ``PersistentKeepalive``. Extra
-routes become ``PostUp = ip route replace CIDR dev %i`` lines (wg-quick
-already routes every peer's AllowedIPs). A relay (``forwarding``) gets
-``PostUp = sysctl -w net.ipv4.ip_forward=1``, plus
-``PostUp = sysctl -w net.ipv6.conf.all.forwarding=1`` when it has a global
-IPv6 address; there is no ``PostDown`` undoing it (meshops never turns
-forwarding off: the host may forward for other reasons).
+A device without an agent cannot enforce policy: nothing on it filters what
+its peers send (no nftables rules, no re-check of the manifest), and its
+owner can edit the file. The mesh still limits it from the other side: only
+the peers the policy allows it get its key, and their agents enforce the
+policy on what reaches them (docs/policy.md). The rendered file says so in
+its header.
+
+The file imports on the official phone apps and still works with
+``wg-quick up`` and ``wg-quick strip | wg setconf``. So it uses only the keys
+both apps accept, which are also the keys wg-quick knows:
+
+* ``[Interface]``: ``PrivateKey``, ``ListenPort``, ``Address``, ``DNS``, ``MTU``
+  (wireguard-apple ``Sources/Shared/Model/TunnelConfiguration+WgQuickConfig.swift``
+  ``interfaceSectionKeys``; wireguard-android ``tunnel/.../config/Interface.java``
+  ``parse`` also takes Included/ExcludedApplications, which iOS refuses);
+* ``[Peer]``: ``PublicKey``, ``PresharedKey``, ``AllowedIPs``, ``Endpoint``,
+  ``PersistentKeepalive`` (``peerSectionKeys``; ``Peer.java`` ``parse``).
+
+Both apps refuse any other key, so there is no ``PostUp``/``PostDown``/``Table``.
+Nothing is lost for routes: wg-quick and both apps route every peer's
+``AllowedIPs`` themselves, and every extra route the agent plans
+(``DesiredInterface.routes``: subnets that peers advertise) is part of some
+peer's ``AllowedIPs``; a route outside all of them would carry nothing,
+since WireGuard drops packets no peer accepts. Everything after ``#`` is a
+comment to all three parsers, so the state the backend needs beyond the keys
+lives in comments:
+
+* ``# meshops: route CIDR`` for each extra route;
+* ``# meshops: forwarding ...`` on a relay, saying which sysctls to turn on;
+  without an agent nobody turns IP forwarding on (a phone cannot relay).
+
+Files written by older versions with ``PostUp = ip route``/``sysctl`` lines
+are read without them, so the next ``apply`` plans the routes and forwarding
+again and rewrites the file in this form.
 """
 
 from __future__ import annotations
@@ -40,21 +65,29 @@ from reconciler.errors import BackendError
 from reconciler.fsio import atomic_write
 from reconciler.model.wg import DesiredInterface, ObservedInterface, ObservedPeer
 
-HEADER = "# Written by meshops; changes are overwritten on the next run."
-IPV4_FORWARD_UP = "sysctl -w net.ipv4.ip_forward=1"
-IPV6_FORWARD_UP = "sysctl -w net.ipv6.conf.all.forwarding=1"
+HEADER = (
+    "# Written by meshops; changes are overwritten on the next run.\n"
+    "# No meshops agent runs with this file: this device does not enforce the mesh policy."
+)
+# The keys the WireGuard iOS and Android apps accept (see the module docstring);
+# anything else makes them refuse the whole file.
+INTERFACE_KEYS = ("PrivateKey", "ListenPort", "Address", "DNS", "MTU")
+PEER_KEYS = ("PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive")
+MARK = "# meshops:"
+IPV4_FORWARD = "net.ipv4.ip_forward=1"
+IPV6_FORWARD = "net.ipv6.conf.all.forwarding=1"
 
 
-def _forwarding_lines(addresses: Sequence[str]) -> list[str]:
-    """The relay's ``PostUp`` sysctls: IPv6 too only with a global IPv6 address
+def _forwarding_line(addresses: Sequence[str]) -> str:
+    """The relay's forwarding note: IPv6 too only with a global IPv6 address
     (IPv6 forwarding makes Linux ignore router advertisements)."""
-    lines = [f"PostUp = {IPV4_FORWARD_UP}"]
-    for text in addresses:
-        ip = ipaddress.ip_interface(text).ip
-        if ip.version == 6 and not ip.is_link_local:
-            lines.append(f"PostUp = {IPV6_FORWARD_UP}")
-            break
-    return lines
+    sysctls = [IPV4_FORWARD]
+    if any(
+        ipaddress.ip_interface(a).ip.version == 6 and not ipaddress.ip_interface(a).ip.is_link_local
+        for a in addresses
+    ):
+        sysctls.append(IPV6_FORWARD)
+    return f"{MARK} forwarding: this device relays; turn on {' and '.join(sysctls)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +116,8 @@ def _render(
     if mtu:
         lines.append(f"MTU = {mtu}")
     if forwarding:
-        lines += _forwarding_lines(addresses)
-    lines += [f"PostUp = ip route replace {route} dev %i" for route in routes]
+        lines.append(_forwarding_line(addresses))
+    lines += [f"{MARK} route {route}" for route in routes]
     for peer in sorted(peers, key=lambda p: (p.name, p.public_key)):
         lines.append("")
         lines.append("[Peer]")
@@ -127,7 +160,14 @@ class ParsedConfig:
     addresses: list[str] = dataclasses.field(default_factory=list)
     routes: list[str] = dataclasses.field(default_factory=list)
     peers: list[_RenderPeer] = dataclasses.field(default_factory=list)
-    forwarding: bool = False  # a PostUp turns net.ipv4.ip_forward on
+    forwarding: bool = False  # a "# meshops: forwarding" note
+
+
+def _int(value: str, where: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise BackendError(f"{where}: {value!r} is not a whole number") from None
 
 
 def _split(value: str) -> list[str]:
@@ -150,7 +190,8 @@ def parse_wg_quick(text: str, where: str = "wg-quick config") -> ParsedConfig:
                     public_key=str(peer["PublicKey"]),
                     allowed_ips=tuple(_split(str(peer.get("AllowedIPs", "")))),
                     endpoint=str(peer["Endpoint"]) if "Endpoint" in peer else None,
-                    keepalive=int(str(peer.get("PersistentKeepalive", "0"))),
+                    keepalive=_int(str(peer.get("PersistentKeepalive", "0")),
+                                   f"{where}: PersistentKeepalive"),
                 )
             )
 
@@ -158,10 +199,18 @@ def parse_wg_quick(text: str, where: str = "wg-quick config") -> ParsedConfig:
         line = raw.strip()
         if not line:
             continue
+        if line.startswith(MARK) and section == "interface":
+            what = line[len(MARK):].split()
+            if what[:1] == ["route"] and len(what) == 2:
+                cfg.routes.append(what[1])
+            elif what[:1] == ["forwarding:"]:
+                cfg.forwarding = True
+            continue
         if line.startswith("#"):
             if section == "peer" and "name" not in peer and "PublicKey" not in peer:
                 peer["name"] = line[1:].strip()
             continue
+        line = line.split("#", 1)[0].strip()  # wg-quick and the apps end a line at '#'
         if line.startswith("["):
             flush()
             section = line.strip("[]").strip().lower()
@@ -175,15 +224,13 @@ def parse_wg_quick(text: str, where: str = "wg-quick config") -> ParsedConfig:
             if key == "PrivateKey":
                 cfg.private_key = value
             elif key == "ListenPort":
-                cfg.listen_port = int(value)
+                cfg.listen_port = _int(value, f"{where}:{number}: ListenPort")
             elif key == "MTU":
-                cfg.mtu = int(value)
+                cfg.mtu = _int(value, f"{where}:{number}: MTU")
             elif key == "Address":
                 cfg.addresses += _split(value)
-            elif key == "PostUp" and value.startswith("ip route replace "):
-                cfg.routes.append(value.split()[3])
-            elif key == "PostUp" and " ".join(value.split()) == IPV4_FORWARD_UP:
-                cfg.forwarding = True
+            # Anything else (PostUp from older meshops, DNS set by hand) is not
+            # state this backend manages; the next apply rewrites the file.
         elif section == "peer":
             peer[key] = value
     flush()

@@ -1,7 +1,9 @@
 """The pure planner: ``plan(desired, observed, now) -> tuple[Operation, ...]``.
 
-Stdlib only, no I/O. The agent calls ``plan`` and hands the operations to a
-backend (``reconciler.backends``); ``--dry-run`` prints them. See
+No I/O, no clock: the stdlib plus ``cryptography``'s X25519 (``keys``); the
+import-linter purity contract in pyproject.toml holds it there. The agent
+calls ``plan`` and hands the operations to a backend (``reconciler.backends``);
+``--dry-run`` prints them. See
 ``reconciler.converge.planner`` for the rules (order, endpoint rule) and
 ``reconciler.converge.ops`` for the operations.
 """

@@ -1,59 +1,28 @@
-"""WireGuard key helpers for the pure planner (stdlib only).
+"""WireGuard key helpers for the pure planner.
 
-``public_key(private_b64)`` derives the Curve25519 public key (RFC 7748,
-X25519 with the base point u=9), so the planner can compare a desired
-private key with the public key a backend observes without any I/O or
-third-party library. ``decode_key(text, what)`` is the one strict check
-for 32-byte base64 keys (also used by ``config.semantic``, ``pki`` and
-``backends.uapi``, which translate its ``ValueError``). ``short(key)`` is the
-abbreviated form used in operation strings. Called by ``reconciler.converge.ops``
-and ``.diff``.
+``public_key(private_b64)`` derives the Curve25519 public key (RFC 7748 X25519
+with the base point u=9, what ``wg pubkey`` prints) through ``cryptography``,
+so the planner can compare a desired private key with the public key a
+backend observes. ``cryptography`` does no I/O, so the purity contract
+allows it; the agent loads it anyway for Ed25519 (manifest signatures), so on
+the agent's path it costs nothing extra. Nothing here caches: a private key
+lives only as long as the caller's string.
+
+``decode_key(text, what)`` is the one strict check for 32-byte base64 keys
+(also used by ``config.semantic``, ``pki`` and ``backends.uapi``, which
+translate its ``ValueError``). ``short(key)`` is the abbreviated form used in
+operation strings. Called by ``reconciler.converge.ops``, ``.planner`` and
+``.simulate``, and by the backends and the agent's desired-state builder.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from functools import lru_cache
 
-_P = 2**255 - 19
-_A24 = 121665
-
-
-def _x25519_base(scalar: bytes) -> bytes:
-    """RFC 7748 section 5: X25519(k, 9) with a constant-shape Montgomery ladder."""
-    k = bytearray(scalar)
-    k[0] &= 248
-    k[31] &= 127
-    k[31] |= 64
-    n = int.from_bytes(k, "little")
-    x1 = 9
-    x2, z2, x3, z3 = 1, 0, x1, 1
-    swap = 0
-    for t in range(254, -1, -1):
-        bit = (n >> t) & 1
-        swap ^= bit
-        if swap:
-            x2, x3 = x3, x2
-            z2, z3 = z3, z2
-        swap = bit
-        a = x2 + z2
-        aa = a * a % _P
-        b = x2 - z2
-        bb = b * b % _P
-        e = aa - bb
-        c = x3 + z3
-        d = x3 - z3
-        da = d * a % _P
-        cb = c * b % _P
-        x3 = (da + cb) ** 2 % _P
-        z3 = x1 * (da - cb) ** 2 % _P
-        x2 = aa * bb % _P
-        z2 = e * (aa + _A24 * e) % _P
-    if swap:
-        x2, x3 = x3, x2
-        z2, z3 = z3, z2
-    return (x2 * pow(z2, _P - 2, _P) % _P).to_bytes(32, "little")
+# Only the x25519 module: ``public_bytes_raw`` (cryptography >= 40) spares the
+# serialization package, which would double the import cost of this package.
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 
 def decode_key(key_b64: str, what: str = "WireGuard key") -> bytes:
@@ -68,10 +37,14 @@ def decode_key(key_b64: str, what: str = "WireGuard key") -> bytes:
     return raw
 
 
-@lru_cache(maxsize=64)
 def public_key(private_key_b64: str) -> str:
-    """Base64 public key of a base64 private key (what ``wg pubkey`` prints)."""
-    return base64.b64encode(_x25519_base(decode_key(private_key_b64))).decode("ascii")
+    """Base64 public key of a base64 private key (what ``wg pubkey`` prints).
+
+    ``ValueError`` if the private key is not 32 bytes of base64. Any 32 bytes
+    are a valid X25519 private key: the scalar is clamped (RFC 7748 section 5),
+    as WireGuard does."""
+    private = X25519PrivateKey.from_private_bytes(decode_key(private_key_b64, "WireGuard private key"))
+    return base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii")
 
 
 def short(key: str) -> str:

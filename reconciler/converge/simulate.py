@@ -1,9 +1,11 @@
-"""``simulate(observed, ops, now)``: what an interface looks like after ``ops``.
+"""``simulate(observed, ops)``: what an interface looks like after ``ops``.
 
-A pure model of how wireguard-go / the kernel react to each operation. Used
-by the property test (plan, simulate, plan again gives nothing), by the
-render backend (which keeps its state as a file, not a device), and by
-``--dry-run`` style previews.
+A pure model of how wireguard-go / the kernel react to each operation. It takes
+no clock: operations carry no time, and what only time changes (handshakes,
+byte counters) is carried over from ``observed`` as it is, so a new peer has
+no handshake. Used by the property test (plan, simulate, plan again gives
+nothing) and by the render backend (``reconciler.backends.render``, which
+keeps its state as a file, not a device).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """TLS for ``meshops hub serve``: the hub's server certificates and the mTLS context.
 
-Called by ``reconciler.hub.serve`` (building and refreshing the context after
-each publish) and ``reconciler.hub.api`` (reading the client certificate).
+Called by ``reconciler.hub.daemon`` (a ``TlsManager`` whose ``update`` runs
+after each publish swaps in a new snapshot) and ``reconciler.hub.api``
+(reading the client certificate).
 
 Several orgs, one listener: each org has its own CA, and a server certificate
 chains to exactly one CA, so the hub issues itself one server certificate per
@@ -13,38 +14,54 @@ public IP SANs). The certificate is chosen by SNI:
 * any other name, or no SNI                  -> the default org's certificate
   (the first org by name; a single-org mesh needs nothing else).
 
-Each org certificate carries the SANs ``ORG``, ``ORG.hub``, ``ORG.<name>`` and
-``<name>`` for every ``--tls-name`` (plus ``localhost``). ``meshops agent`` sends
-and verifies ``ORG.hub``, so any hub URL, even an IP address, works for it.
-``--tls-cert/--tls-key`` replace all of that with an operator certificate
-(for example from a public CA that agents verify with the system store).
+Each org certificate carries the SAN ``ORG.hub``, and ``<name>`` and
+``ORG.<name>`` for every ``--tls-name`` (the daemon adds ``localhost``) that
+the org CA's name constraints permit. A CA made by ``meshops ca init`` permits
+the DNS subtrees ``ORG.hub`` and ``localhost`` only (reconciler.pki.ca), so a
+public ``--tls-name`` is left out of its certificate, and the hub logs that
+once per org and name. ``meshops agent`` sends and verifies ``ORG.hub``, so any
+hub URL, even an IP address, works for it. ``--tls-cert/--tls-key`` replace
+all of that with an operator certificate (for example from a public CA that
+agents verify with the system store).
+
+Certificates pass strict X.509 checks (Python 3.13's default
+``VERIFY_X509_STRICT``, ``openssl s_client -x509_strict``): critical
+basicConstraints (not a CA) and keyUsage (digitalSignature), serverAuth, a
+Subject Key Identifier and an Authority Key Identifier equal to the org CA's.
 
 Client certificates are optional at the TLS layer (``CERT_OPTIONAL``) so the
 public endpoints work without one; every org CA is a client verify location,
-and OpenSSL refuses a presented certificate that is expired or chains to no
-org CA during the handshake. Endpoints that need an identity re-check the
-certificate against the *claimed* org's CA, the clock and the revocation list
-(``reconciler.pki.certs.check_device_cert``).
+verified strictly too, and OpenSSL refuses a presented certificate that is
+expired or chains to no org CA during the handshake. Endpoints that need an
+identity re-check the certificate against the *claimed* org's CA, the clock
+and the revocation list (``reconciler.pki.certs.check_device_cert``).
 
-The hub's server keys live in memory only.
+The hub's server keys never touch a file system: ``ssl`` loads a key only
+from a path, so ``_load_chain`` writes the PEM into an anonymous memory file
+(``memfd_create(2)``, Linux 3.17+) and hands OpenSSL its ``/proc/self/fd/N``
+path; the file has no name in any directory and is closed right after the
+load. Like all process memory it can reach swap; nothing else persists it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import logging
 import os
 import ssl
-import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from reconciler.errors import ConfigError
-from reconciler.pki.ca import OrgKeys
+from reconciler.errors import ConfigError, PkiError
+from reconciler.pki.ca import OrgKeys, authority_key_id, dns_permitted, key_usage
+
+log = logging.getLogger(__name__)
 
 SERVER_CERT_LIFETIME_S = 7 * 86400
 
@@ -53,13 +70,14 @@ SERVER_CERT_LIFETIME_S = 7 * 86400
 class ServerCert:
     org: str
     cert_pem: str
-    key_pem: str  # never logged
+    key_pem: str = field(repr=False)  # never logged
     ca_pem: str
     not_after: float
 
 
 def server_names(org: str, names: Iterable[str]) -> list[str]:
-    out = [org, f"{org}.hub"]
+    """Candidate DNS SANs of org ``org``'s hub certificate, before name constraints."""
+    out = [f"{org}.hub"]
     for name in names:
         if name and not _is_ip(name):
             out += [name, f"{org}.{name}"]
@@ -67,8 +85,6 @@ def server_names(org: str, names: Iterable[str]) -> list[str]:
 
 
 def _is_ip(text: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(text.strip("[]"))
     except ValueError:
@@ -77,11 +93,20 @@ def _is_ip(text: str) -> bool:
 
 
 def issue_server_cert(keys: OrgKeys, names: Iterable[str], now: float) -> ServerCert:
-    """A hub server certificate for ``keys.org`` signed by that org's CA."""
+    """A hub server certificate for ``keys.org`` signed by that org's CA, with the
+    DNS SANs ``names`` (``PkiError`` if the CA's name constraints forbid one: use
+    ``permitted_names`` first)."""
+    dns_names = list(names)
+    refused = [n for n in dns_names if not dns_permitted(keys.ca_cert, n)]
+    if refused:
+        raise PkiError(
+            f"org {keys.org}: the CA's name constraints do not permit {', '.join(refused)}"
+        )
+    if not dns_names:
+        raise PkiError(f"org {keys.org}: a server certificate needs at least one DNS name")
     key = ec.generate_private_key(ec.SECP256R1())
     start = dt.datetime.fromtimestamp(int(now), tz=dt.UTC) - dt.timedelta(minutes=5)
     end = start + dt.timedelta(seconds=SERVER_CERT_LIFETIME_S)
-    dns = [x509.DNSName(n) for n in server_names(keys.org, names)]
     cert = (
         x509.CertificateBuilder()
         .subject_name(
@@ -98,10 +123,15 @@ def issue_server_cert(keys: OrgKeys, names: Iterable[str], now: float) -> Server
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(key_usage(ca=False), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
-        .add_extension(x509.SubjectAlternativeName(dns), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(authority_key_id(keys.ca_cert), critical=False)
         .sign(keys.ca_key, None)
     )
     return ServerCert(
@@ -117,21 +147,39 @@ def issue_server_cert(keys: OrgKeys, names: Iterable[str], now: float) -> Server
     )
 
 
+def permitted_names(keys: OrgKeys, names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split ``server_names(org, names)`` into (permitted, refused) by the CA's constraints."""
+    candidates = server_names(keys.org, names)
+    permitted = [n for n in candidates if dns_permitted(keys.ca_cert, n)]
+    return permitted, [n for n in candidates if n not in permitted]
+
+
 def _load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
-    """``load_cert_chain`` wants files: write them to a private temp dir, then remove."""
-    with tempfile.TemporaryDirectory(prefix="meshops-hub-tls-") as tmp:
-        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-        with open(cert_path, "w", encoding="ascii") as f:
-            f.write(cert_pem)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(key_pem)
-        ctx.load_cert_chain(cert_path, key_path)
+    """``load_cert_chain`` reads only paths: give it a memfd's ``/proc/self/fd`` path.
+
+    The key goes into an anonymous memory file (no directory entry, gone when
+    closed); OpenSSL opens ``/proc/self/fd/N`` afresh, so it reads from offset 0."""
+    fd = os.memfd_create("meshops-hub-tls", os.MFD_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o600)
+        data = (key_pem + cert_pem).encode("ascii")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}")  # key and chain in one PEM file
+    finally:
+        os.close(fd)
+
+
+def _server_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT  # client certificates, as Python 3.13 clients do
+    return ctx
 
 
 def _base_context(client_cas: Iterable[str]) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx = _server_context()
     cas = "".join(client_cas)
     if cas:
         ctx.load_verify_locations(cadata=cas)
@@ -157,12 +205,18 @@ class TlsManager:
         self._fixed = (cert_file, key_file) if cert_file else None
         if cert_file and not key_file:
             raise ConfigError("--tls-cert needs --tls-key")
+        if not cert_file and not hasattr(os, "memfd_create"):
+            raise ConfigError(
+                "hub-issued TLS certificates need memfd_create (Linux) to keep their keys "
+                "off disk; on this system serve an operator certificate with "
+                "--tls-cert/--tls-key"
+            )
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._certs: dict[str, ServerCert] = {}
         self._cas: dict[str, str] = {}
         self._default: str | None = None
-        self.front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.front.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._warned: set[tuple[str, str]] = set()
+        self.front = _server_context()
         if self._fixed:
             try:
                 self.front.load_cert_chain(cert_file, key_file)  # type: ignore[arg-type]
@@ -190,7 +244,7 @@ class TlsManager:
                 cert = ServerCert(org, "", "", keys.ca_pem, float("inf"))
             else:
                 cert = old if old and old.ca_pem == keys.ca_pem and now < renew_at else (
-                    issue_server_cert(keys, self.names, now)
+                    issue_server_cert(keys, self._names_for(keys), now)
                 )
                 _load_chain(ctx, cert.cert_pem + keys.ca_pem, cert.key_pem)
             contexts[org], certs[org] = ctx, cert
@@ -204,6 +258,17 @@ class TlsManager:
         if cas:
             self.front.load_verify_locations(cadata="".join(cas.values()))
             self.front.verify_mode = ssl.CERT_OPTIONAL
+
+    def _names_for(self, keys: OrgKeys) -> list[str]:
+        permitted, refused = permitted_names(keys, self.names)
+        for name in refused:
+            if (keys.org, name) not in self._warned:
+                self._warned.add((keys.org, name))
+                log.warning(
+                    "hub certificate for org %s leaves out %s: the org CA's name constraints "
+                    "do not permit it; agents use %s.hub, or serve an operator certificate "
+                    "with --tls-cert/--tls-key", keys.org, name, keys.org)
+        return permitted
 
     def org_for_sni(self, server_name: str | None) -> str | None:
         if server_name:

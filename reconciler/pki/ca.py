@@ -2,15 +2,29 @@
 
 Called by ``meshops ca init`` (reconciler.cli.pki) and by the hub publisher
 (reconciler.hub.publish), which decrypts ``secrets/ORG-ca.sops.yaml`` and hands
-the plaintext document to ``org_keys_from_doc``.
+the plaintext document to ``org_keys_from_doc``. ``certs`` and ``hub.tls``
+read a CA's name constraints back through ``dns_permitted``.
 
-The CA is Ed25519 with ``BasicConstraints(ca, pathlen 0)`` and critical
-``NameConstraints`` that permit:
+The CA is Ed25519 and passes strict X.509 checks (OpenSSL ``-x509_strict``,
+Python 3.13's default ``VERIFY_X509_STRICT``): critical
+``BasicConstraints(ca, pathlen 0)``, critical ``KeyUsage`` (keyCertSign,
+cRLSign, digitalSignature), a Subject Key Identifier and an Authority Key
+Identifier equal to it (RFC 5280 4.2.1.1/4.2.1.2). Its critical
+``NameConstraints`` (RFC 5280 4.2.1.10) permit only:
 
 - the URI host ``ORG``: device SAN URIs are ``meshops://ORG/devices/NAME`` and
-  RFC 5280 4.2.1.10 matches URI constraints against the host part; OpenSSL 3
-  applies exactly that (checked by tests/pki/test_certs.py with Python's ssl);
-- the org's IPv4 and IPv6 CIDRs (IP SANs must fall inside them).
+  URI constraints match the host part; OpenSSL 3 applies exactly that (checked
+  by tests/pki/test_certs.py with Python's ssl);
+- the org's IPv4 and IPv6 CIDRs (IP SANs must fall inside them);
+- the DNS subtrees ``ORG.hub`` (the hub's server name for the org, which
+  agents send as SNI and verify, and any name below it) and ``localhost``
+  (a hub reached on its own host; RFC 6761 keeps ``*.localhost`` on loopback).
+
+A DNS subtree matches the name itself and every name below it. Once a CA has
+any DNS subtree, OpenSSL refuses a DNS name outside them (and a dotted subject
+CN with no DNS SAN), so an org CA cannot vouch for another org's hub or any
+public host name. CAs made before the DNS subtrees existed have none, which
+RFC 5280 reads as "any DNS name"; ``meshops ca init --force`` replaces them.
 """
 
 from __future__ import annotations
@@ -32,6 +46,13 @@ from reconciler.pki.keys import private_from_pem, private_to_pem, raw_public
 
 CA_LIFETIME_DAYS = 3650
 SECRET_DOC_KIND = "OrgSecrets"
+HUB_DNS_SUFFIX = "hub"  # the hub's name for org ORG is ORG.hub (reconciler.hub.tls)
+LOOPBACK_DNS = "localhost"
+
+
+def dns_subtrees(org: str) -> tuple[str, ...]:
+    """The DNS subtrees an org CA permits (see the module docstring)."""
+    return (f"{org}.{HUB_DNS_SUFFIX}", LOOPBACK_DNS)
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,8 @@ def init_ca(org: Organization, now: float, *, lifetime_days: int = CA_LIFETIME_D
     for cidr in (org.cidr_v4, org.cidr_v6):
         if cidr:
             permitted.append(x509.IPAddress(ipaddress.ip_network(cidr, strict=False)))
+    permitted += [x509.DNSName(name) for name in dns_subtrees(org.name)]
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     start = utc(now) - dt.timedelta(minutes=5)  # tolerate small clock skew on devices
     cert = (
         x509.CertificateBuilder()
@@ -104,13 +127,50 @@ def init_ca(org: Organization, now: float, *, lifetime_days: int = CA_LIFETIME_D
             x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
         .sign(key, None)
     )
     return CaBundle(
         key_pem=private_to_pem(key),
         cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
     )
+
+
+def authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AKI for certificates ``ca_cert`` signs: its own SKI, byte for byte (a CA
+    made by an older meshops without one gets the RFC 5280 SHA-1 key id, which
+    is what ``init_ca`` has always put in the SKI)."""
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())  # type: ignore[arg-type]
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def dns_permitted(ca_cert: x509.Certificate, name: str) -> bool:
+    """Would ``ca_cert``'s name constraints let it certify DNS name ``name``?
+
+    RFC 5280 4.2.1.10: with no DNS subtree every name is permitted; otherwise the
+    name must equal a permitted subtree or end with ``.`` plus one, case-insensitively,
+    and match no excluded subtree."""
+    try:
+        nc = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return True
+    host = name.lower().rstrip(".")
+
+    def within(subtree: str) -> bool:
+        base = subtree.lower().lstrip(".")
+        return host == base or host.endswith("." + base)
+
+    permitted = [n.value for n in nc.permitted_subtrees or () if isinstance(n, x509.DNSName)]
+    excluded = [n.value for n in nc.excluded_subtrees or () if isinstance(n, x509.DNSName)]
+    if any(within(e) for e in excluded):
+        return False
+    return not permitted or any(within(p) for p in permitted)
 
 
 def new_signing_key_pem() -> str:

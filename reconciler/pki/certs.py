@@ -10,7 +10,13 @@ A device certificate binds (docs/security.md has the full profile):
 - SAN URI ``meshops://ORG/devices/NAME`` and IP SANs for its tunnel IPs;
 - its WireGuard public key, in the non-critical extension ``WG_KEY_OID``
   whose value is a DER OCTET STRING holding the 32 raw key bytes;
-- EKU clientAuth + serverAuth, so it works for mTLS both ways.
+- EKU clientAuth + serverAuth, so it works for mTLS both ways;
+- the strict X.509 profile: critical ``BasicConstraints(ca=False)``, critical
+  ``KeyUsage(digitalSignature)``, a Subject Key Identifier and an Authority
+  Key Identifier equal to the CA's SKI.
+
+``issue_device_cert`` refuses to sign a name the CA's name constraints do not
+permit (OpenSSL would refuse the certificate anyway; this says why, earlier).
 
 ``cryptography``'s own verifier refuses Ed25519 (WebPKI profile), so
 ``check_device_cert`` checks the chain by hand: issuer signature, validity,
@@ -36,7 +42,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from reconciler.converge.keys import decode_key
 from reconciler.errors import PkiError
 from reconciler.model.repo import Device
-from reconciler.pki.ca import OrgKeys, key_usage, utc
+from reconciler.pki.ca import OrgKeys, authority_key_id, dns_permitted, key_usage, utc
 from reconciler.pki.keys import public_b64, public_from_b64
 
 # Private enterprise arc chosen for meshops (documented in docs/security.md).
@@ -98,8 +104,13 @@ def issue_device_cert(
         )
     except ValueError as exc:
         raise PkiError(str(exc)) from exc
+    ips = [ipaddress.ip_address(ip) for ip in device.tunnel_ips]
+    try:
+        check_names(ca.ca_cert, ca.org, ips, ())
+    except PkiError as exc:
+        raise PkiError(f"device {device.name}: {exc}") from None
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(device_uri(ca.org, device.name))]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in device.tunnel_ips]
+    sans += [x509.IPAddress(ip) for ip in ips]
     start = utc(now) - dt.timedelta(minutes=5)  # clock-skew allowance
     builder = (
         x509.CertificateBuilder()
@@ -125,10 +136,8 @@ def issue_device_cert(
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.ca_key.public_key()),
-            critical=False,
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
+        .add_extension(authority_key_id(ca.ca_cert), critical=False)
         .add_extension(
             x509.UnrecognizedExtension(WG_KEY_OID, _der_octet_string(wg_raw)), critical=False
         )
@@ -241,6 +250,25 @@ def _permitted(ca: x509.Certificate) -> tuple[set[str], list[ipaddress._BaseNetw
     return hosts, nets
 
 
+def check_names(
+    ca: x509.Certificate,
+    org: str,
+    ips: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    dns: Sequence[str],
+) -> None:
+    """``PkiError`` unless ``ca``'s name constraints permit the URI host ``org``,
+    every IP and every DNS name (the checks OpenSSL applies during a handshake)."""
+    hosts, nets = _permitted(ca)
+    if org not in hosts:
+        raise PkiError(f"certificate names org {org!r}, outside the CA's name constraints")
+    for addr in ips:
+        if not any(addr.version == n.version and addr in n for n in nets):
+            raise PkiError(f"certificate IP {addr} is outside the CA's name constraints")
+    for name in dns:
+        if not dns_permitted(ca, name):
+            raise PkiError(f"certificate DNS name {name!r} is outside the CA's name constraints")
+
+
 def issued_by(pem: str | bytes | x509.Certificate, ca: x509.Certificate) -> bool:
     """True if ``ca`` issued and signed the certificate (no validity or name checks)."""
     cert = pem if isinstance(pem, x509.Certificate) else load_cert(pem)
@@ -285,13 +313,9 @@ def check_device_cert(
     if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
         raise PkiError("certificate is not valid for TLS client authentication")
     ident = device_identity(cert)
-    hosts, nets = _permitted(ca)
-    if ident.org not in hosts:
-        raise PkiError(f"certificate names org {ident.org!r}, outside the CA's name constraints")
-    for ip in ident.tunnel_ips:
-        addr = ipaddress.ip_address(ip)
-        if not any(addr.version == n.version and addr in n for n in nets):
-            raise PkiError(f"certificate IP {ip} is outside the CA's name constraints")
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    check_names(ca, ident.org, [ipaddress.ip_address(ip) for ip in ident.tunnel_ips],
+                san.get_values_for_type(x509.DNSName))
     if ident.serial in set(revoked):
         raise PkiError(f"certificate serial {ident.serial} is revoked")
     return ident

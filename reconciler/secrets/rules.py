@@ -83,9 +83,23 @@ class CryptRules:
             if raw is None:
                 continue
             if field.name == "mac_only_encrypted":
-                values[field.name] = raw is True
+                values[field.name] = _go_bool(raw)
             elif isinstance(raw, str):
                 values[field.name] = raw
             else:
                 raise SecretsError(f"sops.{field.name} must be a string")
         return cls(**values)  # type: ignore[arg-type]
+
+
+
+def _go_bool(raw: object) -> bool:
+    """``sops.mac_only_encrypted`` as sops 3.11 reads it: a YAML/JSON boolean only.
+
+    It selects the MAC digest, so anything else (``"true"``, ``1``) is refused,
+    as sops refuses it ("cannot unmarshal ... into bool"), rather than guessed."""
+    if isinstance(raw, bool):
+        return raw
+    raise SecretsError(
+        f"sops.mac_only_encrypted must be the boolean true or false, got {raw!r} "
+        "(it selects how the MAC is computed; sops refuses other spellings too)"
+    )

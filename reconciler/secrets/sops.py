@@ -13,7 +13,11 @@ The format is sops' own: a random 32-byte data key encrypts every value
 (:mod:`reconciler.secrets.values`) with its key path as AAD, the data key is
 PGP-encrypted to each recipient (:mod:`reconciler.secrets.gpg`), and the MAC is
 SHA-512 over the plaintext values in document order (comments excluded),
-upper-case hex, stored encrypted with ``lastmodified`` as AAD.
+upper-case hex, stored encrypted with ``lastmodified`` as AAD. With
+``mac_only_encrypted`` the MAC covers only the values that are encrypted, and
+the digest is first fed ``sha256(b"sops")`` (sops' ``MACOnlyEncryptedInitialization``
+in sops.go, so the two modes never give the same MAC); ``new_mac_digest`` is the
+one place that rule lives.
 """
 
 from __future__ import annotations
@@ -44,6 +48,19 @@ DATA_KEY_SIZE = 32
 _OTHER_KEY_KINDS = ("kms", "gcp_kms", "azure_kv", "hc_vault", "age", "hckms")
 
 Leaf = Callable[[object, list[str]], object]
+
+# sops.go MACOnlyEncryptedInitialization: "echo -n sops | sha256sum", 8a3fd2ad...7d69.
+MAC_ONLY_ENCRYPTED_SEED = hashlib.sha256(b"sops").digest()
+
+
+def new_mac_digest(rules: CryptRules) -> hashlib._Hash:
+    """The running MAC digest for a file under ``rules``: plain SHA-512, or SHA-512
+    seeded with ``MAC_ONLY_ENCRYPTED_SEED`` when only encrypted values count
+    (sops ``Tree.Encrypt``/``Tree.Decrypt``)."""
+    digest = hashlib.sha512()
+    if rules.mac_only_encrypted:
+        digest.update(MAC_ONLY_ENCRYPTED_SEED)
+    return digest
 
 
 def _walk(value: object, path: list[str], leaf: Leaf) -> object:
@@ -99,7 +116,7 @@ def encrypt(
         raise SecretsError("the document already has a top-level 'sops' key (already encrypted?)")
     rules = (rules or CryptRules()).effective()
     key = random(DATA_KEY_SIZE)
-    digest = hashlib.sha512()
+    digest = new_mac_digest(rules)
 
     def leaf(value: object, path: list[str]) -> object:
         wanted = rules.should_encrypt(path)
@@ -208,7 +225,7 @@ def decrypt(
         raise SecretsError("not a sops file: there is no top-level 'sops' metadata mapping")
     rules = CryptRules.from_metadata(meta)
     key = _data_key(meta, gpg)
-    digest = hashlib.sha512()
+    digest = new_mac_digest(rules)
     paths: set[str] = set()
 
     def other_paths() -> set[str]:

@@ -44,7 +44,8 @@ def _setup(tmp: Path, ns: str, iface: str) -> Path:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    from reconciler.agent.config import AgentConfig, atomic_write, save_config
+    from reconciler.agent.config import AgentConfig, save_config
+    from reconciler.fsio import atomic_write
     from reconciler.model.manifest import Manifest, ManifestDevice
     from reconciler.pki.envelope import trust_entry
     from reconciler.pki.manifest import encode_manifest, sign_manifest

@@ -24,6 +24,8 @@ def test_ca_is_constrained_to_org_uri_host_and_cidrs(org):
     assert x509.UniformResourceIdentifier("acme") in permitted
     assert x509.IPAddress(ipaddress.ip_network("10.9.0.0/16")) in permitted
     assert x509.IPAddress(ipaddress.ip_network("fd00:9::/48")) in permitted
+    assert x509.DNSName("acme.hub") in permitted and x509.DNSName("localhost") in permitted
+    assert len(permitted) == 5  # nothing else: no other URI host, network or DNS subtree
     assert cert.not_valid_before_utc.timestamp() <= NOW < cert.not_valid_after_utc.timestamp()
 
 

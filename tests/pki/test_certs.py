@@ -74,13 +74,22 @@ def test_check_device_cert_accepts_and_refuses(keys, devices):
         certs.check_device_cert(pem, keys.ca_pem, NOW, revoked=[99])
 
 
-def test_hand_check_enforces_name_constraints(keys, devices):
+def rogue_issue(monkeypatch, *args):
+    """Issue as a CA that ignores its own name constraints (ours refuses to)."""
+    with pytest.raises(PkiError, match="outside the CA's name constraints"):
+        certs.issue_device_cert(*args)
+    with monkeypatch.context() as m:
+        m.setattr(certs, "check_names", lambda *_: None)
+        return certs.issue_device_cert(*args)
+
+
+def test_hand_check_enforces_name_constraints(keys, devices, monkeypatch):
     evil = dataclasses.replace(keys, org="evil")
-    pem = certs.issue_device_cert(evil, dataclasses.replace(devices("x", 1), org="evil"), 5, NOW)
+    pem = rogue_issue(monkeypatch, evil, dataclasses.replace(devices("x", 1), org="evil"), 5, NOW)
     with pytest.raises(PkiError, match="name constraints"):
         certs.check_device_cert(pem, keys.ca_pem, NOW)
     outside = devices("y", 2, tunnel_ips=("10.10.0.1",))
-    pem = certs.issue_device_cert(keys, outside, 6, NOW)
+    pem = rogue_issue(monkeypatch, keys, outside, 6, NOW)
     with pytest.raises(PkiError, match="10.10.0.1 is outside"):
         certs.check_device_cert(pem, keys.ca_pem, NOW)
 
@@ -201,7 +210,7 @@ def test_mtls_refuses_cert_from_another_ca(tmp_path, keys, devices):
     )
 
 
-def test_openssl_enforces_uri_name_constraint(tmp_path, keys, devices):
+def test_openssl_enforces_uri_name_constraint(tmp_path, keys, devices, monkeypatch):
     """The CA permits URI host 'acme': OpenSSL rejects meshops://evil/... from the same CA."""
     ca_file = tmp_path / "ca.crt"
     ca_file.write_text(keys.ca_pem)
@@ -213,8 +222,8 @@ def test_openssl_enforces_uri_name_constraint(tmp_path, keys, devices):
         devices.identity_keys["alpha"],
     )
     evil_dev = dataclasses.replace(devices("x", 5), org="evil")
-    evil_pem = certs.issue_device_cert(
-        dataclasses.replace(keys, org="evil"), evil_dev, 4, time.time()
+    evil_pem = rogue_issue(
+        monkeypatch, dataclasses.replace(keys, org="evil"), evil_dev, 4, time.time()
     )
     ce = _files(tmp_path, "e", evil_pem, devices.identity_keys["x"])
     out = _handshake(_ctx(True, ca_, str(ca_file)), _ctx(False, ce, str(ca_file)))
