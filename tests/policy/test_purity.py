@@ -22,6 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PURE = ("reconciler.model", "reconciler.converge", "reconciler.policy")
+# The agent pass's pure modules (issue 9): same forbidden list; they may import
+# other agent modules, so the higher-layer rule applies to the packages only.
+PURE_AGENT = ("reconciler.agent.decide", "reconciler.agent.inputs", "reconciler.agent.memory",
+              "reconciler.agent.paths", "reconciler.agent.peering", "reconciler.agent.desired")
 HIGHER_LAYERS = ("reconciler.config", "reconciler.pki", "reconciler.secrets", "reconciler.hub",
                  "reconciler.agent", "reconciler.backends", "reconciler.net", "reconciler.stun")
 # What the issue (#9, item 6) requires the contract to forbid at the least.
@@ -38,7 +42,7 @@ def purity_contract() -> dict:
 
 def test_contract_covers_the_pure_packages_and_the_required_modules() -> None:
     contract = purity_contract()
-    assert sorted(contract["source_modules"]) == sorted(PURE)
+    assert sorted(contract["source_modules"]) == sorted(PURE + PURE_AGENT)
     missing = REQUIRED - set(contract["forbidden_modules"])
     assert not missing, f"purity contract lacks {sorted(missing)}"
 
@@ -60,9 +64,12 @@ def test_import_loads_no_io_library_and_no_higher_layer() -> None:
 
 
 def direct_imports(package: str) -> list[tuple[str, int, str]]:
-    """(file, line, imported module) for every import statement in ``package``."""
+    """(file, line, imported module) for every import statement in ``package``
+    (a package directory, or a single module)."""
     found = []
-    for path in sorted((ROOT / package.replace(".", "/")).rglob("*.py")):
+    base = ROOT / package.replace(".", "/")
+    paths = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 found += [(path.name, node.lineno, a.name) for a in node.names]
@@ -79,6 +86,15 @@ def test_no_pure_module_imports_a_forbidden_module() -> None:
         for file, line, name in imports:
             assert name.split(".")[0] not in forbidden, f"{package} {file}:{line} imports {name}"
             assert not name.startswith(HIGHER_LAYERS), f"{package} {file}:{line} imports {name}"
+
+
+def test_no_pure_agent_module_imports_a_forbidden_module() -> None:
+    forbidden = set(purity_contract()["forbidden_modules"])
+    for module in PURE_AGENT:
+        imports = direct_imports(module)
+        assert imports, f"{module}: no imports found (renamed?)"
+        for file, line, name in imports:
+            assert name.split(".")[0] not in forbidden, f"{module} {file}:{line} imports {name}"
 
 
 def test_the_ast_check_would_catch_a_lazy_import(tmp_path: Path) -> None:
