@@ -121,8 +121,9 @@ def _register_serve(hsub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="DNS",
-        help="DNS name for the hub-issued certificates (repeatable), e.g. the "
-        "host of mesh.yaml's hub_url",
+        help="extra DNS name for the hub-issued certificates (repeatable); only names "
+        "inside the org CA's DNS subtrees (ORG.hub, localhost) are used, others are "
+        "dropped with a log line: serve a public host name with --tls-cert/--tls-key",
     )
     p.set_defaults(handler=_serve)
 

@@ -2,7 +2,8 @@
 
 Called by the agent (``reconciler.agent``) every pass, and again after
 apply to check convergence. Same inputs, same output: no I/O, no clock (the
-caller passes ``now``), stdlib only.
+caller passes ``now``); this file imports only the stdlib and ``reconciler.model``
+(public keys come from ``converge.keys``, which uses ``cryptography``).
 
 Order is fixed so plans are stable and golden-testable:
 
