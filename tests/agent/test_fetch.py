@@ -14,9 +14,11 @@ class Transport:
     def __init__(self, *responses):
         self.responses = list(responses)
         self.requests = []
+        self.max_bytes = []
 
-    def __call__(self, method, url, *, headers, body, timeout):
+    def __call__(self, method, url, *, headers, body, timeout, max_bytes):
         self.requests.append((method, url, dict(headers), body, timeout))
+        self.max_bytes.append(max_bytes)
         resp = self.responses.pop(0)
         if isinstance(resp, Exception):
             raise resp
