@@ -132,6 +132,41 @@ def trust_entry(public_keys: list[Ed25519PublicKey], ca_pem: str | None) -> dict
 
 
 @dataclass(frozen=True)
+class Envelope:
+    """A DSSE envelope's fields, parsed but not verified."""
+
+    payload_type: str
+    payload: bytes
+    signatures: tuple[tuple[str, bytes], ...]  # (keyid, signature)
+
+
+def parse_envelope(data: bytes, *, what: str = "DSSE envelope",
+                   max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
+    """The structure of a DSSE envelope, within bounds, without verifying it:
+    ``ManifestRefused("malformed")`` when ``data`` is not one. ``open_envelope``
+    verifies; the agent's state dir uses this to tell a corrupt cache file."""
+    try:
+        env = bounded_loads(data, what=what, max_bytes=max_bytes)
+    except InputRefused as exc:
+        raise ManifestRefused("malformed", str(exc)) from exc
+    try:
+        if not isinstance(env, dict):
+            raise TypeError("envelope is not a JSON object")
+        ptype, sigs = env["payloadType"], env["signatures"]
+        if not isinstance(ptype, str):
+            raise TypeError("payloadType is not a string")
+        payload = _b64(env["payload"])
+        if not isinstance(sigs, list) or not sigs:
+            raise ValueError("no signatures")
+        if len(sigs) > MAX_SIGNATURES:  # each costs a verification
+            raise ValueError(f"{len(sigs)} signatures, more than {MAX_SIGNATURES}")
+        parsed = tuple((str(s.get("keyid", "")), _b64(s["sig"])) for s in sigs)
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
+        raise ManifestRefused("malformed", f"not a DSSE envelope: {exc}") from exc
+    return Envelope(ptype, payload, parsed)
+
+
+@dataclass(frozen=True)
 class Opened:
     """A verified envelope: the payload and the org whose key signed it."""
 
@@ -161,22 +196,9 @@ def open_envelope(
     ``unknown-key``. Refusals: ``malformed``, ``unknown-key``, ``bad-signature``,
     ``wrong-org``. An envelope over ``max_bytes``, nested too deep or not JSON
     is ``malformed`` too, and so is one whose signature list is absurdly long."""
-    try:
-        env = bounded_loads(data, what=f"DSSE envelope ({payload_type})", max_bytes=max_bytes)
-    except InputRefused as exc:
-        raise ManifestRefused("malformed", str(exc)) from exc
-    try:
-        if not isinstance(env, dict):
-            raise TypeError("envelope is not a JSON object")
-        ptype, sigs = env["payloadType"], env["signatures"]
-        payload = _b64(env["payload"])
-        if not isinstance(sigs, list) or not sigs:
-            raise ValueError("no signatures")
-        if len(sigs) > MAX_SIGNATURES:  # each costs a verification
-            raise ValueError(f"{len(sigs)} signatures, more than {MAX_SIGNATURES}")
-        parsed = [(str(s.get("keyid", "")), _b64(s["sig"])) for s in sigs]
-    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
-        raise ManifestRefused("malformed", f"not a DSSE envelope: {exc}") from exc
+    parsed_env = parse_envelope(data, what=f"DSSE envelope ({payload_type})",
+                                max_bytes=max_bytes)
+    ptype, payload, parsed = parsed_env.payload_type, parsed_env.payload, parsed_env.signatures
     if ptype != payload_type:
         raise ManifestRefused("malformed", f"payloadType {ptype!r}, expected {payload_type!r}")
     if isinstance(trust, OrgTrust):
@@ -206,12 +228,14 @@ def open_envelope(
 
 __all__ = [
     "MAX_ENVELOPE_BYTES",
+    "Envelope",
     "Opened",
     "OrgTrust",
     "Trust",
     "load_trust",
     "open_envelope",
     "pae",
+    "parse_envelope",
     "raw_public",
     "sign_envelope",
     "trust_entry",
