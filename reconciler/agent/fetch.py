@@ -336,6 +336,11 @@ class HttpTransport:
             if declared is not None and len(data) < declared:
                 raise FetchError(f"{url}: truncated answer: {len(data)} of {declared} "
                                  "bytes, then the connection closed")
+            if declared is None and not resp.chunked and not data and method == "GET" \
+                    and resp.status == 200:
+                # unframed: only EOF ends it, so a head cut short looks like this
+                raise FetchError(f"{url}: truncated answer: the connection closed before "
+                                 "any body (no Content-Length)")
             return resp.status, resp_headers, bytes(data)
         except ssl.SSLCertVerificationError as exc:
             raise ConfigError(f"{origin}: TLS verification failed: "
