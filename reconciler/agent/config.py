@@ -222,8 +222,7 @@ def _stun_servers(value: Any) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list | tuple):
-        return [f"stun_servers: {_kind(value)} is not a list "
-                '(use ["host:port", ...])']
+        return [f'stun_servers: {_kind(value)} is not a list (use ["host:port", ...])']
     out = []
     if len(value) > MAX_STUN_SERVERS:
         out.append(f"stun_servers: {len(value)} servers, more than {MAX_STUN_SERVERS} "
@@ -250,8 +249,8 @@ def _is_host_port(text: str) -> bool:
 
 def _backend_options(backend: Any, value: Any) -> list[str]:
     if not isinstance(value, Mapping):
-        return [f"backend_options: {_kind(value)} is not an object "
-                '(use {"wireguard_go": "/usr/bin/wireguard-go", ...})']
+        example = '{"wireguard_go": "/usr/bin/wireguard-go", ...}'
+        return [f"backend_options: {_kind(value)} is not an object (use {example})"]
     allowed = BACKEND_OPTIONS.get(backend) if isinstance(backend, str) else None
     if allowed is None:
         return []  # the backend itself is reported
@@ -274,8 +273,8 @@ def _backend_options(backend: Any, value: Any) -> list[str]:
 
 def _hysteresis(value: Any) -> list[str]:
     if not isinstance(value, Mapping):
-        return [f"hysteresis: {_kind(value)} is not an object "
-                '(use {"stale_after": 180, ...}, in seconds)']
+        example = '{"stale_after": 180, ...}'
+        return [f"hysteresis: {_kind(value)} is not an object (use {example}, in seconds)"]
     out = []
     for key in sorted(value, key=str):
         if key not in HYSTERESIS_FIELDS:

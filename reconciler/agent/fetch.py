@@ -482,11 +482,13 @@ def _read_file(url: str, max_bytes: int) -> Response:
         raise FetchError(f"{path}: manifest file not found") from exc
     except OSError as exc:
         raise FetchError(f"{path}: cannot read the manifest: {exc.strerror}") from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InputRefused("not-a-file", f"{path}: not a regular file (a directory, a "
+                                         "device, a FIFO or a socket); point manifest_url "
+                                         "at the file")
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputRefused("not-a-file", f"{path}: not a regular file (a device, a FIFO "
-                                             "or a socket); point manifest_url at the file")
         if st.st_size > max_bytes:
             raise InputRefused("too-large", f"{path}: {st.st_size} bytes is over the limit "
                                             f"of {max_bytes} bytes")

@@ -50,8 +50,8 @@ def test_default_interface_is_cut_to_15_characters() -> None:
     ({"listen_port": "51820"}, "listen_port", "without quotes"),
     ({"listen_port": 51820.0}, "listen_port", "not a UDP port"),
     ({"listen_port": True}, "listen_port", "the boolean true is not a UDP port"),
-    ({"interval": "30"}, "interval", 'the string "30" is not a number of seconds .write 30 '
-                                     "without quotes"),
+    ({"interval": "30"}, "interval",
+     'the string "30" is not a number of seconds .write 30 without quotes'),
     ({"interval": 0}, "interval", "out of range"),
     ({"interval": -5}, "interval", "out of range"),
     ({"interval": float("nan")}, "interval", "not a number of seconds"),

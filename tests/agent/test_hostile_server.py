@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import gzip
 import ipaddress
-import json
 import os
 import socket
 import ssl
@@ -21,7 +20,7 @@ import tracemalloc
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -54,7 +53,7 @@ class HostileServer:
     def url(self, path: str = "/v1/orgs/acme/manifest") -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
 
-    def __enter__(self) -> HostileServer:
+    def __enter__(self) -> Self:
         self._accept.start()
         return self
 
@@ -227,8 +226,8 @@ def test_agent_run_survives_a_deep_manifest_and_converges_when_it_is_fixed(tmp_p
 
 def test_a_deep_signed_payload_is_a_schema_refusal(tmp_path) -> None:
     """A signed payload can be hostile too (a leaked key, a publisher bug)."""
-    from reconciler.pki.manifest import sign_manifest, verify_manifest
     from reconciler.pki.envelope import load_trust
+    from reconciler.pki.manifest import sign_manifest, verify_manifest
 
     for payload in (b"[" * DEEP + b"]" * DEEP, b"\xff\xfe", b'{"serial": NaN}',
                     b'{"serial": 1' + b"0" * 5000 + b"}"):
@@ -248,9 +247,9 @@ def test_deep_or_broken_json_from_the_cert_endpoint_and_the_report(body) -> None
     with pytest.raises(InputRefused) as err:
         got.json()
     assert err.value.reason in ("too-deep", "not-json")
-    with HostileServer(answer(body, headers={"Content-Type": "application/json"})) as server:
-        with pytest.raises(InputRefused) as err:
-            Fetcher(timeout=5).post_json(server.url("/v1/orgs/acme/endpoints"), {"a": 1})
+    with HostileServer(answer(body, headers={"Content-Type": "application/json"})) as server, \
+            pytest.raises(InputRefused) as err:
+        Fetcher(timeout=5).post_json(server.url("/v1/orgs/acme/endpoints"), {"a": 1})
     assert err.value.reason in ("too-deep", "not-json")
 
 
@@ -359,7 +358,7 @@ def test_exactly_the_cap_is_accepted_and_one_more_byte_is_not() -> None:
 def test_a_plain_endless_body_stops_at_the_cap(length) -> None:
     hdr = "Content-Type: application/json" + (f"\r\nContent-Length: {length}" if length else "")
     fetcher = Fetcher(timeout=20, limits={"manifest": 4 << 20})
-    exc, elapsed = refused(endless(head(hdr), bytes(65536)), InputRefused, fetcher)
+    exc, _ = refused(endless(head(hdr), bytes(65536)), InputRefused, fetcher)
     assert exc.reason == "too-large" and "not read further" in str(exc)
 
 
@@ -502,6 +501,7 @@ def test_json_and_plain_file_server_types_are_accepted(ctype) -> None:
 def test_a_header_flood_is_refused(flood) -> None:
     exc, elapsed = refused(lambda c, s: c.sendall(b"HTTP/1.1 200 OK\r\n" + flood + b"\r\n"),
                            FetchError)
+    assert "header" in str(exc).lower() or "line" in str(exc).lower()
     assert elapsed < 3
 
 
@@ -512,7 +512,7 @@ def _pki(tmp_path: Path, *, leaf_aki: bool) -> tuple[ssl.SSLContext, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile test CA")])
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
@@ -571,9 +571,9 @@ def test_a_strict_clean_chain_verifies_and_one_without_aki_does_not(tmp_path) ->
         assert Fetcher(tls=TlsConfig(ca=ca), timeout=5).get(server.url()).body == b"{}"
     (tmp_path / "bad").mkdir()
     bad, ca = _pki(tmp_path / "bad", leaf_aki=False)
-    with HostileServer(answer(b"{}"), tls=bad) as server:
-        with pytest.raises(ConfigError, match="Missing Authority Key Identifier"):
-            Fetcher(tls=TlsConfig(ca=ca), timeout=5).get(server.url())
+    with HostileServer(answer(b"{}"), tls=bad) as server, \
+            pytest.raises(ConfigError, match="Missing Authority Key Identifier"):
+        Fetcher(tls=TlsConfig(ca=ca), timeout=5).get(server.url())
 
 
 def test_hostile_answers_over_tls_are_bounded_the_same_way(tmp_path) -> None:
@@ -587,9 +587,9 @@ def test_hostile_answers_over_tls_are_bounded_the_same_way(tmp_path) -> None:
             fetcher.get(server.url())
         assert time.monotonic() - start <= TIMEOUT + SLACK
     with HostileServer(answer(gzip.compress(bytes(64 << 20)),
-                              headers={"Content-Encoding": "gzip"}), tls=ctx) as server:
-        with pytest.raises(InputRefused, match="decompression bomb"):
-            fetcher.get(server.url())
+                              headers={"Content-Encoding": "gzip"}), tls=ctx) as server, \
+            pytest.raises(InputRefused, match="decompression bomb"):
+        fetcher.get(server.url())
 
 
 # -- 10. the same hostile documents as files to `meshops manifest verify` -------------------

@@ -166,7 +166,7 @@ def _saved(tmp_path, serial: int = 5) -> tuple[StateDir, bytes]:
     b'{"payload": "", "payloadType": "x", "signatures": []}',
 ])
 def test_a_corrupt_manifest_dsse_is_no_cache_but_keeps_the_floor(tmp_path, content) -> None:
-    state, _ = _saved(tmp_path)
+    _saved(tmp_path)
     (tmp_path / MANIFEST).write_bytes(content)
     fresh = StateDir(tmp_path)
     assert fresh.load_manifest() is None
