@@ -86,6 +86,16 @@ class HostileServer:
                 if not data:
                     return
                 head += data
+            # read the request body too: closing with unread bytes sends a RST, which
+            # could reach the agent before the answer does
+            top, _, rest = head.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in top.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(rest) < length:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                rest += data
             self.requests.append(head)
             self.script(conn, self.stop)
         except (OSError, ssl.SSLError):
