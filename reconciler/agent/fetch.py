@@ -239,8 +239,10 @@ class HttpTransport:
 
     def __init__(self, tls: TlsConfig | None = None, *,
                  connect_timeout: float = CONNECT_TIMEOUT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 getaddrinfo: Callable[..., list[Any]] | None = None) -> None:
         self._tls = tls or TlsConfig()
+        self._getaddrinfo = getaddrinfo
         self._context: Any = None
         self.connect_timeout = connect_timeout
         self._clock = clock
@@ -299,8 +301,7 @@ class HttpTransport:
         watch: socket.socket | None = None
         resp: Any = None
         try:
-            sock = socket.create_connection((host, port),
-                                            timeout=min(self.connect_timeout, remaining()))
+            sock = self._connect(host, port, remaining)
             conn.sock = sock  # http.client sends on it as is; close() closes it
             local, remote = sock.getsockname()[0], sock.getpeername()
             watch = sock.dup()
@@ -368,6 +369,67 @@ class HttpTransport:
                 watch.close()
 
 
+    def _connect(self, host: str, port: int, remaining: Callable[[], float]) -> Any:
+        """A TCP connection to the first address of ``host`` that answers, each try
+        bounded by ``connect_timeout`` and the name lookup by the deadline too."""
+        import socket
+
+        error: OSError = OSError(f"{host} has no address")
+        for family, kind, proto, _, address in resolve(host, port, remaining(),
+                                                      self._getaddrinfo):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(min(self.connect_timeout, remaining()))
+                sock.connect(address)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+                if str(exc) == "deadline":
+                    break
+        raise error
+
+
+def resolve(host: str, port: int, timeout: float,
+            getaddrinfo: Callable[..., list[Any]] | None = None) -> list[Any]:
+    """``getaddrinfo`` for a TCP connection, within ``timeout`` seconds.
+
+    The C resolver cannot be interrupted and may take resolv.conf's timeout
+    times its attempts per server, so it runs in a daemon thread that is left
+    behind when the deadline passes. An IP literal is not looked up."""
+    import ipaddress
+    import socket
+    import threading
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    lookup = getaddrinfo or socket.getaddrinfo
+    out: list[Any] = []
+    failed: list[OSError] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            out.extend(lookup(host, port, 0, socket.SOCK_STREAM))
+        except OSError as exc:
+            failed.append(exc)
+        except UnicodeError as exc:  # an IDNA label that cannot be encoded
+            failed.append(OSError(f"{host!r} is not a valid host name ({exc})"))
+        done.set()
+
+    threading.Thread(target=work, name="meshops-resolve", daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError("deadline")
+    if failed:
+        raise failed[0]
+    return out
+
+
 class Fetcher:
     """GET manifests/feeds/certificates and POST reports within bounds (see the
     module docstring); ``transport`` is injectable, ``limits`` overrides ``LIMITS``."""
@@ -399,14 +461,16 @@ class Fetcher:
             url += ("&" if "?" in url else "?") + urlencode(query)
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip",
                    "Accept": "application/json, application/*+json;q=0.9"}
-        if etag:
+        if etag and _sane_etag(etag):
             headers["If-None-Match"] = etag
         timeout = wait + min(self.timeout, LONG_POLL_MARGIN) if wait else self.timeout
         status, resp_headers, body = self.transport(
             "GET", url, headers=headers, body=None, timeout=timeout, max_bytes=max_bytes)
         _check_status(url, status, body)
+        tag = resp_headers.get("etag")
+        tag = tag if tag is not None and _sane_etag(tag) else None
         if status == 304:
-            return Response(status, b"", resp_headers.get("etag"), url)
+            return Response(status, b"", tag, url)
         _check_content_type(url, resp_headers.get("content-type"))
         encoding = resp_headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":
@@ -414,7 +478,7 @@ class Fetcher:
         elif encoding not in ("identity", ""):
             raise InputRefused("encoding", f"{url}: Content-Encoding {encoding[:40]!r} was "
                                            "not asked for (the agent accepts gzip only)")
-        return Response(status, body, resp_headers.get("etag"), url)
+        return Response(status, body, tag, url)
 
     def post_json(self, url: str, obj: Any) -> Any:
         body = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
@@ -423,6 +487,8 @@ class Fetcher:
         status, resp_headers, data = self.transport(
             "POST", url, headers=headers, body=body, timeout=self.timeout, max_bytes=max_bytes)
         _check_status(url, status, data)
+        if data:
+            _check_content_type(url, resp_headers.get("content-type"))
         if resp_headers.get("content-encoding", "identity").strip().lower() not in (
                 "identity", ""):
             raise InputRefused("encoding", f"{url}: the hub's answer is encoded; the agent "
@@ -499,6 +565,12 @@ def _read_file(url: str, max_bytes: int) -> Response:
     if len(data) > max_bytes:
         raise InputRefused("too-large", f"{path}: over the limit of {max_bytes} bytes")
     return Response(200, data, f'"{st.st_mtime_ns:x}-{st.st_size:x}"', str(path))
+
+
+def _sane_etag(tag: str) -> bool:
+    """An ETag worth keeping and sending back: short printable ASCII (RFC 9110
+    8.8.3), so a hostile value never reaches a request header or the state dir."""
+    return 0 < len(tag) <= 256 and tag.isascii() and tag.isprintable()
 
 
 def _check_content_type(url: str, value: str | None) -> None:

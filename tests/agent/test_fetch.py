@@ -292,3 +292,55 @@ def test_a_directory_as_the_manifest_is_refused(tmp_path) -> None:
 
     with pytest.raises(InputRefused, match="not a regular file"):
         Fetcher().get(f"file://{tmp_path}")
+
+
+@pytest.mark.parametrize("tag", ['"a\rb"', '"' + "9" * 300 + '"', '"ünï"', "", "\x00"])
+def test_a_hostile_etag_is_neither_kept_nor_sent(tag) -> None:
+    t = Transport((200, {"etag": tag}, b"{}"), (200, {}, b"{}"))
+    f = Fetcher(t)
+    assert f.get("http://hub/x").etag is None
+    f.get("http://hub/x", etag=tag)  # e.g. from a corrupt state file
+    assert "If-None-Match" not in t.requests[1][2]
+
+
+def test_a_slow_name_lookup_is_bounded_by_the_deadline() -> None:
+    import threading
+    import time
+
+    from reconciler.agent.fetch import HttpTransport
+
+    release = threading.Event()
+
+    def slow_lookup(*args):
+        release.wait(30)  # a resolver that never answers in time
+        raise OSError("late")
+
+    f = Fetcher(HttpTransport(getaddrinfo=slow_lookup), timeout=1.0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(FetchError, match="deadline"):
+            f.get("http://hub.example:8443/v1/orgs/acme/manifest")
+        assert time.monotonic() - start < 2.0
+    finally:
+        release.set()
+
+
+def test_name_lookup_failures_and_literals() -> None:
+    import socket
+
+    from reconciler.agent.fetch import resolve
+
+    def fails(*args):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    with pytest.raises(OSError, match="not known"):
+        resolve("nowhere.example", 80, 1.0, fails)
+    assert resolve("127.0.0.1", 80, 1.0, fails)[0][4] == ("127.0.0.1", 80)
+    assert resolve("::1", 80, 1.0, fails)[0][0] == socket.AF_INET6
+    assert resolve("localhost", 80, 5.0)  # the real resolver
+
+
+def test_a_portal_page_answering_a_report_is_temporary() -> None:
+    t = Transport((200, {"content-type": "text/html"}, b"<html>login</html>"))
+    with pytest.raises(FetchError, match="captive portal"):
+        Fetcher(t).post_json("http://hub/r", {"a": 1})
