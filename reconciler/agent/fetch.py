@@ -13,10 +13,12 @@ Bounded reads: a server, a proxy or a captive portal may be broken or
 hostile, so every request is bounded (docs/security.md, "Hostile input"):
 
 - **a total deadline**: ``timeout`` seconds (a long-poll: ``wait`` plus a
-  small margin) for the whole request -- connect, TLS handshake, headers and
-  body -- not per ``recv``: a server that drips one byte a second is cut off
-  at the deadline (a watchdog thread shuts the socket down under a blocked
-  read). The TCP/TLS connect alone is also bounded by ``connect_timeout``;
+  small margin) for the whole request -- name lookup, connect, TLS
+  handshake, headers and body -- not per ``recv``: a server that drips one
+  byte a second is cut off at the deadline (a watchdog thread shuts the
+  socket down under a blocked read; the name lookup runs in a thread that
+  is left behind). The TCP/TLS connect alone is also bounded by
+  ``connect_timeout``;
 - **a size cap per request kind** (``LIMITS``: manifest, feed, cert, report):
   a ``Content-Length`` over the cap is refused before the body is read, and a
   chunked or unframed body stops being read one byte past it;
@@ -29,7 +31,8 @@ hostile, so every request is bounded (docs/security.md, "Hostile input"):
   ``text/plain`` from a plain file server): a 200 with ``text/html`` is a
   captive portal or a proxy's page, not a manifest;
 - JSON answers (``Response.json``, ``post_json``, error details) are read with
-  ``reconciler.boundedjson``: size, nesting depth, encoding.
+  ``reconciler.boundedjson``: size, nesting depth, encoding; an ETag that is
+  not short printable ASCII is neither kept nor sent back.
 
 Error classes (the loop reads the retry class): unreachable, timeouts, the
 deadline, a truncated body, a corrupt gzip stream, a non-JSON content type,
@@ -275,7 +278,7 @@ class HttpTransport:
         # imported here: a file:// agent never pays for http.client, email and ssl
         import socket
         import ssl
-        from http.client import HTTPConnection, HTTPException, HTTPSConnection
+        from http.client import HTTPConnection, HTTPException, HTTPSConnection, IncompleteRead
 
         deadline = self._clock() + timeout
         parts = urlsplit(url)
@@ -356,11 +359,10 @@ class HttpTransport:
                 raise FetchError(f"{origin}: the local address of the connection is gone "
                                  "(the device moved or lost its network); request "
                                  "abandoned") from exc
-            name = type(exc).__name__
-            if name == "IncompleteRead":
+            if isinstance(exc, IncompleteRead):
                 raise FetchError(f"{url}: truncated answer: the connection closed inside "
                                  "the body") from exc
-            raise FetchError(f"{origin}: {exc or name}") from exc
+            raise FetchError(f"{origin}: {exc or type(exc).__name__}") from exc
         finally:
             if resp is not None:
                 resp.close()
