@@ -12,13 +12,18 @@ Stdlib only: this module is on the import path of every ``agent apply``.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from reconciler.errors import ConfigError
+from reconciler.boundedjson import loads as bounded_loads
+from reconciler.errors import ConfigError, InputRefused
 from reconciler.fsio import atomic_write  # re-exported: agent.state and agent.keys use it
 
 DEFAULT_CONFIG_PATH = "/etc/meshops/agent.json"
@@ -85,30 +90,12 @@ class AgentConfig:
     def state_path(self, name: str) -> Path:
         return Path(self.state_dir) / name
 
-    def validate(self) -> AgentConfig:
-        """Raise ``ConfigError`` naming the field when the config cannot work."""
-        if not self.org or not self.name:
-            raise ConfigError("agent config: 'org' and 'name' are required")
-        if bool(self.hub) == bool(self.manifest_url):
-            raise ConfigError("agent config: set exactly one of 'hub' and 'manifest_url'")
-        url = self.source_url
-        if not url.startswith(("file://", "http://", "https://")):
-            raise ConfigError(
-                f"agent config: manifest URL {url!r} must start with file://, http:// or https://"
-            )
-        if self.backend not in BACKENDS:
-            raise ConfigError(
-                f"agent config: backend {self.backend!r} is not one of {', '.join(BACKENDS)}"
-            )
-        if len(self.interface) > IFNAME_MAX or "/" in self.interface or " " in self.interface:
-            raise ConfigError(
-                f"agent config: interface name {self.interface!r} is not a valid Linux "
-                f"interface name (at most {IFNAME_MAX} characters, no '/' or spaces)"
-            )
-        if self.listen_port is not None and not 0 < self.listen_port < 65536:
-            raise ConfigError(f"agent config: listen_port {self.listen_port} is out of range")
-        if self.interval <= 0 or not 0 <= self.jitter < 1:
-            raise ConfigError("agent config: need interval > 0 and 0 <= jitter < 1")
+    def validate(self, *, where: str = "agent config") -> AgentConfig:
+        """Raise ``ConfigError`` listing every field that cannot work, one line each:
+        ``WHERE: field: what is wrong (fix)``."""
+        found = problems(self.to_dict())
+        if found:
+            raise ConfigError("\n".join(f"{where}: {p}" for p in found))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,37 +107,295 @@ class AgentConfig:
         return {k: v for k, v in data.items() if v is not None}
 
 
-def config_from_dict(data: Mapping[str, Any], *, where: str = "agent config") -> AgentConfig:
+# -- typed loading ------------------------------------------------------------
+# Every field's type and range, checked on the raw JSON before the dataclass is
+# built, so a wrong type is a message naming the field, never a traceback later.
+MAX_CONFIG_BYTES = 1024 * 1024
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # DNS label, as in the manifest
+_REQUIRED = ("org", "name", "trust", "private_key", "identity_key")
+_PATHS = ("trust", "private_key", "identity_key", "state_dir")
+_OPTIONAL_PATHS = ("tls_cert", "tls_key", "tls_ca")
+# seconds: (field, lowest allowed (exclusive when the flag is set), highest)
+_SECONDS = (("interval", 0.0, True, 86400.0), ("timeout", 0.0, True, 300.0),
+            ("max_backoff", 1.0, False, 86400.0))
+LONG_POLL_MAX = 300  # the hub's longest ?wait= (hub.api.MAX_WAIT)
+MAX_STUN_SERVERS = 16
+# What each backend's constructor takes from JSON (reconciler.backends); netns,
+# links and state_dir are set by the agent itself.
+BACKEND_OPTIONS: Mapping[str, Mapping[str, type]] = {
+    "userspace": {"run_dir": str, "state_dir": str, "wireguard_go": str,
+                  "start_timeout": float},
+    "kernel": {},
+}
+# agent.peering.HysteresisConfig's fields (a test keeps the two in agreement)
+HYSTERESIS_FIELDS = ("stale_after", "establish_timeout", "retry_initial", "retry_max",
+                     "stable_after")
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value reads to a person: 'the string "30"', 'a list', ..."""
+    if isinstance(value, str):
+        return f"the string {json.dumps(value[:40])}"
+    if isinstance(value, bool):
+        return f"the boolean {'true' if value else 'false'}"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"[:60]
+    return {dict: "an object", list: "a list", tuple: "a list"}.get(type(value), "a value")
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite number (JSON int or float, not a boolean), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _seconds(name: str, value: Any, low: float, open_low: bool, high: float) -> str | None:
+    number = _number(value)
+    bound = f"{'>' if open_low else '>='} {low:g} and <= {high:g}"
+    if number is None:
+        quoted = isinstance(value, str) and _number(_try_float(value)) is not None
+        fix = f"write {value} without quotes" if quoted else f"use a number {bound}"
+        return f"{name}: {_kind(value)} is not a number of seconds ({fix})"
+    if (number <= low if open_low else number < low) or number > high:
+        return f"{name}: {value!r} is out of range (use a number {bound})"
+    return None
+
+
+def _try_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _path(name: str, value: Any, *, optional: bool) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        return f"{name}: {_kind(value)} is not a file path (use an absolute path string)"
+    if "\0" in value or not value.startswith("/"):
+        return f"{name}: {value[:80]!r} is not an absolute path (start it with /)"
+    return None
+
+
+def _url(name: str, value: Any, schemes: tuple[str, ...]) -> str | None:
+    if not isinstance(value, str) or not value:
+        return f"{name}: {_kind(value)} is not a URL (use {' or '.join(schemes)} URLs)"
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        return (f"{name}: {value[:80]!r} must start with "
+                f"{', '.join(s + '://' for s in schemes)}")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            return f"{name}: {value[:80]!r} is not a local file URL (use file:///abs/path)"
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1 or port == 0 or any(c.isspace() for c in value):
+        return f"{name}: {value[:80]!r} is not a valid URL (use {parts.scheme}://host[:port])"
+    return None
+
+
+def _ifname(value: Any) -> str | None:
+    # the kernel's dev_valid_name(): not "." or "..", no "/", ":" or whitespace
+    if not isinstance(value, str):
+        return f"interface: {_kind(value)} is not an interface name (use a string)"
+    if value == "":
+        return None  # the default, mo-<org>
+    if len(value) > IFNAME_MAX or value in (".", "..") or any(
+            c in "/:" or c.isspace() or not c.isprintable() for c in value):
+        return (f"interface: {value[:40]!r} is not a valid Linux interface name (at most "
+                f"{IFNAME_MAX} characters, no '/', ':' or spaces)")
+    return None
+
+
+def _stun_servers(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        return [f'stun_servers: {_kind(value)} is not a list (use ["host:port", ...])']
+    out = []
+    if len(value) > MAX_STUN_SERVERS:
+        out.append(f"stun_servers: {len(value)} servers, more than {MAX_STUN_SERVERS} "
+                   "(discovery uses the first two distinct ones)")
+    for i, item in enumerate(value[:MAX_STUN_SERVERS]):
+        if not isinstance(item, str) or not _is_host_port(item):
+            out.append(f"stun_servers[{i}]: {_kind(item)} is not a STUN server "
+                       "(use host, host:port or [v6]:port)")
+    return out
+
+
+def _is_host_port(text: str) -> bool:
+    if not text or len(text) > 255 or any(c.isspace() or not c.isprintable() for c in text):
+        return False
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("3478" if not rest else "")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, "3478"
+    return bool(host) and port.isascii() and port.isdigit() and 0 < int(port) < 65536
+
+
+def _backend_options(backend: Any, value: Any) -> list[str]:
+    if not isinstance(value, Mapping):
+        example = '{"wireguard_go": "/usr/bin/wireguard-go", ...}'
+        return [f"backend_options: {_kind(value)} is not an object (use {example})"]
+    allowed = BACKEND_OPTIONS.get(backend) if isinstance(backend, str) else None
+    if allowed is None:
+        return []  # the backend itself is reported
+    out = []
+    for key in sorted(value, key=str):
+        want = allowed.get(key) if isinstance(key, str) else None
+        item = value[key]
+        if want is None:
+            known = ", ".join(sorted(allowed)) or "none"
+            out.append(f"backend_options: {str(key)[:40]!r} is not an option of the "
+                       f"{backend} backend (known: {known})")
+        elif want is str and (not isinstance(item, str) or not item):
+            out.append(f"backend_options.{key}: {_kind(item)} is not a string "
+                       "(use a non-empty string)")
+        elif want is float and ((n := _number(item)) is None or n <= 0 or n > 600):
+            out.append(f"backend_options.{key}: {_kind(item)} is not a number of "
+                       "seconds (use a number > 0 and <= 600)")
+    return out
+
+
+def _hysteresis(value: Any) -> list[str]:
+    if not isinstance(value, Mapping):
+        example = '{"stale_after": 180, ...}'
+        return [f"hysteresis: {_kind(value)} is not an object (use {example}, in seconds)"]
+    out = []
+    for key in sorted(value, key=str):
+        if key not in HYSTERESIS_FIELDS:
+            out.append(f"hysteresis: {str(key)[:40]!r} is not a timer (known: "
+                       f"{', '.join(HYSTERESIS_FIELDS)})")
+            continue
+        n = _number(value[key])
+        if n is None or n <= 0 or n > 7 * 86400:
+            out.append(f"hysteresis.{key}: {_kind(value[key])} is not a number of seconds "
+                       "(use a number > 0 and <= 604800)")
+    return out
+
+
+def problems(data: Mapping[str, Any]) -> list[str]:
+    """Every problem of a raw agent config (the JSON object), ``field: what (fix)``;
+    empty when the config can work. Pure: no file is opened."""
     known = {f.name for f in fields(AgentConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    out = [f"{str(k)[:40]!r}: unknown field (remove it; known fields are in "
+           "docs/operations.md)" for k in sorted(set(data) - known, key=str)]
+    for name in _REQUIRED:
+        if data.get(name) is None:
+            out.append(f"{name}: missing (required; `meshops agent init` writes it)")
+    for name in ("org", "name"):
+        value = data.get(name)
+        if value is not None and (not isinstance(value, str) or not _LABEL.fullmatch(value)):
+            out.append(f"{name}: {_kind(value)} is not a DNS label (lower-case letters, "
+                       "digits and '-', at most 63)")
+    for name in _PATHS:  # a missing required one is reported above
+        if data.get(name) is not None or (name == "state_dir" and name in data):
+            out.extend(p for p in [_path(name, data[name], optional=False)] if p)
+    for name in _OPTIONAL_PATHS:
+        out.extend(p for p in [_path(name, data.get(name), optional=True)] if p)
+    hub, manifest_url = data.get("hub"), data.get("manifest_url")
+    if (hub is None) == (manifest_url is None):
+        out.append("hub, manifest_url: set exactly one (a hub base URL, or a manifest URL)")
+    if hub is not None:
+        out.extend(p for p in [_url("hub", hub, ("https", "http"))] if p)
+    if manifest_url is not None:
+        out.extend(p for p in [_url("manifest_url", manifest_url,
+                                    ("file", "https", "http"))] if p)
+    backend = data.get("backend", "userspace")
+    if backend not in BACKENDS:
+        out.append(f"backend: {_kind(backend)} is not a backend (use one of "
+                   f"{', '.join(BACKENDS)})")
+    out.extend(p for p in [_ifname(data.get("interface", ""))] if p)
+    netns = data.get("netns")
+    if netns is not None and (not isinstance(netns, str) or not netns or len(netns) > 255
+                              or "/" in netns or netns in (".", "..")):
+        out.append(f"netns: {_kind(netns)} is not a network namespace name (a name "
+                   "under /run/netns, no '/')")
+    port = data.get("listen_port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                             or not 0 < port < 65536):
+        hint = " (write it without quotes)" if isinstance(port, str) and port.isdigit() \
+            else " (use 1-65535, or leave it out for the org's port)"
+        out.append(f"listen_port: {_kind(port)} is not a UDP port{hint}")
+    for name, low, open_low, high in _SECONDS:
+        if name in data:
+            out.extend(p for p in [_seconds(name, data[name], low, open_low, high)] if p)
+    jitter = _number(data.get("jitter", 0.1))
+    if jitter is None or not 0 <= jitter < 1:
+        out.append(f"jitter: {_kind(data.get('jitter'))} is not a fraction (use a number "
+                   ">= 0 and < 1)")
+    poll = data.get("long_poll", 55)
+    if isinstance(poll, bool) or not isinstance(poll, int) or not 0 <= poll <= LONG_POLL_MAX:
+        out.append(f"long_poll: {_kind(poll)} is not a whole number of seconds (use 0-"
+                   f"{LONG_POLL_MAX})")
+    if not isinstance(data.get("discover", False), bool):
+        out.append(f"discover: {_kind(data.get('discover'))} is not true or false")
+    out.extend(_stun_servers(data.get("stun_servers")))
+    out.extend(_backend_options(backend, data.get("backend_options", {})))
+    out.extend(_hysteresis(data.get("hysteresis", {})))
+    return out
+
+
+def config_from_dict(data: Mapping[str, Any], *, where: str = "agent config") -> AgentConfig:
+    """Check every field (``problems``) and build the ``AgentConfig``; a
+    ``ConfigError`` lists each problem as ``WHERE: field: what is wrong (fix)``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: the agent config must be a JSON object")
+    found = problems(data)
+    if found:
+        raise ConfigError("\n".join(f"{where}: {p}" for p in found))
     values = dict(data)
     if values.get("stun_servers") is not None:
         values["stun_servers"] = tuple(values["stun_servers"])
-    try:
-        config = AgentConfig(**values)
-    except TypeError as exc:  # a required field is missing
-        raise ConfigError(f"{where}: {exc}") from exc
-    return config.validate()
+    for name, *_ in _SECONDS:
+        if name in values:
+            values[name] = float(values[name])
+    if "jitter" in values:
+        values["jitter"] = float(values["jitter"])
+    values["backend_options"] = dict(values.get("backend_options", {}))
+    values["hysteresis"] = {k: float(v) for k, v in values.get("hysteresis", {}).items()}
+    return AgentConfig(**values)
 
 
 def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> AgentConfig:
-    """Read and validate the agent config; ``ConfigError`` names the file."""
+    """Read and validate the agent config; ``ConfigError`` names the file and field."""
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ConfigError(f"{path}: not a regular file (point --config at the "
+                                  "agent.json file)")
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError as exc:
         raise ConfigError(
             f"{path}: no agent config; run `meshops agent init` or pass --config"
         ) from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a directory (point --config at the agent.json "
+                          "file)") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the agent config: {exc.strerror}") from exc
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+        data = bounded_loads(raw, what=str(path), max_bytes=MAX_CONFIG_BYTES, max_depth=8)
+    except InputRefused as exc:
+        raise ConfigError(f"{exc} (the agent config is a small JSON object; "
+                          "`meshops agent init --force` rewrites it)") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the agent config must be a JSON object")
+        raise ConfigError(f"{path}: the agent config must be a JSON object, not "
+                          f"{_kind(data)}")
     return config_from_dict(data, where=str(path))
 
 

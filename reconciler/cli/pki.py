@@ -51,21 +51,45 @@ def _ca_init(args: argparse.Namespace) -> int:
 
 
 def _manifest_verify(args: argparse.Namespace) -> int:
-    from reconciler.errors import ManifestRefused, UsageError
+    """Exit 0 with a summary, 1 with the refusal (reason and file named), 2 when a
+    file cannot be read. The files may be hostile: both are read within bounds
+    (size first, then JSON depth), so a huge or deeply nested file is a refusal,
+    not a traceback."""
+    from reconciler.errors import ConfigError, ManifestRefused
+    from reconciler.pki.envelope import MAX_ENVELOPE_BYTES, MAX_TRUST_BYTES
     from reconciler.pki.manifest import load_trust, verify_manifest
 
+    # one byte over the limit is enough for verify_manifest to refuse the size
+    data = _read_bounded(args.file, MAX_ENVELOPE_BYTES + 1)
     try:
-        data = args.file.read_bytes()
-        trust = load_trust(args.trust.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        trust = load_trust(_read_bounded(args.trust, MAX_TRUST_BYTES + 1))
+    except ConfigError as exc:
+        raise ConfigError(f"{args.trust}: {exc}") from exc
     try:
         m = verify_manifest(data, trust, args.org, args.min_serial, time.time())
     except ManifestRefused as exc:
-        print(f"meshops: {exc}", file=sys.stderr)
+        print(f"meshops: {args.file}: {exc}", file=sys.stderr)
         return 1
     print(
         f"OK org={m.org} serial={m.serial} commit={m.commit} devices={len(m.devices)} "
         f"not_after={m.not_after} revoked={len(m.revoked)}"
     )
     return 0
+
+
+def _read_bounded(path: Path, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` of a regular file; ``UsageError`` (exit 2) when it
+    cannot be read or is not a regular file (``/dev/zero`` never ends)."""
+    import os
+    import stat as stat_mod
+
+    from reconciler.errors import UsageError
+
+    try:
+        # O_NONBLOCK: a FIFO given as the file must not block the open
+        with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK)) as fh:
+            if not stat_mod.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise UsageError(f"{path}: not a regular file")
+            return fh.read(max_bytes)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc

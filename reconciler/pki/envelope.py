@@ -11,6 +11,14 @@ with lengths as ASCII decimal byte counts. ``keyid`` is the hex SHA-256 of the
 Called by ``pki.manifest`` (manifests), the hub's endpoint feed (signed with
 the same org key, another payload type) and the agent, which imports this on
 every run: keep the imports light (no jsonschema, no x509).
+
+Everything parsed here may come from a hostile server or file before any
+signature is checked, so every JSON document (the envelope, trust.json, a
+payload through ``Opened.json``) is read with ``reconciler.boundedjson``:
+size (``MAX_ENVELOPE_BYTES``), nesting depth and encoding are bounded and a
+refusal is a ``ManifestRefused`` (``malformed`` for the envelope, ``schema``
+for a payload) or, for trust.json, a ``ConfigError``; never a
+``RecursionError`` or a ``MemoryError``.
 """
 
 from __future__ import annotations
@@ -25,9 +33,16 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from reconciler.errors import ConfigError, ManifestRefused
+from reconciler.boundedjson import loads as bounded_loads
+from reconciler.errors import ConfigError, InputRefused, ManifestRefused
 from reconciler.pki.keys import keyid as _keyid
 from reconciler.pki.keys import public_b64, raw_public
+
+# The largest envelope accepted; reconciler.agent.fetch.LIMITS["manifest"] is the
+# same number (a test keeps them in agreement). ~130,000 devices per manifest.
+MAX_ENVELOPE_BYTES = 32 * 1024 * 1024
+MAX_TRUST_BYTES = 4 * 1024 * 1024  # keys and a CA PEM per org
+MAX_SIGNATURES = 16  # a key rotation signs with two keys; more is an attack
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -79,7 +94,10 @@ def _b64(text: object) -> bytes:
 def load_trust(data: bytes | str) -> Trust:
     """Parse trust.json bytes; a key whose keyid does not match its key is refused."""
     try:
-        doc = json.loads(data)
+        doc = bounded_loads(data, what="trust file", max_bytes=MAX_TRUST_BYTES)
+    except InputRefused as exc:
+        raise ConfigError(f"trust file is invalid: {exc}") from exc
+    try:
         orgs_doc = doc["orgs"]
         if not isinstance(orgs_doc, dict):
             raise TypeError("orgs must be an object")
@@ -114,6 +132,41 @@ def trust_entry(public_keys: list[Ed25519PublicKey], ca_pem: str | None) -> dict
 
 
 @dataclass(frozen=True)
+class Envelope:
+    """A DSSE envelope's fields, parsed but not verified."""
+
+    payload_type: str
+    payload: bytes
+    signatures: tuple[tuple[str, bytes], ...]  # (keyid, signature)
+
+
+def parse_envelope(data: bytes, *, what: str = "DSSE envelope",
+                   max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
+    """The structure of a DSSE envelope, within bounds, without verifying it:
+    ``ManifestRefused("malformed")`` when ``data`` is not one. ``open_envelope``
+    verifies; the agent's state dir uses this to tell a corrupt cache file."""
+    try:
+        env = bounded_loads(data, what=what, max_bytes=max_bytes)
+    except InputRefused as exc:
+        raise ManifestRefused("malformed", str(exc)) from exc
+    try:
+        if not isinstance(env, dict):
+            raise TypeError("envelope is not a JSON object")
+        ptype, sigs = env["payloadType"], env["signatures"]
+        if not isinstance(ptype, str):
+            raise TypeError("payloadType is not a string")
+        payload = _b64(env["payload"])
+        if not isinstance(sigs, list) or not sigs:
+            raise ValueError("no signatures")
+        if len(sigs) > MAX_SIGNATURES:  # each costs a verification
+            raise ValueError(f"{len(sigs)} signatures, more than {MAX_SIGNATURES}")
+        parsed = tuple((str(s.get("keyid", "")), _b64(s["sig"])) for s in sigs)
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
+        raise ManifestRefused("malformed", f"not a DSSE envelope: {exc}") from exc
+    return Envelope(ptype, payload, parsed)
+
+
+@dataclass(frozen=True)
 class Opened:
     """A verified envelope: the payload and the org whose key signed it."""
 
@@ -121,27 +174,31 @@ class Opened:
     signer_org: str
     keyid: str
 
+    def json(self, what: str) -> Any:
+        """The payload as JSON within bounds; ``ManifestRefused("schema")`` when it is
+        not (too deep, not UTF-8, not JSON). Signed does not mean well-formed: a
+        signing key that leaked, or a publisher bug, must not crash an agent."""
+        try:
+            return bounded_loads(self.payload, what=what,
+                                 max_bytes=max(len(self.payload), 1))
+        except InputRefused as exc:
+            raise ManifestRefused("schema", str(exc)) from exc
+
 
 def open_envelope(
-    data: bytes, trust: Trust | OrgTrust, payload_type: str, *, org: str | None = None
+    data: bytes, trust: Trust | OrgTrust, payload_type: str, *, org: str | None = None,
+    max_bytes: int = MAX_ENVELOPE_BYTES,
 ) -> Opened:
     """Verify a DSSE envelope against pinned keys; return the payload.
 
     With a ``Trust`` every org's keys are tried, so a valid signature by another
     org's key is reported as ``wrong-org`` (when ``org`` is given) rather than
     ``unknown-key``. Refusals: ``malformed``, ``unknown-key``, ``bad-signature``,
-    ``wrong-org``."""
-    try:
-        env = json.loads(data)
-        if not isinstance(env, dict):
-            raise TypeError("envelope is not a JSON object")
-        ptype, sigs = env["payloadType"], env["signatures"]
-        payload = _b64(env["payload"])
-        if not isinstance(sigs, list) or not sigs:
-            raise ValueError("no signatures")
-        parsed = [(str(s.get("keyid", "")), _b64(s["sig"])) for s in sigs]
-    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
-        raise ManifestRefused("malformed", f"not a DSSE envelope: {exc}") from exc
+    ``wrong-org``. An envelope over ``max_bytes``, nested too deep or not JSON
+    is ``malformed`` too, and so is one whose signature list is absurdly long."""
+    parsed_env = parse_envelope(data, what=f"DSSE envelope ({payload_type})",
+                                max_bytes=max_bytes)
+    ptype, payload, parsed = parsed_env.payload_type, parsed_env.payload, parsed_env.signatures
     if ptype != payload_type:
         raise ManifestRefused("malformed", f"payloadType {ptype!r}, expected {payload_type!r}")
     if isinstance(trust, OrgTrust):
@@ -170,12 +227,15 @@ def open_envelope(
 
 
 __all__ = [
+    "MAX_ENVELOPE_BYTES",
+    "Envelope",
     "Opened",
     "OrgTrust",
     "Trust",
     "load_trust",
     "open_envelope",
     "pae",
+    "parse_envelope",
     "raw_public",
     "sign_envelope",
     "trust_entry",

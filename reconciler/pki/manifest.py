@@ -484,14 +484,16 @@ def verify_manifest(
 
     Reasons: ``malformed``, ``unknown-key``, ``bad-signature``, ``wrong-org``,
     ``schema``, ``expired``, ``rollback`` (serial <= ``last_serial``: a replay
-    or an older manifest)."""
+    or an older manifest). Hostile input (an envelope or payload too large,
+    nested too deep, not UTF-8 or not JSON) is ``malformed`` (envelope) or
+    ``schema`` (payload), never a ``RecursionError``."""
     if org not in trust.orgs:
         raise ManifestRefused("wrong-org", f"no trust anchor for org {org!r}")
     opened = open_envelope(data, trust, MANIFEST_TYPE, org=org)
+    doc = opened.json("signed manifest payload")  # bounded: ManifestRefused("schema")
     try:
-        doc = json.loads(opened.payload)
         manifest = manifest_from_dict(doc)
-    except (ValueError, UnicodeDecodeError) as exc:  # SchemaViolation is a ValueError
+    except (ValueError, TypeError) as exc:  # SchemaViolation is a ValueError
         raise ManifestRefused("schema", f"signed payload is not a valid manifest: {exc}") from exc
     if manifest.org != org:
         raise ManifestRefused("wrong-org", f"manifest is for org {manifest.org!r}, not {org!r}")
