@@ -25,7 +25,7 @@ from reconciler.agent.gather import Effects
 from reconciler.agent.inputs import Inputs
 from reconciler.agent.state import CachedManifest, StateDir
 from reconciler.converge import Operation, phases, plan
-from reconciler.errors import ConfigError, FetchError, NotConverged
+from reconciler.errors import ConfigError, FetchError, InputRefused, NotConverged
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def commit(inputs: Inputs, decision: Decision, effects: Effects, *, state_dir: s
                 effects.report(dict(decision.report))
             elif feed_url is not None:
                 effects.fetch.post_json(feed_url, dict(decision.report))
-        except (FetchError, ConfigError) as exc:
+        except (FetchError, ConfigError, InputRefused) as exc:
             warnings = (f"endpoint report not sent: {exc}",)
     return Result.of(inputs, decision, len(decision.operations), warnings)
 

@@ -14,7 +14,6 @@ Called by ``agent.gather`` (parse, own endpoints) and ``agent.decide`` (the repo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +38,7 @@ def open_feed(data: bytes, trust: Trust, org: str) -> EndpointFeed:
     """Verify and parse a feed envelope; ``ManifestRefused`` when it does not verify."""
     opened = open_envelope(data, trust, FEED_PAYLOAD_TYPE, org=org)
     try:
-        doc = json.loads(opened.payload)
+        doc = opened.json("endpoint feed payload")
         entries = tuple(
             FeedEntry(
                 device=str(e["device"]),

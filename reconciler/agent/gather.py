@@ -35,11 +35,11 @@ from typing import Any
 from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent.config import AgentConfig, read_private_key
 from reconciler.agent.endpoints import SelfEndpoints
-from reconciler.agent.fetch import route_source
+from reconciler.agent.fetch import FetchLike, route_source
 from reconciler.agent.inputs import Inputs
 from reconciler.agent.memory import Memory
 from reconciler.agent.meshconfig import effective_endpoints
-from reconciler.agent.source import FetchLike, fetch_feed, load_pinned_trust, manifest_with_cert
+from reconciler.agent.source import fetch_feed, load_pinned_trust, manifest_with_cert
 from reconciler.agent.state import StateDir
 from reconciler.backends.base import Backend
 from reconciler.errors import ConfigError, FetchError
@@ -90,6 +90,7 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
     own = discover_own(config.name, own,
                        (lambda port: stun(port, servers)) if stun and servers else None,
                        observed, feed, listen_port, here, moved, warnings)
+    warnings.extend(state.warnings)  # corrupt state files, each named
     return Inputs(
         me=config.name, org=config.org, interface=config.interface, listen_port=listen_port,
         hysteresis=dict(config.hysteresis or {}), hub=bool(config.hub),

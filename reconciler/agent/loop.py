@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reconciler.agent.config import AgentConfig
-from reconciler.agent.reconcile import FetchLike, Result, reconcile_once
+from reconciler.agent.fetch import FetchLike, Kind
+from reconciler.agent.reconcile import Result, reconcile_once
 from reconciler.backends.base import Backend
 from reconciler.errors import MeshopsError, PermanentError, TemporaryError, UsageError
 
@@ -172,12 +173,12 @@ class _MarkWaits:
         self._loop = loop
 
     def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
-            params: Any = None) -> Any:
+            params: Any = None, kind: Kind = "manifest") -> Any:
         if not wait:
-            return self._inner.get(url, etag=etag, params=params)
+            return self._inner.get(url, etag=etag, params=params, kind=kind)
         self._loop.interruptible = True
         try:
-            return self._inner.get(url, etag=etag, wait=wait, params=params)
+            return self._inner.get(url, etag=etag, wait=wait, params=params, kind=kind)
         finally:
             self._loop.interruptible = False
 

@@ -26,8 +26,8 @@ from typing import Any
 from reconciler.agent.commit import Result, commit
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.decide import decide
+from reconciler.agent.fetch import FetchLike
 from reconciler.agent.gather import Effects, gather
-from reconciler.agent.source import FetchLike
 from reconciler.backends.base import Backend
 
 __all__ = ["FetchLike", "Result", "reconcile_once"]

@@ -15,10 +15,11 @@ from __future__ import annotations
 from reconciler.agent.config import AgentConfig, read_private_key
 from reconciler.agent.decide import decide
 from reconciler.agent.endpoints import SelfEndpoints
+from reconciler.agent.fetch import FetchLike
 from reconciler.agent.gather import resolve_host, resolve_static
 from reconciler.agent.inputs import Inputs
 from reconciler.agent.memory import Memory
-from reconciler.agent.source import FetchLike, load_pinned_trust, manifest_with_cert
+from reconciler.agent.source import load_pinned_trust, manifest_with_cert
 from reconciler.agent.state import StateDir
 from reconciler.backends.render import render_wg_quick
 from reconciler.errors import ConfigError

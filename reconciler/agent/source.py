@@ -16,37 +16,19 @@ renewed by the hub), because the hub serves manifests over mTLS only.
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
-from typing import Any, Protocol
 
 from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent.config import AgentConfig
-from reconciler.agent.fetch import Response
+from reconciler.agent.fetch import FetchLike
 from reconciler.agent.inputs import VerifiedManifest
 from reconciler.agent.state import DEVICE_CERT, HUB_CA, CachedManifest, StateDir
-from reconciler.errors import ConfigError, FetchError, ManifestRefused, PkiError
+from reconciler.errors import ConfigError, FetchError, InputRefused, ManifestRefused, PkiError
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.manifest import Manifest
 from reconciler.pki.certs import load_cert
 from reconciler.pki.envelope import Trust, load_trust
 from reconciler.pki.manifest import verify_manifest
-
-log = logging.getLogger(__name__)
-
-
-class FetchLike(Protocol):
-    """The agent's HTTP client as the pass uses it (``agent.fetch.Fetcher``)."""
-
-    def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
-            params: Any = None) -> Response: ...
-
-    def post_json(self, url: str, obj: Any) -> Any: ...
-
-    def reset_tls(self) -> None:
-        """Drop TLS state (client certificate, sessions): the certificate
-        changed, or the device moved and old connections are dead."""
 
 
 def load_pinned_trust(config: AgentConfig) -> Trust:
@@ -59,7 +41,8 @@ def load_pinned_trust(config: AgentConfig) -> Trust:
 
 
 def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: CachedManifest | None,
-                         last_serial: int, now: float) -> Manifest:
+                         last_serial: int, now: float,
+                         warnings: list[str] | None = None) -> Manifest:
     """Verify ``envelope``; the rollback floor is the last applied serial.
 
     ``verify_manifest`` refuses ``serial <= last_serial``. Re-applying the
@@ -68,8 +51,9 @@ def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: Cached
     checked); any other envelope is verified against ``last_serial - 1`` and,
     if its serial equals the floor, must carry the same manifest as the cache
     (one serial, two contents is refused as a rollback/equivocation). A cache
-    that no longer verifies (corrupt on disk) cannot vouch for anything: the
-    new envelope then only has to clear the floor.
+    that is missing or no longer verifies (corrupt on disk: the state dir
+    counts it as absent) cannot vouch for anything: the new envelope then only
+    has to clear the floor, with a warning.
     """
     if cached is not None and envelope == cached.envelope:
         manifest = verify_manifest(envelope, trust, org, None, now)
@@ -79,12 +63,16 @@ def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: Cached
         return manifest
     floor = last_serial - 1 if last_serial > 0 else None
     manifest = verify_manifest(envelope, trust, org, floor, now)
-    if last_serial and manifest.serial == last_serial and cached is not None:
+    if last_serial and manifest.serial == last_serial:
         try:
+            if cached is None:
+                raise ManifestRefused("malformed", "no readable cached manifest")
             previous = verify_manifest(cached.envelope, trust, org, None, float("-inf"))
-        except ManifestRefused:
-            log.warning("the cached manifest does not verify; it is replaced by serial %d",
-                        manifest.serial)
+        except ManifestRefused as exc:
+            if warnings is not None:
+                warnings.append(f"the cached manifest.dsse cannot vouch for serial "
+                                f"{manifest.serial} ({exc}); accepted the fetched one, which "
+                                "is at the rollback floor")
             return manifest
         if previous != manifest:
             raise ManifestRefused(
@@ -93,14 +81,15 @@ def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: Cached
 
 
 def obtain_manifest(config: AgentConfig, fetch: FetchLike, trust: Trust, state: StateDir,
-                    now: float, *, wait: int | None = None) -> VerifiedManifest:
+                    now: float, *, wait: int | None = None,
+                    warnings: list[str] | None = None) -> VerifiedManifest:
     """Fetch + verify, or fall back to the cache when the source is unreachable."""
     cached = state.load_manifest()
     last = state.last_serial()
     url = config.source_url
     try:
         resp = fetch.get(url, etag=cached.etag if cached and not url.startswith("file:")
-                         else None, wait=wait)
+                         else None, wait=wait, kind="manifest")
     except FetchError as exc:
         if cached is None:
             raise
@@ -118,7 +107,7 @@ def obtain_manifest(config: AgentConfig, fetch: FetchLike, trust: Trust, state: 
         envelope = cached.envelope
     else:
         envelope = resp.body
-    manifest = verify_against_cache(envelope, trust, config.org, cached, last, now)
+    manifest = verify_against_cache(envelope, trust, config.org, cached, last, now, warnings)
     unchanged = cached is not None and envelope == cached.envelope
     return VerifiedManifest(manifest, envelope, resp.etag, "unchanged" if unchanged else "fetched",
                             cached_etag=cached.etag if cached is not None else None)
@@ -157,11 +146,11 @@ def fetch_device_cert(config: AgentConfig, fetch: FetchLike, state: StateDir, *,
     assert config.hub is not None
     url = f"{config.hub.rstrip('/')}/v1/orgs/{config.org}/devices/{config.name}/cert"
     try:
-        doc = json.loads(fetch.get(url).body or b"{}")
+        doc = fetch.get(url, kind="cert").json()
         pem = doc["cert"]
         if not isinstance(pem, str) or "BEGIN CERTIFICATE" not in pem:
             raise ValueError("no PEM certificate")
-    except (FetchError, ConfigError, ValueError, KeyError, TypeError) as exc:
+    except (FetchError, ConfigError, InputRefused, ValueError, KeyError, TypeError) as exc:
         warnings.append(f"device certificate not fetched: {exc}")
         return False
     if not state.write_if_changed(DEVICE_CERT, pem.encode(), mode=0o644):
@@ -181,17 +170,17 @@ def manifest_with_cert(config: AgentConfig, fetch: FetchLike, trust: Trust, stat
     triggers one certificate re-fetch and, if it changed, a retry; a new
     manifest re-fetches the certificate (renewals ship with a publish)."""
     if not config.hub:
-        return obtain_manifest(config, fetch, trust, state, now, wait=wait)
+        return obtain_manifest(config, fetch, trust, state, now, wait=wait, warnings=warnings)
     if not config.tls_ca:
         pin_hub_ca(config, trust, state)
     drop_expired_cert(fetch, state, now)
     fresh = fetch_device_cert(config, fetch, state, refresh=False, warnings=warnings)
     try:
-        got = obtain_manifest(config, fetch, trust, state, now, wait=wait)
+        got = obtain_manifest(config, fetch, trust, state, now, wait=wait, warnings=warnings)
     except ConfigError:
         if not fetch_device_cert(config, fetch, state, refresh=True, warnings=warnings):
             raise
-        return obtain_manifest(config, fetch, trust, state, now, wait=wait)
+        return obtain_manifest(config, fetch, trust, state, now, wait=wait, warnings=warnings)
     if got.source == "fetched" and not fresh:
         fetch_device_cert(config, fetch, state, refresh=True, warnings=warnings)
     return got
@@ -203,11 +192,11 @@ def fetch_feed(config: AgentConfig, fetch: FetchLike, trust: Trust,
     if config.feed_url is None:
         return last
     try:
-        resp = fetch.get(config.feed_url)
+        resp = fetch.get(config.feed_url, kind="feed")
         if resp.status == 304 or not resp.body:
             return last
         feed = endpoints_mod.open_feed(resp.body, trust, config.org)
-    except (FetchError, ManifestRefused, ConfigError) as exc:
+    except (FetchError, ManifestRefused, ConfigError, InputRefused) as exc:
         warnings.append(f"endpoint feed not used: {exc}")
         return last
     if last is not None and feed.revision < last.revision:

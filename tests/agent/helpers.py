@@ -76,7 +76,7 @@ class FakeFetch:
     resets: int = 0
 
     def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
-            params: Any = None) -> Response:
+            params: Any = None, kind: str = "manifest") -> Response:
         self.calls.append((url, etag, wait))
         body = self.bodies.get(url, FetchError(f"{url}: connection refused"))
         if isinstance(body, Exception):

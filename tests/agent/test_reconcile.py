@@ -316,12 +316,12 @@ def test_a_refused_manifest_request_refetches_a_renewed_cert_and_retries(tmp_pat
     envelope = ORG.sign(three())
 
     class Hub(FakeFetch):
-        def get(self, url, *, etag=None, wait=None, params=None):
+        def get(self, url, *, etag=None, wait=None, params=None, kind="manifest"):
             if url == config.source_url and (state / "device.crt").read_text() != \
                     _cert_pem(b"renewed"):
                 self.calls.append((url, etag, wait))
                 raise ConfigError(f"{url}: HTTP 401: expired")
-            return super().get(url, etag=etag, wait=wait, params=params)
+            return super().get(url, etag=etag, wait=wait, params=params, kind=kind)
 
     fetch = Hub({config.source_url: envelope, cert_url: _cert_body(_cert_pem(b"renewed"))})
     assert run(config, fetch, FakeBackend()).serial == 1
@@ -569,11 +569,11 @@ def test_an_expired_device_cert_is_dropped_and_fetched_without_it(tmp_path) -> N
     seen: list[tuple[str, bool]] = []
 
     class Hub(FakeFetch):
-        def get(self, url, *, etag=None, wait=None, params=None):
+        def get(self, url, *, etag=None, wait=None, params=None, kind="manifest"):
             seen.append((url, crt.exists()))  # what the transport would present
             if crt.exists() and crt.read_text() != renewed:
                 raise FetchError(f"{url}: TLS handshake failed (certificate expired)")
-            return super().get(url, etag=etag, wait=wait, params=params)
+            return super().get(url, etag=etag, wait=wait, params=params, kind=kind)
 
     crt.write_text(_x509_pem(NOW - 60))
     fetch = Hub({config.source_url: ORG.sign(three()), cert_url: _cert_body(renewed)})
@@ -622,3 +622,30 @@ def test_a_relay_with_more_peers_than_the_report_limit_sends_the_freshest() -> N
     assert len(got) == MAX_OBSERVATIONS
     assert {o["peer"] for o in got} == {f"p{i:05d}" for i in range(MAX_OBSERVATIONS)}
     assert [o["peer"] for o in got] == sorted(o["peer"] for o in got)
+
+
+@pytest.mark.parametrize("garbage", [b"{garbage", b"", b"[" * 100_000, b'{"payload": 1}'])
+def test_a_corrupt_cached_manifest_does_not_block_the_same_serial(agent, garbage) -> None:
+    from pathlib import Path
+
+    config, fetch, backend = agent
+    run(config, fetch, backend)
+    (Path(config.state_dir) / "manifest.dsse").write_bytes(garbage)
+    again = run(config, fetch, backend)
+    assert again.serial == 1 and again.source == "fetched"
+    assert any("manifest.dsse" in w for w in again.warnings)
+    # the fetched envelope is the cache again, and the next pass is quiet
+    assert run(config, fetch, backend).warnings == ()
+
+
+def test_a_corrupt_cache_still_refuses_an_older_serial(agent) -> None:
+    from pathlib import Path
+
+    config, fetch, backend = agent
+    fetch.bodies[config.source_url] = ORG.sign(three(serial=5))
+    run(config, fetch, backend)
+    (Path(config.state_dir) / "manifest.dsse").write_bytes(b"{garbage")
+    fetch.bodies[config.source_url] = ORG.sign(three(serial=4))
+    with pytest.raises(ManifestRefused) as info:
+        run(config, fetch, backend)
+    assert info.value.reason == "rollback"

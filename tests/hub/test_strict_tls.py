@@ -127,7 +127,8 @@ def test_strict_agent_fetches_through_hub_serve(tmp_path: Path, strict_default_c
 def test_strict_agent_refuses_a_hub_certificate_without_aki(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bug this guards against: the hub certificate of old had no AKI. Served
-    again (forged), a lax agent connects and a strict one refuses, naming why."""
+    again (forged), a lax client connects and the agent, strict on every
+    Python, refuses, naming why."""
     now = time.time()
     acme = make_org("acme", "10.20.0.0/16")
     laptop = acme.add_device("laptop", now)
@@ -143,19 +144,20 @@ def test_strict_agent_refuses_a_hub_certificate_without_aki(
         try:
             await wait_for(lambda: running.hub.snapshot is not None)
             url = f"https://127.0.0.1:{running.port}/v1/orgs/acme/manifest"
-            lax = await asyncio.to_thread(agent_fetcher(tmp_path, acme, laptop).get, url)
-            assert lax.status == 200
             original = ssl.create_default_context
 
-            def strict(*a: Any, **k: Any) -> ssl.SSLContext:
+            def lax(*a: Any, **k: Any) -> ssl.SSLContext:
                 ctx = original(*a, **k)
-                ctx.verify_flags |= STRICT
+                ctx.verify_flags &= ~STRICT
                 return ctx
 
-            with monkeypatch.context() as m:
-                m.setattr(ssl, "create_default_context", strict)
-                with pytest.raises(ConfigError, match="Missing Authority Key Identifier"):
-                    await asyncio.to_thread(agent_fetcher(tmp_path, acme, laptop).get, url)
+            with monkeypatch.context() as m:  # a lax client (Python < 3.13 defaults) connects
+                m.setattr(ssl, "create_default_context", lax)
+                got = await asyncio.to_thread(agent_fetcher(tmp_path, acme, laptop).get, url)
+                assert got.status == 200
+            # the agent itself is strict (agent.fetch sets VERIFY_X509_STRICT) and refuses
+            with pytest.raises(ConfigError, match="Missing Authority Key Identifier"):
+                await asyncio.to_thread(agent_fetcher(tmp_path, acme, laptop).get, url)
         finally:
             await running.stop()
 
