@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -144,17 +145,18 @@ def test_strict_agent_refuses_a_hub_certificate_without_aki(
         try:
             await wait_for(lambda: running.hub.snapshot is not None)
             url = f"https://127.0.0.1:{running.port}/v1/orgs/acme/manifest"
-            original = ssl.create_default_context
+            cert, key = write_pem_files(tmp_path, laptop)
+            (tmp_path / "acme-ca.crt").write_text(acme.keys.ca_pem)
+            lax = ssl.create_default_context(cafile=str(tmp_path / "acme-ca.crt"))
+            lax.verify_flags &= ~STRICT  # Python < 3.13 defaults: the forged chain verifies
+            lax.load_cert_chain(cert, key)
 
-            def lax(*a: Any, **k: Any) -> ssl.SSLContext:
-                ctx = original(*a, **k)
-                ctx.verify_flags &= ~STRICT
-                return ctx
+            def handshake() -> None:
+                with socket.create_connection(("127.0.0.1", running.port), timeout=5) as raw, \
+                        lax.wrap_socket(raw, server_hostname="acme.hub"):
+                    pass
 
-            with monkeypatch.context() as m:  # a lax client (Python < 3.13 defaults) connects
-                m.setattr(ssl, "create_default_context", lax)
-                got = await asyncio.to_thread(agent_fetcher(tmp_path, acme, laptop).get, url)
-                assert got.status == 200
+            await asyncio.to_thread(handshake)
             # the agent itself is strict (agent.fetch sets VERIFY_X509_STRICT) and refuses
             with pytest.raises(ConfigError, match="Missing Authority Key Identifier"):
                 await asyncio.to_thread(agent_fetcher(tmp_path, acme, laptop).get, url)
