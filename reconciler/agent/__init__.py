@@ -2,16 +2,20 @@
 
 Layer 6 (see docs/architecture.md); never imports ``reconciler.hub``.
 
-- ``config``: ``AgentConfig`` (JSON), ``load_config``, ``atomic_write``.
+- ``config``: ``AgentConfig`` (JSON), ``load_config`` (typed, bounded).
 - ``keys``: device key generation for ``meshops agent init`` (0600 files).
 - ``fetch``: ``Fetcher`` -- file:// and http(s):// (ETag, long-poll, mTLS), one
   swappable transport; stdlib only.
 - ``state``: the state dir (verified manifest cache, rollback floor, applied
   summary, peering and discovery state), all atomic writes.
 - ``endpoints``: the signed endpoint feed and this device's report.
-- ``paths``: manifest + feed + handshakes -> per-peer paths (adapter to the
+- ``source``: trust, hub credentials, the verified manifest, the feed.
+- ``gather`` -> ``decide`` (PURE) -> ``commit``: the three steps of a pass, over
+  ``inputs.Inputs``; ``memory``: the typed peering memory.
+- ``paths``: PURE manifest + feed + handshakes -> per-peer paths (adapter to the
   pure ``peering``).
 - ``desired``: PURE manifest + paths -> ``DesiredInterface``.
+- ``meshconfig``: hub URL and STUN servers, the config's else the manifest's.
 - ``reconcile``: ``reconcile_once(config, *, fetch, backend, now, ...) -> Result``.
 - ``loop``: ``AgentLoop`` for ``meshops agent run``.
 - ``status``, ``render``: ``meshops agent status`` and ``agent render``.

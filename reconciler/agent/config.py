@@ -1,10 +1,10 @@
-"""The agent's own configuration file and the atomic-write helper.
+"""The agent's own configuration file.
 
 ``meshops agent init`` writes an ``AgentConfig`` as JSON (default
-``/etc/meshops/agent.json``); every other ``meshops agent`` command loads it
-with ``load_config``. ``atomic_write`` (temp file, fsync, rename, fsync of the
-directory) is used for the config, the keys and everything in the state dir,
-so a crash or power loss never leaves a half-written file behind.
+``/etc/meshops/agent.json``) with ``reconciler.fsio.atomic_write``, as the
+keys and the state dir are written, so a crash or power loss never leaves a
+half-written file behind; every other ``meshops agent`` command loads it with
+``load_config``.
 
 Stdlib only: this module is on the import path of every ``agent apply``.
 """
@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import ConfigError, InputRefused
-from reconciler.fsio import atomic_write  # re-exported: agent.state and agent.keys use it
+from reconciler.fsio import atomic_write
 
 DEFAULT_CONFIG_PATH = "/etc/meshops/agent.json"
 DEFAULT_STATE_DIR = "/var/lib/meshops"

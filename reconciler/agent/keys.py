@@ -15,8 +15,8 @@ import base64
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.agent.config import atomic_write
 from reconciler.errors import ConfigError, UsageError
+from reconciler.fsio import atomic_write
 
 
 @dataclass(frozen=True)

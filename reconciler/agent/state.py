@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.agent.config import atomic_write
 from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import InputRefused, ManifestRefused
+from reconciler.fsio import atomic_write
 from reconciler.pki.envelope import MAX_ENVELOPE_BYTES, parse_envelope
 
 MANIFEST = "manifest.dsse"

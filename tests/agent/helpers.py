@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from reconciler.agent.config import AgentConfig, atomic_write
+from reconciler.agent.config import AgentConfig
 from reconciler.agent.fetch import Response
 from reconciler.converge import simulate
 from reconciler.errors import FetchError
+from reconciler.fsio import atomic_write
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import ABSENT, ObservedInterface
 from reconciler.pki.envelope import trust_entry

@@ -9,7 +9,6 @@ import stat
 import pytest
 
 from reconciler.agent.config import (
-    atomic_write,
     config_from_dict,
     default_interface,
     load_config,
@@ -18,6 +17,7 @@ from reconciler.agent.config import (
 )
 from reconciler.agent.keys import generate_keys, public_keys
 from reconciler.errors import ConfigError, UsageError
+from reconciler.fsio import atomic_write
 
 BASE = {"org": "acme", "name": "laptop", "trust": "/t.json", "private_key": "/k",
         "identity_key": "/i", "manifest_url": "file:///m.json"}
