@@ -68,6 +68,7 @@ class AgentConfig:
     long_poll: int = 55  # `agent run` against a hub: ?wait=N seconds
     timeout: float = 10.0  # HTTP timeout; a long-poll read waits ``wait`` + min(timeout, 2 s)
     max_backoff: float = 300.0
+    max_clock_skew: float = 300.0  # a manifest issued further in the future is refused
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     hysteresis: Mapping[str, float] = field(default_factory=dict)  # peering timers (lab)
 
@@ -117,7 +118,7 @@ _PATHS = ("trust", "private_key", "identity_key", "state_dir")
 _OPTIONAL_PATHS = ("tls_cert", "tls_key", "tls_ca")
 # seconds: (field, lowest allowed (exclusive when the flag is set), highest)
 _SECONDS = (("interval", 0.0, True, 86400.0), ("timeout", 0.0, True, 300.0),
-            ("max_backoff", 1.0, False, 86400.0))
+            ("max_backoff", 1.0, False, 86400.0), ("max_clock_skew", 0.0, False, 86400.0))
 LONG_POLL_MAX = 300  # the hub's longest ?wait= (hub.api.MAX_WAIT)
 MAX_STUN_SERVERS = 16
 # What each backend's constructor takes from JSON (reconciler.backends); netns,

@@ -28,7 +28,7 @@ from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.manifest import Manifest
 from reconciler.pki.certs import load_cert
 from reconciler.pki.envelope import Trust, load_trust
-from reconciler.pki.manifest import verify_manifest
+from reconciler.pki.manifest import DEFAULT_MAX_SKEW, verify_manifest
 
 
 def load_pinned_trust(config: AgentConfig) -> Trust:
@@ -42,7 +42,8 @@ def load_pinned_trust(config: AgentConfig) -> Trust:
 
 def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: CachedManifest | None,
                          last_serial: int, now: float,
-                         warnings: list[str] | None = None) -> Manifest:
+                         warnings: list[str] | None = None, *,
+                         max_skew: float = DEFAULT_MAX_SKEW) -> Manifest:
     """Verify ``envelope``; the rollback floor is the last applied serial.
 
     ``verify_manifest`` refuses ``serial <= last_serial``. Re-applying the
@@ -56,18 +57,18 @@ def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: Cached
     has to clear the floor, with a warning.
     """
     if cached is not None and envelope == cached.envelope:
-        manifest = verify_manifest(envelope, trust, org, None, now)
+        manifest = verify_manifest(envelope, trust, org, None, now, max_skew)
         if manifest.serial < last_serial:
             raise ManifestRefused("rollback", f"cached serial {manifest.serial} is below the "
                                               f"last applied serial {last_serial}")
         return manifest
     floor = last_serial - 1 if last_serial > 0 else None
-    manifest = verify_manifest(envelope, trust, org, floor, now)
+    manifest = verify_manifest(envelope, trust, org, floor, now, max_skew)
     if last_serial and manifest.serial == last_serial:
         try:
             if cached is None:
                 raise ManifestRefused("malformed", "no readable cached manifest")
-            previous = verify_manifest(cached.envelope, trust, org, None, float("-inf"))
+            previous = verify_manifest(cached.envelope, trust, org, None, float("-inf"), None)
         except ManifestRefused as exc:
             if warnings is not None:
                 warnings.append(f"the cached manifest.dsse cannot vouch for serial "
@@ -94,7 +95,8 @@ def obtain_manifest(config: AgentConfig, fetch: FetchLike, trust: Trust, state: 
         if cached is None:
             raise
         try:
-            manifest = verify_against_cache(cached.envelope, trust, config.org, cached, last, now)
+            manifest = verify_against_cache(cached.envelope, trust, config.org, cached, last, now,
+                                            max_skew=config.max_clock_skew)
         except ManifestRefused as refused:
             raise FetchError(f"{exc}; the cached manifest (serial {cached.serial}) cannot be "
                              f"used: {refused}", exc.delay) from exc
@@ -107,7 +109,8 @@ def obtain_manifest(config: AgentConfig, fetch: FetchLike, trust: Trust, state: 
         envelope = cached.envelope
     else:
         envelope = resp.body
-    manifest = verify_against_cache(envelope, trust, config.org, cached, last, now, warnings)
+    manifest = verify_against_cache(envelope, trust, config.org, cached, last, now, warnings,
+                                    max_skew=config.max_clock_skew)
     unchanged = cached is not None and envelope == cached.envelope
     return VerifiedManifest(manifest, envelope, resp.etag, "unchanged" if unchanged else "fetched",
                             cached_etag=cached.etag if cached is not None else None)

@@ -477,14 +477,21 @@ def sign_manifest(payload: bytes, key: Ed25519PrivateKey) -> bytes:
     return sign_envelope(payload, MANIFEST_TYPE, key)
 
 
+DEFAULT_MAX_SKEW = 300.0  # seconds a manifest may be issued in the verifier's future
+
+
 def verify_manifest(
-    data: bytes, trust: Trust, org: str, last_serial: int | None, now: float
+    data: bytes, trust: Trust, org: str, last_serial: int | None, now: float,
+    max_skew: float | None = DEFAULT_MAX_SKEW,
 ) -> Manifest:
     """Verify an envelope for ``org``; refuse with ``ManifestRefused(reason)``.
 
     Reasons: ``malformed``, ``unknown-key``, ``bad-signature``, ``wrong-org``,
-    ``schema``, ``expired``, ``rollback`` (serial <= ``last_serial``: a replay
-    or an older manifest). Hostile input (an envelope or payload too large,
+    ``schema``, ``expired``, ``future`` (``issued_at`` more than ``max_skew``
+    seconds after ``now``: a hub whose clock runs ahead, or a replay prepared
+    for later; ``None`` skips the check), ``rollback`` (serial <=
+    ``last_serial``: a replay or an older manifest). A refusal never moves the
+    caller's rollback floor. Hostile input (an envelope or payload too large,
     nested too deep, not UTF-8 or not JSON) is ``malformed`` (envelope) or
     ``schema`` (payload), never a ``RecursionError``."""
     if org not in trust.orgs:
@@ -501,6 +508,12 @@ def verify_manifest(
         raise ManifestRefused(
             "expired", f"manifest serial {manifest.serial} expired at {manifest.not_after}"
         )
+    if max_skew is not None and manifest.issued_at > now + max_skew:
+        raise ManifestRefused(
+            "future", f"manifest serial {manifest.serial} was issued at {manifest.issued_at}, "
+                      f"{manifest.issued_at - now:.0f} s in this device's future (more than "
+                      f"{max_skew:.0f} s of clock skew): check the clocks of the hub and this "
+                      "device (NTP)")
     if last_serial is not None and manifest.serial <= last_serial:
         raise ManifestRefused(
             "rollback",

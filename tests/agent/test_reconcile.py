@@ -649,3 +649,33 @@ def test_a_corrupt_cache_still_refuses_an_older_serial(agent) -> None:
     with pytest.raises(ManifestRefused) as info:
         run(config, fetch, backend)
     assert info.value.reason == "rollback"
+
+
+def test_a_manifest_from_the_future_is_refused_and_the_floor_stays(agent) -> None:
+    config, fetch, backend = agent
+    run(config, fetch, backend)  # serial 1 applied
+    year = 365 * 86400
+    fetch.bodies[config.source_url] = ORG.sign(three(serial=10**12, now=NOW + year))
+    with pytest.raises(ManifestRefused) as info:
+        run(config, fetch, backend)
+    assert info.value.reason == "future" and "NTP" in str(info.value)
+    assert StateDir(config.state_dir).last_serial() == 1
+    # the correct next manifest is not a "rollback" afterwards
+    fetch.bodies[config.source_url] = ORG.sign(three(serial=2))
+    assert run(config, fetch, backend).serial == 2
+
+
+@pytest.mark.parametrize("ahead,skew,accepted", [
+    (200, 300.0, True), (299, 300.0, True), (301, 300.0, False), (1, 0.0, False),
+    (3600, 7200.0, True), (-86400, 300.0, True),
+])
+def test_clock_skew_is_configurable(tmp_path, ahead, skew, accepted) -> None:
+    from .helpers import write_agent
+
+    config = write_agent(tmp_path, ORG, max_clock_skew=skew)
+    fetch = FakeFetch({config.source_url: ORG.sign(three(now=NOW + ahead))})
+    if accepted:
+        assert run(config, fetch, FakeBackend()).serial == 1
+    else:
+        with pytest.raises(ManifestRefused, match="future"):
+            run(config, fetch, FakeBackend())
