@@ -16,7 +16,8 @@ JSON form (keys sorted, compact, UTF-8)::
      "revoked": [123, ...], "serial": 1763776800000, "version": 1}
 
 Per device, defaults and empty fields are left out (``relay``/``exit`` only
-when true, ``tags``/``labels``/``routes`` only when non-empty, ``endpoint`` and
+when true, ``use_exit`` only when the device's file sets ``use_exit_node``,
+``keep_sources`` only when ``masquerade_routes`` is false, ``tags``/``labels``/``routes`` only when non-empty, ``endpoint`` and
 ``keepalive`` only when set) to keep the manifest near 150 bytes per device.
 """
 
@@ -48,7 +49,8 @@ _TOP_REQUIRED = (
 )  # fmt: skip
 _TOP_OPTIONAL = ("cidr_v6", "policy", "revoked", "extra")
 _DEV_REQUIRED = ("name", "wg", "ips", "fp")
-_DEV_OPTIONAL = ("routes", "relay", "endpoint", "tags", "labels", "keepalive", "exit")
+_DEV_OPTIONAL = ("routes", "relay", "endpoint", "tags", "labels", "keepalive", "exit",
+                 "use_exit", "keep_sources")
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -107,6 +109,8 @@ def build_manifest(
             labels=labels,
             keepalive=d.keepalive,
             exit_node=d.exit_node,
+            use_exit_node=d.use_exit_node,
+            masquerade_routes=d.masquerade_routes,
         )
         if entries is not None:
             entries[d.name] = (d, fp, labels, entry)
@@ -173,6 +177,10 @@ def device_to_dict(d: ManifestDevice, used: frozenset[str] = frozenset()) -> dic
         out["keepalive"] = d.keepalive
     if d.exit_node:
         out["exit"] = True
+    if d.use_exit_node:
+        out["use_exit"] = d.use_exit_node
+    if not d.masquerade_routes:
+        out["keep_sources"] = True
     return out
 
 
@@ -330,7 +338,11 @@ def check_manifest_dict(d: Any) -> None:
         for key in ("routes", "tags", "labels"):
             if key in dev:
                 _str_list(dev[key], f"{p}.{key}", _is_cidr if key == "routes" else None)
-        for key in ("relay", "exit"):
+        if "use_exit" in dev and (
+            not isinstance(dev["use_exit"], str) or not _NAME.match(dev["use_exit"])
+        ):
+            _fail(f"{p}.use_exit", "must be a DNS label")
+        for key in ("relay", "exit", "keep_sources"):
             if key in dev and dev[key] is not True:
                 _fail(f"{p}.{key}", "must be true when present")
         if "endpoint" in dev and (
@@ -366,6 +378,8 @@ def manifest_from_dict(d: Mapping[str, Any]) -> Manifest:
             labels=_labels(x, used),
             keepalive=x.get("keepalive"),
             exit_node=bool(x.get("exit", False)),
+            use_exit_node=x.get("use_exit"),
+            masquerade_routes=not x.get("keep_sources", False),
         )
         for x in d["devices"]
     )
