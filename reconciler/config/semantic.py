@@ -434,14 +434,14 @@ def _selector_problem(sel: str, policy: Policy, user_known: Callable[[str], bool
         return None
     kind, _, name = sel.partition(":")
     if kind in ("route", "internet") and side == "src":
-        return ("E-SELECTOR-SIDE", f"{sel!r} selects destinations only (routed subnets, the "
-                "internet); it cannot be a source")
+        return ("E-SELECTOR-SIDE", (f"{sel!r} selects destinations only (routed subnets, "
+                                    "the internet); it cannot be a source"))
     if kind == "route" and state is not None:
         return _route_selector_problem(name, state)
     if kind == "internet" and state is not None and not any(
             d.exit_node and not d.disabled for d in state.devices.values()):
-        return ("E-REF-EXIT", "'internet' is reachable only through an exit node, and no "
-                "enabled device has exit_node: true")
+        return ("E-REF-EXIT", ("'internet' is reachable only through an exit node, and no "
+                               "enabled device has exit_node: true"))
     if kind == "group" and name not in policy.groups:
         return "E-REF-GROUP", f"group {name!r} is not defined in groups"
     if kind == "user" and not user_known(name):

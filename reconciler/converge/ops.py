@@ -9,7 +9,10 @@ key changes print the matching public key instead.
 
 ``WG_OPS`` are carried out by the WireGuard backend (UAPI or netlink),
 ``LINK_OPS`` by the link manager (addresses, routes, MTU, link state, and
-IP forwarding in the interface's namespace).
+IP forwarding in the interface's namespace), ``FIREWALL_OPS`` by
+``reconciler.net.nftables.Nftables`` and ``ROUTING_OPS`` (the exit-node
+client's policy routing) by ``reconciler.net.iproute.IPRouteLinks``.
+``reconciler.converge.firewall`` plans the last two.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler.converge.keys import public_key, short
+from reconciler.model.firewall import Ruleset
+from reconciler.model.routing import PolicyRule, TableRoute
 from reconciler.model.wg import DesiredPeer
 
 
@@ -181,6 +186,61 @@ class UpdatePeer:
         return " ".join(parts)
 
 
+@dataclass(frozen=True)
+class ReplaceFirewall:
+    """Replace the ``inet meshops`` nftables table with ``ruleset`` in one
+    transaction (``EMPTY`` deletes it). ``why`` says what differed."""
+
+    interface: str
+    ruleset: Ruleset
+    why: str = ""
+
+    def __str__(self) -> str:
+        if self.ruleset.empty:
+            text = "remove firewall table inet meshops"
+        else:
+            text = (f"replace firewall table inet meshops ({self.ruleset.statements} "
+                    f"statements, {len(self.ruleset.sets)} sets, "
+                    f"{self.ruleset.elements} set elements)")
+        return f"{text}: {self.why}" if self.why else text
+
+
+@dataclass(frozen=True)
+class AddPolicyRule:
+    interface: str
+    rule: PolicyRule
+
+    def __str__(self) -> str:
+        return f"add {self.rule}"
+
+
+@dataclass(frozen=True)
+class RemovePolicyRule:
+    interface: str
+    rule: PolicyRule
+
+    def __str__(self) -> str:
+        return f"remove {self.rule}"
+
+
+@dataclass(frozen=True)
+class AddTableRoute:
+    interface: str
+    route: TableRoute
+
+    def __str__(self) -> str:
+        return f"add {self.route}"
+
+
+@dataclass(frozen=True)
+class RemoveTableRoute:
+    interface: str
+    route: TableRoute
+
+    def __str__(self) -> str:
+        return f"remove {self.route}"
+
+
 Operation = (
     CreateInterface
     | SetPrivateKey
@@ -195,7 +255,14 @@ Operation = (
     | AddPeer
     | RemovePeer
     | UpdatePeer
+    | ReplaceFirewall
+    | AddPolicyRule
+    | RemovePolicyRule
+    | AddTableRoute
+    | RemoveTableRoute
 )
 
 WG_OPS = (CreateInterface, SetPrivateKey, SetListenPort, AddPeer, RemovePeer, UpdatePeer)
 LINK_OPS = (SetMtu, SetLinkUp, SetForwarding, AddAddress, RemoveAddress, AddRoute, RemoveRoute)
+FIREWALL_OPS = (ReplaceFirewall,)
+ROUTING_OPS = (AddPolicyRule, RemovePolicyRule, AddTableRoute, RemoveTableRoute)
