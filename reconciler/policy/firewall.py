@@ -266,9 +266,12 @@ def desired_ruleset(manifest: Manifest, me: str, interface: str) -> Ruleset:
     role = Role.of(mine)
     index = _Index.of(manifest)
     sets = _Sets()
-    org = {f: sets.ref(f"org_{f}", f, index.org[f]) for f in FAMILIES}
-    inside = {f: sets.ref(f"inside_{f}", f, [*index.org[f], *index.routes[f]]) for f in FAMILIES}
     rules = manifest.policy.get("rules", ()) if manifest.policy is not None else None
+    # created only where used, so a plain device's table has no unused sets
+    org = {f: sets.ref(f"org_{f}", f, index.org[f]) if rules is None else None
+           for f in FAMILIES}
+    inside = {f: sets.ref(f"inside_{f}", f, [*index.org[f], *index.routes[f]])
+              if role.forwards else None for f in FAMILIES}
 
     mesh_in: list[Rule] = [ESTABLISHED, INVALID]
     mesh_fwd: list[Rule] = [ESTABLISHED, INVALID]
@@ -304,7 +307,7 @@ def desired_ruleset(manifest: Manifest, me: str, interface: str) -> Ruleset:
                   hook="forward"),
             Chain("mesh_fwd", tuple(mesh_fwd)),
         ]
-    nat = _masquerade(role, interface, sets, inside, org)
+    nat = _masquerade(role, interface, sets, inside, index)
     if nat:
         chains.append(Chain("postrouting", tuple(nat), hook="postrouting", type="nat",
                             priority=100))
@@ -350,12 +353,12 @@ def _add_rule(i: int, raw: Mapping[str, Any], mine: ManifestDevice, role: Role, 
 
 
 def _masquerade(role: Role, interface: str, sets: _Sets, inside: Mapping[int, str | None],
-                org: Mapping[int, str | None]) -> list[Rule]:
+                index: _Index) -> list[Rule]:
     """Source NAT of mesh traffic leaving through another interface."""
     head = (Match("iifname", (interface,)), Match("oifname", (interface,), negate=True))
     out: list[Rule] = []
     for f in FAMILIES:
-        if org[f] is None:
+        if not index.org[f]:
             continue  # no tunnel addresses of this family: nothing to translate
         if role.routes and role.masquerade_routes:
             mine = sets.ref(f"myroutes_{f}", f, [_network(r)[1] for r in role.routes

@@ -1,0 +1,185 @@
+"""desired_ruleset: golden nft scripts per policy and role, the semantics behind
+them, and the size property (statements do not grow with devices).
+
+Regenerate the golden files after an intended change with
+``MESHOPS_UPDATE_GOLDEN=1 pytest tests/policy/test_firewall.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from fworgs import POLICIES, devices, manifest, org
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from policyorgs import dev, ports, rules
+
+from reconciler.errors import ConfigError
+from reconciler.model.firewall import EMPTY, Match, Rule
+from reconciler.model.repo import Policy
+from reconciler.model.repo import Rule as PolicyRule
+from reconciler.net.nftables import render
+from reconciler.policy.firewall import collapse, desired_ruleset
+
+GOLDEN = Path(__file__).parent / "golden" / "firewall"
+CASES = [
+    ("none", "laptop-a", {}),
+    ("tcp-port", "web-1", {}),
+    ("tcp-port", "laptop-a", {}),
+    ("port-range", "web-1", {}),
+    ("udp", "db-1", {}),
+    ("icmp", "web-1", {"v6": True}),
+    ("any-ports", "web-1", {"v6": True}),
+    ("tcp-port", "relay-1", {}),
+    ("none", "relay-1", {}),
+    ("routes-exit", "router-1", {}),
+    ("routes-exit", "router-1", {"keep_sources": True}),
+    ("routes-exit", "exit-1", {"v6": True}),
+    ("none", "exit-1", {}),
+]
+
+
+def ruleset(policy: str, me: str, **kw):
+    return desired_ruleset(manifest(org(POLICIES[policy], **kw)), me, "wg0")
+
+
+def _case_id(case) -> str:
+    policy, me, kw = case
+    return "-".join([policy, me, *sorted(k for k, v in kw.items() if v)])
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_golden(case):
+    policy, me, kw = case
+    text = render(ruleset(policy, me, **kw))
+    path = GOLDEN / f"{_case_id(case)}.nft"
+    if os.environ.get("MESHOPS_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def _accepts(chain) -> list[Rule]:
+    return [r for r in chain.rules if r.verdict == "accept" and r.matches
+            and r.matches[0].field != "ct state"]
+
+
+def test_receiver_accepts_only_what_the_rule_allows():
+    rs = ruleset("tcp-port", "web-1")
+    (rule,) = _accepts(rs.chain("mesh_in"))
+    src = rs.set(rule.matches[0].value[0][1:])
+    assert src.elements == ("10.10.0.2/32",)  # laptop-a only
+    assert rule.matches[1] == Match("tcp dport", ("8080",))
+    mesh_in = rs.chain("mesh_in")
+    assert mesh_in.rules[0].matches[0].value == ("established", "related")
+    assert mesh_in.rules[1].verdict == "drop" and mesh_in.rules[-1] == Rule((), "drop")
+    assert rs.chain("input").rules[0].matches == (Match("iifname", ("wg0",)),)
+    assert rs.chain("forward") is None and rs.chain("postrouting") is None
+
+
+def test_the_sender_side_accepts_nothing_new():
+    assert _accepts(ruleset("tcp-port", "laptop-a").chain("mesh_in")) == []
+
+
+def test_full_mesh_accepts_the_org_cidr_only():
+    rs = ruleset("none", "laptop-a")
+    (rule,) = _accepts(rs.chain("mesh_in"))
+    assert rs.set(rule.matches[0].value[0][1:]).elements == ("10.10.0.0/24",)
+
+
+def test_relay_filters_forwarded_pairs():
+    rs = ruleset("tcp-port", "relay-1")
+    (rule,) = _accepts(rs.chain("mesh_fwd"))
+    fields = [m.field for m in rule.matches]
+    assert fields == ["ip saddr", "ip daddr", "tcp dport"]
+    assert rs.set(rule.matches[1].value[0][1:]).elements == ("10.10.0.4/32",)  # web-1
+    assert [r.matches[0].field for r in rs.chain("forward").rules] == ["iifname", "oifname"]
+
+
+def test_router_masquerades_unless_sources_are_kept():
+    nat = ruleset("routes-exit", "router-1").chain("postrouting")
+    assert [r.verdict for r in nat.rules] == ["masquerade"]
+    assert ruleset("routes-exit", "router-1", keep_sources=True).chain("postrouting") is None
+    fwd = _accepts(ruleset("routes-exit", "router-1").chain("mesh_fwd"))
+    lan = [r for r in fwd if r.comment.endswith("lan-ssh")]
+    assert lan and lan[0].matches[-1] == Match("tcp dport", ("22",))
+
+
+def test_exit_node_forwards_and_masquerades_the_internet_only_for_its_rule():
+    rs = ruleset("routes-exit", "exit-1", v6=True)
+    internet = [r for r in rs.chain("mesh_fwd").rules if any(m.negate for m in r.matches)]
+    assert {r.comment for r in internet} == {"rule 1 bob-internet"}
+    for r in internet:
+        assert rs.set(r.matches[0].value[0][1:]).elements in (("10.10.0.3/32",),
+                                                              ("fd10:10::3/128",))
+    assert [r.verdict for r in rs.chain("postrouting").rules] == ["masquerade"] * 2
+    # a relay is not an exit node: no internet forwarding there
+    assert not [r for r in ruleset("routes-exit", "relay-1").chain("mesh_fwd").rules
+                if any(m.negate for m in r.matches)]
+
+
+def test_not_in_the_manifest_means_no_table():
+    assert desired_ruleset(manifest(org(None)), "ghost", "wg0") == EMPTY
+
+
+@pytest.mark.parametrize("bad", ['wg0"; flush ruleset', "", "a" * 16, "wg 0"])
+def test_interface_names_cannot_inject(bad):
+    with pytest.raises(ConfigError, match="interface name"):
+        desired_ruleset(manifest(org(None)), "laptop-a", bad)
+
+
+def test_rule_names_are_sanitised_in_comments():
+    pol = Policy(rules=rules(PolicyRule(("*",), ("*",), "tcp", ports(1), 'x"; flush ruleset')))
+    text = render(desired_ruleset(manifest(org(pol)), "web-1", "wg0"))
+    assert 'comment "rule 0 x__ flush ruleset"\n' in text
+    assert "\nflush" not in text and ";" not in text.replace("; policy accept;", "")
+
+
+@pytest.mark.parametrize(("family", "spans", "expected"), [
+    (4, [(1, 1), (2, 2), (3, 3)], ("0.0.0.1/32", "0.0.0.2/31")),
+    (4, [(10, 10), (10, 10)], ("0.0.0.10/32",)),
+    (4, [(0, 2**32 - 1)], ("0.0.0.0/0",)),
+    (4, [(256, 511), (512, 767), (300, 301)], ("0.0.1.0/24", "0.0.2.0/24")),
+    (6, [(1, 1), (3, 3)], ("::1/128", "::3/128")),
+    (4, [], ()),
+])
+def test_collapse(family, spans, expected):
+    assert collapse(family, spans) == expected
+
+
+# --- size: flat in the number of devices -------------------------------------
+
+TAGS = ("web", "db", "ops", "lab")
+USERS = ("alice", "bob", "carol", "ops")
+
+
+def _org_of(n: int, policy: Policy):
+    base = devices()
+    extra = tuple(
+        dev(f"d{i}", USERS[i % 4], f"10.10.{1 + i // 250}.{1 + i % 250}", TAGS[i % 4],
+            TAGS[(i // 4) % 4])
+        for i in range(n))
+    state = org(policy, devs=base + extra)
+    return replace(state, organization=replace(state.organization, cidr_v4="10.10.0.0/16"))
+
+
+selector = st.sampled_from([*(f"tag:{t}" for t in TAGS), *(f"user:{u}" for u in USERS), "*",
+                            "device:web-1"])
+rule = st.builds(
+    PolicyRule, st.lists(selector, min_size=1, max_size=3).map(tuple),
+    st.lists(selector, min_size=1, max_size=3).map(tuple),
+    st.sampled_from(["tcp", "udp", "icmp", "any"]),
+    st.lists(st.integers(1, 65535), max_size=3).map(lambda ps: ports(*ps)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(rule, min_size=1, max_size=8), st.sampled_from(["relay-1", "web-1"]))
+def test_statement_count_does_not_depend_on_the_number_of_devices(policy_rules, me):
+    policy = Policy(rules=rules(*(
+        r if r.proto != "icmp" else replace(r, ports=()) for r in policy_rules)))
+    counts = {n: desired_ruleset(manifest(_org_of(n, policy)), me, "wg0").statements
+              for n in (16, 300)}
+    assert counts[16] == counts[300]
+    assert counts[16] <= 5 + 2 * 2 * 8 * 2  # fixed part + per rule: families x (in, fwd) x 2
