@@ -3,6 +3,8 @@ exit node, a relay and a few laptops, plus the policies the golden files use."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from policyorgs import dev as _dev
 from policyorgs import ports, rules, user
 
@@ -15,8 +17,6 @@ USERS = ("alice", "bob", "carol", "ops")
 
 
 def dev(name: str, owner: str, ip: str, *tags: str, **kw: object):
-    from dataclasses import replace
-
     ips = kw.pop("tunnel_ips", None)
     d = _dev(name, owner, ip, *tags, **kw)
     return replace(d, tunnel_ips=ips) if ips else d
@@ -63,7 +63,8 @@ def org(policy: Policy | None, *, v6: bool = False, keep_sources: bool = False,
     return OrgState(
         organization=Organization(name="acme", cidr_v4="10.10.0.0/24",
                                   cidr_v6="fd10:10::/64" if v6 else None, owners=("alice",)),
-        users={u: user(u) for u in USERS},
+        users={u: replace(user(u), role="owner" if u == "alice" else "member")
+               for u in USERS},
         devices={d.name: d for d in ds},
         policy=policy,
     )
