@@ -9,9 +9,11 @@ as an ``nft -f`` script and reads the live table back
 The normal form is what makes "a second pass is a no-op" hold, so every value
 is canonical:
 
-* named sets hold collapsed, sorted networks (``ipaddress.collapse_addresses``:
-  ``10.0.0.2/32`` and ``10.0.0.3/32`` become ``10.0.0.2/31``), so nft's own
-  way of printing intervals does not matter;
+* named sets (``flags interval``) hold their elements exactly as nft prints
+  them back: a host bare (``10.0.0.5``, ``fd00::5``), a network as
+  ``addr/len``; no duplicates, no overlaps (networks collapsed, hosts inside
+  them dropped), sorted as strings. nft neither merges nor splits elements, so
+  the read-back is the same tuple, and no address is parsed on the no-op path;
 * a match's value is a tuple of canonical items (``"22"``, ``"8000-8100"``,
   ``"@src_r0_4"``, ``"established"``), sorted where nft treats it as a set;
   a single item is a scalar on the wire;
@@ -45,7 +47,7 @@ class NamedSet:
 
     name: str
     type: str  # "ipv4_addr" | "ipv6_addr"
-    elements: tuple[str, ...] = ()  # canonical, collapsed, sorted networks
+    elements: tuple[str, ...] = ()  # canonical hosts and networks, sorted as strings
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,10 @@ from typing import Any
 from reconciler.boundedjson import loads
 from reconciler.errors import BackendError, BackendUnavailable, InputRefused
 from reconciler.model.firewall import EMPTY, TABLE, Chain, Match, NamedSet, Rule, Ruleset
-from reconciler.policy.firewall import collapse
 
 Runner = Callable[[list[str], str | None], "subprocess.CompletedProcess[str]"]
 MAX_LISTING = 64 * 1024 * 1024  # a 10,000-device table lists in ~1 MB
-_ADDR_TYPES = {"ipv4_addr": 4, "ipv6_addr": 6}
+_ADDR_TYPES = ("ipv4_addr", "ipv6_addr")
 _SORTED_FIELDS = ("ct state", "meta l4proto", "icmpv6 type")
 _PORT_FIELDS = ("tcp dport", "udp dport", "th dport")
 INSTALL_HINT = "nft not found: install nftables (apt-get install nftables)"
@@ -180,36 +179,23 @@ def _rule(entry: dict[str, Any]) -> Rule:
     return Rule(tuple(matches), verdict or "?none", str(entry.get("comment", "")))
 
 
+def _element(e: Any) -> str:
+    """An interval-set element as nft prints it: ``"10.0.0.5"`` or a prefix
+    object; anything else (a range, an element with options) is not ours."""
+    if isinstance(e, str):
+        return e
+    if isinstance(e, dict) and "prefix" in e and isinstance(e["prefix"], dict):
+        return f"{e['prefix'].get('addr')}/{e['prefix'].get('len')}"
+    return "?" + json.dumps(e, sort_keys=True)
+
+
 def _set(entry: dict[str, Any]) -> NamedSet:
     kind = entry.get("type")
-    family = _ADDR_TYPES.get(kind) if isinstance(kind, str) else None
-    raw = entry.get("elem", [])
     flags = entry.get("flags", [])
-    if family is None or flags != ["interval"]:
-        return NamedSet(str(entry.get("name")), f"?{json.dumps([kind, flags])}",
-                        tuple(sorted(_item(e) for e in raw)))
-    spans = []
-    for e in raw:
-        try:
-            spans.append(_span(e, family))
-        except (ValueError, KeyError, TypeError):
-            return NamedSet(str(entry.get("name")), "?" + str(kind),
-                            tuple(sorted(_item(x) for x in raw)))
-    return NamedSet(str(entry["name"]), str(kind), collapse(family, spans))
-
-
-def _span(e: Any, family: int) -> tuple[int, int]:
-    import ipaddress
-
-    if isinstance(e, dict) and "elem" in e:  # an element with options (timeout, comment)
-        e = e["elem"]["val"]
-    if isinstance(e, dict) and "range" in e:
-        lo, hi = (ipaddress.ip_address(v) for v in e["range"])
-        return int(lo), int(hi)
-    net = ipaddress.ip_network(_item(e), strict=False)
-    if net.version != family:
-        raise ValueError("family")
-    return int(net.network_address), int(net.broadcast_address)
+    items = tuple(sorted({_element(e) for e in entry.get("elem", [])}))
+    if kind not in _ADDR_TYPES or flags != ["interval"]:
+        return NamedSet(str(entry.get("name")), f"?{json.dumps([kind, flags])}", items)
+    return NamedSet(str(entry["name"]), str(kind), items)
 
 
 def parse(text: str) -> Ruleset:

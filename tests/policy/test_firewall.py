@@ -7,6 +7,7 @@ Regenerate the golden files after an intended change with
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from reconciler.model.firewall import EMPTY, Match, Rule
 from reconciler.model.repo import Policy
 from reconciler.model.repo import Rule as PolicyRule
 from reconciler.net.nftables import render
-from reconciler.policy.firewall import collapse, desired_ruleset
+from reconciler.policy.firewall import canonical_host, desired_ruleset, elements
 
 GOLDEN = Path(__file__).parent / "golden" / "firewall"
 CASES = [
@@ -70,7 +71,7 @@ def test_receiver_accepts_only_what_the_rule_allows():
     rs = ruleset("tcp-port", "web-1")
     (rule,) = _accepts(rs.chain("mesh_in"))
     src = rs.set(rule.matches[0].value[0][1:])
-    assert src.elements == ("10.10.0.2/32",)  # laptop-a only
+    assert src.elements == ("10.10.0.2",)  # laptop-a only
     assert rule.matches[1] == Match("tcp dport", ("8080",))
     mesh_in = rs.chain("mesh_in")
     assert mesh_in.rules[0].matches[0].value == ("established", "related")
@@ -94,7 +95,7 @@ def test_relay_filters_forwarded_pairs():
     (rule,) = _accepts(rs.chain("mesh_fwd"))
     fields = [m.field for m in rule.matches]
     assert fields == ["ip saddr", "ip daddr", "tcp dport"]
-    assert rs.set(rule.matches[1].value[0][1:]).elements == ("10.10.0.4/32",)  # web-1
+    assert rs.set(rule.matches[1].value[0][1:]).elements == ("10.10.0.4",)  # web-1
     assert [r.matches[0].field for r in rs.chain("forward").rules] == ["iifname", "oifname"]
 
 
@@ -112,8 +113,8 @@ def test_exit_node_forwards_and_masquerades_the_internet_only_for_its_rule():
     internet = [r for r in rs.chain("mesh_fwd").rules if any(m.negate for m in r.matches)]
     assert {r.comment for r in internet} == {"rule 1 bob-internet"}
     for r in internet:
-        assert rs.set(r.matches[0].value[0][1:]).elements in (("10.10.0.3/32",),
-                                                              ("fd10:10::3/128",))
+        assert rs.set(r.matches[0].value[0][1:]).elements in (("10.10.0.3",),
+                                                              ("fd10:10::3",))
     assert [r.verdict for r in rs.chain("postrouting").rules] == ["masquerade"] * 2
     # a relay is not an exit node: no internet forwarding there
     assert not [r for r in ruleset("routes-exit", "relay-1").chain("mesh_fwd").rules
@@ -137,16 +138,37 @@ def test_rule_names_are_sanitised_in_comments():
     assert "\nflush" not in text and ";" not in text.replace("; policy accept;", "")
 
 
-@pytest.mark.parametrize(("family", "spans", "expected"), [
-    (4, [(1, 1), (2, 2), (3, 3)], ("0.0.0.1/32", "0.0.0.2/31")),
-    (4, [(10, 10), (10, 10)], ("0.0.0.10/32",)),
-    (4, [(0, 2**32 - 1)], ("0.0.0.0/0",)),
-    (4, [(256, 511), (512, 767), (300, 301)], ("0.0.1.0/24", "0.0.2.0/24")),
-    (6, [(1, 1), (3, 3)], ("::1/128", "::3/128")),
-    (4, [], ()),
+@pytest.mark.parametrize(("hosts", "nets", "expected"), [
+    (["10.0.0.3", "10.0.0.2", "10.0.0.3"], [], ("10.0.0.2", "10.0.0.3")),  # no merging
+    (["10.0.0.2"], ["10.0.0.0/24"], ("10.0.0.0/24",)),                     # host inside
+    ([], ["192.168.0.0/25", "192.168.0.128/25", "192.168.0.7/32"], ("192.168.0.0/24",)),
+    ([], ["192.168.1.5/32"], ("192.168.1.5",)),                            # bare host
+    (["fd00::10", "fd00::9"], [], ("fd00::10", "fd00::9")),                # string order
+    ([], [], ()),
 ])
-def test_collapse(family, spans, expected):
-    assert collapse(family, spans) == expected
+def test_elements(hosts, nets, expected):
+    assert elements(hosts, [ipaddress.ip_network(n) for n in nets]) == expected
+
+
+@pytest.mark.parametrize(("text", "canonical"), [
+    ("FD10:0:0::5", "fd10::5"), ("10.0.0.1", "10.0.0.1"), ("10.0.0.1/24", "10.0.0.1"),
+    ("nonsense", None), ("fd10:0000::0001", "fd10::1"),
+])
+def test_canonical_host(text, canonical):
+    assert canonical_host(text) == canonical
+
+
+def test_non_canonical_manifest_addresses_still_read_back_equal():
+    devs = tuple(replace(d, tunnel_ips=("10.10.0.2", "FD10:10:0::2")) if d.name == "laptop-a"
+                 else d for d in devices(v6=True))
+    rs = desired_ruleset(manifest(org(POLICIES["tcp-port"], devs=devs, v6=True)), "web-1",
+                         "wg0")
+    assert rs.set("r0_src_6").elements == ("fd10:10::2",)
+
+
+def test_a_plain_device_carries_no_set_of_rules_not_aimed_at_it():
+    rs = ruleset("tcp-port", "laptop-a")
+    assert rs.sets == () and rs.statements == 4
 
 
 # --- size: flat in the number of devices -------------------------------------
