@@ -9,7 +9,7 @@ as an ``nft -f`` script and reads the live table back
 The normal form is what makes "a second pass is a no-op" hold, so every value
 is canonical:
 
-* named sets (``flags interval``) hold their elements exactly as nft prints
+* named sets hold their elements exactly as nft prints
   them back: a host bare (``10.0.0.5``, ``fd00::5``), a network as
   ``addr/len``; no duplicates, no overlaps (networks collapsed, hosts inside
   them dropped), sorted as strings. nft neither merges nor splits elements, so
@@ -43,11 +43,14 @@ VERDICTS = ("accept", "drop", "return", "masquerade")  # plus "jump CHAIN"
 
 @dataclass(frozen=True)
 class NamedSet:
-    """``set NAME { type TYPE; flags interval; elements = {...} }``."""
+    """``set NAME { type TYPE; [flags interval;] elements = {...} }``: an interval
+    set when it holds a network, else a plain hash set (half the cost to load
+    and list, measured with 20,000 addresses)."""
 
     name: str
     type: str  # "ipv4_addr" | "ipv6_addr"
     elements: tuple[str, ...] = ()  # canonical hosts and networks, sorted as strings
+    interval: bool = False
 
 
 @dataclass(frozen=True)

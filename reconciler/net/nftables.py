@@ -88,7 +88,9 @@ def render_rule(rule: Rule) -> str:
 
 
 def _render_set(s: NamedSet) -> list[str]:
-    lines = [f"\tset {s.name} {{", f"\t\ttype {s.type}", "\t\tflags interval"]
+    lines = [f"\tset {s.name} {{", f"\t\ttype {s.type}"]
+    if s.interval:
+        lines.append("\t\tflags interval")
     if s.elements:
         chunks = [", ".join(s.elements[i:i + 8]) for i in range(0, len(s.elements), 8)]
         lines.append("\t\telements = { " + ",\n\t\t\t".join(chunks) + " }")
@@ -193,9 +195,9 @@ def _set(entry: dict[str, Any]) -> NamedSet:
     kind = entry.get("type")
     flags = entry.get("flags", [])
     items = tuple(sorted({_element(e) for e in entry.get("elem", [])}))
-    if kind not in _ADDR_TYPES or flags != ["interval"]:
+    if kind not in _ADDR_TYPES or flags not in ([], ["interval"]):
         return NamedSet(str(entry.get("name")), f"?{json.dumps([kind, flags])}", items)
-    return NamedSet(str(entry["name"]), str(kind), items)
+    return NamedSet(str(entry["name"]), str(kind), items, interval=flags == ["interval"])
 
 
 def parse(text: str) -> Ruleset:

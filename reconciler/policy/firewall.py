@@ -86,11 +86,35 @@ _CANON: dict[str, str | None] = {}
 _CANON_MAX = 1_000_000
 
 
+_V4_CANONICAL = re.compile(
+    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\Z")
+_V6_GROUP = re.compile(r"[1-9a-f][0-9a-f]{0,3}\Z")
+
+
+def _plainly_canonical(text: str) -> bool:
+    """A fast, conservative test: True only for texts ``ipaddress`` would print
+    unchanged (dotted quads without leading zeros; IPv6 whose explicit groups
+    are lowercase, unpadded and non-zero, with "::" standing for at least two
+    zero groups). Anything else takes the slow path."""
+    if _V4_CANONICAL.match(text):
+        return True
+    head, sep, tail = text.partition("::")
+    if "::" in tail or "." in text:
+        return False
+    groups = (head.split(":") if head else []) + (tail.split(":") if tail else [])
+    if len(groups) > 6 if sep else len(groups) != 8:
+        return False
+    return all(_V6_GROUP.match(g) for g in groups)
+
+
 def canonical_host(text: str) -> str | None:
     """``FD10:0::5`` -> ``fd10::5``; ``None`` when ``text`` is not an address."""
     hit = _CANON.get(text, "")
     if hit != "":
         return hit
+    if _plainly_canonical(text):
+        _CANON[text] = text
+        return text
     try:
         value: str | None = str(ipaddress.ip_address(text.partition("/")[0]))
     except ValueError:
@@ -137,7 +161,8 @@ class _Sets:
         if found is None:
             assert name not in self.by_name, f"set name {name} used for two contents"
             found = self.by_content[key] = name
-            self.by_name[name] = NamedSet(name, _TYPE[family], items)
+            self.by_name[name] = NamedSet(name, _TYPE[family], items,
+                                          interval=any("/" in e for e in items))
         return "@" + found
 
 

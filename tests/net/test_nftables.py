@@ -48,7 +48,8 @@ LISTING = {"nftables": [
 ]}
 
 EXPECTED = Ruleset.of(
-    [NamedSet("src", "ipv4_addr", ("10.10.0.2", "10.10.0.3", "10.10.1.0/28", "10.10.1.16/28"))],
+    [NamedSet("src", "ipv4_addr", ("10.10.0.2", "10.10.0.3", "10.10.1.0/28", "10.10.1.16/28"),
+              interval=True)],
     [Chain("input", (Rule((Match("iifname", ("wg0",)),), "jump mesh_in"),), hook="input"),
      Chain("mesh_in", (
          Rule((Match("ct state", ("established", "related")),), "accept"),
@@ -79,7 +80,7 @@ def test_foreign_statements_never_compare_equal(stmt):
 
 
 @pytest.mark.parametrize("change", [
-    {"flags": []}, {"type": "inet_service"},
+    {"flags": []}, {"flags": ["interval", "timeout"]}, {"type": "inet_service"},
     {"elem": ["10.10.0.2", "10.10.0.3", {"range": ["10.10.1.0", "10.10.1.31"]}]},
     {"elem": ["10.10.0.2", "10.10.0.3", {"prefix": {"addr": "10.10.1.0", "len": 28}},
               {"elem": {"val": "10.10.1.16", "timeout": 5}}]},

@@ -158,6 +158,14 @@ def test_canonical_host(text, canonical):
     assert canonical_host(text) == canonical
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.ip_addresses() | st.ip_addresses().map(lambda a: a.exploded))
+def test_canonical_host_agrees_with_ipaddress(addr):
+    text = str(addr)
+    assert canonical_host(text) == str(ipaddress.ip_address(text))
+    assert canonical_host(text.upper()) == str(ipaddress.ip_address(text))
+
+
 def test_non_canonical_manifest_addresses_still_read_back_equal():
     devs = tuple(replace(d, tunnel_ips=("10.10.0.2", "FD10:10:0::2")) if d.name == "laptop-a"
                  else d for d in devices(v6=True))
