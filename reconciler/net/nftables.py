@@ -20,7 +20,7 @@ tests/net/test_nftables_netns.py), so a second pass plans nothing.
   does not know (someone added a ``counter`` by hand) become ``?``-fields, so
   the table compares unequal and is replaced on the next pass.
 * ``Nftables(netns=None).observe()`` runs ``nft -j list table inet meshops``
-  (``ip netns exec NS nft ...`` inside a namespace); an absent table is
+  (``nsenter --net=/run/netns/NS nft ...`` inside a namespace); an absent table is
   ``EMPTY``. ``apply(ruleset)`` runs ``nft -f -`` with the script on stdin.
 
 Errors are translated here: ``BackendError`` naming nft's own message when a
@@ -235,7 +235,8 @@ def parse(text: str) -> Ruleset:
 def _explain(stderr: str, what: str, netns: str | None) -> BackendError | BackendUnavailable:
     text = stderr.strip()
     where = f" in netns {netns}" if netns else ""
-    if "Cannot open network namespace" in text or ("netns" in text and "No such file" in text):
+    if "Cannot open network namespace" in text or ("/run/netns/" in text
+                                                   and "No such file" in text):
         return BackendUnavailable(f"{what}{where}: the network namespace does not exist: {text}")
     if "Operation not permitted" in text:
         return BackendError(f"{what}{where}: permission denied (needs root or CAP_NET_ADMIN)")
@@ -267,13 +268,17 @@ class Nftables:
         return self._nft
 
     def _cmd(self, *args: str) -> list[str]:
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        # nsenter enters only the network namespace; `ip netns exec` also makes a
+        # mount namespace and remounts /sys, which nft does not need (~3 ms a call)
+        prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
         return [*prefix, self._binary(), *args]
 
     def _call(self, args: Iterable[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
         try:
             return self._run(self._cmd(*args), stdin)
         except FileNotFoundError as exc:
+            if exc.filename == "nsenter":
+                raise BackendError("nsenter not found: install util-linux") from exc
             raise BackendError(INSTALL_HINT) from exc
         except subprocess.TimeoutExpired as exc:
             raise BackendUnavailable(f"nft did not answer within {exc.timeout} s") from exc
@@ -283,7 +288,7 @@ class Nftables:
         res = self._call(["-j", "list", "table", "inet", TABLE], None)
         if res.returncode != 0:
             if ("No such file or directory" in res.stderr
-                    and "network namespace" not in res.stderr):
+                    and "/run/netns/" not in res.stderr):
                 return EMPTY
             raise _explain(res.stderr, f"reading table inet {TABLE}", self.netns)
         return parse(res.stdout)

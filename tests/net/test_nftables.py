@@ -126,8 +126,8 @@ class FakeRun:
 def test_observe_absent_table_is_empty():
     run = FakeRun(1, stderr="Error: No such file or directory\nlist table inet meshops\n")
     assert Nftables("ns1", run=run, nft="/usr/sbin/nft").observe() == EMPTY
-    assert run.calls[0][0] == ["ip", "netns", "exec", "ns1", "/usr/sbin/nft", "-j", "list",
-                               "table", "inet", "meshops"]
+    assert run.calls[0][0] == ["nsenter", "--net=/run/netns/ns1", "/usr/sbin/nft", "-j",
+                               "list", "table", "inet", "meshops"]
 
 
 def test_apply_sends_the_script_on_stdin():
@@ -144,6 +144,8 @@ def test_apply_sends_the_script_on_stdin():
     (1, "Error: Could not process rule: Operation not supported", None, BackendError,
      "no nf_tables support"),
     (1, 'Cannot open network namespace "x": No such file or directory', None,
+     BackendUnavailable, "namespace does not exist"),
+    (1, "nsenter: cannot open /run/netns/x: No such file or directory", None,
      BackendUnavailable, "namespace does not exist"),
     (0, "", FileNotFoundError("nft"), BackendError, "apt-get install nftables"),
     (0, "", subprocess.TimeoutExpired("nft", 30), BackendUnavailable, "did not answer"),
