@@ -170,3 +170,67 @@ def test_internet_needs_an_exit_node():
 @pytest.mark.parametrize("dst", ["route:192.168.10.0/24", "route:192.168.10.128/25", "internet"])
 def test_valid_outside_selectors(dst):
     assert _problems(_policy_state(dst)) == []
+
+
+def test_policy_tests_may_name_an_address_as_destination():
+    from reconciler.model.repo import PolicyTest
+
+    pol = replace(POLICIES["routes-exit"], tests=(
+        PolicyTest("laptop-a", "192.168.10.5", "tcp", 22, "accept", 0),
+        PolicyTest("laptop-a", "198.51.100.9", "tcp", 443, "deny", 1),
+        PolicyTest("192.168.10.5", "laptop-a", "tcp", 22, "deny", 2),  # src must be a device
+    ), source=Source("orgs/acme/policy.yaml", {"tests.2.src": 30}))
+    assert _problems(org(pol)) == [("E-REF-DEVICE", 30)]
+    from reconciler.config.semantic import check_policy_tests
+
+    outcomes = check_policy_tests(org(replace(pol, tests=pol.tests[:2])))
+    assert outcomes == []
+
+
+@pytest.mark.parametrize(("selector", "valid"), [
+    ("internet", True), ("route:192.168.10.0/24", True), ("route:fd00:1::/64", True),
+    ("route:", False), ("route:192.168.10.0", False), ("internet:x", False),
+    ("route:10.0.0.0/24;drop", False),
+])
+def test_policy_schema_accepts_the_new_selectors(selector, valid):
+    from reconciler.config import schema
+
+    doc = {"kind": "Policy", "rules": [{"src": ["*"], "dst": [selector]}]}
+    assert schema.is_valid("Policy", doc) is valid
+    if not valid:
+        (problem,) = schema.check("Policy", doc, "orgs/acme/policy.yaml", {"rules.0.dst.0": 7})
+        assert (problem.line, problem.code) == (7, "E-SELECTOR-INVALID")
+        assert "route:CIDR or internet" in problem.remedy
+
+
+@pytest.mark.parametrize(("fields", "valid"), [
+    ({"use_exit_node": "exit-1"}, True), ({"masquerade_routes": False}, True),
+    ({"use_exit_node": "Exit 1"}, False), ({"use_exit_node": 3}, False),
+    ({"masquerade_routes": "no"}, False),
+])
+def test_device_schema_has_the_new_fields(fields, valid):
+    from reconciler.config import schema
+
+    key = "H68knQ+MlukXL0Qf5sS2i/l+Y7yweVjgpR1m1TjdFGc="
+    doc = {"kind": "Device", "name": "laptop-b", "owner": "bob", "wireguard": {"public_key": key},
+           "identity": {"public_key": key}, "tunnel_ips": ["10.10.0.3"], **fields}
+    assert schema.is_valid("Device", doc) is valid
+
+
+def test_manifest_carries_the_new_fields_signed_and_back():
+    from reconciler.pki.manifest import check_manifest_dict, manifest_from_dict, manifest_to_dict
+
+    m = manifest(org(POLICIES["routes-exit"], keep_sources=True))
+    doc = manifest_to_dict(m)
+    by_name = {d["name"]: d for d in doc["devices"]}
+    assert by_name["laptop-b"]["use_exit"] == "exit-1"
+    assert by_name["router-1"]["keep_sources"] is True
+    assert "use_exit" not in by_name["laptop-a"] and "keep_sources" not in by_name["laptop-a"]
+    back = manifest_from_dict(doc)
+    assert back.device("laptop-b").use_exit_node == "exit-1"
+    assert back.device("router-1").masquerade_routes is False
+    assert back.device("laptop-a").masquerade_routes is True
+    for bad in ({"use_exit": "Not A Label"}, {"keep_sources": False}):
+        broken = {**doc, "devices": [{**doc["devices"][0], **bad}, *doc["devices"][1:]]}
+        with pytest.raises(ValueError, match="use_exit|keep_sources"):
+            check_manifest_dict(broken)
