@@ -213,3 +213,106 @@ def test_relay_forwards_only_what_policy_accepts(names):
 
 def test_devices_of_the_test_org():
     assert {d.name for d in devices()} >= set(ADDR)
+
+
+WHO = r"""
+import socket, sys, threading
+def tcp(p):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", p)); s.listen(16)
+    while True:
+        c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()
+for p in (22, 23):
+    threading.Thread(target=tcp, args=(p,), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+WHO_PROBE = r"""
+import json, socket, sys
+out = []
+for src, dst, port in json.loads(sys.argv[1]):
+    try:
+        s = socket.socket(); s.settimeout(0.6); s.bind((src, 0)); s.connect((dst, port))
+        out.append(s.recv(64).decode()); s.close()
+    except OSError:
+        out.append(None)
+print(json.dumps(out))
+"""
+
+
+def who_probe(ns: str, flows: list[tuple[str, str, int]]) -> list[str | None]:
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", WHO_PROBE,
+                          json.dumps(flows)], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def _site(names: dict[str, str], far: str, near: str, *, back_route: bool) -> None:
+    """a (laptops 10.10.0.2 and .3) -- r (the mesh side is if_ra) -- b (a host at
+    ``far`` on r's other side, r holding ``near``)."""
+    a, b, r = names["a"], names["b"], names["r"]
+    veth(a, names["if_a"], r, names["if_ra"])
+    veth(b, names["if_b"], r, names["if_rb"])
+    nsx(r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    nsx(r, "ip", "addr", "add", "172.31.1.1/30", "dev", names["if_ra"])
+    nsx(a, "ip", "addr", "add", "172.31.1.2/30", "dev", names["if_a"])
+    for ip in ("10.10.0.2", "10.10.0.3"):
+        nsx(a, "ip", "addr", "add", f"{ip}/32", "dev", names["if_a"])
+        nsx(r, "ip", "route", "add", f"{ip}/32", "via", "172.31.1.2")
+    nsx(r, "ip", "addr", "add", f"{near}/24", "dev", names["if_rb"])
+    nsx(b, "ip", "addr", "add", f"{far}/24", "dev", names["if_b"])
+    nsx(a, "ip", "route", "add", f"{far}/32", "via", "172.31.1.1")
+    if back_route:  # the LAN routes the org CIDR back to its router
+        nsx(b, "ip", "route", "add", "10.10.0.0/24", "via", near)
+
+
+def _who_server(ns: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", WHO],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.parametrize("keep_sources", [False, True])
+def test_subnet_router_forwards_what_route_rules_allow(names, keep_sources):
+    """routes-exit policy: laptops may reach 192.168.10.0/24 on tcp/22 only; the
+    router masquerades unless masquerade_routes is false."""
+    from fworgs import POLICIES
+
+    _site(names, "192.168.10.5", "192.168.10.1", back_route=keep_sources)
+    m = manifest(org(POLICIES["routes-exit"], keep_sources=keep_sources))
+    Nftables(names["r"]).apply(desired_ruleset(m, "router-1", names["if_ra"]))
+    server = _who_server(names["b"])
+    try:
+        seen = who_probe(names["a"], [("10.10.0.2", "192.168.10.5", 22),
+                                      ("10.10.0.2", "192.168.10.5", 23),
+                                      ("10.10.0.3", "192.168.10.5", 22)])
+    finally:
+        server.kill()
+        server.wait()
+    src = ("10.10.0.2", "10.10.0.3") if keep_sources else ("192.168.10.1", "192.168.10.1")
+    assert seen == [src[0], None, src[1]]
+    if keep_sources:  # the LAN host has a route, yet cannot open a flow into the mesh
+        assert not ping(names["b"], "10.10.0.2")
+
+
+def test_exit_node_forwards_and_masquerades_only_allowed_clients(names):
+    """Only laptop-b has an internet rule; the internet host sees the exit node."""
+    from fworgs import POLICIES
+
+    _site(names, "198.51.100.9", "198.51.100.1", back_route=False)
+    m = manifest(org(POLICIES["routes-exit"]))
+    labels = {d.name: d.labels for d in m.devices}
+    Nftables(names["r"]).apply(desired_ruleset(m, "exit-1", names["if_ra"]))
+    server = _who_server(names["b"])
+    try:
+        seen = who_probe(names["a"], [("10.10.0.3", "198.51.100.9", 22),
+                                      ("10.10.0.2", "198.51.100.9", 22)])
+    finally:
+        server.kill()
+        server.wait()
+    assert seen == ["198.51.100.1", None]
+    engine_says = [evaluate_compiled(m.policy, labels, src, "198.51.100.9", "tcp", 22,
+                                     org_cidrs=(m.cidr_v4,), routes=("192.168.10.0/24",)
+                                     ).accepted for src in ("laptop-b", "laptop-a")]
+    assert engine_says == [s is not None for s in seen]
