@@ -17,7 +17,8 @@ JSON form (keys sorted, compact, UTF-8)::
 
 Per device, defaults and empty fields are left out (``relay``/``exit`` only
 when true, ``use_exit`` only when the device's file sets ``use_exit_node``,
-``keep_sources`` only when ``masquerade_routes`` is false, ``tags``/``labels``/``routes`` only when non-empty, ``endpoint`` and
+``keep_sources`` only when ``masquerade_routes`` is false,
+``tags``/``labels``/``routes`` only when non-empty, ``endpoint`` and
 ``keepalive`` only when set) to keep the manifest near 150 bytes per device.
 """
 

@@ -294,26 +294,35 @@ def desired_ruleset(manifest: Manifest, me: str, interface: str) -> Ruleset:
            for f in FAMILIES}
     inside = {f: sets.ref(f"inside_{f}", f, ([], [*index.org[f], *index.routes[f]]))
               if role.forwards else None for f in FAMILIES}
+    # "the internet": not an org CIDR, not an advertised route (exit nodes only)
+    outside = {f: Match(_DADDR[f], (ref,), negate=True) if ref and role.exit_node else None
+               for f, ref in inside.items()}
 
     mesh_in: list[Rule] = [ESTABLISHED, INVALID]
     mesh_fwd: list[Rule] = [ESTABLISHED, INVALID]
     if rules is None:  # full mesh: anything from the org
         for f in FAMILIES:
-            src = org[f]
+            src, ref = org[f], inside[f]
             if src is None:
                 continue
-            mesh_in.append(Rule((Match(_SADDR[f], (src,)),), "accept", "no policy: full mesh"))
-            if role.forwards and inside[f] is not None:
-                to_mesh = Match(_DADDR[f], (inside[f],))  # type: ignore[arg-type]
-                mesh_fwd.append(Rule((Match(_SADDR[f], (src,)), to_mesh), "accept",
+            from_org = Match(_SADDR[f], (src,))
+            mesh_in.append(Rule((from_org,), "accept", "no policy: full mesh"))
+            if ref is not None:
+                mesh_fwd.append(Rule((from_org, Match(_DADDR[f], (ref,))), "accept",
                                      "no policy: full mesh"))
-                if role.exit_node:
-                    out = Match(_DADDR[f], (inside[f],), negate=True)  # type: ignore[arg-type]
-                    mesh_fwd.append(Rule((Match(_SADDR[f], (src,)), out), "accept",
-                                         "no policy: full mesh, internet"))
+            out = outside[f]
+            if out is not None:
+                mesh_fwd.append(Rule((from_org, out), "accept", "no policy: full mesh, internet"))
     else:
         for i, raw in enumerate(rules):
-            _add_rule(i, raw, mine, role, index, sets, inside, mesh_in, mesh_fwd)
+            try:
+                _add_rule(i, raw, mine, role, index, sets, outside, mesh_in, mesh_fwd)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ConfigError(
+                    f"manifest serial {manifest.serial} (org {manifest.org!r}): compiled "
+                    f"policy rule {i} is malformed ({type(exc).__name__}: {exc}); the "
+                    "firewall was not changed: republish the org from a valid repository"
+                ) from exc
     mesh_in.append(DROP)
     mesh_fwd.append(DROP)
 
@@ -329,7 +338,7 @@ def desired_ruleset(manifest: Manifest, me: str, interface: str) -> Ruleset:
                   hook="forward"),
             Chain("mesh_fwd", tuple(mesh_fwd)),
         ]
-    nat = _masquerade(role, interface, sets, inside, index)
+    nat = _masquerade(role, interface, sets, outside, index)
     if nat:
         chains.append(Chain("postrouting", tuple(nat), hook="postrouting", type="nat",
                             priority=100))
@@ -337,19 +346,19 @@ def desired_ruleset(manifest: Manifest, me: str, interface: str) -> Ruleset:
 
 
 def _add_rule(i: int, raw: Mapping[str, Any], mine: ManifestDevice, role: Role, index: _Index,
-              sets: _Sets, inside: Mapping[int, str | None], mesh_in: list[Rule],
+              sets: _Sets, outside: Mapping[int, Match | None], mesh_in: list[Rule],
               mesh_fwd: list[Rule]) -> None:
     """The statements of compiled rule ``i`` on input and (when forwarding) forward.
     Sets are made only for statements that exist, so a device that is neither a
     destination of the rule nor a forwarder carries nothing of it."""
     src_sel, dst_sel = raw["src"], raw["dst"]
-    internet = INTERNET in dst_sel and role.exit_node
+    internet = INTERNET in dst_sel
     to_me = _selects_me(dst_sel, mine)
     # a route: destination reaches this device's input only for its own routes'
     # local addresses (the router's LAN address)
     routed = [] if to_me else [s for s in dst_sel if s.startswith("r:")
                                and _overlaps_any(s[2:], role.routes)]
-    if not (to_me or routed or internet or role.forwards):
+    if not (to_me or routed or role.forwards):
         return
     proto = str(raw.get("proto", "any"))
     ports = _ports(raw.get("ports", ()))
@@ -365,8 +374,7 @@ def _add_rule(i: int, raw: Mapping[str, Any], mine: ManifestDevice, role: Role, 
         if local is not None:
             mesh_in.extend(proto_rules(f, (*head, Match(_DADDR[f], (local,))), proto, ports,
                                        comment))
-        out = (Match(_DADDR[f], (inside[f],), negate=True)  # type: ignore[arg-type]
-               if internet and inside[f] is not None else None)
+        out = outside[f] if internet else None
         if out is not None and not to_me:
             mesh_in.extend(proto_rules(f, (*head, out), proto, ports, comment))
         if not role.forwards:
@@ -385,7 +393,7 @@ def _overlaps_any(cidr: str, routes: Iterable[str]) -> bool:
                for r in map(_net, routes))
 
 
-def _masquerade(role: Role, interface: str, sets: _Sets, inside: Mapping[int, str | None],
+def _masquerade(role: Role, interface: str, sets: _Sets, outside: Mapping[int, Match | None],
                 index: _Index) -> list[Rule]:
     """Source NAT of mesh traffic leaving through another interface."""
     head = (Match("iifname", (interface,)), Match("oifname", (interface,), negate=True))
@@ -399,7 +407,8 @@ def _masquerade(role: Role, interface: str, sets: _Sets, inside: Mapping[int, st
             if mine is not None:
                 out.append(Rule((*head, Match(_DADDR[f], (mine,))), "masquerade",
                                 "subnet router: masquerade towards its routes"))
-        if role.exit_node and inside[f] is not None:
-            out.append(Rule((*head, Match(_DADDR[f], (inside[f],), negate=True)), "masquerade",
+        not_mesh = outside[f]
+        if not_mesh is not None:
+            out.append(Rule((*head, not_mesh), "masquerade",
                             "exit node: masquerade to the internet"))
     return out

@@ -213,3 +213,15 @@ def test_statement_count_does_not_depend_on_the_number_of_devices(policy_rules, 
               for n in (16, 300)}
     assert counts[16] == counts[300]
     assert counts[16] <= 5 + 2 * 2 * 8 * 2  # fixed part + per rule: families x (in, fwd) x 2
+
+
+@pytest.mark.parametrize("bad", [
+    {"src": ["*"]},                                        # no dst
+    {"src": ["*"], "dst": ["*"], "ports": ["eighty"]},     # not a port
+    {"src": "*", "dst": 5},                                # wrong types
+])
+def test_a_malformed_compiled_rule_is_a_clear_error(bad):
+    m = manifest(org(POLICIES["tcp-port"]))
+    m = replace(m, policy={"version": 1, "rules": [bad]})
+    with pytest.raises(ConfigError, match="compiled policy rule 0 is malformed"):
+        desired_ruleset(m, "web-1", "wg0")
