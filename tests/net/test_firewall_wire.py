@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 from fworgs import devices, manifest, org
 from policyorgs import ports, rules
 
+from reconciler.model.firewall import EMPTY
 from reconciler.model.repo import Policy, Rule
 from reconciler.net.nftables import Nftables
 from reconciler.policy import evaluate_compiled
@@ -53,9 +55,8 @@ def udp(p):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", p))
     while True:
         data, peer = s.recvfrom(100); s.sendto(b"ok", peer)
-for p in (8080, 9090, 9001):
+for p in (53, 8080, 9090, 9001):
     threading.Thread(target=tcp, args=(p,), daemon=True).start()
-for p in (53, 8080):
     threading.Thread(target=udp, args=(p,), daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()
@@ -127,8 +128,8 @@ def serve(ns: str) -> subprocess.Popen[str]:
     return proc
 
 
-def probe(ns: str, dst: str) -> list[bool]:
-    flows = [(ADDR[s], proto, port) for s, proto, port in FLOWS]
+def probe(ns: str, dst: str, flows_by_name: list | None = None) -> list[bool]:
+    flows = [(ADDR[s], proto, port) for s, proto, port in (flows_by_name or FLOWS)]
     out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", PROBE, dst,
                           json.dumps(flows)], capture_output=True, text=True, check=True).stdout
     return json.loads(out)
@@ -179,7 +180,7 @@ def test_full_mesh_accepts_the_org_and_drops_outsiders(names):
     assert not ping(a, "10.99.0.4", "10.99.0.2")
 
 
-def test_relay_forwards_only_what_policy_accepts(names):
+def _relay_site(names: dict[str, str]) -> None:
     a, b, r = names["a"], names["b"], names["r"]
     veth(a, names["if_a"], r, names["if_ra"])
     veth(b, names["if_b"], r, names["if_rb"])
@@ -195,6 +196,11 @@ def test_relay_forwards_only_what_policy_accepts(names):
     nsx(r, "ip", "route", "add", "10.10.0.4/32", "via", "172.31.2.2")
     nsx(a, "ip", "route", "add", "10.10.0.4/32", "via", "172.31.1.1")
     nsx(b, "ip", "route", "add", "10.10.0.0/24", "via", "172.31.2.1", "src", "10.10.0.4")
+
+
+def test_relay_forwards_only_what_policy_accepts(names):
+    a, b, r = names["a"], names["b"], names["r"]
+    _relay_site(names)
     m = manifest(org(POLICY))
     server = serve(b)
     try:
@@ -316,3 +322,50 @@ def test_exit_node_forwards_and_masquerades_only_allowed_clients(names):
                                      org_cidrs=(m.cidr_v4,), routes=("192.168.10.0/24",)
                                      ).accepted for src in ("laptop-b", "laptop-a")]
     assert engine_says == [s is not None for s in seen]
+
+
+SELECTORS = ["*", "tag:laptop", "device:laptop-a", "user:bob", "tag:web", "device:web-1"]
+PORT_CHOICES = [(53,), (8080,), ((9000, 9001),), (53, 9090), ()]
+SAMPLED = [(src, proto, port) for src in ("laptop-a", "laptop-b")
+           for proto, port in (("tcp", 53), ("tcp", 8080), ("tcp", 9001), ("tcp", 9090),
+                               ("udp", 53), ("udp", 9001), ("icmp", None))]
+
+
+def random_policy(seed: int) -> Policy:
+    rng = random.Random(seed)
+    out = []
+    for i in range(rng.randint(1, 4)):
+        proto = rng.choice(["tcp", "udp", "icmp", "any"])
+        chosen = () if proto == "icmp" else rng.choice(PORT_CHOICES)
+        out.append(Rule(tuple(rng.sample(SELECTORS, rng.randint(1, 2))),
+                        tuple(rng.sample(SELECTORS, rng.randint(1, 2))), proto,
+                        ports(*chosen), f"r{i}"))
+    return Policy(rules=rules(*out))
+
+
+# seeds picked so the three policies cover tcp, udp, icmp and any, with and without
+# ports, and accept 6-10 of the 14 sampled flows (the rest must be dropped)
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [9, 24, 44])
+def test_wire_agrees_with_the_engine_on_random_policies(names, seed):
+    """Receiver (web-1's input hook) and relay (forward hook) for random policies:
+    every sampled flow passes exactly when ``evaluate_compiled`` accepts it."""
+    a, b, r = names["a"], names["b"], names["r"]
+    _relay_site(names)
+    m = manifest(org(random_policy(seed)))
+    labels = {d.name: d.labels for d in m.devices}
+    want = [evaluate_compiled(m.policy, labels, src, "web-1", proto, port).accepted
+            for src, proto, port in SAMPLED]
+    server = serve(b)
+    try:
+        Nftables(r).apply(desired_ruleset(m, "relay-1", names["if_ra"]))
+        via_relay = probe(a, "10.10.0.4", SAMPLED)
+        Nftables(r).apply(EMPTY)
+        Nftables(b).apply(desired_ruleset(m, "web-1", names["if_b"]))
+        at_receiver = probe(a, "10.10.0.4", SAMPLED)
+    finally:
+        server.kill()
+        server.wait()
+    disagreements = [(flow, w) for flow, w, x, y in zip(SAMPLED, want, via_relay, at_receiver,
+                                                         strict=True) if not w == x == y]
+    assert disagreements == [], (m.policy, disagreements)
