@@ -29,6 +29,10 @@ def _peer_label(public_key_b64: str, name: str) -> str:
     return f"{short(public_key_b64)} ({name})" if name else short(public_key_b64)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _ips(allowed_ips: tuple[str, ...]) -> str:
     return ",".join(allowed_ips) if allowed_ips else "(none)"
 
@@ -199,9 +203,9 @@ class ReplaceFirewall:
         if self.ruleset.empty:
             text = "remove firewall table inet meshops"
         else:
-            text = (f"replace firewall table inet meshops ({self.ruleset.statements} "
-                    f"statements, {len(self.ruleset.sets)} sets, "
-                    f"{self.ruleset.elements} set elements)")
+            rs = self.ruleset
+            text = (f"replace firewall table inet meshops ({_count(rs.statements, 'statement')}, "
+                    f"{_count(len(rs.sets), 'set')}, {_count(rs.elements, 'set element')})")
         return f"{text}: {self.why}" if self.why else text
 
 

@@ -39,8 +39,8 @@ def test_comments_are_not_compared():
 def test_missing_table_is_one_replace():
     (op,) = plan_firewall(DESIRED, EMPTY, "wg0")
     assert op == ReplaceFirewall("wg0", DESIRED, "table inet meshops is missing")
-    assert str(op) == ("replace firewall table inet meshops (3 statements, 1 sets, 1 set "
-                       "elements): table inet meshops is missing")
+    assert str(op) == ("replace firewall table inet meshops (3 statements, 1 set, 1 set "
+                       "element): table inet meshops is missing")
 
 
 def test_drift_names_what_differs():
