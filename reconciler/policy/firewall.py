@@ -193,43 +193,51 @@ class _Index:
             if cidr:
                 net = _net(cidr)
                 self.org[net.version].append(net)
-        self._hosts: dict[str, tuple[tuple[int, str], ...]] = {}
+        self._hosts: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._content: dict[tuple[tuple[str, ...], int], tuple[list[str], list[Net]]] = {}
 
-    def hosts(self, name: str) -> tuple[tuple[int, str], ...]:
-        hit = self._hosts.get(name)
+    def hosts(self, selector: str, family: int) -> tuple[str, ...]:
+        """Canonical tunnel addresses of ``family`` of the devices a label (or a
+        ``d:NAME``) selects; memoized: rules share selectors."""
+        key = (selector, family)
+        hit = self._hosts.get(key)
         if hit is None:
-            dev = self.devices.get(name)
+            names = (selector[2:],) if selector.startswith("d:") else self.members.get(selector,
+                                                                                       ())
             out = []
-            for ip in dev.tunnel_ips if dev is not None else ():
-                text = canonical_host(ip)
-                if text is not None:
-                    out.append((6 if ":" in text else 4, text))
-            hit = self._hosts[name] = tuple(out)
+            for name in names:
+                dev = self.devices.get(name)
+                for ip in dev.tunnel_ips if dev is not None else ():
+                    text = canonical_host(ip)
+                    if text is not None and (":" in text) == (family == 6):
+                        out.append(text)
+            hit = self._hosts[key] = tuple(out)
         return hit
 
-    def content(self, selectors: Iterable[str], family: int) -> tuple[list[str], list[Net]]:
+    def content(self, selectors: Sequence[str], family: int) -> tuple[list[str], list[Net]]:
         """Hosts and networks of ``family`` that ``selectors`` pick: devices' tunnel
         addresses, ``*`` = the org CIDR (which holds every tunnel address), ``r:``
         subnets; ``internet`` is handled by the caller."""
+        key = (tuple(selectors), family)
+        hit = self._content.get(key)
+        if hit is not None:
+            return hit
         nets: list[Net] = []
-        names: set[str] = set()
-        everyone = False
+        hosts: list[str] = []
+        everyone = "*" in selectors
         for sel in selectors:
             if sel == "*":
-                everyone = True
                 nets.extend(self.org[family])
-            elif sel.startswith("d:"):
-                names.add(sel[2:])
             elif sel.startswith("r:"):
                 net = _net(sel[2:])
                 if net.version == family:
                     nets.append(net)
-            elif sel != INTERNET:
-                names.update(self.members.get(sel, ()))
-        if everyone:  # tunnel addresses lie inside the org CIDR (validated by the hub)
-            return [], nets
-        hosts = [text for name in names for fam, text in self.hosts(name) if fam == family]
-        return hosts, nets
+            elif sel != INTERNET and not everyone:
+                # tunnel addresses lie inside the org CIDR (validated by the hub), so
+                # with "*" there is nothing to add
+                hosts.extend(self.hosts(sel, family))
+        hit = self._content[key] = (hosts, nets)
+        return hit
 
 
 def _selects_me(selectors: Iterable[str], me: ManifestDevice) -> bool:
