@@ -8,10 +8,15 @@ import subprocess
 
 import pytest
 from fworgs import POLICIES, manifest, org
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from policyorgs import ports
 
 from reconciler.converge import plan_firewall, plan_routing
 from reconciler.errors import BackendError, BackendUnavailable
 from reconciler.model.firewall import EMPTY, Chain, Match, Rule, Ruleset
+from reconciler.model.repo import Policy
+from reconciler.model.repo import Rule as PolicyRule
 from reconciler.model.routing import NO_ROUTING
 from reconciler.net.iproute import IPRouteLinks
 from reconciler.net.nftables import Nftables
@@ -130,3 +135,40 @@ def test_exit_routing_applies_and_restores(netns):
     rules_after = subprocess.run(["ip", "-n", netns, "rule", "show"], capture_output=True,
                                  text=True, check=True).stdout
     assert rules_after == rules_before
+
+
+_selector = st.sampled_from(["*", "tag:laptop", "tag:web", "user:ops", "device:db-1",
+                             "route:192.168.10.0/24", "route:192.168.10.128/25", "internet"])
+_src = st.sampled_from(["*", "tag:laptop", "tag:web", "user:ops", "device:db-1"])
+
+
+@st.composite
+def _policy(draw):
+    out = []
+    for i in range(draw(st.integers(1, 6))):
+        proto = draw(st.sampled_from(["tcp", "udp", "icmp", "any"]))
+        chosen = () if proto == "icmp" else tuple(draw(st.lists(
+            st.integers(1, 65535) | st.tuples(st.integers(1, 60000), st.integers(0, 5000)).map(
+                lambda t: (t[0], min(65535, t[0] + t[1]))), max_size=4)))
+        out.append(PolicyRule(tuple(draw(st.lists(_src, min_size=1, max_size=3))),
+                              tuple(draw(st.lists(_selector, min_size=1, max_size=3))), proto,
+                              ports(*chosen), draw(st.sampled_from(["", "a name", "x\"y;z"])),
+                              i))
+    return Policy(rules=tuple(out))
+
+
+def test_random_policies_read_back_equal(nft_netns):
+    """For random policies, every role's ruleset survives apply + read-back unchanged
+    (the normal form holds beyond the golden shapes), so a second plan is empty."""
+    fw = Nftables(nft_netns)
+
+    @settings(max_examples=15, deadline=None, database=None)
+    @given(_policy(), st.booleans())
+    def check(policy, v6):
+        m = manifest(org(policy, v6=v6))
+        for me in ("laptop-a", "relay-1", "router-1", "exit-1"):
+            desired = desired_ruleset(m, me, "wg0")
+            fw.apply(desired)
+            assert plan_firewall(desired, fw.observe(), "wg0") == (), (policy, me)
+
+    check()
