@@ -45,7 +45,7 @@ from .access import merge_ranges
 from .selectors import INTERNET
 
 # IFNAMSIZ is 16 with the NUL; no quotes or spaces may reach the nft script.
-_IFNAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}\Z")
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 _COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:/+=-]")
 FAMILIES = (4, 6)
 _SADDR = {4: "ip saddr", 6: "ip6 saddr"}

@@ -125,7 +125,7 @@ def test_not_in_the_manifest_means_no_table():
     assert desired_ruleset(manifest(org(None)), "ghost", "wg0") == EMPTY
 
 
-@pytest.mark.parametrize("bad", ['wg0"; flush ruleset', "", "a" * 16, "wg 0"])
+@pytest.mark.parametrize("bad", ['wg0"; flush ruleset', "", "a" * 16, "wg 0", "wg:0", "wg/0"])
 def test_interface_names_cannot_inject(bad):
     with pytest.raises(ConfigError, match="interface name"):
         desired_ruleset(manifest(org(None)), "laptop-a", bad)
