@@ -87,6 +87,8 @@ def device(doc: Mapping[str, Any], org: str, source: Source) -> Device:
         description=doc.get("description", ""),
         disabled=doc.get("disabled", False),
         source=source,
+        use_exit_node=doc.get("use_exit_node"),
+        masquerade_routes=doc.get("masquerade_routes", True),
     )
 
 

@@ -40,9 +40,11 @@ _FIELD_CODES: dict[tuple[str, str], tuple[str, str]] = {
     ("Device", "endpoint"): ("E-ENDPOINT-INVALID", "write the endpoint as host:port"),
     ("Mesh", "stun_servers"): ("E-ENDPOINT-INVALID", "write each STUN server as host:port"),
     ("Policy", "rules.src"): (
-        "E-SELECTOR-INVALID", "use *, group:NAME, tag:NAME, device:NAME or user:NAME"),
+        "E-SELECTOR-INVALID",
+        "use *, group:NAME, tag:NAME, device:NAME, user:NAME, route:CIDR or internet"),
     ("Policy", "rules.dst"): (
-        "E-SELECTOR-INVALID", "use *, group:NAME, tag:NAME, device:NAME or user:NAME"),
+        "E-SELECTOR-INVALID",
+        "use *, group:NAME, tag:NAME, device:NAME, user:NAME, route:CIDR or internet"),
 }
 _NAME_REMEDY = ("use a DNS label: lowercase letters, digits and '-', at most 63 characters, "
                 "no dots or slashes")

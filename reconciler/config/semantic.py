@@ -172,8 +172,35 @@ def check_org(state: OrgState, broken: frozenset[str] = frozenset(),
     out.extend(_check_addresses(state, memo if memo is not None else {}))
     out.extend(_check_keys(state))
     out.extend(_check_routes(state))
+    out.extend(_check_exit_use(state, broken))
     out.extend(_check_references(state, broken))
     return out
+
+
+def _check_exit_use(state: OrgState, broken: frozenset[str]) -> Iterator[Problem]:
+    """``use_exit_node: NAME`` names another enabled device of the org that has
+    ``exit_node: true`` (E-EXIT-NODE)."""
+    devices = state.devices
+    for name, dev in sorted(devices.items()):
+        target = dev.use_exit_node
+        if target is None or dev.disabled:
+            continue
+        exit_dev = devices.get(target)
+        if target == name:
+            message = "a device cannot use itself as its exit node"
+        elif exit_dev is None:
+            if f"devices/{target}" in broken:
+                continue
+            message = f"use_exit_node {target!r} is not a device of {state.name}"
+        elif exit_dev.disabled:
+            message = f"use_exit_node {target!r} is disabled"
+        elif not exit_dev.exit_node:
+            message = f"use_exit_node {target!r} does not offer itself (no exit_node: true)"
+        else:
+            continue
+        yield _p(dev.source, "use_exit_node", "E-EXIT-NODE", message,
+                 "name an enabled device of this org that has exit_node: true, or remove "
+                 "use_exit_node")
 
 
 def _networks(org: Organization) -> dict[int, IPNetwork]:
@@ -379,7 +406,7 @@ def _check_references(state: OrgState, broken: frozenset[str]) -> Iterator[Probl
         for side, selectors in (("src", rule.src), ("dst", rule.dst)):
             for i, sel in enumerate(selectors):
                 problem = _selector_problem(sel, policy, user_known, device_known, tags,
-                                            tags_unknown)
+                                            tags_unknown, side, state)
                 if problem is not None:
                     code, message = problem
                     yield _p(src, f"rules.{rule.index}.{side}.{i}", code,
@@ -387,18 +414,34 @@ def _check_references(state: OrgState, broken: frozenset[str]) -> Iterator[Probl
                              "fix the selector or add what it names")
     for test in policy.tests:
         for side, name in (("src", test.src), ("dst", test.dst)):
+            if side == "dst" and _is_ip(name):
+                continue  # an address outside the mesh: a routed subnet or the internet
             if not device_known(name):
                 yield _p(src, f"tests.{test.index}.{side}", "E-REF-DEVICE",
                          f"test {test.index}: device {name!r} does not exist",
                          "tests name devices of this org")
 
 
+def _is_ip(text: str) -> bool:
+    return _parse_ip(text)[0] != 0
+
+
 def _selector_problem(sel: str, policy: Policy, user_known: Callable[[str], bool],
                       device_known: Callable[[str], bool], tags: set[str],
-                      tags_unknown: bool) -> tuple[str, str] | None:
+                      tags_unknown: bool, side: str = "dst",
+                      state: OrgState | None = None) -> tuple[str, str] | None:
     if sel == "*":
         return None
     kind, _, name = sel.partition(":")
+    if kind in ("route", "internet") and side == "src":
+        return ("E-SELECTOR-SIDE", (f"{sel!r} selects destinations only (routed subnets, "
+                                    "the internet); it cannot be a source"))
+    if kind == "route" and state is not None:
+        return _route_selector_problem(name, state)
+    if kind == "internet" and state is not None and not any(
+            d.exit_node and not d.disabled for d in state.devices.values()):
+        return ("E-REF-EXIT", ("'internet' is reachable only through an exit node, and no "
+                               "enabled device has exit_node: true"))
     if kind == "group" and name not in policy.groups:
         return "E-REF-GROUP", f"group {name!r} is not defined in groups"
     if kind == "user" and not user_known(name):
@@ -408,6 +451,25 @@ def _selector_problem(sel: str, policy: Policy, user_known: Callable[[str], bool
     if kind == "tag" and name not in tags and not tags_unknown:
         return "E-REF-TAG", f"no device has tag {name!r}"
     return None
+
+
+def _route_selector_problem(cidr: str, state: OrgState) -> tuple[str, str] | None:
+    """``route:CIDR`` must be a network inside some enabled device's advertised route."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=True)
+    except ValueError as exc:
+        return "E-SELECTOR-INVALID", f"route:{cidr}: {exc}"
+    for dev in state.devices.values():
+        if dev.disabled:
+            continue
+        for route in dev.routes:
+            try:
+                adv = ipaddress.ip_network(route, strict=False)
+            except ValueError:
+                continue
+            if adv.version == net.version and net.subnet_of(adv):  # type: ignore[arg-type]
+                return None
+    return ("E-REF-ROUTE", f"no enabled device advertises a route that covers {cidr}")
 
 
 def check_policy_tests(state: OrgState) -> list[Problem]:

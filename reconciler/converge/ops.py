@@ -9,7 +9,10 @@ key changes print the matching public key instead.
 
 ``WG_OPS`` are carried out by the WireGuard backend (UAPI or netlink),
 ``LINK_OPS`` by the link manager (addresses, routes, MTU, link state, and
-IP forwarding in the interface's namespace).
+IP forwarding in the interface's namespace), ``FIREWALL_OPS`` by
+``reconciler.net.nftables.Nftables`` and ``ROUTING_OPS`` (the exit-node
+client's policy routing) by ``reconciler.net.iproute.IPRouteLinks``.
+``reconciler.converge.firewall`` plans the last two.
 """
 
 from __future__ import annotations
@@ -17,11 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler.converge.keys import public_key, short
+from reconciler.model.firewall import Ruleset
+from reconciler.model.routing import PolicyRule, TableRoute
 from reconciler.model.wg import DesiredPeer
 
 
 def _peer_label(public_key_b64: str, name: str) -> str:
     return f"{short(public_key_b64)} ({name})" if name else short(public_key_b64)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _ips(allowed_ips: tuple[str, ...]) -> str:
@@ -181,6 +190,61 @@ class UpdatePeer:
         return " ".join(parts)
 
 
+@dataclass(frozen=True)
+class ReplaceFirewall:
+    """Replace the ``inet meshops`` nftables table with ``ruleset`` in one
+    transaction (``EMPTY`` deletes it). ``why`` says what differed."""
+
+    interface: str
+    ruleset: Ruleset
+    why: str = ""
+
+    def __str__(self) -> str:
+        if self.ruleset.empty:
+            text = "remove firewall table inet meshops"
+        else:
+            rs = self.ruleset
+            text = (f"replace firewall table inet meshops ({_count(rs.statements, 'statement')}, "
+                    f"{_count(len(rs.sets), 'set')}, {_count(rs.elements, 'set element')})")
+        return f"{text}: {self.why}" if self.why else text
+
+
+@dataclass(frozen=True)
+class AddPolicyRule:
+    interface: str
+    rule: PolicyRule
+
+    def __str__(self) -> str:
+        return f"add {self.rule}"
+
+
+@dataclass(frozen=True)
+class RemovePolicyRule:
+    interface: str
+    rule: PolicyRule
+
+    def __str__(self) -> str:
+        return f"remove {self.rule}"
+
+
+@dataclass(frozen=True)
+class AddTableRoute:
+    interface: str
+    route: TableRoute
+
+    def __str__(self) -> str:
+        return f"add {self.route}"
+
+
+@dataclass(frozen=True)
+class RemoveTableRoute:
+    interface: str
+    route: TableRoute
+
+    def __str__(self) -> str:
+        return f"remove {self.route}"
+
+
 Operation = (
     CreateInterface
     | SetPrivateKey
@@ -195,7 +259,14 @@ Operation = (
     | AddPeer
     | RemovePeer
     | UpdatePeer
+    | ReplaceFirewall
+    | AddPolicyRule
+    | RemovePolicyRule
+    | AddTableRoute
+    | RemoveTableRoute
 )
 
 WG_OPS = (CreateInterface, SetPrivateKey, SetListenPort, AddPeer, RemovePeer, UpdatePeer)
 LINK_OPS = (SetMtu, SetLinkUp, SetForwarding, AddAddress, RemoveAddress, AddRoute, RemoveRoute)
+FIREWALL_OPS = (ReplaceFirewall,)
+ROUTING_OPS = (AddPolicyRule, RemovePolicyRule, AddTableRoute, RemoveTableRoute)

@@ -25,6 +25,8 @@ class ManifestDevice:
     labels: tuple[str, ...] = ()  # compiled policy membership (owner, groups); see policy
     keepalive: int | None = None
     exit_node: bool = False
+    use_exit_node: str | None = None  # the exit node this device routes its default through
+    masquerade_routes: bool = True  # a subnet router masquerades towards its routes
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,8 @@ class Device:
     description: str = ""
     disabled: bool = False
     source: Source = NO_SOURCE
+    use_exit_node: str | None = None  # name of an exit node of the org this device routes through
+    masquerade_routes: bool = True  # False: forward to ``routes`` keeping mesh source addresses
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,10 @@ class Rule:
     """Accept traffic from any ``src`` selector to any ``dst`` selector.
 
     Selectors: ``"*"``, ``"group:NAME"``, ``"tag:NAME"``, ``"device:NAME"``,
-    ``"user:NAME"`` (the user's devices). Empty ``ports`` means all ports."""
+    ``"user:NAME"`` (the user's devices); destination only: ``"route:CIDR"``
+    (addresses inside an advertised subnet route) and ``"internet"`` (addresses
+    outside the org's CIDRs and routes, through an exit node). Empty ``ports``
+    means all ports."""
 
     src: tuple[str, ...]
     dst: tuple[str, ...]

@@ -25,6 +25,14 @@ The only user of pyroute2's ``IPRoute``. The agent builds an
   sysctl ...``); in the current one it is two file reads. An unreadable
   value is reported as ``None``.
 
+* Policy routing of an exit-node client (``observe_routing(table)``,
+  ``AddPolicyRule``/``RemovePolicyRule``/``AddTableRoute``/``RemoveTableRoute``):
+  read with ``ip -j -4/-6 rule show`` and ``ip -j route show table T``
+  (only the rules at ``reconciler.model.routing.PRIORITIES`` are meshops'),
+  written with pyroute2 (``IPRoute.rule``; ``suppress_prefixlen`` is the
+  kernel's ``FRA_SUPPRESS_PREFIXLEN``). Adding what exists and deleting what
+  is gone are tolerated.
+
 Errors are translated here: ``BackendUnavailable`` for a missing interface
 or namespace (it may be starting), ``BackendError`` for anything refused.
 """
@@ -39,16 +47,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from reconciler.converge.ops import (
+    ROUTING_OPS,
     AddAddress,
+    AddPolicyRule,
     AddRoute,
+    AddTableRoute,
     Operation,
     RemoveAddress,
+    RemovePolicyRule,
     RemoveRoute,
+    RemoveTableRoute,
     SetForwarding,
     SetLinkUp,
     SetMtu,
 )
 from reconciler.errors import BackendError, BackendUnavailable
+from reconciler.model.routing import PRIORITIES, PolicyRouting, PolicyRule, TableRoute
 from reconciler.model.wg import ObservedInterface
 from reconciler.net.sysctl import (
     FORWARD_KEYS,
@@ -113,6 +127,46 @@ def parse_route_json(text: str) -> tuple[str, ...]:
             dst = "::/0" if ":" in route.get("gateway", "") else "0.0.0.0/0"
         out.append(str(ipaddress.ip_network(dst, strict=False)))
     return tuple(out)
+
+
+_TABLE_NAMES = {"main": 254, "local": 255, "default": 253}
+FIB_RULE_INVERT = 2  # linux/fib_rules.h
+
+
+def parse_rule_json(family: int, text: str) -> frozenset[PolicyRule]:
+    """``ip -j -4|-6 rule show`` -> meshops' rules (those at ``PRIORITIES``)."""
+    out = set()
+    for r in json.loads(text or "[]"):
+        prio = r.get("priority")
+        if prio not in PRIORITIES:
+            continue
+        table = r.get("table", "main")
+        table_id = _TABLE_NAMES.get(table) if not str(table).isdigit() else int(table)
+        mark = r.get("fwmark")
+        to = None
+        if "dst" in r and r["dst"] != "all":
+            length = r.get("dstlen", 32 if family == 4 else 128)
+            to = str(ipaddress.ip_network(f"{r['dst']}/{length}", strict=False))
+        out.add(PolicyRule(
+            family=family, priority=int(prio), table=table_id if table_id is not None else -1,
+            fwmark=int(str(mark).partition("/")[0], 0) if mark is not None else None,
+            invert="not" in r, to=to, suppress_prefixlength=r.get("suppress_prefixlen")))
+    return frozenset(out)
+
+
+def parse_table_json(table: int, text: str, family: int = 4) -> frozenset[TableRoute]:
+    """``ip -j -4|-6 route show table T`` -> its routes."""
+    out = set()
+    for route in json.loads(text or "[]"):
+        dst = route.get("dst", "")
+        if dst == "default":
+            dst = "::/0" if family == 6 else "0.0.0.0/0"
+        try:
+            net = ipaddress.ip_network(dst, strict=False)
+        except ValueError:
+            continue
+        out.add(TableRoute(str(net), table, str(route.get("dev", ""))))
+    return frozenset(out)
 
 
 def _ignore(exc: Exception, *codes: int) -> bool:
@@ -183,6 +237,25 @@ class IPRouteLinks:
             forwarding=forwarding_state(self.sysctl.read(FORWARD_KEYS, fwd_res), state.addresses),
         )
 
+    def observe_routing(self, table: int, fwmark: int = 0) -> PolicyRouting:
+        """meshops' policy rules and the routes of ``table`` (``ip -j``, no pyroute2).
+        ``fwmark`` is echoed back: the mark lives on the WireGuard interface."""
+        rules: set[PolicyRule] = set()
+        routes: set[TableRoute] = set()
+        for family in (4, 6):
+            res = self._run(self._ip(f"-{family}", "rule", "show"))
+            if res.returncode != 0:
+                raise BackendUnavailable(f"cannot read ip rules: {res.stderr.strip()}")
+            rules |= parse_rule_json(family, res.stdout)
+            res = self._run(self._ip(f"-{family}", "route", "show", "table", str(table)))
+            if res.returncode != 0:
+                if "does not exist" in res.stderr:
+                    continue  # an empty table does not exist
+                raise BackendUnavailable(f"cannot read routing table {table}: "
+                                         f"{res.stderr.strip()}")
+            routes |= parse_table_json(table, res.stdout, family)
+        return PolicyRouting(frozenset(rules), frozenset(routes), fwmark)
+
     # -- apply (pyroute2, imported only here) ---------------------------------
     def _iproute(self) -> Any:
         if self._ipr is not None:
@@ -211,7 +284,7 @@ class IPRouteLinks:
             op
             for op in ops
             if isinstance(op, (SetMtu, SetLinkUp, SetForwarding, AddAddress, RemoveAddress,
-                               AddRoute, RemoveRoute))
+                               AddRoute, RemoveRoute, *ROUTING_OPS))
         ]
         for op in link_ops:
             if isinstance(op, SetForwarding):  # a sysctl, not netlink: no pyroute2 needed
@@ -237,7 +310,47 @@ class IPRouteLinks:
         for key in forwarding_keys(addresses):
             self.sysctl.write(key, value, what=f"{op} for {op.interface}")
 
+    def _apply_rule(self, ipr: Any, op: AddPolicyRule | RemovePolicyRule) -> None:
+        r = op.rule
+        kw: dict[str, Any] = {"family": 10 if r.family == 6 else 2, "priority": r.priority,
+                              "table": r.table}
+        if r.fwmark is not None:
+            kw["fwmark"] = r.fwmark
+        if r.invert:
+            kw["flags"] = FIB_RULE_INVERT
+        if r.to is not None:
+            net = ipaddress.ip_network(r.to)
+            kw.update(dst=str(net.network_address), dst_len=net.prefixlen)
+        if r.suppress_prefixlength is not None:
+            kw["suppress_prefixlen"] = r.suppress_prefixlength
+        add = isinstance(op, AddPolicyRule)
+        try:
+            ipr.rule("add" if add else "del", **kw)
+        except Exception as exc:
+            if (add and _ignore(exc, errno.EEXIST)) or (not add and _ignore(exc, errno.ENOENT)):
+                return
+            raise
+
     def _apply_op(self, ipr: Any, op: Operation) -> None:
+        if isinstance(op, (AddPolicyRule, RemovePolicyRule)):
+            self._apply_rule(ipr, op)
+            return
+        if isinstance(op, RemoveTableRoute):
+            net = ipaddress.ip_network(op.route.route)
+            try:
+                ipr.route("del", dst=str(net.network_address), dst_len=net.prefixlen,
+                          table=op.route.table, family=10 if net.version == 6 else 2)
+            except Exception as exc:
+                if _ignore(exc, errno.ESRCH, errno.ENOENT):
+                    return
+                raise
+            return
+        if isinstance(op, AddTableRoute):
+            net = ipaddress.ip_network(op.route.route)
+            index = self._index(ipr, op.route.interface)
+            ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen,
+                      table=op.route.table, oif=index, family=10 if net.version == 6 else 2)
+            return
         index = self._index(ipr, op.interface)
         if isinstance(op, SetMtu):
             ipr.link("set", index=index, mtu=op.mtu)

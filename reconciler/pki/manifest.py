@@ -21,7 +21,9 @@ JSON form (keys sorted, compact, UTF-8)::
 so agents learn them under the org's signature; each is left out when unset.
 
 Per device, defaults and empty fields are left out (``relay``/``exit`` only
-when true, ``tags``/``labels``/``routes`` only when non-empty, ``endpoint`` and
+when true, ``use_exit`` only when the device's file sets ``use_exit_node``,
+``keep_sources`` only when ``masquerade_routes`` is false,
+``tags``/``labels``/``routes`` only when non-empty, ``endpoint`` and
 ``keepalive`` only when set) to keep the manifest near 150 bytes per device.
 """
 
@@ -58,7 +60,8 @@ _TOP_OPTIONAL = ("cidr_v6", "policy", "revoked", "extra", "hub_url", "stun_serve
 # Same shape as mesh.schema.json's hub_url; fullmatch, so no trailing newline slips in.
 _HUB_URL = re.compile(r"https?://[^\s/]+\S*")
 _DEV_REQUIRED = ("name", "wg", "ips", "fp")
-_DEV_OPTIONAL = ("routes", "relay", "endpoint", "tags", "labels", "keepalive", "exit")
+_DEV_OPTIONAL = ("routes", "relay", "endpoint", "tags", "labels", "keepalive", "exit",
+                 "use_exit", "keep_sources")
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -126,6 +129,8 @@ def build_manifest(
             labels=labels,
             keepalive=d.keepalive,
             exit_node=d.exit_node,
+            use_exit_node=d.use_exit_node,
+            masquerade_routes=d.masquerade_routes,
         )
         if entries is not None:
             entries[d.name] = (d, fp, labels, entry)
@@ -194,6 +199,10 @@ def device_to_dict(d: ManifestDevice, used: frozenset[str] = frozenset()) -> dic
         out["keepalive"] = d.keepalive
     if d.exit_node:
         out["exit"] = True
+    if d.use_exit_node:
+        out["use_exit"] = d.use_exit_node
+    if not d.masquerade_routes:
+        out["keep_sources"] = True
     return out
 
 
@@ -414,7 +423,11 @@ def check_manifest_dict(d: Any) -> None:
         for key in ("routes", "tags", "labels"):
             if key in dev:
                 _str_list(dev[key], f"{p}.{key}", _is_cidr if key == "routes" else None)
-        for key in ("relay", "exit"):
+        if "use_exit" in dev and (
+            not isinstance(dev["use_exit"], str) or not _NAME.match(dev["use_exit"])
+        ):
+            _fail(f"{p}.use_exit", "must be a DNS label")
+        for key in ("relay", "exit", "keep_sources"):
             if key in dev and dev[key] is not True:
                 _fail(f"{p}.{key}", "must be true when present")
         if "endpoint" in dev and (
@@ -450,6 +463,8 @@ def manifest_from_dict(d: Mapping[str, Any]) -> Manifest:
             labels=_labels(x, used),
             keepalive=x.get("keepalive"),
             exit_node=bool(x.get("exit", False)),
+            use_exit_node=x.get("use_exit"),
+            masquerade_routes=not x.get("keep_sources", False),
         )
         for x in d["devices"]
     )

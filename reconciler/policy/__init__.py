@@ -6,7 +6,10 @@
 * ``reachability(org_state) -> Matrix`` and ``diff.review_diff(base, head)``:
   ``meshops plan``;
 * ``compile_policy(org_state) -> CompiledPolicy``: ``reconciler.pki.manifest``;
-* ``evaluate_compiled(...)`` and ``peers_allowed(manifest, me)``: agents.
+* ``evaluate_compiled(...)`` and ``peers_allowed(manifest, me)``: agents;
+* ``firewall.desired_ruleset(manifest, me, interface)`` (the nftables table a
+  device should have) and ``exitroute.exit_node_of`` / ``exit_routing`` (the
+  exit-node client's policy routing): agents, every pass.
 
 docs/policy.md describes the semantics.
 """

@@ -21,6 +21,7 @@ matched against the device name). Pure and stdlib-only.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,17 @@ from typing import Any
 from reconciler.model.manifest import Manifest
 from reconciler.model.repo import OrgState, PortRange, Rule
 
-from .engine import ACCEPT, DENY, Decision, flow_text, port_matches, proto_matches, rule_label
-from .selectors import Resolver, from_label, to_label
+from .engine import (
+    ACCEPT,
+    DENY,
+    Decision,
+    evaluate_address,
+    flow_text,
+    port_matches,
+    proto_matches,
+    rule_label,
+)
+from .selectors import INTERNET, Network, Resolver, from_label, parse_address, to_label
 
 VERSION = 1
 
@@ -106,6 +116,10 @@ def _selects(selectors: Iterable[str], name: str, labels: frozenset[str]) -> boo
     return False
 
 
+def _networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs if c)
+
+
 def evaluate_compiled(
     compiled: Mapping[str, Any] | None,
     labels_by_device: Mapping[str, Iterable[str]],
@@ -113,9 +127,25 @@ def evaluate_compiled(
     dst: str,
     proto: str,
     port: int | None,
+    *,
+    org_cidrs: Iterable[str] = (),
+    routes: Iterable[str] = (),
 ) -> Decision:
     """``engine.evaluate`` on the manifest form: devices absent from
-    ``labels_by_device`` (unknown or disabled) are denied."""
+    ``labels_by_device`` (unknown or disabled) are denied. ``dst`` may be an
+    address outside the mesh; ``org_cidrs`` and ``routes`` (every advertised
+    route in the manifest) then say what ``internet`` is not."""
+    address = parse_address(dst)
+    if address is not None:
+        if src not in labels_by_device:
+            return Decision(DENY, None, f"source device {src!r} is not in the manifest")
+        org = _networks(org_cidrs)
+        src_labels = frozenset(labels_by_device[src])
+        rules = None if compiled is None else tuple(
+            decompile_rule(raw, i) for i, raw in enumerate(compiled.get("rules", ())))
+        return evaluate_address(
+            rules, lambda sel: _selects((to_label(sel),), src, src_labels), src, address,
+            org + _networks(routes), org, proto, port)
     for role, name in (("source", src), ("destination", dst)):
         if name not in labels_by_device:
             return Decision(DENY, None, f"{role} device {name!r} is not in the manifest")
@@ -175,5 +205,47 @@ def peers_allowed(manifest: Manifest, me: str) -> frozenset[str]:
             peers.update(expand(raw["src"]))
         if len(peers) >= len(everyone):
             break
+    peers.update(_route_peers(manifest, me, my_labels))
     peers.discard(me)
     return frozenset(peers)
+
+
+def _overlaps(cidr: str, routes: Iterable[str]) -> bool:
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
+    for r in routes:
+        adv = ipaddress.ip_network(r, strict=False)
+        if adv.version == net.version and adv.overlaps(net):  # type: ignore[arg-type]
+            return True
+    return False
+
+
+def _route_peers(manifest: Manifest, me: str, my_labels: frozenset[str]) -> set[str]:
+    """Peers that ``route:`` and ``internet`` rules need: a device a rule lets
+    reach a routed subnet peers with the routers advertising it, and with the
+    exit nodes for ``internet``; routers and exit nodes peer with those sources."""
+    assert manifest.policy is not None
+    mine = manifest.device(me)
+    assert mine is not None
+    routers = [d for d in manifest.devices if d.routes]
+    exits = [d.name for d in manifest.devices if d.exit_node]
+    out: set[str] = set()
+    for raw in manifest.policy.get("rules", ()):
+        outside = [s for s in raw["dst"] if s == INTERNET or s.startswith("r:")]
+        if not outside:
+            continue
+        if _selects(raw["src"], me, my_labels):
+            for sel in outside:
+                if sel == INTERNET:
+                    out.update(exits)
+                else:
+                    out.update(d.name for d in routers if _overlaps(sel[2:], d.routes))
+        serves = any((sel == INTERNET and mine.exit_node)
+                     or (sel.startswith("r:") and _overlaps(sel[2:], mine.routes))
+                     for sel in outside)
+        if serves:
+            out.update(d.name for d in manifest.devices
+                       if _selects(raw["src"], d.name, frozenset(d.labels)))
+    return out

@@ -17,17 +17,23 @@ Semantics (docs/policy.md has the long form):
   ports also accepts ICMP; a tcp/udp query with ``port=None`` matches a rule
   whatever its ports ("some port of this protocol");
 * a disabled or unknown device never reaches, nor is reached;
-* organizations never reach each other (``evaluate_repo``).
+* organizations never reach each other (``evaluate_repo``);
+* ``dst`` may be an IP address outside the org's CIDRs instead of a device
+  name: ``route:CIDR`` selects it when CIDR contains it, ``internet`` when no
+  org CIDR and no advertised route of an enabled device contains it. A
+  tunnel address is refused: name the device instead. With no policy, every
+  such destination is accepted (full mesh).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from reconciler.model.repo import Device, OrgState, Policy, PolicyTest, Repo, Rule
 
 from .access import ranges_contain
-from .selectors import matches
+from .selectors import Address, Network, matches, parse_address, selects_address
 
 ACCEPT = "accept"
 DENY = "deny"
@@ -93,8 +99,61 @@ def _refuse(org_state: OrgState, src: str, dst: str) -> str | None:
     return None
 
 
+def inside_networks(org_state: OrgState) -> tuple[Network, ...]:
+    """The org's CIDRs plus every enabled device's routes: what ``internet`` is not."""
+    out: list[Network] = []
+    org = org_state.organization
+    for text in (org.cidr_v4, org.cidr_v6, *(r for d in org_state.enabled_devices()
+                                             for r in d.routes)):
+        if text:
+            try:
+                out.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                continue
+    return tuple(out)
+
+
+def org_networks(org_state: OrgState) -> tuple[Network, ...]:
+    org = org_state.organization
+    return tuple(ipaddress.ip_network(c, strict=False) for c in (org.cidr_v4, org.cidr_v6) if c)
+
+
+def evaluate_address(rules: tuple[Rule, ...] | None, src_match: object, src: str,
+                     address: Address, inside: tuple[Network, ...], org: tuple[Network, ...],
+                     proto: str, port: int | None) -> Decision:
+    """Shared by ``evaluate`` and ``compiled.evaluate_compiled``: may ``src`` send
+    to an address outside the mesh? ``src_match(selector) -> bool`` says whether
+    a src selector picks ``src``."""
+    dst = str(address)
+    if any(address in net for net in org):
+        return Decision(DENY, None, f"{dst} is a tunnel address: name the device instead")
+    if rules is None:
+        return Decision(ACCEPT, None, "no policy: full mesh")
+    for rule in rules:
+        if not proto_matches(rule.proto, proto) or not port_matches(rule, proto, port):
+            continue
+        if not any(selects_address(d, address, inside) for d in rule.dst):
+            continue
+        if any(src_match(s) for s in rule.src):  # type: ignore[operator]
+            return Decision(ACCEPT, rule,
+                            f"{rule_label(rule)} accepts {flow_text(src, dst, proto, port)}")
+    return Decision(DENY, None, f"no rule accepts {flow_text(src, dst, proto, port)}")
+
+
 def evaluate(org_state: OrgState, src: str, dst: str, proto: str, port: int | None) -> Decision:
-    """Decide whether device ``src`` may send ``proto``/``port`` to device ``dst``."""
+    """Decide whether device ``src`` may send ``proto``/``port`` to device ``dst``
+    (or to the address ``dst`` outside the mesh)."""
+    address = parse_address(dst)
+    if address is not None:
+        refused = _refuse(org_state, src, src)
+        if refused:
+            return Decision(DENY, None, refused)
+        policy = org_state.policy
+        device = org_state.devices[src]
+        return evaluate_address(
+            policy.rules if policy is not None else None,
+            lambda sel: matches(policy, sel, device) if policy is not None else True,
+            src, address, inside_networks(org_state), org_networks(org_state), proto, port)
     refused = _refuse(org_state, src, dst)
     if refused:
         return Decision(DENY, None, refused)

@@ -4,26 +4,61 @@ Used by ``engine`` (one device at a time), ``reach`` (every device) and
 ``compiled`` (membership labels for the manifest). Selectors are ``*``,
 ``group:G``, ``tag:T``, ``device:D`` and ``user:U``; an unknown kind or a name
 that resolves to nothing selects no device (``meshops validate`` reports
-dangling references). Pure and stdlib-only.
+dangling references). The destination-only selectors ``route:CIDR`` and
+``internet`` select no device: they select addresses outside the mesh
+(``selects_address``). Pure and stdlib-only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 from reconciler.model.repo import Device, Policy
 
 # Selector kind -> compiled label prefix (labels look like "g:eng").
-LABEL_PREFIX = {"group": "g", "tag": "t", "user": "u", "device": "d"}
+LABEL_PREFIX = {"group": "g", "tag": "t", "user": "u", "device": "d", "route": "r"}
 KIND_OF_PREFIX = {v: k for k, v in LABEL_PREFIX.items()}
+INTERNET = "internet"  # selector and label: addresses outside the org's CIDRs and routes
 
 
 def split(selector: str) -> tuple[str, str]:
-    """``"group:eng"`` -> ``("group", "eng")``; ``"*"`` -> ``("*", "")``."""
-    if selector == "*":
-        return "*", ""
+    """``"group:eng"`` -> ``("group", "eng")``; ``"*"`` -> ``("*", "")``;
+    ``"internet"`` -> ``("internet", "")``."""
+    if selector in ("*", INTERNET):
+        return selector, ""
     kind, _, name = selector.partition(":")
     return kind, name
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address(text: str) -> Address | None:
+    """An IP literal (a destination outside the mesh), or ``None`` for a device name."""
+    if not text or not (":" in text or text[0].isdigit()):
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def selects_address(selector: str, address: Address, inside: Iterable[Network]) -> bool:
+    """True if destination ``selector`` (or its label) selects ``address``:
+    ``route:CIDR`` / ``r:CIDR`` when the address is inside CIDR, ``internet``
+    when it is outside every network of ``inside`` (the org's CIDRs and every
+    advertised route)."""
+    if selector == INTERNET:
+        return not any(address in net for net in inside)
+    kind, name = split(selector)
+    if kind not in ("route", "r"):
+        return False
+    try:
+        return address in ipaddress.ip_network(name, strict=False)
+    except ValueError:
+        return False
 
 
 def in_group(policy: Policy, group: str, device: Device) -> bool:
@@ -54,18 +89,19 @@ def matches(policy: Policy, selector: str, device: Device) -> bool:
 
 
 def to_label(selector: str) -> str:
-    """Compiled form of a selector: ``"group:eng"`` -> ``"g:eng"``, ``"*"`` stays."""
+    """Compiled form of a selector: ``"group:eng"`` -> ``"g:eng"``, ``"route:C"``
+    -> ``"r:C"``; ``"*"`` and ``"internet"`` stay."""
     kind, name = split(selector)
-    if kind == "*":
-        return "*"
+    if kind in ("*", INTERNET):
+        return kind
     prefix = LABEL_PREFIX.get(kind)
     return f"{prefix}:{name}" if prefix else f"?:{selector}"
 
 
 def from_label(label: str) -> str:
     """Inverse of ``to_label``."""
-    if label == "*":
-        return "*"
+    if label in ("*", INTERNET):
+        return label
     prefix, _, name = label.partition(":")
     if prefix == "?":
         return name

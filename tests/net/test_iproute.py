@@ -217,3 +217,44 @@ def test_missing_namespace_is_not_created() -> None:
     with pytest.raises(BackendUnavailable):
         links.apply([SetMtu("wg0", 1280)])
     assert not os.path.exists(f"/run/netns/{name}")
+
+
+# Recorded from `ip -j -4 rule show` / `ip -j -6 rule show` (iproute2 6.1) with the
+# exit-node layout applied.
+RULES4_JSON = json.dumps([
+    {"priority": 0, "src": "all", "table": "local"},
+    {"priority": 5200, "src": "all", "dst": "203.0.113.5", "table": "main"},
+    {"priority": 5210, "src": "all", "table": "main", "suppress_prefixlen": 0},
+    {"priority": 5220, "not": None, "src": "all", "fwmark": "0xca6c", "table": "51820"},
+    {"priority": 5221, "src": "all", "table": "77"},  # not ours: another priority
+    {"priority": 32766, "src": "all", "table": "main"},
+])
+RULES6_JSON = json.dumps([
+    {"priority": 5200, "src": "all", "dst": "2001:db8::", "dstlen": 32, "table": "main"},
+    {"priority": 5220, "not": None, "src": "all", "fwmark": "0xca6c/0xffffffff",
+     "table": "51820"},
+])
+
+
+def test_parse_rule_json_keeps_only_meshops_priorities() -> None:
+    from reconciler.model.routing import PolicyRule
+    from reconciler.net.iproute import parse_rule_json
+
+    assert parse_rule_json(4, RULES4_JSON) == {
+        PolicyRule(4, 5200, 254, to="203.0.113.5/32"),
+        PolicyRule(4, 5210, 254, suppress_prefixlength=0),
+        PolicyRule(4, 5220, 51820, fwmark=0xCA6C, invert=True),
+    }
+    assert parse_rule_json(6, RULES6_JSON) == {
+        PolicyRule(6, 5200, 254, to="2001:db8::/32"),
+        PolicyRule(6, 5220, 51820, fwmark=0xCA6C, invert=True),
+    }
+
+
+def test_parse_table_json_defaults_per_family() -> None:
+    from reconciler.model.routing import TableRoute
+    from reconciler.net.iproute import parse_table_json
+
+    text = json.dumps([{"dst": "default", "dev": "wg0", "scope": "link", "flags": []}])
+    assert parse_table_json(51820, text, 4) == {TableRoute("0.0.0.0/0", 51820, "wg0")}
+    assert parse_table_json(51820, text, 6) == {TableRoute("::/0", 51820, "wg0")}
