@@ -75,13 +75,13 @@ CASES = {
     "fresh-device": lambda: inputs(),
     "one-peer-removed": lambda: replace(
         converged(inputs()),
-        manifest=(m := manifest(2)).__class__(**{**m.__dict__, "devices": tuple(
-            d for d in m.devices if d.name != "gamma")})),
+        manifest=replace(manifest(2), devices=tuple(
+            d for d in manifest(2).devices if d.name != "gamma"))),
     "after-a-move": lambda: replace(converged(inputs()), moved=True, here="10.10.9.11"),
     "removed-from-git": lambda: replace(
         converged(inputs()),
-        manifest=(m := manifest(2)).__class__(**{**m.__dict__, "devices": tuple(
-            d for d in m.devices if d.name != "alpha")})),
+        manifest=replace(manifest(2), devices=tuple(
+            d for d in manifest(2).devices if d.name != "alpha"))),
 }
 
 
@@ -129,8 +129,7 @@ def test_no_hub_no_report() -> None:
 
 def test_a_device_never_enrolled_gets_a_clear_error_and_no_interface() -> None:
     m = manifest()
-    m = m.__class__(**{**m.__dict__, "devices": tuple(d for d in m.devices
-                                                      if d.name != "alpha")})
+    m = replace(m, devices=tuple(d for d in m.devices if d.name != "alpha"))
     with pytest.raises(ConfigError, match="not enrolled yet.*devices/alpha.yaml"):
         decide(inputs(manifest=m, source=VerifiedManifest(m, b"e", None, "fetched")), NOW)
     # a member before: cut off (fail-closed), interface kept
@@ -165,8 +164,7 @@ peer_names = st.sets(st.sampled_from(["beta", "gamma", "delta", "relay-1"]))
        stale=st.booleans())
 def test_decide_simulate_decide_gives_nothing(drop, mapping, handshake, stale) -> None:
     m = manifest()
-    m = m.__class__(**{**m.__dict__, "devices": tuple(d for d in m.devices
-                                                      if d.name not in drop)})
+    m = replace(m, devices=tuple(d for d in m.devices if d.name not in drop))
     own = replace(inputs().own, mapping=mapping)
     observed = ObservedInterface("mo-acme", exists=False)
     if stale:  # an interface left behind with a stranger peer and a wrong port
