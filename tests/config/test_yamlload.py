@@ -39,7 +39,9 @@ def test_values_and_lines_of_every_field():
     ("true", True), ("false", False), ("yes", "yes"), ("on", "on"), ("~", None),
     ("null", None), ("", None), ("42", 42), ("-7", -7), ("0x1f", 31), ("0o17", 15),
     ("1.5", 1.5), ("2026-01-01", "2026-01-01"), ("8000-8100", "8000-8100"),
-    ("10.0.0.1", "10.0.0.1"), ("fd00::1", "fd00::1"), (".inf", float("inf")),
+    ("10.0.0.1", "10.0.0.1"), ("fd00::1", "fd00::1"), ("0", 0), ("0x10", 16),
+    ("9223372036854775807", 2**63 - 1), ("-9223372036854775808", -2**63), ("1e308", 1e308),
+    ("007", 7),
 ])
 def test_plain_scalars_resolve_like_go_yaml(text, value):
     assert resolve_plain(text) == value
