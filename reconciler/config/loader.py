@@ -369,6 +369,7 @@ def _load(source: RepoSource, cache: BlobCache) -> LoadResult:
         if not found and not files_of.has_problems:
             problems.extend(semantic.check_policy_tests(state))
         states[org_name] = state
+    problems.extend(semantic.check_repo(mesh, states))
     ordered = tuple(semantic.dedupe(problems))
     if ordered or mesh is None:
         return LoadResult(None, ordered, source.commit)
