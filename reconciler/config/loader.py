@@ -103,6 +103,7 @@ class _OrgFiles:
     has_org_file: bool = False
     has_policy_file: bool = False
     has_problems: bool = False
+    layout_broken: bool = False  # users/ or devices/ is not a readable directory
 
     def add(self, kind: str, stem: str, parsed: Parsed) -> None:
         if parsed.problems:
@@ -218,6 +219,23 @@ def _not_a_file(path: str, kind: str) -> Problem:
                    f"replace it with the {name} file itself")
 
 
+def _mark_broken(orgs: dict[str, _OrgFiles], path: str) -> None:
+    """A reported path under orgs/ORG/: the org's policy tests wait, and when the path
+    should have held a user or device (or all of them), references to it are not
+    reported again, as for a file that failed its schema."""
+    parts = path.split("/")
+    if len(parts) < 3 or parts[0] != "orgs":
+        return
+    files_of = orgs.setdefault(parts[1], _OrgFiles())
+    files_of.has_problems = True  # policy tests wait until the layout is clean
+    if parts[2] not in _DIR_KINDS:
+        return
+    if len(parts) == 3:  # the users/ or devices/ directory itself
+        files_of.layout_broken = True
+    elif parts[3].endswith(".yaml"):
+        files_of.broken.add(f"{parts[2]}/{parts[3][: -len('.yaml')]}")
+
+
 def _unknown_file(path: str) -> Problem:
     if path.endswith((".yaml", ".yml")):
         return Problem(path, 1, "E-LAYOUT-UNKNOWN-FILE",
@@ -311,6 +329,7 @@ def _load(source: RepoSource, cache: BlobCache) -> LoadResult:
                 problems.append(problem)
                 if entry.type == DIR:
                     bad_dirs.add(path)
+                _mark_broken(orgs, path)
             elif path.count("/") == 1:  # orgs/ORG: an org, even when it holds nothing
                 orgs.setdefault(path[5:], _OrgFiles())
             continue
@@ -359,7 +378,8 @@ def _load(source: RepoSource, cache: BlobCache) -> LoadResult:
                                     f"orgs/{org_name}/ has no organization.yaml",
                                     "add organization.yaml with kind: Organization"))
             continue
-        if files_of.org is None or (files_of.has_policy_file and files_of.policy is None):
+        if files_of.org is None or files_of.layout_broken or (
+                files_of.has_policy_file and files_of.policy is None):
             continue  # already reported; cross-file checks would only add noise
         state = OrgState(organization=files_of.org, users=files_of.users,
                          devices=files_of.devices, policy=files_of.policy,

@@ -233,14 +233,13 @@ def _check_device_routes(dev: Device) -> Iterator[Problem]:
                      "advertise the subnets behind the device, or make it an exit node "
                      "(exit_node: true)")
             continue
+        valid.append(net)  # reserved space still counts towards the union below
         clash = next((r for r in _RESERVED if r[0].version == net.version
                       and net.overlaps(r[0])), None)
         if clash is not None:
             yield _p(src, where, "E-ROUTE-RESERVED",
                      f"route {route} covers {clash[0]}, which is {clash[1]}: peers would send "
                      "that traffic into the tunnel", "advertise only unicast subnets")
-            continue
-        valid.append(net)
     if dev.exit_node:
         return
     for version in (4, 6):
