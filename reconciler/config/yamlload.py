@@ -304,6 +304,12 @@ def load_yaml(data: bytes, file: str) -> Document | Problem:
         return _walk(text)
     except _Refused as exc:
         return Problem(file, exc.line, exc.code, exc.message, exc.remedy)
+    except yaml.reader.ReaderError as exc:  # a raw non-printable character in the stream
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        return Problem(file, line, "E-YAML-CONTROL-CHAR",
+                       f"control character U+{ord(char):04X} in the file",
+                       "remove it; YAML files hold printable text")
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
