@@ -27,7 +27,16 @@ from functools import lru_cache
 from typing import Any
 
 from reconciler.config import build, schema, semantic
-from reconciler.config.source import DIR, FILE, SPECIAL, SUBMODULE, SYMLINK, Entry, RepoSource, open_source
+from reconciler.config.source import (
+    DIR,
+    FILE,
+    SPECIAL,
+    SUBMODULE,
+    SYMLINK,
+    Entry,
+    RepoSource,
+    open_source,
+)
 from reconciler.config.yamlload import Document, load_yaml
 from reconciler.errors import Problem, UsageError
 from reconciler.model.repo import (

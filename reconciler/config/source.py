@@ -31,7 +31,6 @@ from typing import Protocol
 
 from reconciler.errors import UsageError
 
-
 # Directories of the layout have at most three parts (orgs/ORG/devices); anything
 # deeper is listed as a directory and not entered.
 MAX_DIR_PARTS = 3
@@ -56,6 +55,8 @@ class RepoSource(Protocol):
     def entries(self) -> list[Entry]: ...
 
     def read(self, entry: Entry) -> bytes: ...
+
+    def lookup(self, rel: str) -> Entry | None: ...
 
     def read_many(self, entries: list[Entry]) -> Iterator[tuple[Entry, bytes]]: ...
 
@@ -102,6 +103,23 @@ class WorkTreeSource:
                 out.append(Entry(path))
             else:
                 out.append(Entry(path, None, SPECIAL))
+
+    def lookup(self, rel: str) -> Entry | None:
+        """Any path (``secrets/x.sops.yaml`` too): None when it does not exist, else the
+        entry of ``rel`` or of the first component on the way that is not a plain
+        directory (a symlinked ``secrets/`` comes back as ``Entry("secrets", type=symlink)``)."""
+        parts = rel.split("/")
+        for i in range(len(parts)):
+            path = "/".join(parts[: i + 1])
+            try:
+                kind = _mode_type(os.lstat(self.root / path).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+            if kind != DIR or i == len(parts) - 1:
+                return Entry(path, None, kind)
+        return None
 
     def read(self, entry: Entry) -> bytes:
         """The file's bytes; refuses a path that became a link or a FIFO since listing."""
@@ -202,6 +220,21 @@ class GitSource:
             out.append(Entry(path, sha.hex(), kind))
             if kind == DIR and enter:
                 self._walk(sha, path, out)
+
+    def lookup(self, rel: str) -> Entry | None:
+        """As ``WorkTreeSource.lookup``, from the commit's tree objects (a symlink is a
+        tree entry of mode 120000 and is returned as such, never resolved)."""
+        tree = self._root
+        parts = rel.split("/")
+        for i, part in enumerate(parts):
+            found = next(((k, sha) for name, k, sha in self._tree(tree) if name == part), None)
+            if found is None:
+                return None
+            kind, sha = found
+            if kind != DIR or i == len(parts) - 1:
+                return Entry("/".join(parts[: i + 1]), sha.hex(), kind)
+            tree = sha
+        return None
 
     def read(self, entry: Entry) -> bytes:
         assert entry.blob is not None
