@@ -128,10 +128,21 @@ class WorkTreeSource:
                          os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise UsageError(f"cannot read {entry.path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise UsageError(f"cannot read {entry.path}: no longer a regular file")
-            return fh.read()
+            data = os.read(fd, st.st_size + 1)
+            if len(data) <= st.st_size:  # a short read of a regular file is its end
+                return data
+            chunks = [data]  # the file grew since fstat
+            while chunks[-1]:
+                chunks.append(os.read(fd, 1 << 20))
+            return b"".join(chunks)
+        except OSError as exc:
+            raise UsageError(f"cannot read {entry.path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
 
     def read_many(self, entries: list[Entry]) -> Iterator[tuple[Entry, bytes]]:
         for entry in entries:
