@@ -127,14 +127,16 @@ def owner_fingerprints(repo: Repo) -> frozenset[str]:
 MAX_SECRET_BYTES = 1024 * 1024  # a SOPS file holding two PEM keys is a few KiB
 
 
-def read_secret_file(repo_path: Path, rev: str | None, rel: str) -> bytes | None:
+def read_secret_file(repo_path: Path, rev: str | None, rel: str,
+                     trees: Any = None) -> bytes | None:
     """The bytes of ``rel`` (``secrets/ORG-ca.sops.yaml``) in the working tree or at
     ``rev``; None when it does not exist. ``PkiError`` when it, or a directory on the
     way to it, is a symbolic link or anything but a regular file, or when it is larger
-    than ``MAX_SECRET_BYTES``."""
+    than ``MAX_SECRET_BYTES``. ``trees``: the config ``BlobCache.trees`` (git tree
+    objects parsed by id), so a commit's trees are not parsed twice."""
     from reconciler.config.source import FILE, open_source
 
-    source = open_source(repo_path, rev)
+    source = open_source(repo_path, rev, trees)
     try:
         entry = source.lookup(rel)
         if entry is None:
@@ -405,7 +407,8 @@ class Publisher:
 
     def _org_keys(self, org: OrgState, rev: str | None) -> pki_ca.OrgKeys:
         cache = self._orgs.setdefault(org.name, _OrgCache())
-        raw = read_secret_file(self.repo_path, rev, secrets_relpath(org.name))
+        raw = read_secret_file(self.repo_path, rev, secrets_relpath(org.name),
+                               getattr(self.cache, "trees", None))
         if raw is None:
             raise PkiError(
                 f"{secrets_relpath(org.name)} is missing: run `meshops ca init --org {org.name}`"
