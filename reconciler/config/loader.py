@@ -207,10 +207,12 @@ def layout_problem(entry: Entry) -> Problem | None:
                        "is read", "orgs/ holds only ORG/ directories, and those only "
                        "organization.yaml, policy.yaml, ca.crt, users/ and devices/; move or "
                        "remove it")
-    if kind == FILE:  # a file where a directory belongs
+    if kind == FILE or _is_layout_dir(parts):  # something else where a directory belongs
+        what = "a file" if kind == FILE else _WHAT.get(kind, kind)
         return Problem(path, 0, "E-LAYOUT-NOT-A-DIR",
-                       f"{path} is a file; it must be a directory",
-                       "orgs/ and orgs/ORG/ are directories (orgs/ORG/organization.yaml, ...)")
+                       f"{path} is {what}; it must be a directory",
+                       "orgs/, orgs/ORG/, orgs/ORG/users/ and orgs/ORG/devices/ are plain "
+                       "directories")
     return _not_a_file(path, kind)
 
 

@@ -141,3 +141,27 @@ def test_misplaced_yaml_files_are_reported(tmp_path):
         ("orgs/org-00/devices/nested", "E-LAYOUT-UNKNOWN-DIR", 0),
         ("orgs/org-00/notes.md", "E-LAYOUT-UNKNOWN-FILE", 0),
         ("orgs/stray.yaml", "E-LAYOUT-UNKNOWN-FILE", 1)]
+
+
+@pytest.mark.parametrize("path, code", [
+    ("orgs/org-00/devices/dev-09.yaml", "E-LAYOUT-NOT-A-FILE"),
+    ("orgs/org-00/policy.yaml", "E-LAYOUT-NOT-A-FILE"),
+    ("orgs/org-01", "E-LAYOUT-NOT-A-DIR"),
+    ("orgs/org-00/users", "E-LAYOUT-NOT-A-DIR"),
+])
+def test_git_submodule_entries_are_reported(tmp_path, path, code):
+    """A gitlink (mode 160000) in the commit: nothing is read from it, and it is said."""
+    import subprocess
+
+    root = make_repo(tmp_path / "r", devices=3, git=True)
+    if (root / path).is_dir():
+        subprocess.run(["git", "-C", str(root), "rm", "-rq", "--cached", path], check=True)
+    elif (root / path).exists():
+        subprocess.run(["git", "-C", str(root), "rm", "-q", "--cached", path], check=True)
+    subprocess.run(["git", "-C", str(root), "update-index", "--add", "--cacheinfo",
+                    f"160000,{'1' * 40},{path}"], check=True)
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@x",
+                    "commit", "-qm", "gitlink", "--no-gpg-sign"], check=True)
+    problems = load(root, "HEAD").problems
+    assert (path, 0, code) in [(p.file, p.line, p.code) for p in problems], problems
+    assert not load(root, "HEAD").valid
