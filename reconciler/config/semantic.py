@@ -105,14 +105,15 @@ def _bad_endpoint_address(ip: IPAddress) -> str | None:
     return None
 
 
-def route_network(route: str) -> IPNetwork | None:
-    """The route as a network, or None when per-file checks refuse it."""
+def route_network(route: str, exit_node: bool = False) -> IPNetwork | None:
+    """The route as a network, or None when per-file checks refuse it (so whole-org
+    checks do not report it a second time)."""
     try:
         net = ipaddress.ip_network(route, strict=True)
     except ValueError:
         return None
-    if net.prefixlen == 0 or any(net.overlaps(r) for r, _ in _RESERVED
-                                 if r.version == net.version):
+    if net.prefixlen == 0 or (net.prefixlen < BROAD_PREFIX and not exit_node) or any(
+            net.overlaps(r) for r, _ in _RESERVED if r.version == net.version):
         return None
     return net
 
@@ -419,7 +420,7 @@ def _check_routes(state: OrgState) -> Iterator[Problem]:
         if dev.disabled:
             continue
         for i, route in enumerate(dev.routes):
-            net = route_network(route)
+            net = route_network(route, dev.exit_node)
             if net is None:
                 continue  # reported per file
             clash = next((o for o in org_nets if o.version == net.version and net.overlaps(o)),
@@ -526,7 +527,7 @@ def _check_routes_against(state: OrgState, nets: dict[str, dict[int, IPNetwork]]
         if dev.disabled:
             continue
         for i, route in enumerate(dev.routes):
-            net = route_network(route)
+            net = route_network(route, dev.exit_node)
             if net is None:
                 continue
             clash = next(((o, n) for o, n in others if n.version == net.version

@@ -195,3 +195,12 @@ def test_routes_overlapping_any_org_network_and_overlapping_org_networks():
         ("p/organization.yaml", 3, "E-CIDR-OVERLAP"), ("q/organization.yaml", 3,
                                                           "E-CIDR-OVERLAP")]
     assert repo_codes(*_repo(orgs=[("p", "10.1.0.0/24"), ("q", "10.1.1.0/24")])) == []
+
+
+def test_broad_routes_are_reported_once_and_exit_node_routes_still_checked_for_loops():
+    broad = routed("a", ["192.0.0.0/2"])
+    assert repo_codes(*_repo(broad, hub="https://198.51.100.7")) == []  # per-file only
+    exit_node = routed("a", ["192.0.0.0/3"], exit_node=True)
+    assert file_codes(exit_node) == []
+    assert repo_codes(*_repo(exit_node, hub="https://198.51.100.7")) == [
+        ("devices/a.yaml", 20, "E-ROUTE-LOOP")]
