@@ -61,7 +61,7 @@ _SPECIAL_FLOATS = {
 _NUMBER_START = frozenset("0123456789+-.")
 # Integers are int64, as in go-yaml; 19 digits bound the text before int() runs.
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
-_MAX_INT_CHARS = 22  # sign + "0x" + 16 hex digits, or sign + 19 decimal digits, or 0o + 22 octal
+_MAX_INT_CHARS = 22  # significant digits of an int64: at most 19 decimal, 16 hex, 22 octal
 # Tab and newline are text; every other C0 control, DEL, C1, the Unicode line and
 # paragraph separators, and bidirectional overrides/isolates (CVE-2021-42574) are not.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029"
