@@ -59,7 +59,7 @@ _SPECIAL_FLOATS = {
     ".nan": float("nan"), ".NaN": float("nan"), ".NAN": float("nan"),
 }
 _NUMBER_START = frozenset("0123456789+-.")
-# Integers are int64, as in go-yaml; 19 digits bound the text before int() runs.
+# Integers are int64, as in go-yaml; the digit count is bounded before int() runs.
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
 _MAX_INT_CHARS = 22  # significant digits of an int64: at most 19 decimal, 16 hex, 22 octal
 # Tab and newline are text; every other C0 control, DEL, C1, the Unicode line and
