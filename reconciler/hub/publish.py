@@ -538,8 +538,11 @@ class Publisher:
     def _write(self, pub: PublishResult, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         # a publish killed mid-write (SIGKILL, power loss) left temp files: every name
-        # in these directories is ours, so earlier versions' temp names go too
-        for directory in [out] + [d for n in pub.orgs for d in (out / n, out / n / "certs")]:
+        # in these directories is ours, so earlier versions' temp names go too (orgs
+        # that are no longer in the repository included)
+        orgs = set(pub.orgs) | {e.name for e in os.scandir(out)
+                                if e.is_dir(follow_symlinks=False)}
+        for directory in [out] + [d for n in sorted(orgs) for d in (out / n, out / n / "certs")]:
             removed = remove_stale_temps(directory, legacy=True)
             if removed:
                 log.info("removed %d temp file(s) of an interrupted publish in %s",

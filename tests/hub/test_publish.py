@@ -439,3 +439,26 @@ def test_failed_write_leaves_no_temp_file(tmp_path, example_repo, example_gnupgh
         publish(example_repo, state=_state(tmp_path), now=NOW, gpg_home=example_gnupghome,
                 out_dir=out)
     assert not [p for p in out.rglob("*") if fsio.is_temp_name(p.name)]
+
+
+def test_publish_removes_stale_temp_files_in_every_output_directory(
+        tmp_path, example_repo, example_gnupghome):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    stale = [out / f".meshops-tmp.{dead.pid}.trust.json.a1",
+             out / "acme" / "certs" / f".meshops-tmp.{dead.pid}.web-1.pem.b2",
+             out / "acme" / ".manifest.json.ab12cd34.tmp",  # an earlier version's name
+             out / "gone" / "certs" / ".old-1.pem.zz99yy88.tmp"]  # an org since removed
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("partial")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".x.pem.ab12cd34.tmp").write_text("not ours")
+    (out / "linked").symlink_to(elsewhere)  # never followed
+    publish(example_repo, state=_state(tmp_path), now=NOW, gpg_home=example_gnupghome,
+            out_dir=out)
+    assert not any(p.exists() for p in stale)
+    assert (elsewhere / ".x.pem.ab12cd34.tmp").exists()
+    _verify(out, "acme")
