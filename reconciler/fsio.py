@@ -6,6 +6,13 @@ already set, so a 0600 secret never exists with wider permissions), is made
 durable, renamed over the target, and the directory is fsynced so the rename
 survives a power loss.
 
+Temp files are named ``.meshops-tmp.<pid>.<target name>.<random>`` and are
+removed when a write fails. A process killed with SIGKILL (or a power cut)
+still leaves them behind, so ``remove_stale_temps(directory)`` deletes those
+whose writer is gone: run it before writing into a directory (``hub.publish``
+does for every output directory). Temp files of a live process are left
+alone, so two writers never delete each other's work.
+
 Callers: ``hub.publish`` (certificates, manifests, trust, CA files),
 ``backends.render`` (wg-quick files holding a private key), ``cli.agent``
 (trust anchors, rendered configs), and the agent's config, keys and state
@@ -18,12 +25,17 @@ the failure.
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
 # From this many files on, one ``os.sync()`` replaces per-file fsyncs (which
 # dominate a cold publish of 10,000 certificates).
 BATCH_SYNC_THRESHOLD = 64
+TEMP_PREFIX = ".meshops-tmp."
+# Names written before temp files were recognisable: mkstemp's ".NAME.XXXXXXXX.tmp".
+_LEGACY_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp\Z")
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
@@ -71,7 +83,8 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 def _write_temp(path: Path, data: bytes, mode: int, *, sync: bool) -> str:
     import tempfile  # lazily: it pulls in random/hashlib, and an agent no-op pass writes nothing
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}.{path.name}.",
+                               dir=path.parent)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
@@ -83,6 +96,55 @@ def _write_temp(path: Path, data: bytes, mode: int, *, sync: bool) -> str:
         _unlink(tmp)
         raise
     return tmp
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the name of a temp file this module writes."""
+    return name.startswith(TEMP_PREFIX)
+
+
+def remove_stale_temps(directory: str | os.PathLike[str], *, legacy: bool = False) -> int:
+    """Delete temp files left in ``directory`` by writers that no longer run (killed
+    with SIGKILL, power loss); returns how many. A missing directory holds none.
+    ``legacy`` also deletes the ``.NAME.XXXXXXXX.tmp`` names of earlier versions
+    (only where every such name is ours, such as a publish output directory).
+    Symlinks and directories are never touched."""
+    removed = 0
+    try:
+        with os.scandir(directory) as it:
+            entries = list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for entry in entries:
+        name = entry.name
+        if name.startswith(TEMP_PREFIX):
+            pid_text = name[len(TEMP_PREFIX):].partition(".")[0]
+            if pid_text.isdigit() and _alive(int(pid_text)):
+                continue  # work in progress of a live writer (this process included)
+        elif not (legacy and _LEGACY_TEMP.match(name)):
+            continue
+        try:
+            if not stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+                continue
+            os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:
+            pass  # removed meanwhile
+    if removed:
+        fsync_dir(directory)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _unlink(tmp: str) -> None:

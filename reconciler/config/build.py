@@ -7,6 +7,7 @@ Schema, so field types are already right here. Each object keeps a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,13 +93,19 @@ def device(doc: Mapping[str, Any], org: str, source: Source) -> Device:
     )
 
 
-def parse_port(item: int | str) -> PortRange | None:
-    """``80`` or ``"8000-8100"`` -> PortRange; None when out of 1..65535 or reversed."""
-    if isinstance(item, int):
+_PORT_TEXT = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?\Z")
+
+
+def parse_port(item: object) -> PortRange | None:
+    """``80`` or ``"8000-8100"`` -> PortRange; None when out of 1..65535, reversed, or
+    not a port at all (a bool, a float such as ``22.0``, text other than ASCII digits)."""
+    if type(item) is int:
         lo = hi = item
+    elif type(item) is str and (m := _PORT_TEXT.match(item)):
+        lo = int(m.group(1))
+        hi = int(m.group(2) or m.group(1))
     else:
-        left, _, right = item.partition("-")
-        lo, hi = int(left), int(right or left)
+        return None
     if not 1 <= lo <= hi <= 65535:
         return None
     return PortRange(lo, hi)

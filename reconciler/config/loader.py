@@ -5,6 +5,12 @@ validate``, ``meshops plan``, ``hub publish`` and ``hub serve`` call it. It
 collects every problem at once: YAML, schema, per-file and whole-org semantic
 checks, then the policy tests of each org that is otherwise clean.
 
+Every path the source lists is either read or reported (``layout_problem``):
+a symbolic link, a directory where a file belongs (``policy.yaml/``), a file
+where a directory belongs (``orgs``), an unknown file or directory under
+``orgs/`` are all errors with a fix, never skipped in silence, because a path
+that is skipped changes the mesh (a dropped device, an org without its policy).
+
 Per-file work (read, YAML, schema, model object, per-file checks) is cached in
 a ``BlobCache`` keyed by path and git blob id (content hash for working trees),
 so reloading after a one-file commit parses one file.
@@ -21,7 +27,16 @@ from functools import lru_cache
 from typing import Any
 
 from reconciler.config import build, schema, semantic
-from reconciler.config.source import Entry, RepoSource, open_source
+from reconciler.config.source import (
+    DIR,
+    FILE,
+    SPECIAL,
+    SUBMODULE,
+    SYMLINK,
+    Entry,
+    RepoSource,
+    open_source,
+)
 from reconciler.config.yamlload import Document, load_yaml
 from reconciler.errors import Problem, UsageError
 from reconciler.model.repo import (
@@ -66,7 +81,7 @@ class BlobCache:
     again. ``hits``/``misses`` count lookups of the last load."""
 
     entries: dict[tuple[str, str], Parsed] = field(default_factory=dict)
-    trees: dict[bytes, list[tuple[str, bool, bytes]]] = field(default_factory=dict)
+    trees: dict[bytes, list[tuple[str, str, bytes]]] = field(default_factory=dict)
     ips: dict[str, tuple[int, int]] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
@@ -97,6 +112,7 @@ class _OrgFiles:
     has_org_file: bool = False
     has_policy_file: bool = False
     has_problems: bool = False
+    layout_broken: bool = False  # users/ or devices/ is not a readable directory
 
     def add(self, kind: str, stem: str, parsed: Parsed) -> None:
         if parsed.problems:
@@ -140,16 +156,14 @@ def load(path: str | os.PathLike[str], rev: str | None = None, *,
 
 
 @lru_cache(maxsize=1 << 16)
-def classify(path: str) -> tuple[str, str, str] | None:
-    """(kind, org, stem) for a repository file, ("?", org, name) for a misplaced
-    YAML file, None for files that are not ours (README, .gitkeep)."""
+def classify(path: str) -> tuple[str, str, str]:
+    """(kind, org, stem) for a repository file; ("?", org, name) for any other file
+    under ``orgs/`` (misplaced YAML, ``.yml``, ``README.md``, editor and temp files)."""
     parts = path.split("/")
     if parts == ["mesh.yaml"]:
         return ("Mesh", "", "mesh")
-    if len(parts) < 2 or parts[0] != "orgs":
-        return None
-    if len(parts) == 2:  # orgs/x.yaml: everything belongs in an org directory
-        return ("?", "", parts[1]) if parts[1].endswith((".yaml", ".yml")) else None
+    if len(parts) == 2:  # orgs/x: everything belongs in an org directory
+        return ("?", "", parts[1])
     org = parts[1]
     name = parts[-1]
     if len(parts) == 3:
@@ -159,9 +173,90 @@ def classify(path: str) -> tuple[str, str, str] | None:
             return ("CA", org, org)
     elif len(parts) == 4 and parts[2] in _DIR_KINDS and name.endswith(".yaml"):
         return (_DIR_KINDS[parts[2]], org, name[: -len(".yaml")])
-    if name.endswith((".yaml", ".yml")):
-        return ("?", org, name)
-    return None
+    return ("?", org, name)
+
+
+def _is_layout_dir(parts: list[str]) -> bool:
+    """orgs, orgs/ORG, orgs/ORG/users, orgs/ORG/devices."""
+    return (parts[0] == "orgs" and len(parts) <= 3
+            and (len(parts) < 3 or parts[2] in _DIR_KINDS))
+
+
+_WHAT = {DIR: "a directory", SYMLINK: "a symbolic link", SUBMODULE: "a git submodule",
+         SPECIAL: "a FIFO, socket or device file"}
+
+
+def layout_problem(entry: Entry) -> Problem | None:
+    """The problem with a path that is not a file the loader reads, or None for the
+    directories of the layout. Line 0: the path itself is wrong, not a line in it."""
+    path, kind = entry.path, entry.type
+    parts = path.split("/")
+    if kind == SYMLINK:
+        return Problem(path, 0, "E-LAYOUT-SYMLINK",
+                       f"{path} is a symbolic link; meshops never follows links (a link "
+                       "could hide a file or pull one in from outside the repository)",
+                       "replace the link with the file or directory itself")
+    if kind == DIR:
+        if _is_layout_dir(parts):
+            return None
+        if parts == ["mesh.yaml"] or (len(parts) == 3 and parts[2] in _ORG_FILES) or (
+                len(parts) == 4 and parts[2] in _DIR_KINDS and parts[3].endswith(".yaml")):
+            return _not_a_file(path, kind)
+        return Problem(path, 0, "E-LAYOUT-UNKNOWN-DIR",
+                       f"{path}/ is not a directory of the repository layout; nothing in it "
+                       "is read", "orgs/ holds only ORG/ directories, and those only "
+                       "organization.yaml, policy.yaml, ca.crt, users/ and devices/; move or "
+                       "remove it")
+    if kind == FILE or _is_layout_dir(parts):  # something else where a directory belongs
+        what = "a file" if kind == FILE else _WHAT.get(kind, kind)
+        return Problem(path, 0, "E-LAYOUT-NOT-A-DIR",
+                       f"{path} is {what}; it must be a directory",
+                       "orgs/, orgs/ORG/, orgs/ORG/users/ and orgs/ORG/devices/ are plain "
+                       "directories")
+    return _not_a_file(path, kind)
+
+
+def _not_a_file(path: str, kind: str) -> Problem:
+    name = path.rpartition("/")[2]
+    effect = ""
+    if name == "policy.yaml":
+        effect = "; without a readable policy the org would be a full mesh"
+    elif name == "mesh.yaml":
+        effect = "; the mesh settings cannot be read"
+    elif path.endswith(".yaml"):
+        effect = "; the object it should hold would not exist"
+    return Problem(path, 0, "E-LAYOUT-NOT-A-FILE",
+                   f"{path} is {_WHAT.get(kind, kind)}, not a regular file{effect}",
+                   f"replace it with the {name} file itself")
+
+
+def _mark_broken(orgs: dict[str, _OrgFiles], path: str) -> None:
+    """A reported path under orgs/ORG/: the org's policy tests wait, and when the path
+    should have held a user or device (or all of them), references to it are not
+    reported again, as for a file that failed its schema."""
+    parts = path.split("/")
+    if len(parts) < 3 or parts[0] != "orgs":
+        return
+    files_of = orgs.setdefault(parts[1], _OrgFiles())
+    files_of.has_problems = True  # policy tests wait until the layout is clean
+    if parts[2] not in _DIR_KINDS:
+        return
+    if len(parts) == 3:  # the users/ or devices/ directory itself
+        files_of.layout_broken = True
+    elif parts[3].endswith(".yaml"):
+        files_of.broken.add(f"{parts[2]}/{parts[3][: -len('.yaml')]}")
+
+
+def _unknown_file(path: str) -> Problem:
+    if path.endswith((".yaml", ".yml")):
+        return Problem(path, 1, "E-LAYOUT-UNKNOWN-FILE",
+                       f"{path} is not a known repository file",
+                       "users and devices go in orgs/ORG/users/NAME.yaml and "
+                       "orgs/ORG/devices/NAME.yaml (.yaml, not .yml)")
+    return Problem(path, 0, "E-LAYOUT-UNKNOWN-FILE",
+                   f"{path} is not a repository file and would be ignored",
+                   "orgs/ holds only meshops files (.yaml and ca.crt); move notes to the "
+                   "repository root or a description field, and delete editor or temp files")
 
 
 def _parse(kind: str, org: str, stem: str, entry: Entry, data: bytes, key: str) -> Parsed:
@@ -230,16 +325,28 @@ def _load(source: RepoSource, cache: BlobCache) -> LoadResult:
     read: Callable[[Entry], bytes] = source.read
     files: list[tuple[str, str, str, tuple[str, str]]] = []
     todo: dict[Entry, tuple[str, str, str]] = {}
+    bad_dirs: set[str] = set()  # reported directories: their contents are not reported again
     for entry in entries:
-        shape = classify(entry.path)
-        if shape is None:
+        path = entry.path
+        parent = path.rpartition("/")[0]
+        if parent in bad_dirs:
+            if entry.type == DIR:
+                bad_dirs.add(path)
             continue
-        kind, org, stem = shape
+        if entry.type != FILE or path == "orgs" or (
+                path.count("/") == 2 and path.rpartition("/")[2] in _DIR_KINDS):
+            problem = layout_problem(entry)
+            if problem is not None:
+                problems.append(problem)
+                if entry.type == DIR:
+                    bad_dirs.add(path)
+                _mark_broken(orgs, path)
+            elif path.count("/") == 1:  # orgs/ORG: an org, even when it holds nothing
+                orgs.setdefault(path[5:], _OrgFiles())
+            continue
+        kind, org, stem = classify(path)
         if kind == "?":
-            problems.append(Problem(entry.path, 1, "E-LAYOUT-UNKNOWN-FILE",
-                                    f"{entry.path} is not a known repository file",
-                                    "users and devices go in orgs/ORG/users/NAME.yaml and "
-                                    "orgs/ORG/devices/NAME.yaml (.yaml, not .yml)"))
+            problems.append(_unknown_file(path))
             continue
         if entry.blob is not None:  # git: the blob id is the key, read only on a miss
             ckey = (entry.path, entry.blob)
@@ -276,12 +383,14 @@ def _load(source: RepoSource, cache: BlobCache) -> LoadResult:
                                 "add mesh.yaml with kind: Mesh and hub_url"))
     states: dict[str, OrgState] = {}
     for org_name, files_of in sorted(orgs.items()):
-        if not files_of.has_org_file:
+        if not files_of.has_org_file and not any(
+                p.file == f"orgs/{org_name}/organization.yaml" for p in problems):
             problems.append(Problem(f"orgs/{org_name}/organization.yaml", 1, "E-ORG-MISSING",
                                     f"orgs/{org_name}/ has no organization.yaml",
                                     "add organization.yaml with kind: Organization"))
             continue
-        if files_of.org is None or (files_of.has_policy_file and files_of.policy is None):
+        if files_of.org is None or files_of.layout_broken or (
+                files_of.has_policy_file and files_of.policy is None):
             continue  # already reported; cross-file checks would only add noise
         state = OrgState(organization=files_of.org, users=files_of.users,
                          devices=files_of.devices, policy=files_of.policy,
@@ -291,6 +400,7 @@ def _load(source: RepoSource, cache: BlobCache) -> LoadResult:
         if not found and not files_of.has_problems:
             problems.extend(semantic.check_policy_tests(state))
         states[org_name] = state
+    problems.extend(semantic.check_repo(mesh, states))
     ordered = tuple(semantic.dedupe(problems))
     if ordered or mesh is None:
         return LoadResult(None, ordered, source.commit)

@@ -14,11 +14,22 @@ that both always agree.
 
 Each jsonschema error becomes a ``Problem`` whose line is that of the offending
 field (the extra key for an unknown field), with a stable code.
+
+Both checks read two keywords more strictly than Python's jsonschema does by
+default, and agree with each other on it:
+
+- ``pattern`` is ECMA-262, as JSON Schema specifies: ``$`` is the end of the
+  string. Python's ``$`` also matches before a final newline, which let
+  ``"admins\\n"`` through; ``ecma_regex`` compiles ``$`` as ``\\Z``.
+- ``integer`` is an ``int`` and never a ``bool`` or a float (``22.0`` is refused
+  rather than handed to code that expects an int); ``number`` is an ``int`` or a
+  finite float, never a bool, NaN or an infinity.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -49,6 +60,8 @@ _FIELD_CODES: dict[tuple[str, str], tuple[str, str]] = {
 _NAME_REMEDY = ("use a DNS label: lowercase letters, digits and '-', at most 63 characters, "
                 "no dots or slashes")
 
+DNS_LABEL_PATTERN = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
 Validator = Callable[[Any], bool]
 
 
@@ -74,9 +87,47 @@ def _full_validator(kind: str) -> Any:
     import jsonschema
 
     schema = load_schema(kind)
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
+    base = jsonschema.validators.validator_for(schema)
+    base.check_schema(schema)
+
+    def pattern(validator: Any, arg: str, instance: Any, _schema: Any) -> Any:
+        if validator.is_type(instance, "string") and not ecma_regex(arg).search(instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {arg!r}")
+
+    checker = base.TYPE_CHECKER.redefine_many({
+        "integer": lambda _c, v: _TYPES["integer"](v),
+        "number": lambda _c, v: _TYPES["number"](v),
+    })
+    cls = jsonschema.validators.extend(base, validators={"pattern": pattern},
+                                       type_checker=checker)
     return cls(schema)
+
+
+@cache
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a JSON Schema (ECMA-262) ``pattern`` for Python's ``re``: an unescaped
+    ``$`` outside a character class becomes ``\\Z``, the true end of the string."""
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i: i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            if pattern[i + 1: i + 2] == "]":  # "[]...]" : a literal ] first
+                out.append("[]")
+                i += 2
+                continue
+        elif char == "$":
+            char = "\\Z"
+        out.append(char)
+        i += 1
+    return re.compile("".join(out))
 
 
 @cache
@@ -138,10 +189,14 @@ def _to_problems(kind: str, error: Any, file: str, lines: Mapping[str, int]) -> 
         return [Problem(file, line, "E-SCHEMA-REQUIRED", f"{shown}: required field {name!r} "
                         "is missing", f"add {name!r}")]
     if validator == "type":
-        return [Problem(file, line, "E-SCHEMA-TYPE", f"{shown}: {error.message}",
-                        f"use a value of type {error.validator_value}")]
+        remedy = f"use a value of type {error.validator_value}"
+        if type(error.instance) is float and "integer" in error.validator_value:
+            remedy = "write a whole number without a decimal point"
+        elif type(error.instance) is bool and error.validator_value != "boolean":
+            remedy += " (true and false are booleans, not numbers or strings)"
+        return [Problem(file, line, "E-SCHEMA-TYPE", f"{shown}: {error.message}", remedy)]
     if validator == "pattern":
-        if field == "name" or field == "tags" or (kind == "Policy" and field == "groups"):
+        if error.validator_value == DNS_LABEL_PATTERN:  # names, tags, owners, members
             return [Problem(file, line, "E-NAME-INVALID",
                             f"{shown}: {error.instance!r} is not a DNS label", _NAME_REMEDY)]
         code, remedy = _FIELD_CODES.get((kind, field), ("E-SCHEMA-FORMAT", ""))
@@ -183,20 +238,14 @@ _ANNOTATIONS = frozenset({"$schema", "$id", "title", "description", "$defs", "de
                           "examples", "$comment"})
 
 
-def _is_integer(v: Any) -> bool:
-    if type(v) is int:
-        return True
-    return type(v) is float and v.is_integer()
-
-
 _TYPES: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: type(v) is dict,
     "array": lambda v: type(v) is list,
     "string": lambda v: type(v) is str,
     "boolean": lambda v: type(v) is bool,
     "null": lambda v: v is None,
-    "integer": _is_integer,
-    "number": lambda v: type(v) in (int, float),
+    "integer": lambda v: type(v) is int,  # not bool, not 22.0
+    "number": lambda v: type(v) is int or (type(v) is float and math.isfinite(v)),
 }
 
 
@@ -236,7 +285,7 @@ def _compile(schema: Any, root: dict[str, Any]) -> Validator:
         elif key == "enum":
             checks.append(lambda v, opts=arg: any(_json_equal(v, o) for o in opts))
         elif key == "pattern":
-            rx = re.compile(arg)
+            rx = ecma_regex(arg)
             checks.append(lambda v, rx=rx: type(v) is not str or rx.search(v) is not None)
         elif key in ("minLength", "maxLength"):
             op = (lambda n, a: n >= a) if key == "minLength" else (lambda n, a: n <= a)

@@ -8,13 +8,25 @@ Called by ``reconciler.config.loader``. Two kinds of check:
 - ``check_org``: what needs the whole org (addresses inside the CIDR and
   unique, keys unique, routes not overlapping, every reference resolving), then
   ``check_policy_tests``, which runs every policy test through
-  ``reconciler.policy.run_tests``.
+  ``reconciler.policy.run_tests``;
+- ``check_repo``: what needs every org and mesh.yaml: org networks that overlap,
+  routes inside any org's network, and routes that would carry the traffic to a
+  static endpoint, the hub or a STUN server into the tunnel (a routing loop).
+
+Routes and endpoints (docs/repo-format.md, "Routes and endpoints"): a route may
+not be loopback, multicast, link-local, unspecified or broadcast space; without
+``exit_node`` a device's routes may not take most of the address space (a
+prefix shorter than /8, or routes whose union holds a /1); an endpoint may not
+be an unspecified, loopback, multicast or broadcast address. Host names are
+never resolved here: validate must give the same verdict offline, in CI and on
+the hub, so only IP literals (and ``localhost``) are checked.
 
 All checks return ``Problem``s; none raises for bad data.
 """
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +52,70 @@ def decode_key(text: str) -> bytes | None:
         return keys.decode_key(text)
     except ValueError:
         return None
+
+
+# Address space no advertised route may cover, with the reason shown to the user.
+_RESERVED: tuple[tuple[IPNetwork, str], ...] = tuple(
+    (ipaddress.ip_network(net), what) for net, what in (
+        ("0.0.0.0/8", "unspecified ('this network', RFC 1122 3.2.1.3)"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/4", "multicast"),
+        ("255.255.255.255/32", "the limited broadcast address"),
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("::ffff:0:0/96", "IPv4-mapped (write IPv4 routes as IPv4)"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+    ))
+BROAD_PREFIX = 8  # a route shorter than this takes "most of the address space"
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def endpoint_host(endpoint: str) -> str:
+    """The host part of ``host:port`` / ``[v6]:port``."""
+    host = endpoint.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") else host
+
+
+def endpoint_ip(endpoint: str) -> IPAddress | None:
+    """The endpoint's address when it is an IP literal (``localhost`` is 127.0.0.1,
+    RFC 6761 6.3); None for other host names, which validate never resolves."""
+    host = endpoint_host(endpoint)
+    if host == "localhost" or host.endswith(".localhost"):
+        return ipaddress.IPv4Address("127.0.0.1")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _bad_endpoint_address(ip: IPAddress) -> str | None:
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    if ip.is_unspecified or (ip.version == 4 and int(ip) >> 24 == 0):
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.version == 4 and int(ip) == 0xFFFFFFFF:
+        return "the broadcast address"
+    return None
+
+
+def route_network(route: str, exit_node: bool = False) -> IPNetwork | None:
+    """The route as a network, or None when per-file checks refuse it (so whole-org
+    checks do not report it a second time)."""
+    try:
+        net = ipaddress.ip_network(route, strict=True)
+    except ValueError:
+        return None
+    if net.prefixlen == 0 or (net.prefixlen < BROAD_PREFIX and not exit_node) or any(
+            net.overlaps(r) for r, _ in _RESERVED if r.version == net.version):
+        return None
+    return net
 
 
 def _endpoint_ok(endpoint: str) -> bool:
@@ -117,25 +193,67 @@ def check_device_file(dev: Device, file_name: str) -> list[Problem]:
         out.append(_p(src, "identity.public_key", "E-IDENTITY-KEY-INVALID",
                       "identity.public_key is not 32 bytes of base64 (Ed25519)",
                       "use the key printed by `meshops agent init`"))
-    for i, route in enumerate(dev.routes):
-        try:
-            net = ipaddress.ip_network(route, strict=True)
-        except ValueError as exc:
-            out.append(_p(src, f"routes.{i}", "E-ROUTE-INVALID", f"route {route!r}: {exc}",
-                          "write the network address with its prefix, e.g. 192.168.10.0/24"))
-            continue
-        if net.prefixlen == 0:
-            out.append(_p(src, f"routes.{i}", "E-ROUTE-INVALID",
-                          f"route {route!r} is a default route",
-                          "set exit_node: true instead of advertising a default route"))
+    out.extend(_check_device_routes(dev))
     if dev.endpoint is not None and not _endpoint_ok(dev.endpoint):
         out.append(_p(src, "endpoint", "E-ENDPOINT-INVALID",
                       f"endpoint {dev.endpoint!r} is not host:port with a port in 1..65535",
                       "write it as host:port, [v6]:port for IPv6"))
+    elif dev.endpoint is not None:
+        ip = endpoint_ip(dev.endpoint)
+        what = _bad_endpoint_address(ip) if ip is not None else None
+        if what is not None:
+            role = "relay endpoint" if dev.relay else "endpoint"
+            out.append(_p(src, "endpoint", "E-ENDPOINT-ADDRESS",
+                          f"{role} {dev.endpoint} is {what}: no peer can send to it",
+                          "write the device's public address (or a DNS name) and port"))
     if dev.relay and dev.endpoint is None:
         out.append(_p(src, "relay", "E-RELAY-ENDPOINT",
                       "a relay needs a static endpoint", "add endpoint: HOST:PORT"))
     return out
+
+
+def _check_device_routes(dev: Device) -> Iterator[Problem]:
+    src = dev.source
+    valid: list[IPNetwork] = []
+    for i, route in enumerate(dev.routes):
+        where = f"routes.{i}"
+        try:
+            net = ipaddress.ip_network(route, strict=True)
+        except ValueError as exc:
+            yield _p(src, where, "E-ROUTE-INVALID", f"route {route!r}: {exc}",
+                     "write the network address with its prefix, e.g. 192.168.10.0/24")
+            continue
+        if net.prefixlen == 0:
+            yield _p(src, where, "E-ROUTE-INVALID", f"route {route!r} is a default route",
+                     "set exit_node: true instead of advertising a default route")
+            continue
+        if net.prefixlen < BROAD_PREFIX and not dev.exit_node:
+            yield _p(src, where, "E-ROUTE-TOO-BROAD",
+                     f"route {route} (shorter than /{BROAD_PREFIX}) takes most of the address "
+                     "space away from every peer's own network",
+                     "advertise the subnets behind the device, or make it an exit node "
+                     "(exit_node: true)")
+            continue
+        valid.append(net)  # reserved space still counts towards the union below
+        clash = next((r for r in _RESERVED if r[0].version == net.version
+                      and net.overlaps(r[0])), None)
+        if clash is not None:
+            yield _p(src, where, "E-ROUTE-RESERVED",
+                     f"route {route} covers {clash[0]}, which is {clash[1]}: peers would send "
+                     "that traffic into the tunnel", "advertise only unicast subnets")
+    if dev.exit_node:
+        return
+    for version in (4, 6):
+        nets = [n for n in valid if n.version == version]
+        if len(nets) < 2:
+            continue
+        block = next((b for b in ipaddress.collapse_addresses(nets)  # type: ignore[misc]
+                      if b.prefixlen <= 1), None)
+        if block is not None:
+            yield _p(src, "routes", "E-ROUTE-TOO-BROAD",
+                     f"the routes together cover {block}, half of the IPv{version} address "
+                     "space or more", "advertise the subnets behind the device, or make it "
+                     "an exit node (exit_node: true)")
 
 
 def check_policy_file(policy: Policy, raw_ports: list[list[object]]) -> list[Problem]:
@@ -146,7 +264,7 @@ def check_policy_file(policy: Policy, raw_ports: list[list[object]]) -> list[Pro
     src = policy.source
     for rule, ports in zip(policy.rules, raw_ports):
         for j, item in enumerate(ports):
-            if parse_port(item) is None:  # type: ignore[arg-type]
+            if parse_port(item) is None:
                 out.append(_p(src, f"rules.{rule.index}.ports.{j}", "E-PORT-INVALID",
                               f"port {item!r} is outside 1..65535 or a reversed range",
                               "use a port in 1..65535 or a range LO-HI with LO <= HI"))
@@ -329,11 +447,8 @@ def _check_routes(state: OrgState) -> Iterator[Problem]:
         if dev.disabled:
             continue
         for i, route in enumerate(dev.routes):
-            try:
-                net = ipaddress.ip_network(route, strict=True)
-            except ValueError:
-                continue
-            if net.prefixlen == 0:
+            net = route_network(route, dev.exit_node)
+            if net is None:
                 continue  # reported per file
             clash = next((o for o in org_nets if o.version == net.version and net.overlaps(o)),
                          None)
@@ -356,6 +471,106 @@ def _check_routes(state: OrgState) -> Iterator[Problem]:
                 prev = span
         else:
             prev = span
+
+
+# --- whole-repository checks ---------------------------------------------------
+
+
+def check_repo(mesh: Mesh | None, states: dict[str, OrgState]) -> list[Problem]:
+    """Checks across orgs and mesh.yaml (see the module docstring)."""
+    out: list[Problem] = []
+    nets = {name: _networks(state.organization) for name, state in sorted(states.items())}
+    out.extend(_check_cidr_overlaps(states, nets))
+    targets = _mesh_targets(mesh)
+    for name, state in sorted(states.items()):
+        out.extend(_check_routes_against(state, nets, targets))
+    return out
+
+
+def _check_cidr_overlaps(states: dict[str, OrgState],
+                         nets: dict[str, dict[int, IPNetwork]]) -> Iterator[Problem]:
+    seen: list[tuple[str, IPNetwork]] = []
+    for name in sorted(nets):
+        org = states[name].organization
+        for version, net in sorted(nets[name].items()):
+            field = "cidr_v4" if version == 4 else "cidr_v6"
+            other = next(((o, n) for o, n in seen if n.version == version and n.overlaps(net)),
+                         None)
+            if other is not None:
+                yield _p(org.source, field, "E-CIDR-OVERLAP",
+                         f"{field} {net} overlaps {other[1]} of organization {other[0]}",
+                         "give each organization its own tunnel network; orgs must never "
+                         "share addresses")
+            seen.append((name, net))
+
+
+def _mesh_targets(mesh: Mesh | None) -> list[tuple[IPAddress, str]]:
+    """(address, what, where) for the hub and STUN servers given as IP literals."""
+    if mesh is None:
+        return []
+    from urllib.parse import urlsplit
+
+    out = []
+    try:
+        host = urlsplit(mesh.hub_url).hostname
+    except ValueError:
+        host = None
+    if host:
+        ip = endpoint_ip(f"[{host}]:0" if ":" in host else f"{host}:0")
+        if ip is not None:
+            out.append((ip, f"the hub ({mesh.hub_url}, mesh.yaml hub_url)"))
+    for server in mesh.stun_servers:
+        ip = endpoint_ip(server)
+        if ip is not None:
+            out.append((ip, f"STUN server {server} (mesh.yaml stun_servers)"))
+    return out
+
+
+def _check_routes_against(state: OrgState, nets: dict[str, dict[int, IPNetwork]],
+                          targets: list[tuple[IPAddress, str]]) -> Iterator[Problem]:
+    """Routes inside another org's network, and routes over an endpoint of this org,
+    the hub or a STUN server."""
+    org = state.organization
+    endpoints = list(targets)
+    for name, dev in sorted(state.devices.items()):
+        if dev.endpoint is None or dev.disabled:
+            continue
+        ip = endpoint_ip(dev.endpoint)
+        if ip is None:
+            continue
+        role = "relay" if dev.relay else "device"
+        endpoints.append((ip, f"the endpoint {dev.endpoint} of {role} {name}"))
+        own = nets[org.name].get(ip.version)
+        if own is not None and ip in own:
+            yield _p(dev.source, "endpoint", "E-ENDPOINT-ADDRESS",
+                     f"endpoint {dev.endpoint} is inside the org's tunnel network {own}: "
+                     "WireGuard would send its own packets into the tunnel",
+                     "write the device's public address, outside the tunnel network")
+    others = [(o, n) for o, by_version in nets.items() if o != org.name
+              for n in by_version.values()]
+    points = sorted(((ip.version, int(ip)), what) for ip, what in endpoints)
+    keys = [k for k, _ in points]
+    for name, dev in sorted(state.devices.items()):
+        if dev.disabled:
+            continue
+        for i, route in enumerate(dev.routes):
+            net = route_network(route, dev.exit_node)
+            if net is None:
+                continue
+            clash = next(((o, n) for o, n in others if n.version == net.version
+                          and n.overlaps(net)), None)
+            if clash is not None:
+                yield _p(dev.source, f"routes.{i}", "E-ROUTE-IN-ORG-CIDR",
+                         f"route {route} overlaps {clash[1]}, the tunnel network of "
+                         f"organization {clash[0]}", "advertise only subnets outside every "
+                         "org's tunnel network")
+                continue
+            at = bisect.bisect_left(keys, (net.version, int(net.network_address)))
+            if at < len(keys) and keys[at] <= (net.version, int(net.broadcast_address)):
+                yield _p(dev.source, f"routes.{i}", "E-ROUTE-LOOP",
+                         f"route {route} covers {points[at][1]}: traffic to it would enter "
+                         "the tunnel it should carry (a routing loop)",
+                         "narrow the route so that it leaves that address out")
 
 
 def _check_references(state: OrgState, broken: frozenset[str]) -> Iterator[Problem]:

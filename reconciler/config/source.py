@@ -9,11 +9,19 @@ them. Working-tree entries have no blob id; the loader keys them by content.
 
 Only the paths a repository can hold are listed: ``mesh.yaml`` and everything
 under ``orgs/`` (``secrets/``, ``.github/`` and the rest are not ours to read).
+Nothing there is skipped in silence: every path comes back with its type
+(``file``, ``dir``, ``symlink``, ``submodule`` or ``special`` for FIFOs,
+sockets and devices), directories before their contents, and the loader
+decides what each may be. Symbolic links are never followed, in a working
+tree (``lstat``) or in a commit (tree entries of mode 120000), so a link can
+neither hide a file nor pull one in from outside the repository. Directories
+deeper than the layout's (``orgs/ORG/devices/X/``) are listed, not entered.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -23,14 +31,20 @@ from typing import Protocol
 
 from reconciler.errors import UsageError
 
+# Directories of the layout have at most three parts (orgs/ORG/devices); anything
+# deeper is listed as a directory and not entered.
+MAX_DIR_PARTS = 3
+FILE, DIR, SYMLINK, SUBMODULE, SPECIAL = "file", "dir", "symlink", "submodule", "special"
+
 
 @dataclass(frozen=True)
 class Entry:
-    """One file: its path relative to the repository root (``/`` separated),
-    and its git blob id (``None`` in a working tree)."""
+    """One path relative to the repository root (``/`` separated), its git blob id
+    (``None`` in a working tree) and its type: only ``file`` entries are read."""
 
     path: str
     blob: str | None = None
+    type: str = FILE
 
 
 class RepoSource(Protocol):
@@ -42,11 +56,13 @@ class RepoSource(Protocol):
 
     def read(self, entry: Entry) -> bytes: ...
 
+    def lookup(self, rel: str) -> Entry | None: ...
+
     def read_many(self, entries: list[Entry]) -> Iterator[tuple[Entry, bytes]]: ...
 
 
 class WorkTreeSource:
-    """Files on disk under ``root``. Symlinks are not followed."""
+    """Files on disk under ``root``. Symlinks are listed as such, never followed."""
 
     commit: str | None = None
 
@@ -55,55 +71,112 @@ class WorkTreeSource:
 
     def entries(self) -> list[Entry]:
         out = []
-        if (self.root / "mesh.yaml").is_file():
-            out.append(Entry("mesh.yaml"))
-        self._walk(self.root / "orgs", "orgs", out, depth=0)
+        for name in ("mesh.yaml", "orgs"):
+            try:
+                st = os.lstat(self.root / name)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise UsageError(f"cannot read {self.root / name}: {exc.strerror}") from exc
+            kind = _mode_type(st.st_mode)
+            out.append(Entry(name, None, kind))
+            if name == "orgs" and kind == DIR:
+                self._walk(self.root / "orgs", "orgs", out)
         return out
 
-    def _walk(self, directory: Path, rel: str, out: list[Entry], depth: int) -> None:
-        if depth > 3:
-            return
+    def _walk(self, directory: Path, rel: str, out: list[Entry]) -> None:
         try:
             with os.scandir(directory) as it:
                 items = sorted(it, key=lambda e: e.name)
-        except (FileNotFoundError, NotADirectoryError):
-            return
         except OSError as exc:
             raise UsageError(f"cannot read {directory}: {exc.strerror}") from exc
+        enter = rel.count("/") + 2 <= MAX_DIR_PARTS
         for item in items:
-            if item.is_dir(follow_symlinks=False):
-                self._walk(Path(item.path), f"{rel}/{item.name}", out, depth + 1)
+            path = f"{rel}/{item.name}"
+            if item.is_symlink():
+                out.append(Entry(path, None, SYMLINK))
+            elif item.is_dir(follow_symlinks=False):
+                out.append(Entry(path, None, DIR))
+                if enter:
+                    self._walk(Path(item.path), path, out)
             elif item.is_file(follow_symlinks=False):
-                out.append(Entry(f"{rel}/{item.name}"))
+                out.append(Entry(path))
+            else:
+                out.append(Entry(path, None, SPECIAL))
+
+    def lookup(self, rel: str) -> Entry | None:
+        """Any path (``secrets/x.sops.yaml`` too): None when it does not exist, else the
+        entry of ``rel`` or of the first component on the way that is not a plain
+        directory (a symlinked ``secrets/`` comes back as ``Entry("secrets", type=symlink)``)."""
+        parts = rel.split("/")
+        for i in range(len(parts)):
+            path = "/".join(parts[: i + 1])
+            try:
+                kind = _mode_type(os.lstat(self.root / path).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+            if kind != DIR or i == len(parts) - 1:
+                return Entry(path, None, kind)
+        return None
 
     def read(self, entry: Entry) -> bytes:
+        """The file's bytes; refuses a path that became a link or a FIFO since listing."""
         try:
-            with open(os.path.join(self.root, entry.path), "rb") as fh:
-                return fh.read()
+            fd = os.open(os.path.join(self.root, entry.path),
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise UsageError(f"cannot read {entry.path}: {exc.strerror}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UsageError(f"cannot read {entry.path}: no longer a regular file")
+            data = os.read(fd, st.st_size + 1)
+            if len(data) <= st.st_size:  # a short read of a regular file is its end
+                return data
+            chunks = [data]  # the file grew since fstat
+            while chunks[-1]:
+                chunks.append(os.read(fd, 1 << 20))
+            return b"".join(chunks)
+        except OSError as exc:
+            raise UsageError(f"cannot read {entry.path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
+    def read_many(self, entries: list[Entry]) -> Iterator[tuple[Entry, bytes]]:
+        for entry in entries:
+            yield entry, self.read(entry)
 
 
-TreeCache = dict[bytes, list[tuple[str, bool, bytes]]]
+def _mode_type(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return SYMLINK
+    if stat.S_ISDIR(mode):
+        return DIR
+    return FILE if stat.S_ISREG(mode) else SPECIAL
 
 
-def parse_tree(data: bytes) -> list[tuple[str, bool, bytes]]:
-    """Raw git tree object -> ``(name, is_dir, binsha)`` for trees and regular files.
+TreeCache = dict[bytes, list[tuple[str, str, bytes]]]
+_GIT_MODES = {b"40000": DIR, b"100644": FILE, b"100755": FILE, b"100664": FILE,
+              b"120000": SYMLINK, b"160000": SUBMODULE}
+
+
+def parse_tree(data: bytes) -> list[tuple[str, str, bytes]]:
+    """Raw git tree object -> ``(name, type, binsha)`` for every entry.
 
     Format (git's tree-objects): repeated ``<octal mode> SP <name> NUL <20-byte sha>``.
-    Symlinks (120000) and submodules (160000) are skipped, as in the working tree."""
+    Modes: 40000 tree, 100644/100755 file (100664 in old repositories), 120000
+    symlink, 160000 submodule (gitlink); anything else is reported as special."""
     out = []
     pos, end = 0, len(data)
     while pos < end:
         space = data.index(b" ", pos)
         nul = data.index(b"\0", space)
-        mode = data[pos:space]
-        sha = data[nul + 1: nul + 21]
+        kind = _GIT_MODES.get(data[pos:space], SPECIAL)
+        out.append((data[space + 1: nul].decode("utf-8", "surrogateescape"), kind,
+                    data[nul + 1: nul + 21]))
         pos = nul + 21
-        if mode == b"40000":
-            out.append((data[space + 1: nul].decode("utf-8", "surrogateescape"), True, sha))
-        elif mode in (b"100644", b"100755"):
-            out.append((data[space + 1: nul].decode("utf-8", "surrogateescape"), False, sha))
     return out
 
 
@@ -129,7 +202,8 @@ class GitSource:
         prefix = Path(path).resolve().relative_to(top).as_posix()
         self._root = commit.tree.binsha
         for part in [p for p in prefix.split("/") if p not in ("", ".")]:
-            found = [sha for name, is_dir, sha in self._tree(self._root) if name == part and is_dir]
+            found = [sha for name, kind, sha in self._tree(self._root)
+                     if name == part and kind == DIR]
             if not found:
                 raise UsageError(f"{prefix} does not exist at revision {rev!r}")
             self._root = found[0]
@@ -143,21 +217,35 @@ class GitSource:
 
     def entries(self) -> list[Entry]:
         out: list[Entry] = []
-        for name, is_dir, sha in self._tree(self._root):
-            if name == "mesh.yaml" and not is_dir:
-                out.append(Entry("mesh.yaml", sha.hex()))
-            elif name == "orgs" and is_dir:
-                self._walk(sha, "orgs", out, depth=0)
+        for name, kind, sha in self._tree(self._root):
+            if name in ("mesh.yaml", "orgs"):
+                out.append(Entry(name, sha.hex(), kind))
+                if name == "orgs" and kind == DIR:
+                    self._walk(sha, "orgs", out)
         return out
 
-    def _walk(self, binsha: bytes, rel: str, out: list[Entry], depth: int) -> None:
-        if depth > 3:
-            return
-        for name, is_dir, sha in self._tree(binsha):
-            if is_dir:
-                self._walk(sha, f"{rel}/{name}", out, depth + 1)
-            else:
-                out.append(Entry(f"{rel}/{name}", sha.hex()))
+    def _walk(self, binsha: bytes, rel: str, out: list[Entry]) -> None:
+        enter = rel.count("/") + 2 <= MAX_DIR_PARTS
+        for name, kind, sha in self._tree(binsha):
+            path = f"{rel}/{name}"
+            out.append(Entry(path, sha.hex(), kind))
+            if kind == DIR and enter:
+                self._walk(sha, path, out)
+
+    def lookup(self, rel: str) -> Entry | None:
+        """As ``WorkTreeSource.lookup``, from the commit's tree objects (a symlink is a
+        tree entry of mode 120000 and is returned as such, never resolved)."""
+        tree = self._root
+        parts = rel.split("/")
+        for i, part in enumerate(parts):
+            found = next(((k, sha) for name, k, sha in self._tree(tree) if name == part), None)
+            if found is None:
+                return None
+            kind, sha = found
+            if kind != DIR or i == len(parts) - 1:
+                return Entry("/".join(parts[: i + 1]), sha.hex(), kind)
+            tree = sha
+        return None
 
     def read(self, entry: Entry) -> bytes:
         assert entry.blob is not None

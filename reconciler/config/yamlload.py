@@ -8,7 +8,14 @@ refuse, with the exact line, everything a repository file must not contain:
 - anchors and aliases (the "billion laughs" YAML bomb needs them);
 - explicit tags (``!!python/object``, ``!custom``): only plain data is allowed;
 - more than one document, duplicate mapping keys, non-scalar keys;
-- files over 1 MiB and files that are not UTF-8.
+- files over 1 MiB and files that are not UTF-8;
+- numbers no field can hold: integers outside 64 bits (a 5,000-digit integer
+  would otherwise end in Python's int-parsing limit), NaN and infinities
+  (``.nan``, ``.inf``, ``1e999``): no repository field takes them;
+- control characters in quoted and block scalars (``"admins\\n"``, ``"\\x00"``,
+  ``"\\u202e"``): C0 except tab and newline, DEL, C1, Unicode line/paragraph
+  separators and bidirectional controls (Trojan Source). Plain scalars cannot
+  hold them, libyaml refuses them raw.
 
 Scalars resolve the way go-yaml and YAML 1.2 do: only ``true``/``false`` are
 booleans, ``null``/``~``/empty are null, decimal/octal/hex integers and floats
@@ -52,6 +59,13 @@ _SPECIAL_FLOATS = {
     ".nan": float("nan"), ".NaN": float("nan"), ".NAN": float("nan"),
 }
 _NUMBER_START = frozenset("0123456789+-.")
+# Integers are int64, as in go-yaml; the digit count is bounded before int() runs.
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
+_MAX_INT_CHARS = 22  # significant digits of an int64: at most 19 decimal, 16 hex, 22 octal
+# Tab and newline are text; every other C0 control, DEL, C1, the Unicode line and
+# paragraph separators, and bidirectional overrides/isolates (CVE-2021-42574) are not.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029"
+                      "\u202a-\u202e\u2066-\u2069]")
 _Scalar = yaml.ScalarEvent
 
 
@@ -63,24 +77,62 @@ class Document:
     lines: dict[str, int]
 
 
+class NumberRefused(ValueError):
+    """A plain scalar that is a number no repository field can hold."""
+
+    def __init__(self, text: str, why: str, remedy: str) -> None:
+        super().__init__(why)
+        self.text, self.why, self.remedy = text, why, remedy
+
+
 def resolve_plain(text: str) -> Any:
-    """Resolve an unquoted scalar (YAML 1.2 core schema, go-yaml compatible)."""
+    """Resolve an unquoted scalar (YAML 1.2 core schema, go-yaml compatible).
+
+    Raises ``NumberRefused`` for an integer outside int64 and for NaN or an
+    infinity (written as ``.nan``/``.inf`` or overflowing, like ``1e999``)."""
     if text in _NULLS:
         return None
     if text in _BOOLS:
         return _BOOLS[text]
     if text and text[0] in _NUMBER_START:
         if _INT.match(text):
-            return int(text, 10)
+            return _int(text, 10)
         if _FLOAT.match(text):
-            return float(text)
+            value = float(text)
+            if value in (_INF, -_INF):
+                raise NumberRefused(text, f"{_short(text)} is too large for a number",
+                                    "write a value within the field's range")
+            return value
         if text in _SPECIAL_FLOATS:
-            return _SPECIAL_FLOATS[text]
+            raise NumberRefused(text, f"{text} (not a number or infinite) is not allowed",
+                                "write a finite number within the field's range")
         if _INT_OCT.match(text):
-            return int(text, 0)
+            return _int(text, 8)
         if _INT_HEX.match(text):
-            return int(text, 0)
+            return _int(text, 16)
     return text
+
+
+_INF = float("inf")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
+
+
+def _int(text: str, base: int) -> int:
+    digits = text.lstrip("+-")
+    if base != 10:
+        digits = digits[2:]
+    digits = digits.lstrip("0")
+    # bound the text first: int() of a 5,000-digit string raises (or is slow)
+    value = int(digits or "0", base) if len(digits) <= _MAX_INT_CHARS else INT_MAX + 1
+    if text.startswith("-"):
+        value = -value
+    if not INT_MIN <= value <= INT_MAX:
+        raise NumberRefused(text, f"integer {_short(text)} does not fit in 64 bits",
+                            "write a value within the field's range")
+    return value
 
 
 class _Refused(Exception):
@@ -108,6 +160,33 @@ def _refuse_event(event: Any) -> None:
                        "remove the tag; repository files hold plain data only")
 
 
+def _number_refused(event: Any, exc: NumberRefused) -> _Refused:
+    return _Refused(event.start_mark.line + 1, "E-YAML-NUMBER", exc.why, exc.remedy)
+
+
+def _plain(event: Any) -> Any:
+    try:
+        return resolve_plain(event.value)
+    except NumberRefused as exc:
+        raise _number_refused(event, exc) from None
+
+
+def _styled(event: Any) -> str:
+    """A quoted or block scalar: a string, refused if it holds a control character."""
+    text: str = event.value
+    found = _CONTROL.search(text)
+    if found is not None:
+        char = found.group()
+        line = event.start_mark.line + 1 + text.count("\n", 0, found.start())
+        if event.style in ("|", ">"):  # the block's text starts on the line after the marker
+            line += 1
+        raise _Refused(line, "E-YAML-CONTROL-CHAR",
+                       f"control character U+{ord(char):04X} in a string",
+                       "remove it; strings hold printable text (tab and newline only in "
+                       "free text such as description)")
+    return text
+
+
 class _Builder:
     """Builds plain data from parser events, recording each path's line."""
 
@@ -121,8 +200,8 @@ class _Builder:
             if event.anchor is not None or (event.tag is not None and event.tag != "!"):
                 _refuse_event(event)
             if event.implicit[0] and not event.style:
-                return resolve_plain(event.value)
-            return event.value
+                return _plain(event)
+            return _styled(event)
         if depth > MAX_DEPTH:
             raise _Refused(event.start_mark.line + 1, "E-YAML-DEPTH",
                            f"nesting deeper than {MAX_DEPTH} levels",
@@ -154,7 +233,7 @@ class _Builder:
                                "use a plain name as the key")
             if key_event.anchor is not None or (key_event.tag not in (None, "!")):
                 _refuse_event(key_event)
-            key = key_event.value
+            key = _styled(key_event) if key_event.style else key_event.value
             if key in out:
                 raise _Refused(line, "E-YAML-DUPKEY", f"duplicate key {key!r}",
                                "keep one of the two entries")
@@ -164,7 +243,10 @@ class _Builder:
             # Inlined common case (a plain, untagged scalar value): ~30% faster loads.
             if (type(value) is _Scalar and not value.style and value.anchor is None
                     and value.tag is None):
-                out[key] = resolve_plain(value.value)
+                try:
+                    out[key] = resolve_plain(value.value)
+                except NumberRefused as exc:
+                    raise _number_refused(value, exc) from None
             else:
                 out[key] = self.node(value, child, depth + 1)
 
@@ -222,6 +304,12 @@ def load_yaml(data: bytes, file: str) -> Document | Problem:
         return _walk(text)
     except _Refused as exc:
         return Problem(file, exc.line, exc.code, exc.message, exc.remedy)
+    except yaml.reader.ReaderError as exc:  # a raw non-printable character in the stream
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        return Problem(file, line, "E-YAML-CONTROL-CHAR",
+                       f"control character U+{ord(char):04X} in the file",
+                       "remove it; YAML files hold printable text")
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1

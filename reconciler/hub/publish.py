@@ -20,6 +20,14 @@ One publish, per org:
    ``serial = max(now in ms, last serial + 1)``;
 6. write ``DIR/ORG/certs/NAME.pem``, ``DIR/ORG/ca.crt``, ``DIR/trust.json``
    and last ``DIR/ORG/manifest.json``, each atomically (``reconciler.fsio``).
+   Before writing, temp files that a killed publish left in those directories
+   are removed (``fsio.remove_stale_temps``); a failed write removes its own.
+
+Secrets are read without following symbolic links (``read_secret_file``): a
+``secrets/`` directory or ``secrets/ORG-ca.sops.yaml`` that is a link, or
+anything other than a regular file, is refused, in a working tree and in a
+commit (tree entries of mode 120000), so a link can never make the hub read or
+decrypt a file from outside the repository.
 
 ``Publisher`` keeps the config ``BlobCache``, decrypted keys, the store's
 current certificates, the compiled policy and per-device manifest fragments,
@@ -40,7 +48,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from reconciler.errors import PkiError, UsageError, ValidationError
-from reconciler.fsio import atomic_write, atomic_write_many, fsync_dir
+from reconciler.fsio import atomic_write, atomic_write_many, fsync_dir, remove_stale_temps
 from reconciler.hub import gitsig
 from reconciler.hub.store import CertRecord, Store, open_store
 from reconciler.model.manifest import Manifest, ManifestDevice
@@ -116,11 +124,51 @@ def owner_fingerprints(repo: Repo) -> frozenset[str]:
     return frozenset(out)
 
 
-def _read_repo_file(repo_path: Path, rev: str | None, rel: str) -> bytes | None:
-    if rev is None:
-        p = repo_path / rel
-        return p.read_bytes() if p.is_file() else None
-    return gitsig.read_blob(repo_path, rev, rel)
+MAX_SECRET_BYTES = 1024 * 1024  # a SOPS file holding two PEM keys is a few KiB
+
+
+def read_secret_file(repo_path: Path, rev: str | None, rel: str,
+                     trees: Any = None) -> bytes | None:
+    """The bytes of ``rel`` (``secrets/ORG-ca.sops.yaml``) in the working tree or at
+    ``rev``; None when it does not exist. ``PkiError`` when it, or a directory on the
+    way to it, is a symbolic link or anything but a regular file, or when it is larger
+    than ``MAX_SECRET_BYTES``. ``trees``: the config ``BlobCache.trees`` (git tree
+    objects parsed by id), so a commit's trees are not parsed twice."""
+    from reconciler.config.source import FILE, open_source
+
+    source = open_source(repo_path, rev, trees)
+    try:
+        entry = source.lookup(rel)
+        if entry is None:
+            return None
+        where = f" in commit {rev}" if rev is not None else ""
+        if entry.type == "symlink":
+            raise PkiError(f"{entry.path} is a symbolic link{where}; the hub never follows "
+                           "links out of the repository: put the file itself there")
+        if entry.type != FILE or entry.path != rel:
+            what = {"dir": "a directory", "file": "a file", "submodule": "a git submodule"}.get(
+                entry.type, "a FIFO, socket or device file")
+            need = "a regular file" if entry.path == rel else "a directory"
+            raise PkiError(f"{entry.path}{where} is {what}; the hub needs {need} there")
+        data = source.read(entry)  # a working tree opens it with O_NOFOLLOW
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+    if len(data) > MAX_SECRET_BYTES:
+        raise PkiError(f"{rel} is larger than {MAX_SECRET_BYTES} bytes: not a meshops secret")
+    return data
+
+
+def _refuse_links(root: Path, rel: str) -> None:
+    """``init_org_ca`` writes only through plain directories: a symlinked ``secrets/``
+    would put the CA key wherever the link points."""
+    from reconciler.config.source import WorkTreeSource
+
+    entry = WorkTreeSource(root).lookup(rel)
+    if entry is not None and entry.type == "symlink":
+        raise UsageError(f"{entry.path} is a symbolic link; meshops writes secrets only into "
+                         "the repository itself: replace the link with a directory or file")
 
 
 def decrypt_org_keys(text: str, org: OrgState, gpg_home: str | None) -> pki_ca.OrgKeys:
@@ -161,6 +209,7 @@ def init_org_ca(
     if not recipients:
         raise UsageError("mesh.yaml has no pgp_recipients to encrypt the CA key to")
     cert_path, secret_path = root / ca_relpath(org_name), root / secrets_relpath(org_name)
+    _refuse_links(root, secrets_relpath(org_name))
     if not force and (cert_path.exists() or secret_path.exists()):
         raise UsageError(
             f"org {org_name} already has a CA ({cert_path.relative_to(root)}); "
@@ -358,7 +407,8 @@ class Publisher:
 
     def _org_keys(self, org: OrgState, rev: str | None) -> pki_ca.OrgKeys:
         cache = self._orgs.setdefault(org.name, _OrgCache())
-        raw = _read_repo_file(self.repo_path, rev, secrets_relpath(org.name))
+        raw = read_secret_file(self.repo_path, rev, secrets_relpath(org.name),
+                               getattr(self.cache, "trees", None))
         if raw is None:
             raise PkiError(
                 f"{secrets_relpath(org.name)} is missing: run `meshops ca init --org {org.name}`"
@@ -488,6 +538,16 @@ class Publisher:
     # -- output -----------------------------------------------------------------------------
     def _write(self, pub: PublishResult, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
+        # a publish killed mid-write (SIGKILL, power loss) left temp files: every name
+        # in these directories is ours, so earlier versions' temp names go too (orgs
+        # that are no longer in the repository included)
+        orgs = set(pub.orgs) | {e.name for e in os.scandir(out)
+                                if e.is_dir(follow_symlinks=False)}
+        for directory in [out] + [d for n in sorted(orgs) for d in (out / n, out / n / "certs")]:
+            removed = remove_stale_temps(directory, legacy=True)
+            if removed:
+                log.info("removed %d temp file(s) of an interrupted publish in %s",
+                         removed, directory)
         for name, org_pub in pub.orgs.items():
             cache = self._orgs[name]
             org_dir = out / name

@@ -105,3 +105,36 @@ def test_github_escaping_of_special_characters(tmp_path, capsys):
     line = out.splitlines()[0]
     assert line.startswith("::error file=") and "\n" not in line
     assert "%3A" not in line.split("::")[2]  # message colons are not escaped, properties are
+
+
+# -- hostile input ends in file:line problems and exit 1, never in a traceback ------------
+
+
+@pytest.mark.parametrize("case", ["number-int-5000-digits", "number-port-float", "number-nan",
+                                  "string-group-trailing-newline", "string-bidi-override",
+                                  "route-covers-hub", "layout-orgs-is-a-file"])
+def test_subprocess_hostile_input_exits_1_without_traceback(tmp_path, case):
+    repo = shutil.copytree(CORPUS / case, tmp_path / case,
+                           ignore=shutil.ignore_patterns("expected.yaml"))
+    if case == "layout-orgs-is-a-file":
+        shutil.rmtree(repo / "orgs")
+        (repo / "orgs").write_text("acme\n")
+    proc = run(str(repo), "--format", "json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["valid"] is False and doc["problems"]
+    assert all(p["file"] and p["remedy"] and p["code"].startswith("E-") for p in doc["problems"])
+
+
+def test_subprocess_symlink_in_a_commit_exits_1(tmp_path):
+    root = make_repo(tmp_path / "r", devices=3)
+    outside = tmp_path / "outside.yaml"
+    outside.write_text((root / "orgs" / "org-00" / "devices" / "dev-00001.yaml").read_text())
+    (root / "orgs" / "org-00" / "devices" / "dev-00001.yaml").unlink()
+    (root / "orgs" / "org-00" / "devices" / "dev-00001.yaml").symlink_to(outside)
+    git_init_commit(root, "a symlinked device")
+    for args in ((str(root),), (str(root), "--rev", "HEAD")):
+        proc = run(*args)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert ("orgs/org-00/devices/dev-00001.yaml:0: E-LAYOUT-SYMLINK" in proc.stdout), args

@@ -110,8 +110,24 @@ def test_yaml_outside_orgs_is_ignored(tmp_path):
     root = shutil.copytree(EXAMPLE, tmp_path / "r")
     (root / "secrets").mkdir(exist_ok=True)
     (root / "secrets" / "acme.sops.yaml").write_text("not: [valid")
-    (root / "orgs" / "acme" / "README.md").write_text("# notes\n")
+    (root / "README.md").write_text("# notes\n")
+    (root / "docs").mkdir()
+    (root / "docs" / "x.yaml").write_text("kind: Device\n")
     assert load(root).valid
+
+
+@pytest.mark.parametrize("name", ["README.md", ".gitkeep", "policy.yaml~", "policy.yaml.bak",
+                                  ".policy.yaml.swp", "policy.json", "Policy.yaml"])
+def test_every_other_file_under_orgs_is_reported(tmp_path, name):
+    """Nothing under orgs/ is ignored: a stray policy.yaml.bak or Policy.yaml would
+    otherwise leave the org without its policy (a full mesh) without a word."""
+    root = shutil.copytree(EXAMPLE, tmp_path / "r")
+    (root / "orgs" / "acme" / name).write_text("# notes\n")
+    result = load(root)
+    assert [(p.file, p.code) for p in result.problems] == [
+        (f"orgs/acme/{name}", "E-LAYOUT-UNKNOWN-FILE")]
+    line = 1 if name.endswith((".yaml", ".yml")) else 0
+    assert result.problems[0].line == line and result.problems[0].remedy
 
 
 def test_misplaced_yaml_files_are_reported(tmp_path):
@@ -119,8 +135,33 @@ def test_misplaced_yaml_files_are_reported(tmp_path):
     (root / "orgs" / "stray.yaml").write_text("kind: Device\n")
     (root / "orgs" / "org-00" / "devices" / "nested").mkdir()
     (root / "orgs" / "org-00" / "devices" / "nested" / "x.yaml").write_text("kind: Device\n")
-    (root / "orgs" / "org-00" / "notes.md").write_text("fine\n")
+    (root / "orgs" / "org-00" / "notes.md").write_text("not fine either\n")
     result = load(root)
-    assert [(p.file, p.code) for p in result.problems] == [
-        ("orgs/org-00/devices/nested/x.yaml", "E-LAYOUT-UNKNOWN-FILE"),
-        ("orgs/stray.yaml", "E-LAYOUT-UNKNOWN-FILE")]
+    assert [(p.file, p.code, p.line) for p in result.problems] == [
+        ("orgs/org-00/devices/nested", "E-LAYOUT-UNKNOWN-DIR", 0),
+        ("orgs/org-00/notes.md", "E-LAYOUT-UNKNOWN-FILE", 0),
+        ("orgs/stray.yaml", "E-LAYOUT-UNKNOWN-FILE", 1)]
+
+
+@pytest.mark.parametrize("path, code", [
+    ("orgs/org-00/devices/dev-09.yaml", "E-LAYOUT-NOT-A-FILE"),
+    ("orgs/org-00/policy.yaml", "E-LAYOUT-NOT-A-FILE"),
+    ("orgs/org-01", "E-LAYOUT-NOT-A-DIR"),
+    ("orgs/org-00/users", "E-LAYOUT-NOT-A-DIR"),
+])
+def test_git_submodule_entries_are_reported(tmp_path, path, code):
+    """A gitlink (mode 160000) in the commit: nothing is read from it, and it is said."""
+    import subprocess
+
+    root = make_repo(tmp_path / "r", devices=3, git=True)
+    if (root / path).is_dir():
+        subprocess.run(["git", "-C", str(root), "rm", "-rq", "--cached", path], check=True)
+    elif (root / path).exists():
+        subprocess.run(["git", "-C", str(root), "rm", "-q", "--cached", path], check=True)
+    subprocess.run(["git", "-C", str(root), "update-index", "--add", "--cacheinfo",
+                    f"160000,{'1' * 40},{path}"], check=True)
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@x",
+                    "commit", "-qm", "gitlink", "--no-gpg-sign"], check=True)
+    problems = load(root, "HEAD").problems
+    assert (path, 0, code) in [(p.file, p.line, p.code) for p in problems], problems
+    assert not load(root, "HEAD").valid

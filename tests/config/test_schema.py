@@ -89,9 +89,10 @@ def test_fast_path_agrees_with_jsonschema_on_every_known_document():
 
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000),
-                     st.floats(allow_nan=False), st.sampled_from(
+                     st.floats(), st.sampled_from(
                          ["", "x", "tcp", "icmp", "*", "tag:web", "10.0.0.1", "a-b",
-                          "8000-8100", "Device", "accept", "https://h", "1.2.3.4:99"]))
+                          "8000-8100", "Device", "accept", "https://h", "1.2.3.4:99",
+                          "a\n", "tag:web\n", "https://h\n", "22\n"]))
 
 
 @settings(max_examples=300, deadline=None)
@@ -177,3 +178,90 @@ def test_policy_port_items_accept_numbers_and_ranges():
     doc["rules"][0]["ports"] = [True]
     assert not schema.is_valid("Policy", doc)
     assert not schema.fast_validator("Policy")(doc)
+
+
+# --- patterns end at the true end of the string; numbers are typed strictly -----------
+
+
+def _patterns(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern":
+                yield value
+            else:
+                yield from _patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _patterns(value)
+
+
+ALL_SCHEMAS = sorted(p.name for p in (ROOT / "schemas").glob("*.schema.json"))
+
+
+@pytest.mark.parametrize("name", ALL_SCHEMAS)
+def test_every_pattern_is_anchored_at_both_ends(name):
+    patterns = list(_patterns(json.loads((ROOT / "schemas" / name).read_text())))
+    assert patterns
+    for pattern in patterns:
+        assert pattern.startswith("^") and pattern.endswith("$"), (name, pattern)
+        # \d, \w and \b mean different things in ECMA-262 and Python's re
+        assert not any(t in pattern for t in ("\\d", "\\w", "\\b")), (name, pattern)
+
+
+@pytest.mark.parametrize("pattern, text, matches", [
+    ("^a$", "a", True), ("^a$", "a\n", False), ("^a$", "a\r\n", False),
+    ("^[$]$", "$", True), ("^\\$$", "$", True), ("^\\$$", "$\n", False),
+    ("^a$|^b$", "b\n", False), ("^[]$]x$", "$x", True), ("^[^$]$", "x\n", False),
+    ("^https://", "https://x\n", True),  # no $: the rest is free
+])
+def test_ecma_regex_makes_dollar_the_true_end(pattern, text, matches):
+    assert (schema.ecma_regex(pattern).search(text) is not None) is matches
+
+
+@pytest.mark.parametrize("kind, path, value", [
+    ("Device", ("name",), "a\n"),
+    ("Device", ("owner",), "alice\n"),
+    ("Device", ("tags",), ["web\n"]),
+    ("Device", ("wireguard", "public_key"), "H68knQ+MlukXL0Qf5sS2i/l+Y7yweVjgpR1m1TjdFGc=\n"),
+    ("Device", ("endpoint",), "203.0.113.1:51820\n"),
+    ("Device", ("keepalive",), 25.0),
+    ("Device", ("keepalive",), True),
+    ("Device", ("relay",), 1),
+    ("Mesh", ("cert_renew_fraction",), float("nan")),
+    ("Mesh", ("cert_renew_fraction",), float("inf")),
+    ("Mesh", ("cert_renew_fraction",), True),
+    ("Mesh", ("cert_renew_fraction",), 0.05),
+    ("Mesh", ("cert_lifetime_days",), 30.0),
+    ("Mesh", ("hub_url",), "https://hub.example.com\n"),
+    ("Mesh", ("hub_url",), "https://hub.example.com/\x00"),
+    ("Mesh", ("pgp_recipients",), ["97A75CABDC50A83D2C4A0E2DDB0237F019A9D31D\n"]),
+    ("User", ("email",), "a@b\n"),
+    ("User", ("oidc", "subject"), "10 01"),
+    ("User", ("oidc", "subject"), "x" * 256),
+    ("Organization", ("owners",), ["alice\n"]),
+    ("Organization", ("defaults",), {"listen_port": 51820.0}),
+])
+def test_both_checks_refuse_hostile_values(kind, path, value):
+    base = {"Device": DEVICE, "Mesh": "kind: Mesh\nhub_url: https://h\n",
+            "User": "kind: User\nname: a\nemail: a@b\noidc: {issuer: https://i, subject: '1'}\n",
+            "Organization": "kind: Organization\nname: o\ncidr_v4: 10.0.0.0/24\n"}[kind]
+    doc = load_yaml(base.encode(), "d.yaml").value
+    assert schema.fast_validator(kind)(doc) and schema.is_valid(kind, doc)
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    assert schema.fast_validator(kind)(doc) is False
+    assert schema.is_valid(kind, doc) is False
+    problems = schema.check(kind, doc, "d.yaml", {})
+    assert problems and all(p.remedy for p in problems)
+
+
+def test_integer_fields_accept_ints_and_number_fields_accept_finite_floats():
+    doc = load_yaml(b"kind: Mesh\nhub_url: https://h\ncert_renew_fraction: 0.5\n"
+                    b"cert_lifetime_days: 30\n", "m").value
+    assert schema.fast_validator("Mesh")(doc) and schema.is_valid("Mesh", doc)
+    doc["cert_renew_fraction"] = 1  # an int is a number
+    assert schema.fast_validator("Mesh")(doc) is False  # but out of 0.1..0.95
+    doc["cert_renew_fraction"] = 0.95
+    assert schema.fast_validator("Mesh")(doc) and schema.is_valid("Mesh", doc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -74,26 +75,55 @@ def test_work_tree_lists_only_repository_paths(tmp_path):
     (root / "secrets" / "acme.sops.yaml").write_text("x: 1")
     (root / "README.md").write_text("hi")
     (root / "orgs" / "org-00" / "devices" / "link.yaml").symlink_to(root / "mesh.yaml")
+    os.mkfifo(root / "orgs" / "org-00" / "devices" / "pipe.yaml")
     src = open_source(root, None)
     assert isinstance(src, WorkTreeSource)
-    paths = [e.path for e in src.entries()]
-    assert paths[0] == "mesh.yaml"
-    assert not any(p.startswith("secrets") or p == "README.md" or p.endswith("link.yaml")
-                   for p in paths)
-    assert all(e.blob is None for e in src.entries())
+    entries = src.entries()
+    paths = [e.path for e in entries]
+    assert paths[:3] == ["mesh.yaml", "orgs", "orgs/org-00"]
+    assert not any(p.startswith("secrets") or p == "README.md" for p in paths)
+    types = {e.path: e.type for e in entries}
+    assert types["orgs"] == types["orgs/org-00/devices"] == "dir"
+    assert types["orgs/org-00/devices/link.yaml"] == "symlink"  # listed, never followed
+    assert types["orgs/org-00/devices/pipe.yaml"] == "special"
+    assert types["orgs/org-00/organization.yaml"] == "file"
+    assert all(e.blob is None for e in entries)
+
+
+def test_work_tree_does_not_enter_directories_below_the_layout(tmp_path):
+    root = make_repo(tmp_path / "w", devices=1)
+    deep = root / "orgs" / "org-00" / "devices" / "sub" / "deeper"
+    deep.mkdir(parents=True)
+    (deep / "x.yaml").write_text("kind: Device\n")
+    paths = [e.path for e in open_source(root, None).entries()]
+    assert "orgs/org-00/devices/sub" in paths
+    assert not any(p.startswith("orgs/org-00/devices/sub/") for p in paths)
+
+
+def test_work_tree_read_refuses_a_path_that_became_a_link(tmp_path):
+    root = make_repo(tmp_path / "w", devices=1)
+    src = open_source(root, None)
+    entry = next(e for e in src.entries() if e.path.endswith("organization.yaml"))
+    target = root / entry.path
+    target.unlink()
+    target.symlink_to(root / "mesh.yaml")
+    with pytest.raises(UsageError, match="cannot read"):
+        src.read(entry)
 
 
 def test_parse_tree_reads_git_tree_objects():
     sha1, sha2 = bytes(range(20)), bytes(range(20, 40))
     data = (b"100644 a.yaml\0" + sha1 + b"40000 sub\0" + sha2 + b"120000 link\0" + sha1
-            + b"160000 module\0" + sha2)
-    assert parse_tree(data) == [("a.yaml", False, sha1), ("sub", True, sha2)]
+            + b"160000 module\0" + sha2 + b"100755 run\0" + sha1 + b"170000 odd\0" + sha2)
+    assert parse_tree(data) == [("a.yaml", "file", sha1), ("sub", "dir", sha2),
+                                ("link", "symlink", sha1), ("module", "submodule", sha2),
+                                ("run", "file", sha1), ("odd", "special", sha2)]
 
 
 def test_read_many_batches_blobs_in_order(tmp_path):
     git_repo = make_repo(tmp_path / "big", devices=40, git=True)
     src = open_source(git_repo, "HEAD")
-    entries = src.entries()
+    entries = [e for e in src.entries() if e.type == "file"]
     assert len(entries) > 32  # the batched path
     got = list(src.read_many(entries))
     assert [e for e, _ in got] == entries
@@ -109,7 +139,7 @@ def test_read_many_reports_a_missing_blob(tmp_path):
 
     git_repo = make_repo(tmp_path / "big", devices=40, git=True)
     src = open_source(git_repo, "HEAD")
-    entries = src.entries()
+    entries = [e for e in src.entries() if e.type == "file"]
     entries[5] = Entry(entries[5].path, "0" * 40)
     with pytest.raises(UsageError, match="cannot read"):
         list(src.read_many(entries))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from reconciler.hub.store import open_store
 from reconciler.pki import certs as pki_certs
 from reconciler.pki.manifest import load_trust, manifest_to_dict, verify_manifest
 
+EXAMPLE_REPO = Path(__file__).resolve().parents[2] / "example-repo"
 NOW = float(int(time.time()))  # the example CA is valid from its creation on
 DAY = 86400
 
@@ -339,3 +342,123 @@ def test_freeze_caches_freezes_once_per_big_change(tmp_path, example_repo, examp
             assert set(p.timings) == {"load", "build", "write", "total"}
     finally:
         gc.unfreeze()
+
+
+# -- secrets are never read through a symbolic link ---------------------------------------
+
+
+def _commit_all(repo: Path, message: str) -> None:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", message]):
+        _git(repo, *args, env=env)
+
+
+@pytest.mark.parametrize("how", ["file", "dir"])
+def test_symlinked_secret_is_refused_in_a_working_tree(tmp_path, example_repo,
+                                                        example_gnupghome, how):
+    outside = tmp_path / "outside"
+    secrets = example_repo / "secrets"
+    shutil.copytree(secrets, outside)  # a valid secret: following the link would work
+    if how == "file":
+        (secrets / "acme-ca.sops.yaml").unlink()
+        (secrets / "acme-ca.sops.yaml").symlink_to(outside / "acme-ca.sops.yaml")
+        where = "secrets/acme-ca.sops.yaml"
+    else:
+        shutil.rmtree(secrets)
+        secrets.symlink_to(outside)
+        where = "secrets"
+    with pytest.raises(PkiError, match=f"{where} is a symbolic link"):
+        publish(example_repo, state=_state(tmp_path), now=NOW, gpg_home=example_gnupghome,
+                out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_symlinked_secret_is_refused_in_a_commit(tmp_path, example_repo, example_gnupghome):
+    outside = tmp_path / "outside.sops.yaml"
+    secret = example_repo / "secrets" / "globex-ca.sops.yaml"
+    outside.write_bytes(secret.read_bytes())
+    secret.unlink()
+    secret.symlink_to(outside)  # committed as a tree entry of mode 120000
+    _commit_all(example_repo, "link")
+    with pytest.raises(PkiError, match="globex-ca.sops.yaml is a symbolic link in commit HEAD"):
+        publish(example_repo, rev="HEAD", state=_state(tmp_path), now=NOW,
+                gpg_home=example_gnupghome)
+
+
+def test_secret_that_is_not_a_regular_file_is_refused(tmp_path, example_repo, example_gnupghome):
+    secret = example_repo / "secrets" / "acme-ca.sops.yaml"
+    secret.unlink()
+    os.mkfifo(secret)  # reading a FIFO would block the hub forever
+    with pytest.raises(PkiError, match="acme-ca.sops.yaml is a FIFO, socket or device file; "
+                                       "the hub needs a regular file"):
+        publish(example_repo, state=_state(tmp_path), now=NOW, gpg_home=example_gnupghome)
+
+
+def test_secret_is_read_from_a_commit_of_a_repository_in_a_subdirectory(
+        tmp_path, example_gnupghome):
+    top = tmp_path / "top"
+    repo = top / "mesh"
+    shutil.copytree(EXAMPLE_REPO, repo, ignore=shutil.ignore_patterns(".git"))
+    _commit_all(top, "sub")
+    result = publish(repo, rev="HEAD", state=_state(tmp_path), now=NOW,
+                     gpg_home=example_gnupghome)
+    assert set(result.orgs) == {"acme", "globex"}
+
+
+def test_ca_init_refuses_to_write_through_a_symlinked_secrets_dir(tmp_path, example_repo,
+                                                                   example_gnupghome):
+    from reconciler.errors import UsageError
+    from reconciler.hub.publish import init_org_ca
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.rmtree(example_repo / "secrets")
+    (example_repo / "secrets").symlink_to(outside)
+    with pytest.raises(UsageError, match="secrets is a symbolic link"):
+        init_org_ca(example_repo, "acme", now=NOW, gpg_home=example_gnupghome, force=True)
+    assert list(outside.iterdir()) == []
+
+
+def test_failed_write_leaves_no_temp_file(tmp_path, example_repo, example_gnupghome,
+                                          monkeypatch):
+    from reconciler import fsio
+
+    out = tmp_path / "out"
+    calls = {"n": 0}
+    real = fsio.os.replace
+
+    def flaky(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(fsio.os, "replace", flaky)
+    with pytest.raises(OSError):
+        publish(example_repo, state=_state(tmp_path), now=NOW, gpg_home=example_gnupghome,
+                out_dir=out)
+    assert not [p for p in out.rglob("*") if fsio.is_temp_name(p.name)]
+
+
+def test_publish_removes_stale_temp_files_in_every_output_directory(
+        tmp_path, example_repo, example_gnupghome):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    stale = [out / f".meshops-tmp.{dead.pid}.trust.json.a1",
+             out / "acme" / "certs" / f".meshops-tmp.{dead.pid}.web-1.pem.b2",
+             out / "acme" / ".manifest.json.ab12cd34.tmp",  # an earlier version's name
+             out / "gone" / "certs" / ".old-1.pem.zz99yy88.tmp"]  # an org since removed
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("partial")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".x.pem.ab12cd34.tmp").write_text("not ours")
+    (out / "linked").symlink_to(elsewhere)  # never followed
+    publish(example_repo, state=_state(tmp_path), now=NOW, gpg_home=example_gnupghome,
+            out_dir=out)
+    assert not any(p.exists() for p in stale)
+    assert (elsewhere / ".x.pem.ab12cd34.tmp").exists()
+    _verify(out, "acme")
