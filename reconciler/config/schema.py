@@ -82,11 +82,18 @@ def load_schema(kind: str) -> dict[str, Any]:
 
 @cache
 def _full_validator(kind: str) -> Any:
+    return ecma_validator(load_schema(kind))
+
+
+def ecma_validator(schema: dict[str, Any]) -> Any:
+    """A jsonschema validator for ``schema`` with JSON Schema's own semantics where
+    Python's differ: ECMA-262 ``$`` (``ecma_regex``), and strict ``integer`` /
+    ``number`` (no bools, no floats as integers, no NaN). Also used by tests for
+    the manifest schema."""
     # Imported here: jsonschema costs ~0.13 s to import, and a valid repository never
     # needs it (the fast path accepts every valid document).
     import jsonschema
 
-    schema = load_schema(kind)
     base = jsonschema.validators.validator_for(schema)
     base.check_schema(schema)
 
