@@ -3,10 +3,16 @@
 ``commit(decision, effects, state_dir=..., feed_url=..., now=...) -> Result``
 is called by ``agent.reconcile.reconcile_once`` (never on ``--dry-run``):
 
-1. apply the operations in ``converge.phases`` order through the backend;
-2. re-observe and re-plan: anything left raises ``NotConverged`` naming the
-   residual operations, and nothing is persisted (the next pass starts from
-   the same floor);
+1. apply the operations in ``converge.phases`` order, each group to its
+   owner: peer removals, then the firewall table (``effects.firewall``), then
+   WireGuard and the link (``effects.backend``), then the exit-node policy
+   routing (``effects.routing``). A firewall that cannot be applied raises
+   before any peer is added: the peers it protects never exist without it,
+   the error is reported and the next pass retries (removals already done
+   stay done: shrinking is always safe);
+2. re-observe and re-plan what changed: anything left raises
+   ``NotConverged`` naming the residual operations, and nothing is persisted
+   (the next pass starts from the same floor);
 3. write the state once: the manifest as the new rollback floor (only now,
    so "last applied" means applied), the feed, the memory, this device's own
    endpoints and ``applied.json``; each file is written only when it changed,
@@ -24,8 +30,10 @@ from reconciler.agent.decide import Decision
 from reconciler.agent.gather import Effects
 from reconciler.agent.inputs import Inputs
 from reconciler.agent.state import CachedManifest, StateDir
-from reconciler.converge import Operation, phases, plan
+from reconciler.converge import Operation, phases, plan, plan_firewall, plan_routing
+from reconciler.converge.ops import ROUTING_OPS, ReplaceFirewall
 from reconciler.errors import ConfigError, FetchError, InputRefused, NotConverged
+from reconciler.model.routing import EXIT_TABLE
 
 
 @dataclass(frozen=True)
@@ -55,10 +63,9 @@ class Result:
 def commit(inputs: Inputs, decision: Decision, effects: Effects, *, state_dir: str,
            feed_url: str | None, now: float) -> Result:
     if decision.operations:
-        for phase in phases(decision.operations):
-            effects.backend.apply(phase)
-        observed = effects.backend.observe(inputs.interface)
-        residual = plan(decision.desired.interface, observed, now)
+        for group in phases(decision.operations):
+            apply_group(group, effects)
+        residual = verify(inputs, decision, effects, now)
         if residual:
             raise NotConverged(residual)
     persist(StateDir(state_dir), inputs, decision)
@@ -72,6 +79,35 @@ def commit(inputs: Inputs, decision: Decision, effects: Effects, *, state_dir: s
         except (FetchError, ConfigError, InputRefused) as exc:
             warnings = (f"endpoint report not sent: {exc}",)
     return Result.of(inputs, decision, len(decision.operations), warnings)
+
+
+def apply_group(group: tuple[Operation, ...], effects: Effects) -> None:
+    """One ``converge.phases`` group to its owner: the firewall, the policy
+    routing, or the WireGuard backend (which also owns the link)."""
+    first = group[0]
+    if isinstance(first, ReplaceFirewall):
+        assert effects.firewall is not None  # decide plans it only when observed
+        effects.firewall.apply(first.ruleset)
+    elif isinstance(first, ROUTING_OPS):
+        assert effects.routing is not None
+        effects.routing.apply(group)
+    else:
+        effects.backend.apply(group)
+
+
+def verify(inputs: Inputs, decision: Decision, effects: Effects, now: float
+           ) -> tuple[Operation, ...]:
+    """Re-observe what was changed and re-plan it: the residual operations."""
+    ops = decision.operations
+    residual = plan(decision.desired.interface, effects.backend.observe(inputs.interface), now)
+    if effects.firewall is not None and decision.firewall is not None and \
+            any(isinstance(op, ReplaceFirewall) for op in ops):
+        residual += plan_firewall(decision.firewall, effects.firewall.observe(),
+                                  inputs.interface)
+    if effects.routing is not None and any(isinstance(op, ROUTING_OPS) for op in ops):
+        residual += plan_routing(decision.routing, effects.routing.observe_routing(EXIT_TABLE),
+                                 inputs.interface)
+    return residual
 
 
 def persist(state: StateDir, inputs: Inputs, decision: Decision) -> None:

@@ -10,7 +10,12 @@ operations. It decides:
 2. the desired interface (``agent.desired.compute_desired``: policy-allowed
    peers, the allowed-IPs layout, relays);
 3. the operations: ``converge.plan(desired, observed, now, repoint=...,
-   rebind=moved)``, which ``agent.commit`` applies in ``converge.phases``;
+   rebind=moved)`` for WireGuard and the link, ``converge.plan_firewall`` for
+   the ``inet meshops`` table (``policy.firewall.desired_ruleset``: policy
+   enforced where traffic is received, and on the forward hook of relays,
+   routers and exit nodes) and ``converge.plan_routing`` for the exit-node
+   client's policy routing; ``agent.commit`` applies them in
+   ``converge.phases`` order;
 4. what to persist (memory, own endpoints, the feed, the manifest once it is
    applied, ``applied.json``) and the endpoint report to post;
 5. warnings, and the requeue delay (``None``: the normal cadence).
@@ -33,11 +38,15 @@ from reconciler.agent.endpoints import SelfEndpoints
 from reconciler.agent.inputs import Inputs
 from reconciler.agent.memory import Memory
 from reconciler.agent.paths import decide_paths
-from reconciler.converge import Operation, plan
+from reconciler.converge import Operation, plan, plan_firewall, plan_routing
 from reconciler.errors import ConfigError
 from reconciler.model.endpoint import Endpoint
 from reconciler.model.endpoints import EndpointFeed
+from reconciler.model.firewall import Ruleset
+from reconciler.model.routing import NO_ROUTING, PolicyRouting
 from reconciler.policy import peers_allowed
+from reconciler.policy.exitroute import exit_node_of, exit_routing
+from reconciler.policy.firewall import desired_ruleset
 
 QUICK_RETRY = 0.25  # after a pass on the cached manifest: the hub was unreachable
 
@@ -46,6 +55,8 @@ QUICK_RETRY = 0.25  # after a pass on the cached manifest: the hub was unreachab
 class Decision:
     operations: tuple[Operation, ...]
     desired: desired_mod.Desired
+    firewall: Ruleset | None  # the inet meshops table; None: not managed
+    routing: PolicyRouting  # exit-node policy routing (NO_ROUTING: none)
     memory: Memory
     own: SelfEndpoints
     feed: EndpointFeed | None
@@ -68,16 +79,25 @@ def decide(inputs: Inputs, now: float) -> Decision:
     paths = decide_paths(manifest, me, observed=inputs.observed, feed=inputs.feed,
                          memory=inputs.memory, now=now, resolved=inputs.resolved,
                          hysteresis=inputs.hysteresis, own=inputs.own)
+    routing = exit_routing(manifest, me, inputs.interface, bypass=inputs.bypass) \
+        if inputs.routing is not None else NO_ROUTING
     want = desired_mod.compute_desired(
         manifest, me, private_key=inputs.private_key, interface=inputs.interface,
         allowed=peers_allowed(manifest, me), paths=paths.paths, my_relay=paths.my_relay,
-        listen_port=inputs.listen_port)
+        listen_port=inputs.listen_port, exit_node=exit_node_of(manifest, me),
+        fwmark=routing.fwmark)
     if not want.member:
         warnings.append(f"device {me!r} is not in manifest serial {manifest.serial} of org "
                         f"{inputs.org!r}: removed or disabled in git; all peers dropped")
     keys = frozenset(p.public_key for p in want.interface.peers.values()
                      if p.name in paths.repoint)
     ops = plan(want.interface, inputs.observed, now, repoint=keys, rebind=inputs.moved)
+    firewall = desired_ruleset(manifest, me, inputs.interface) \
+        if inputs.firewall is not None else None
+    if firewall is not None and inputs.firewall is not None:
+        ops += plan_firewall(firewall, inputs.firewall, inputs.interface)
+    if inputs.routing is not None:
+        ops += plan_routing(routing, inputs.routing, inputs.interface)
     source = inputs.source
     record = source.source == "fetched" or (source.source == "unchanged" and
                                             source.etag != source.cached_etag)
@@ -85,7 +105,7 @@ def decide(inputs: Inputs, now: float) -> Decision:
     if inputs.hub and source.source != "cache":
         report = build_report(inputs, want, paths.memory)
     return Decision(
-        operations=ops, desired=want, memory=paths.memory, own=inputs.own, feed=inputs.feed,
+        operations=ops, desired=want, firewall=firewall, routing=routing, memory=paths.memory, own=inputs.own, feed=inputs.feed,
         record_manifest=record, applied=applied_summary(inputs, want), report=report,
         warnings=tuple(warnings),
         requeue_after=QUICK_RETRY if source.source == "cache" else None,

@@ -24,8 +24,12 @@ layout of ``agent.peering``:
 * keepalive: this device's own ``keepalive`` when set, else the org default;
 * a device missing from the manifest (removed or disabled in git) keeps its
   interface but gets no peers: it is cut off, fail-closed;
-* a **relay** (``relay: true``) forwards between its peers: its desired
-  interface has ``forwarding=True`` (IP forwarding on in its namespace; the
+* the exit node this device uses (``policy.exitroute.exit_node_of``: its own
+  ``use_exit_node`` in git, and policy allows ``internet``) also carries
+  ``0.0.0.0/0`` and ``::/0``, and the interface gets the policy-routing
+  ``fwmark`` so WireGuard's own packets keep the host's routes;
+* a **relay** (``relay: true``), a subnet router (``routes``) and an exit node
+  forward: its desired interface has ``forwarding=True`` (IP forwarding on in its namespace; the
   planner emits ``SetForwarding``, never the reverse) and its peers carry
   every device's host routes;
 * **key check**: when this device's WireGuard public key in the manifest is
@@ -162,6 +166,8 @@ def compute_desired(
     my_relay: str | None = None,
     listen_port: int | None = None,
     mtu: int = 1420,
+    exit_node: str | None = None,
+    fwmark: int = 0,
 ) -> Desired:
     """This device's whole desired interface (see the module docstring).
 
@@ -204,6 +210,10 @@ def compute_desired(
                                      choice.path, via, choice.endpoint))
     if my_relay is not None:  # relayed traffic from anyone reaches me through my relay
         layout.setdefault(my_relay, set()).update(org_cidrs(manifest))
+    if exit_node is not None and exit_node in layout:
+        # the default route goes through the exit node (policy routing sends
+        # everything unmarked into the tunnel; longer prefixes still win)
+        layout[exit_node].update(("0.0.0.0/0", "::/0"))
     peers: dict[str, DesiredPeer] = {}
     for name, ips in sorted(layout.items()):
         dev = manifest.device(name)
@@ -228,6 +238,7 @@ def compute_desired(
         peers=peers,
         routes=tuple(r for r in sort_cidrs(routes) if r not in on_link),
         mtu=mtu,
-        forwarding=mine.relay,
+        forwarding=mine.relay or bool(mine.routes) or mine.exit_node,
+        fwmark=fwmark,
     )
     return Desired(desired, tuple(summaries), member=True)

@@ -13,7 +13,9 @@ in this order, and nothing twice:
 3. the verified manifest and its source, with the hub credentials it needs
    (``agent.source.manifest_with_cert``);
 4. the endpoint feed (a pass on the cached manifest keeps the last one);
-5. the local private key, the observed interface (``effects.backend``);
+5. the local private key, the observed interface (``effects.backend``), the
+   ``inet meshops`` table (``effects.firewall``) and the exit-node policy
+   routing (``effects.routing``);
 6. STUN discovery against the config's servers, else the signed manifest's
    (mesh.yaml ``stun_servers``, ``agent.meshconfig``), only while the listen
    port is free (no interface yet), after a move, or when others see this
@@ -30,7 +32,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent.config import AgentConfig, read_private_key
@@ -42,13 +44,32 @@ from reconciler.agent.meshconfig import effective_endpoints
 from reconciler.agent.source import fetch_feed, load_pinned_trust, manifest_with_cert
 from reconciler.agent.state import StateDir
 from reconciler.backends.base import Backend
+from reconciler.converge import Operation
 from reconciler.errors import ConfigError, FetchError
 from reconciler.model.endpoint import Endpoint, parse_or_none
 from reconciler.model.endpoints import EndpointFeed
+from reconciler.model.firewall import Ruleset
 from reconciler.model.manifest import Manifest
+from reconciler.model.routing import EXIT_TABLE, PolicyRouting
 from reconciler.model.wg import ObservedInterface
 
 Discover = Callable[[int, Sequence[str]], Any]  # (listen port, servers) -> Discovery
+
+
+class Firewall(Protocol):
+    """The host firewall (``net.nftables.Nftables``): one table, replaced whole."""
+
+    def observe(self) -> Ruleset: ...
+
+    def apply(self, ruleset: Ruleset) -> None: ...
+
+
+class Routing(Protocol):
+    """Policy routing for the exit-node client (``net.iproute.IPRouteLinks``)."""
+
+    def observe_routing(self, table: int, fwmark: int = 0) -> PolicyRouting: ...
+
+    def apply(self, ops: Sequence[Operation]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,8 @@ class Effects:
     report: Callable[[dict[str, Any]], Any] | None = None  # default: POST to the feed URL
     local_ip: Callable[[], str | None] | None = None  # default: a routing-table lookup
     resolve: Callable[[str], str | None] | None = None  # default: getaddrinfo
+    firewall: Firewall | None = None  # None: the firewall is not managed (unit tests)
+    routing: Routing | None = None  # None: exit-node routing is not managed
 
 
 def gather(config: AgentConfig, effects: Effects, now: float, *,
@@ -84,6 +107,9 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
         fetch_feed(config, effects.fetch, trust, last_feed, warnings)
     private_key = read_private_key(config.private_key)
     observed = effects.backend.observe(config.interface)
+    firewall = effects.firewall.observe() if effects.firewall is not None else None
+    routing = effects.routing.observe_routing(EXIT_TABLE) if effects.routing is not None \
+        else None
     listen_port = config.listen_port or got.manifest.listen_port
     servers = effective_endpoints(config.hub, config.stun_servers, got.manifest).stun_servers
     stun = effects.discover
@@ -98,6 +124,8 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
         own=own, private_key=private_key, here=here, moved=moved,
         was_member=observed.exists or bool((state.load_applied() or {}).get("member")),
         resolved=resolve_static(got.manifest, effects.resolve or resolve_host),
+        firewall=firewall, routing=routing,
+        bypass=bypass_addresses(config.hub, servers),
         warnings=tuple(warnings),
     )
 
@@ -126,6 +154,19 @@ def discover_own(me: str, own: SelfEndpoints, discover: Callable[[int], Any] | N
         return own  # local_ip unchanged: a moved device retries next pass
     return replace(found, local_ip=here or found.local_ip,
                    checked=endpoints_mod.foreign_ips(entry, found))
+
+
+def bypass_addresses(hub: str | None, stun_servers: Sequence[str]) -> tuple[str, ...]:
+    """The hub's and the STUN servers' addresses (IP literals only; names are
+    not resolved here), which keep the host's own routes when an exit node
+    takes the default route: the hub connection and STUN must not loop."""
+    out = []
+    netloc = (hub or "").split("://", 1)[-1].split("/", 1)[0]
+    for text in (netloc if ":" in netloc.rpartition("]")[2] else f"{netloc}:443", *stun_servers):
+        parsed = parse_or_none(text)
+        if parsed is not None and parsed.ip is not None:
+            out.append(f"{parsed.ip}/{parsed.ip.max_prefixlen}")
+    return tuple(sorted(set(out)))
 
 
 def hub_local_ip(config: AgentConfig) -> str | None:

@@ -14,7 +14,9 @@ from typing import Any
 from reconciler.agent.endpoints import SelfEndpoints
 from reconciler.agent.memory import Memory
 from reconciler.model.endpoints import EndpointFeed
+from reconciler.model.firewall import Ruleset
 from reconciler.model.manifest import Manifest
+from reconciler.model.routing import PolicyRouting
 from reconciler.model.wg import ObservedInterface
 
 
@@ -49,4 +51,9 @@ class Inputs:
     moved: bool = False
     was_member: bool = False  # an earlier pass applied a membership, or the interface exists
     resolved: Mapping[str, str | None] = field(default_factory=dict)
+    # the host firewall and the exit-node policy routing as observed; None: not
+    # managed in this pass (tests, render)
+    firewall: Ruleset | None = None
+    routing: PolicyRouting | None = None
+    bypass: tuple[str, ...] = ()  # hub and STUN addresses that keep the host's routes
     warnings: tuple[str, ...] = ()

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.fetch import FetchLike, Kind
+from reconciler.agent.gather import Firewall, Routing
 from reconciler.agent.reconcile import Result, reconcile_once
 from reconciler.backends.base import Backend
 from reconciler.errors import MeshopsError, PermanentError, TemporaryError, UsageError
@@ -82,6 +83,8 @@ class AgentLoop:
         discover: Callable[[int, Sequence[str]], Any] | None = None,
         on_result: Callable[[Result], None] | None = None,
         on_error: Callable[[MeshopsError], None] | None = None,
+        firewall: Firewall | None = None,
+        routing: Routing | None = None,
     ) -> None:
         self.config = config
         self.fetch = fetch
@@ -90,6 +93,8 @@ class AgentLoop:
         self.sleep = sleep
         self.rng = rng
         self.discover = discover
+        self.firewall = firewall
+        self.routing = routing
         self.on_result = on_result
         self.on_error = on_error
         self.stats = LoopStats()
@@ -120,6 +125,7 @@ class AgentLoop:
             result = reconcile_once(
                 cfg, fetch=_MarkWaits(self.fetch, self), backend=self.backend, now=started,
                 discover=self.discover, wait=self._wait() if long_poll else None,
+                firewall=self.firewall, routing=self.routing,
             )
         except UsageError:
             raise

@@ -14,8 +14,10 @@ run``). A pass is three steps, each in its own module:
 ``dry_run`` stops after decide: nothing is applied, persisted or reported
 (gather may still refresh the public credentials the reads need: the hub CA
 pin and the device certificate). Effects are parameters (``fetch``,
-``backend``, ``discover``, ``report``, ``local_ip``, ``resolve``) and ``now``
-is given, so tests drive a pass without root or sockets.
+``backend``, ``discover``, ``report``, ``local_ip``, ``resolve``, and the host
+``firewall`` and policy ``routing``, which the CLI always passes and unit
+tests may leave out) and ``now`` is given, so tests drive a pass without root
+or sockets.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from reconciler.agent.commit import Result, commit
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.decide import decide
 from reconciler.agent.fetch import FetchLike
-from reconciler.agent.gather import Effects, gather
+from reconciler.agent.gather import Effects, Firewall, Routing, gather
 from reconciler.backends.base import Backend
 
 __all__ = ["FetchLike", "Result", "reconcile_once"]
@@ -45,11 +47,13 @@ def reconcile_once(
     wait: int | None = None,
     local_ip: Callable[[], str | None] | None = None,
     resolve: Callable[[str], str | None] | None = None,
+    firewall: Firewall | None = None,
+    routing: Routing | None = None,
 ) -> Result:
     """One whole pass. Raises ``ManifestRefused`` (interface untouched),
     ``FetchError`` (no usable manifest), ``ConfigError``, backend errors, or
     ``NotConverged`` with the residual operations."""
-    effects = Effects(fetch, backend, discover, report, local_ip, resolve)
+    effects = Effects(fetch, backend, discover, report, local_ip, resolve, firewall, routing)
     inputs = gather(config, effects, now, wait=wait)
     decision = decide(inputs, now)
     if dry_run:

@@ -77,3 +77,14 @@ def make_discover(config: AgentConfig) -> Callable[[int, Sequence[str]], Any] | 
             raise FetchError(f"STUN discovery from port {listen_port}: {exc}") from exc
 
     return discover
+
+
+def make_host(config: AgentConfig) -> tuple[Any, Any]:
+    """The host firewall (``net.nftables.Nftables``) and the policy routing
+    (``net.iproute.IPRouteLinks``) in ``config.netns``: every real pass manages
+    both (the ``inet meshops`` table enforces policy; the routing is the
+    exit-node client's)."""
+    from reconciler.net.iproute import IPRouteLinks
+    from reconciler.net.nftables import Nftables
+
+    return Nftables(netns=config.netns), IPRouteLinks(netns=config.netns)

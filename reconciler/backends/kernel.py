@@ -32,10 +32,13 @@ from reconciler.backends.uapi import uapi_endpoint
 from reconciler.converge.keys import public_key as derive_public_key
 from reconciler.converge.ops import (
     LINK_OPS,
+    ROUTING_OPS,
+    WG_OPS,
     AddPeer,
     CreateInterface,
     Operation,
     RemovePeer,
+    SetFwmark,
     SetListenPort,
     SetPrivateKey,
     UpdatePeer,
@@ -96,13 +99,14 @@ def decode_info(name: str, msgs: Iterable[Any]) -> ObservedInterface:
     A peer split over two messages (many allowed IPs) is merged.
     """
     private = None
-    port = 0
+    port = fwmark = 0
     peers: dict[str, ObservedPeer] = {}
     for msg in msgs:
         pk = msg.get_attr("WGDEVICE_A_PRIVATE_KEY")
         if pk:
             private = _text(pk)
         port = int(msg.get_attr("WGDEVICE_A_LISTEN_PORT") or port)
+        fwmark = int(msg.get_attr("WGDEVICE_A_FWMARK") or fwmark)
         for peer in msg.get_attr("WGDEVICE_A_PEERS") or ():
             decoded = _decode_peer(peer)
             old = peers.get(decoded.public_key)
@@ -117,6 +121,7 @@ def decode_info(name: str, msgs: Iterable[Any]) -> ObservedInterface:
         exists=True,
         public_key=derive_public_key(private) if has_key and private else None,
         listen_port=port,
+        fwmark=fwmark,
         peers=peers,
     )
 
@@ -235,7 +240,7 @@ class KernelBackend:
         for op in ops:
             if isinstance(op, CreateInterface):
                 self.links.create_wireguard(op.interface)
-        wg_ops = [op for op in ops if not isinstance(op, LINK_OPS)]
+        wg_ops = [op for op in ops if isinstance(op, WG_OPS)]
         wg = self._socket() if wg_ops else None
         for op in wg_ops:
             try:
@@ -245,6 +250,8 @@ class KernelBackend:
                     wg.set(op.interface, private_key=op.private_key)
                 elif isinstance(op, SetListenPort):
                     wg.set(op.interface, listen_port=op.listen_port)
+                elif isinstance(op, SetFwmark):
+                    wg.set(op.interface, fwmark=op.fwmark)
                 elif isinstance(op, (AddPeer, RemovePeer, UpdatePeer)):
                     wg.set(op.interface, peer=peer_request(op))
             except (BackendError, BackendUnavailable):
@@ -253,7 +260,7 @@ class KernelBackend:
                 raise BackendError(f"{op}: {exc}") from exc
             except Exception as exc:
                 raise _translate(exc, str(op)) from exc
-        self.links.apply([op for op in ops if isinstance(op, LINK_OPS)])
+        self.links.apply([op for op in ops if isinstance(op, LINK_OPS + ROUTING_OPS)])
 
     def close(self) -> None:
         if self._wg is not None:

@@ -41,6 +41,7 @@ from reconciler.converge.ops import (
     CreateInterface,
     Operation,
     RemovePeer,
+    SetFwmark,
     SetListenPort,
     SetPrivateKey,
     UpdatePeer,
@@ -117,15 +118,18 @@ def set_lines(ops: Sequence[Operation]) -> list[str]:
     """
     head: list[str] = []
     port: list[str] = []
+    mark: list[str] = []
     peers: list[str] = []
     for op in ops:
         if isinstance(op, (CreateInterface, SetPrivateKey)):
             head = [f"private_key={key_to_hex(op.private_key)}"]
         if isinstance(op, (CreateInterface, SetListenPort)):
             port = [f"listen_port={op.listen_port}"]
+        if isinstance(op, SetFwmark):
+            mark = [f"fwmark={op.fwmark}"]  # 0 clears it (wireguard.com/xplatform)
         if isinstance(op, (AddPeer, RemovePeer, UpdatePeer)):
             peers += _peer_lines(op)
-    return head + port + peers
+    return head + port + mark + peers
 
 
 def transactions(ops: Sequence[Operation]) -> list[list[str]]:
@@ -137,7 +141,8 @@ def transactions(ops: Sequence[Operation]) -> list[list[str]]:
     first is also faster: rebinding after 1,000 peers exist makes
     wireguard-go revisit every peer. Empty transactions are left out.
     """
-    device = [op for op in ops if isinstance(op, (CreateInterface, SetPrivateKey, SetListenPort))]
+    device = [op for op in ops
+              if isinstance(op, (CreateInterface, SetPrivateKey, SetListenPort, SetFwmark))]
     peers = [op for op in ops if isinstance(op, (AddPeer, RemovePeer, UpdatePeer))]
     if any(isinstance(op, (CreateInterface, SetListenPort)) for op in device):
         out = [set_lines(device), set_lines(peers)]
@@ -223,6 +228,7 @@ def decode_get(name: str, reply: str) -> ObservedInterface:
         exists=True,
         public_key=derive_public_key(key_from_hex(private_hex)) if private_hex else None,
         listen_port=int(device.get("listen_port", 0)),
+        fwmark=int(device.get("fwmark", 0)),
         peers=peers,
     )
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from reconciler.backends.base import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, LinkControl
 from reconciler.backends.uapi import UapiClient, set_lines, transactions
-from reconciler.converge.ops import LINK_OPS, WG_OPS, CreateInterface, Operation
+from reconciler.converge.ops import LINK_OPS, ROUTING_OPS, WG_OPS, CreateInterface, Operation
 from reconciler.errors import BackendError, BackendUnavailable, ConfigError
 from reconciler.model.wg import ObservedInterface
 
@@ -291,7 +291,7 @@ class UserspaceBackend:
         if any(isinstance(op, CreateInterface) for op in ops):
             self.ensure_daemon(name)
         wg_ops = [op for op in ops if isinstance(op, WG_OPS)]
-        link_ops = [op for op in ops if isinstance(op, LINK_OPS)]
+        link_ops = [op for op in ops if isinstance(op, LINK_OPS + ROUTING_OPS)]
         client = self._client(name)
         error: BackendError | BackendUnavailable | None = None
         for lines in transactions(wg_ops):

@@ -153,16 +153,24 @@ def apply(args: argparse.Namespace) -> int:
     import time
 
     from reconciler.agent.reconcile import reconcile_once
-    from reconciler.agent.runtime import make_discover, make_fetcher, open_agent_backend
+    from reconciler.agent.runtime import (
+        make_discover,
+        make_fetcher,
+        make_host,
+        open_agent_backend,
+    )
 
     config = _load(args)
     backend = open_agent_backend(config)
+    firewall, routing = make_host(config)
     try:
         result = reconcile_once(config, fetch=make_fetcher(config), backend=backend,
                                 now=time.time(), dry_run=args.dry_run,
-                                discover=make_discover(config))
+                                discover=make_discover(config), firewall=firewall,
+                                routing=routing)
     finally:
         backend.close()
+        routing.close()
     for warning in result.warnings:
         print(f"meshops: warning: {warning}", file=sys.stderr)
     if args.format == "json":
@@ -192,10 +200,16 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from reconciler.agent.loop import AgentLoop
-    from reconciler.agent.runtime import make_discover, make_fetcher, open_agent_backend
+    from reconciler.agent.runtime import (
+        make_discover,
+        make_fetcher,
+        make_host,
+        open_agent_backend,
+    )
 
     config = _load(args)
     backend = open_agent_backend(config)
+    firewall, routing = make_host(config)
     stop = threading.Event()
 
     class _Terminated(Exception):
@@ -213,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
 
     loop = AgentLoop(config, fetch=make_fetcher(config), backend=backend, clock=time.time,
                      sleep=lambda s: stop.wait(s), rng=random.Random(),
-                     discover=make_discover(config), on_result=on_result, on_error=on_error)
+                     discover=make_discover(config), on_result=on_result, on_error=on_error,
+                     firewall=firewall, routing=routing)
 
     def handle(signum: int, frame: Any) -> None:  # the tunnels stay up
         loop.stop()
@@ -229,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         backend.close()
+        routing.close()
     return 0
 
 

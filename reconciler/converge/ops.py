@@ -71,6 +71,19 @@ class SetListenPort:
 
 
 @dataclass(frozen=True)
+class SetFwmark:
+    """The mark WireGuard puts on its own UDP packets (``fwmark=``; 0 clears it):
+    the exit-node client's policy routing sends unmarked traffic into the
+    tunnel and lets marked traffic (the tunnel itself) use the main table."""
+
+    interface: str
+    fwmark: int
+
+    def __str__(self) -> str:
+        return f"set fwmark {self.fwmark:#x}" if self.fwmark else "clear fwmark"
+
+
+@dataclass(frozen=True)
 class SetMtu:
     interface: str
     mtu: int
@@ -266,7 +279,8 @@ Operation = (
     | RemoveTableRoute
 )
 
-WG_OPS = (CreateInterface, SetPrivateKey, SetListenPort, AddPeer, RemovePeer, UpdatePeer)
+WG_OPS = (CreateInterface, SetPrivateKey, SetListenPort, SetFwmark, AddPeer, RemovePeer,
+          UpdatePeer)
 LINK_OPS = (SetMtu, SetLinkUp, SetForwarding, AddAddress, RemoveAddress, AddRoute, RemoveRoute)
 FIREWALL_OPS = (ReplaceFirewall,)
 ROUTING_OPS = (AddPolicyRule, RemovePolicyRule, AddTableRoute, RemoveTableRoute)

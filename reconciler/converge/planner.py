@@ -10,7 +10,7 @@ Order is fixed so plans are stable and golden-testable:
 0. after a move (``rebind``): ``SetListenPort`` to the port it has;
 1. ``CreateInterface`` when the interface does not exist;
 2. removals: routes, addresses, peers;
-3. updates: private key, listen port, MTU, link up, IP forwarding, peers;
+3. updates: private key, listen port, fwmark, MTU, link up, IP forwarding, peers;
 4. additions: peers, addresses, routes.
 
 Each group is sorted by its key (public key, or address/network).
@@ -48,6 +48,8 @@ from collections.abc import Iterable
 
 from reconciler.converge.keys import public_key
 from reconciler.converge.ops import (
+    FIREWALL_OPS,
+    ROUTING_OPS,
     AddAddress,
     AddPeer,
     AddRoute,
@@ -57,6 +59,7 @@ from reconciler.converge.ops import (
     RemovePeer,
     RemoveRoute,
     SetForwarding,
+    SetFwmark,
     SetLinkUp,
     SetListenPort,
     SetMtu,
@@ -177,6 +180,8 @@ def plan(desired: DesiredInterface, observed: ObservedInterface, now: float, *,
         ops.append(SetPrivateKey(name, desired.private_key))
     if desired.listen_port and observed.listen_port != desired.listen_port:
         ops.append(SetListenPort(name, desired.listen_port))
+    if observed.fwmark != desired.fwmark:
+        ops.append(SetFwmark(name, desired.fwmark))
     if desired.mtu and observed.mtu != desired.mtu:
         ops.append(SetMtu(name, desired.mtu))
     if not observed.up:
@@ -200,16 +205,34 @@ def plan(desired: DesiredInterface, observed: ObservedInterface, now: float, *,
 
 
 def phases(ops: tuple[Operation, ...]) -> tuple[tuple[Operation, ...], ...]:
-    """The order a backend applies a plan in: a plan that creates the interface
-    goes in two steps, first the interface (key, port, link), then the peers.
+    """The order a plan is applied in, as groups that each go to one owner
+    (``agent.commit``): the firewall table, the policy routing, or the backend.
 
-    wireguard-go binds a random port as soon as it starts and its device is
-    up at once; peers added before ``listen_port`` is set would send their
-    first handshake (keepalive) from that random port, and the remote side
-    would roam to an address that dies a moment later. So peers go in only
-    after the port is bound."""
-    if not any(isinstance(op, CreateInterface) for op in ops):
-        return (ops,) if ops else ()
-    first = tuple(op for op in ops if not isinstance(op, AddPeer))
-    rest = tuple(op for op in ops if isinstance(op, AddPeer))
-    return (first, rest) if rest else (first,)
+    1. peer removals: shrinking the mesh is safe whatever happens next (a
+       revoked device is cut off even when the firewall cannot be applied);
+    2. ``ReplaceFirewall``: before any peer is added, so a ruleset that cannot
+       be applied stops the pass before the peers it protects exist;
+    3. the rest of WireGuard and the link. A plan that creates the interface
+       goes in two steps, first the interface (key, port, link), then the
+       peers: wireguard-go binds a random port as soon as it starts and its
+       device is up at once; peers added before ``listen_port`` is set would
+       send their first handshake from that random port, and the remote side
+       would roam to an address that dies a moment later;
+    4. policy routing (the exit node): its table route needs the interface,
+       and its rules need the interface's fwmark, set in step 3.
+    """
+    removals = tuple(op for op in ops if isinstance(op, RemovePeer))
+    firewall = tuple(op for op in ops if isinstance(op, FIREWALL_OPS))
+    routing = tuple(op for op in ops if isinstance(op, ROUTING_OPS))
+    rest = tuple(op for op in ops if not isinstance(op, (RemovePeer, *FIREWALL_OPS,
+                                                          *ROUTING_OPS)))
+    groups: list[tuple[Operation, ...]] = [g for g in (removals, firewall) if g]
+    if any(isinstance(op, CreateInterface) for op in rest):
+        first = tuple(op for op in rest if not isinstance(op, AddPeer))
+        later = tuple(op for op in rest if isinstance(op, AddPeer))
+        groups += [g for g in (first, later) if g]
+    elif rest:
+        groups.append(rest)
+    if routing:
+        groups.append(routing)
+    return tuple(groups)

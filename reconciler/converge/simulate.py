@@ -24,6 +24,7 @@ from reconciler.converge.ops import (
     RemovePeer,
     RemoveRoute,
     SetForwarding,
+    SetFwmark,
     SetLinkUp,
     SetListenPort,
     SetMtu,
@@ -57,6 +58,8 @@ def simulate(observed: ObservedInterface, ops: Iterable[Operation]) -> ObservedI
             state = dataclasses.replace(state, public_key=public_key(op.private_key))
         elif isinstance(op, SetListenPort):
             state = dataclasses.replace(state, listen_port=op.listen_port)
+        elif isinstance(op, SetFwmark):
+            state = dataclasses.replace(state, fwmark=op.fwmark)
         elif isinstance(op, SetMtu):
             state = dataclasses.replace(state, mtu=op.mtu)
         elif isinstance(op, SetLinkUp):

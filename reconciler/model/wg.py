@@ -34,6 +34,7 @@ class DesiredInterface:
     routes: tuple[str, ...] = ()  # extra CIDRs routed into the interface
     mtu: int = 1420
     forwarding: bool = False  # relay: IP forwarding on in the interface's namespace
+    fwmark: int = 0  # mark on WireGuard's own packets (exit-node routing); 0 = none
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class ObservedInterface:
     mtu: int = 0
     peers: Mapping[str, ObservedPeer] = field(default_factory=dict)
     forwarding: bool | None = None  # IP forwarding in its namespace; None = not observed
+    fwmark: int = 0
 
 
 ABSENT = ObservedInterface(name="", exists=False)
