@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from reconciler.errors import ConfigError
+from reconciler.model.endpoint import IPAddress, parse_or_none
 from reconciler.pki.ca import OrgKeys
 
 SERVER_CERT_LIFETIME_S = 7 * 86400
@@ -61,19 +62,18 @@ class ServerCert:
 def server_names(org: str, names: Iterable[str]) -> list[str]:
     out = [org, f"{org}.hub"]
     for name in names:
-        if name and not _is_ip(name):
+        if name and ip_literal(name) is None:
             out += [name, f"{org}.{name}"]
     return list(dict.fromkeys(out))
 
 
-def _is_ip(text: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return False
-    return True
+def ip_literal(name: str) -> IPAddress | None:
+    """The address a ``--tls-name`` is when it is one (``198.51.100.10``,
+    ``2001:db8::1``, ``[2001:db8::1]``), else None (a DNS name). Parsed by
+    ``Endpoint``, the project's one address parser (a dummy port is added)."""
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    endpoint = parse_or_none(f"[{bare}]:1" if ":" in bare else f"{bare}:1", allow_names=True)
+    return endpoint.ip if endpoint is not None else None
 
 
 def issue_server_cert(keys: OrgKeys, names: Iterable[str], now: float) -> ServerCert:
