@@ -87,7 +87,7 @@ def redact(text: str) -> str:
     text = _PEM_PRIVATE.sub("[private key redacted]", text)
     return _SECRET_VALUE.sub(lambda m: f"{m['key']}{m['sep']}***", text)
 
-FEED_MAX_AGE = 30.0  # rebuild a feed at least this often (another replica's revision)
+FEED_MAX_AGE = 30.0  # rebuild a feed at least this often (a safety net; the digest keeps its revision)
 FEED_MIN_INTERVAL = 0.5  # and at most this often per org under a stream of reports
 
 
@@ -516,8 +516,11 @@ class Hub:
             mono, now = time.monotonic(), self.now()
             if cached is not None and cached.snapshot_serial == org.serial:
                 age = mono - cached.built_at
-                current = cached.changes >= changes and cached.revision >= self.revisions.get(
-                    org.org, 0) and (cached.next_change is None or now < cached.next_change)
+                # Not rebuilt because another replica assigned a newer revision: two
+                # replicas briefly serving different snapshots would take turns
+                # moving it. Writes (``changes``), expiry and swaps are the triggers.
+                current = cached.changes >= changes and (
+                    cached.next_change is None or now < cached.next_change)
                 if (current and age < FEED_MAX_AGE) or age < FEED_MIN_INTERVAL:
                     return cached
             built = await self.db(self._build_feed, org, now, changes)
