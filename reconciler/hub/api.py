@@ -277,11 +277,13 @@ def _refused(exc: ClaimRefused) -> ApiError:
 
 
 def parse_report(doc: Any, org: str, now: int, observed: str | None,
-                 hub_addresses: frozenset[IPAddress] = frozenset(), cert_serial: int = 0
-                 ) -> tuple[EndpointReport, list[Observation]]:
+                 hub_addresses: frozenset[IPAddress] = frozenset(), cert_serial: int = 0,
+                 *, may_reflect: bool = True) -> tuple[EndpointReport, list[Observation]]:
     """Validate a report body (docs/api.md) into model objects: ApiError(400)
     ``bad-report`` on a structural flaw, ``bad-candidate`` on an address no
-    peer may be pointed at (``claims.check_address``)."""
+    peer may be pointed at (``claims.check_address``). Observations of a
+    reporter that may not reflect (not a relay) are only checked for shape:
+    none of them is kept, so none can fail the device's own report."""
     if not isinstance(doc, dict):
         raise ApiError(400, "bad-report", "the body must be a JSON object")
     unknown = set(doc) - {"device", "candidates", "mapping", "listen_port", "serial",
@@ -319,14 +321,20 @@ def parse_report(doc: Any, org: str, now: int, observed: str | None,
                 or len(o["peer"]) > MAX_NAME:
             raise ApiError(400, "bad-report", f"observations[{i}].peer must be a device name "
                                               f"of 1 to {MAX_NAME} characters")
-        try:
-            endpoint = check_address(o.get("endpoint"), f"observations[{i}].endpoint",
-                                     hub_addresses)
-        except ClaimRefused as exc:
-            raise _refused(exc) from None
+        endpoint = o.get("endpoint")
+        if not isinstance(endpoint, str) or len(endpoint) > MAX_ADDRESS:
+            raise ApiError(400, "bad-report", f"observations[{i}].endpoint must be an "
+                                              f"\"ip:port\" string of at most {MAX_ADDRESS} "
+                                              "characters")
+        if may_reflect:
+            try:
+                endpoint = str(check_address(endpoint, f"observations[{i}].endpoint",
+                                             hub_addresses))
+            except ClaimRefused as exc:
+                raise _refused(exc) from None
         observations.append(Observation(
             peer=o["peer"],
-            endpoint=str(endpoint),
+            endpoint=endpoint,
             last_handshake=_nonneg_int(o, "last_handshake"),
         ))
     report = EndpointReport(
@@ -404,7 +412,8 @@ async def post_endpoints(request: web.Request) -> web.Response:
     now = hub.now()
     try:
         report, observations = parse_report(doc, org.org, int(now), observed,
-                                            hub.hub_addresses, caller.serial)
+                                            hub.hub_addresses, caller.serial,
+                                            may_reflect=caller.device in org.relays)
     except ApiError as exc:
         if exc.code == "bad-candidate":
             hub.metrics.claims_refused.labels(exc.detail["reason"]).inc()

@@ -276,7 +276,7 @@ def test_bad_requests_get_json_4xx(tmp_path: Path) -> None:
                 (json.dumps(report_body("laptop", listen_port=70000)).encode(), 400, "bad-report"),
                 (json.dumps(report_body("laptop", extra=1)).encode(), 400, "bad-report"),
                 (json.dumps(report_body("laptop", observations=[{"peer": "x"}])).encode(), 400,
-                 "bad-candidate"),  # no endpoint: reason "malformed"
+                 "bad-report"),
                 (b"\xff\xfe", 400, "bad-json"),
                 (b"x" * (MAX_BODY + 1), 413, "too-large"),
             ]

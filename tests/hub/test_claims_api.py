@@ -96,6 +96,22 @@ def test_a_device_that_is_not_a_relay_cannot_reflect_another(tmp_path: Path) -> 
     run(go(tmp_path))
 
 
+def test_a_non_relays_observations_cannot_fail_its_own_report(tmp_path: Path) -> None:
+    """They are dropped unread: a LAN peer WireGuard shows at a link-local or
+    zoned address must not cost the device its own report."""
+    async def go(tmp: Path) -> None:
+        w = World(tmp)
+        async with client(w) as (c, _):
+            body = report_body("laptop", observations=[
+                observation("server", "[fe80::1%eth0]:51820", int(NOW)),
+                observation("server", "127.0.0.1:51820", int(NOW))])
+            r = await c.post(POST, json=body, headers=as_device(w.laptop))
+            doc = await r.json()
+            assert r.status == 200 and doc["reflections"]["dropped"] == {"not-a-relay": 2}
+            assert await entries(c, w) == {"laptop": [("stun", "203.0.113.7:51820")]}
+    run(go(tmp_path))
+
+
 @pytest.mark.parametrize("handshake", [int(NOW) + TEN_YEARS, int(NOW) + 86400, 2**62,
                                        int(NOW)])
 def test_a_relay_reflection_is_stamped_by_the_hub_and_expires(handshake: int,
