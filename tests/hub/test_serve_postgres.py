@@ -146,16 +146,36 @@ def test_two_replicas_share_the_feed_and_restart_loses_nothing(
                 assert f1 == f2, i
             # 1 (laptop's first report) + server's first + five laptop moves
             assert f1["revision"] == 7
+            # a long-poll on replica two sleeps through identical reports to replica one
+            # (its store poller runs every 0.1 s) and wakes on the first real change
+            poll = asyncio.create_task(
+                fetch(two.port, "/v1/orgs/acme/endpoints?since=7&wait=20", sctx, "acme.hub"))
+            same = {"device": "laptop", "serial": 99, "candidates": [
+                {"kind": "stun", "address": "203.0.113.19:51820"}]}
+            for _ in range(5):
+                status, body = await fetch(one.port, "/v1/orgs/acme/endpoints", lctx,
+                                           "acme.hub", "POST", same)
+                assert status == 200 and json.loads(body)["changed"] is False
+                await asyncio.sleep(0.25)
+            assert not poll.done()
+            moved = {**same, "candidates": [{"kind": "stun", "address": "203.0.113.99:51820"}]}
+            started = time.monotonic()
+            status, body = await fetch(one.port, "/v1/orgs/acme/endpoints", lctx, "acme.hub",
+                                       "POST", moved)
+            assert status == 200 and json.loads(body)["changed"] is True
+            status, body = await asyncio.wait_for(poll, 5)
+            assert status == 200 and _payload(body)["revision"] == 8
+            assert time.monotonic() - started < 2
         finally:
             await one.stop()
             await two.stop()
         # restart: every accepted report is still there
         three = await start(config("three"))
         try:
-            assert three.hub.store.total_reports() == 11
-            assert three.hub.revisions == {"acme": 7}
+            assert three.hub.store.total_reports() == 17  # 1 + 10 + 5 identical + 1 moved
+            assert three.hub.revisions == {"acme": 8}
             serials = three.hub.store.agent_serials()["acme"]
-            assert serials["laptop"][0] == 9 and serials["server"][0] == 8
+            assert serials["laptop"][0] == 99 and serials["server"][0] == 8
         finally:
             await three.stop()
 
