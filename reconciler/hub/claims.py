@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from reconciler.model.endpoint import Endpoint, EndpointError, IPAddress, unroutable_reason
 from reconciler.model.endpoints import Candidate, EndpointReport
@@ -174,6 +175,7 @@ def own_report_rules(report: EndpointReport | None, now: float, fresh: int = OWN
         c.kind in PUBLIC_KINDS for c in report.candidates)
 
 
+@lru_cache(maxsize=65536)  # every feed build asks again for each device's stored address
 def public_host(observed_addr: str | None) -> str | None:
     """The host of the report connection's source address (the hub's own view)."""
     if not observed_addr:

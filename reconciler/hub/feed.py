@@ -44,8 +44,6 @@ from reconciler.hub.feedstore import Reflection, StoredReport
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
 
 FEED_PAYLOAD_TYPE = "application/vnd.meshops.feed+json"
-REFLECTION_TTL = claims.REFLECTION_TTL
-REPORT_TTL = claims.REPORT_TTL
 
 
 def build_entries(
@@ -54,8 +52,8 @@ def build_entries(
     authority: Authority,
     now: float,
     *,
-    reflection_ttl: int = REFLECTION_TTL,
-    report_ttl: int = REPORT_TTL,
+    reflection_ttl: int = claims.REFLECTION_TTL,
+    report_ttl: int = claims.REPORT_TTL,
     own_fresh: int = claims.OWN_FRESH,
 ) -> tuple[tuple[FeedEntry, ...], float | None]:
     """The feed's entries at ``now``, and when they would next change by time alone."""
