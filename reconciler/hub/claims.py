@@ -102,7 +102,8 @@ def check_address(value: object, field: str, hub_addresses: Collection[IPAddress
         raise ClaimRefused(why, field, value,
                            f"{field} {value!r} is a {why} address: only global or private "
                            "unicast addresses can be claimed")
-    if ip in hub_addresses:
+    mapped = ip.ipv4_mapped if ip.version == 6 else None  # [::ffff:198.51.100.10]
+    if ip in hub_addresses or (mapped is not None and mapped in hub_addresses):
         raise ClaimRefused("hub-address", field, value,
                            f"{field} {value!r} is an address of the hub itself")
     return endpoint

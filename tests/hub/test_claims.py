@@ -42,7 +42,7 @@ AUTH = Authority(devices=frozenset({"laptop", "server", "relay-1"}),
     (None, "malformed"), ("1" * 65, "malformed"),
     ("240.0.0.1:51820", "reserved"),
     ("198.51.100.10:51820", "hub-address"), ("198.51.100.10:8443", "hub-address"),
-    ("[2001:db8::10]:3478", "hub-address"),
+    ("[2001:db8::10]:3478", "hub-address"), ("[::ffff:198.51.100.10]:51820", "hub-address"),
 ])
 def test_each_bad_candidate_class_is_refused_with_its_own_reason(value: object,
                                                                  reason: str) -> None:
