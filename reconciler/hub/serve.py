@@ -87,7 +87,7 @@ def redact(text: str) -> str:
     text = _PEM_PRIVATE.sub("[private key redacted]", text)
     return _SECRET_VALUE.sub(lambda m: f"{m['key']}{m['sep']}***", text)
 
-FEED_MAX_AGE = 30.0  # rebuild a feed at least this often (a safety net; the digest keeps its revision)
+FEED_MAX_AGE = 30.0  # rebuild a feed at least this often (a safety net: same digest, same revision)
 FEED_MIN_INTERVAL = 0.5  # and at most this often per org under a stream of reports
 
 
