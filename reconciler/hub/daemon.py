@@ -57,10 +57,9 @@ def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
         has_port = ":" in spec
     if not has_port:
         spec = f"{spec}:{default_port}"
-    head, _, port = spec.rpartition(":")
-    any_port = port == "0"
+    any_port = spec.endswith(":0")  # port 0: any free port, as for bind()
     try:
-        endpoint = Endpoint.parse(f"{head}:1" if any_port else spec, allow_names=True)
+        endpoint = Endpoint.parse(f"{spec[:-2]}:1" if any_port else spec, allow_names=True)
     except ValueError as exc:
         raise ConfigError(f"listen address {text!r}: {exc}") from None
     return endpoint.host, 0 if any_port else endpoint.port
