@@ -169,7 +169,7 @@ def reflection_counts(reporter: str, reporter_serial: int, peer: str, seen_at: i
             and peer in authority.devices and peer != reporter and now - seen_at <= ttl)
 
 
-def own_report_rules(report: EndpointReport | None, now: float, fresh: int = OWN_FRESH) -> bool:
+def own_report_outranks(report: EndpointReport | None, now: float, fresh: int = OWN_FRESH) -> bool:
     """True when ``report`` outranks every reflection of its device: young, and
     naming at least one public candidate."""
     return report is not None and now - report.reported_at <= fresh and any(

@@ -13,7 +13,7 @@ constants are ``reconciler.hub.claims``'s):
   revoked, younger than ``REPORT_TTL``);
 * reflected candidates from relays (``claims.reflection_counts``), unless the
   device's own report is fresh and names a public candidate
-  (``claims.own_report_rules``): then the device's own word stands alone. At
+  (``claims.own_report_outranks``): then the device's own word stands alone. At
   most ``MAX_REFLECTIONS``, newest address first (by ``since``, the hub's time
   it first saw that address), without duplicates;
 * ``public_ip``: the host of the report connection's source address, as the
@@ -77,7 +77,7 @@ def build_entries(
         report = row.report if row else None
         candidates: list[Candidate] = list(report.candidates) if report else []
         times = [row.changed_at] if row else []
-        if claims.own_report_rules(report, now, own_fresh):
+        if claims.own_report_outranks(report, now, own_fresh):
             assert report is not None
             if by_peer.get(device):
                 deadlines.append(report.reported_at + own_fresh + 1)  # then reflections show
