@@ -27,8 +27,16 @@ size each), so every report the limits allow fits. Connection-level limits
 (handshake, anonymous cap and deadline, idle timeout) are in
 ``reconciler.hub.limits``.
 
-Every error is JSON ``{"error": CODE, "message": TEXT}``; unexpected exceptions
-become 500 with the same shape and are logged, the server keeps running.
+Endpoint claims (``reconciler.hub.claims``): a report's ``device`` must be the
+certificate's (403 otherwise); every candidate and observation address is
+checked (``claims.check_address``), and the first refused one answers 400
+``bad-candidate`` with ``reason``, ``field`` and ``candidate``; observations
+are kept only from relays of the served snapshot, and the answer says how many
+were dropped and why.
+
+Every error is JSON ``{"error": CODE, "message": TEXT}`` (plus the fields
+above for ``bad-candidate``); unexpected exceptions become 500 with the same
+shape and are logged, the server keeps running.
 """
 
 from __future__ import annotations
@@ -47,12 +55,20 @@ from aiohttp import web
 
 from reconciler import boundedjson
 from reconciler.errors import InputRefused, MeshopsError, PkiError, TemporaryError
-from reconciler.hub.feedstore import Observation
+from reconciler.hub.claims import (
+    MAX_ADDRESS,
+    ClaimRefused,
+    Observation,
+    accept_observations,
+    check_address,
+    check_candidates,
+)
 from reconciler.hub.limits import Limits, RefusalLog
 from reconciler.hub.metrics import CONTENT_TYPE
-from reconciler.hub.serve import Hub
+from reconciler.hub.serve import Hub, authority
 from reconciler.hub.snapshot import OrgSnapshot
 from reconciler.hub.tls import peer_certificate_pem
+from reconciler.model.endpoint import Endpoint, IPAddress
 from reconciler.model.endpoints import (
     CANDIDATE_KINDS,
     MAPPINGS,
@@ -67,7 +83,6 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT = 300  # seconds a long-poll may ask for
 MAX_NAME = 63  # a device name is a DNS label (reconciler/config/schema.py)
-MAX_ADDRESS = 64  # the longest "ip:port" accepted (the longest valid one has 53 characters)
 MAX_INT = 2**62  # serials, handshake times
 REPORT_DEPTH = 8  # a report nests 3 levels deep
 MAX_DIGITS = 19  # an ETag or a query integer: up to 2**63 - 1
@@ -105,18 +120,21 @@ REFUSALS_KEY: web.AppKey[RefusalLog] = web.AppKey("refusals", RefusalLog)
 CRASHES_KEY: web.AppKey[dict[tuple[str, str], float]] = web.AppKey("crashes", dict)
 _DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
 _SIGNED_DIGITS = re.compile(rf"-?[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
-_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, close: bool = False) -> None:
+    def __init__(self, status: int, code: str, message: str, *, close: bool = False,
+                 detail: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.close = close  # also close the connection (the request was not read to its end)
+        self.detail = detail or {}  # more fields of the JSON answer
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+def error_response(status: int, code: str, message: str,
+                   detail: dict[str, Any] | None = None) -> web.Response:
+    return web.json_response({**(detail or {}), "error": code, "message": message},
+                             status=status)
 
 
 def tls_peer_cert(request: web.Request) -> str | None:
@@ -228,34 +246,22 @@ def _identify(request: web.Request, org: OrgSnapshot) -> Caller:
 
 
 def _peer_addr(request: web.Request) -> str | None:
+    """The connection's source address as ``ip:port`` (the hub's own view of a
+    report), or None (a Unix socket, a closed transport)."""
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport else None
-    if not peer:
+    if not peer or not isinstance(peer, tuple) or not peer[1]:
         return None
-    host, port = peer[0], peer[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:  # a link-local source carries its zone ("fe80::1%eth0"): meaningless to others
+        return str(Endpoint.of(str(peer[0]).split("%", 1)[0], int(peer[1])))
+    except ValueError:
+        return None
 
 
 def _peer_host(request: web.Request) -> str:
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport else None
     return str(peer[0]) if peer else "unknown"
-
-
-def _address(value: Any, what: str) -> str:
-    import ipaddress
-
-    if not isinstance(value, str) or len(value) > MAX_ADDRESS or not value.isascii():
-        raise ApiError(400, "bad-report", f"{what} must be an \"ip:port\" string")
-    host, sep, port = value.rpartition(":")
-    try:
-        ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
-        ok = sep == ":" and bool(_PORT.fullmatch(port)) and 0 < int(port) < 65536
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ApiError(400, "bad-report", f"{what} {value!r} is not \"ip:port\"")
-    return value
 
 
 def _nonneg_int(doc: dict[str, Any], key: str, hi: int = MAX_INT) -> int:
@@ -265,8 +271,19 @@ def _nonneg_int(doc: dict[str, Any], key: str, hi: int = MAX_INT) -> int:
     return value
 
 
-def parse_report(doc: Any, org: str, now: int, observed: str | None) -> tuple[EndpointReport, list[Observation]]:
-    """Validate a report body (docs/api.md) into model objects; ApiError(400) on any flaw."""
+def _refused(exc: ClaimRefused) -> ApiError:
+    return ApiError(400, "bad-candidate", exc.message,
+                    detail={"reason": exc.reason, "field": exc.field, "candidate": exc.value})
+
+
+def parse_report(doc: Any, org: str, now: int, observed: str | None,
+                 hub_addresses: frozenset[IPAddress] = frozenset(), cert_serial: int = 0,
+                 *, may_reflect: bool = True) -> tuple[EndpointReport, list[Observation]]:
+    """Validate a report body (docs/api.md) into model objects: ApiError(400)
+    ``bad-report`` on a structural flaw, ``bad-candidate`` on an address no
+    peer may be pointed at (``claims.check_address``). Observations of a
+    reporter that may not reflect (not a relay) are only checked for shape:
+    none of them is kept, so none can fail the device's own report."""
     if not isinstance(doc, dict):
         raise ApiError(400, "bad-report", "the body must be a JSON object")
     unknown = set(doc) - {"device", "candidates", "mapping", "listen_port", "serial",
@@ -284,8 +301,11 @@ def parse_report(doc: Any, org: str, now: int, observed: str | None) -> tuple[En
         if not isinstance(c, dict) or c.get("kind") not in CANDIDATE_KINDS:
             raise ApiError(400, "bad-report",
                            f"candidates[{i}].kind must be one of {', '.join(CANDIDATE_KINDS)}")
-        candidates.append(Candidate(c["kind"], _address(c.get("address"),
-                                                        f"candidates[{i}].address")))
+        candidates.append(Candidate(c["kind"], c.get("address")))  # checked below
+    try:
+        checked = check_candidates(candidates, hub_addresses)
+    except ClaimRefused as exc:
+        raise _refused(exc) from None
     mapping = doc.get("mapping", "unknown")
     if mapping not in MAPPINGS:
         raise ApiError(400, "bad-report", f"mapping must be one of {', '.join(MAPPINGS)}")
@@ -301,20 +321,32 @@ def parse_report(doc: Any, org: str, now: int, observed: str | None) -> tuple[En
                 or len(o["peer"]) > MAX_NAME:
             raise ApiError(400, "bad-report", f"observations[{i}].peer must be a device name "
                                               f"of 1 to {MAX_NAME} characters")
+        endpoint = o.get("endpoint")
+        if not isinstance(endpoint, str) or len(endpoint) > MAX_ADDRESS:
+            raise ApiError(400, "bad-report", f"observations[{i}].endpoint must be an "
+                                              f"\"ip:port\" string of at most {MAX_ADDRESS} "
+                                              "characters")
+        if may_reflect:
+            try:
+                endpoint = str(check_address(endpoint, f"observations[{i}].endpoint",
+                                             hub_addresses))
+            except ClaimRefused as exc:
+                raise _refused(exc) from None
         observations.append(Observation(
             peer=o["peer"],
-            endpoint=_address(o.get("endpoint"), f"observations[{i}].endpoint"),
+            endpoint=endpoint,
             last_handshake=_nonneg_int(o, "last_handshake"),
         ))
     report = EndpointReport(
         org=org,
         device=device,
-        candidates=tuple(candidates),
+        candidates=checked,
         mapping=mapping,
         listen_port=listen_port,
         serial=serial,
         observed_addr=observed,
         reported_at=now,
+        cert_serial=cert_serial,
     )
     return report, observations
 
@@ -370,20 +402,36 @@ async def post_endpoints(request: web.Request) -> web.Response:
                                             f"{limits.body_timeout:g}s", close=True) from None
     doc = boundedjson.loads(raw, what="the report body", max_bytes=MAX_BODY,
                             max_depth=REPORT_DEPTH)
-    observed = _peer_addr(request)
-    report, observations = parse_report(doc, org.org, int(hub.now()), observed)
-    if report.device != caller.device:
+    named = doc.get("device") if isinstance(doc, dict) else None
+    if isinstance(named, str) and named != caller.device:
+        # a device's own endpoints are claimed by that device only
         hub.metrics.auth_refused.labels("other-device").inc()
         raise ApiError(403, "forbidden",
-                       f"certificate is for device {caller.device}, not {report.device}")
+                       f"certificate is for device {caller.device}, not {named[:MAX_NAME]}")
+    observed = _peer_addr(request)
+    now = hub.now()
+    try:
+        report, observations = parse_report(doc, org.org, int(now), observed,
+                                            hub.hub_addresses, caller.serial,
+                                            may_reflect=caller.device in org.relays)
+    except ApiError as exc:
+        if exc.code == "bad-candidate":
+            hub.metrics.claims_refused.labels(exc.detail["reason"]).inc()
+        raise
     if report.device not in org.devices:
         raise ApiError(404, "unknown-device", f"org {org.org} has no device {report.device!r}")
-    observations = [o for o in observations if o.peer in org.devices]
+    kept, dropped = accept_observations(report.device, observations, authority(org), now)
+    for reason, count in dropped.items():
+        hub.metrics.reflections_dropped.labels(reason).inc(count)
     try:
-        revision = await hub.report(report, observations)
+        changed = await hub.report(report, kept)
     except TemporaryError as exc:
         raise ApiError(503, "store-unavailable", str(exc)) from None
-    return web.json_response({"accepted": True, "observed": observed, "revision": revision})
+    return web.json_response({
+        "accepted": True, "observed": observed, "changed": changed,
+        "revision": hub.revisions.get(org.org, 0),
+        "reflections": {"kept": len(kept), "dropped": dict(sorted(dropped.items()))},
+    })
 
 
 async def get_endpoints(request: web.Request) -> web.Response:
@@ -441,7 +489,7 @@ async def _errors(
     try:
         response = await handler(request)
     except ApiError as exc:
-        response = error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message, exc.detail)
         if exc.close:
             response.force_close()
     except InputRefused as exc:  # a body over the limits: too large, too deep, not JSON

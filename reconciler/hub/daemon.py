@@ -34,7 +34,8 @@ from reconciler.hub.follow import Head, LocalFollower, RemoteFollower, is_remote
 from reconciler.hub.limits import ConnectionGuard, Limits, RefusalLog, anonymous_cap
 from reconciler.hub.serve import REFRESH_EVERY, RETRY_CAP, Hub
 from reconciler.hub.snapshot import Pipeline, Snapshot
-from reconciler.hub.tls import TlsManager
+from reconciler.hub.tls import TlsManager, ip_literal
+from reconciler.model.endpoint import Endpoint, IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +43,44 @@ DEFAULT_STATE_DIR = "/var/lib/meshops/hub"
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
-    """``"0.0.0.0:8443"``, ``"[::]:8443"``, ``":8443"``, ``"host"`` -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or "]" in port:
-        host, port = text, str(default_port)
-    host = host.strip("[]") or "0.0.0.0"
+    """``"0.0.0.0:8443"``, ``"[::]:8443"``, ``":8443"``, ``"host"``, ``"::"`` ->
+    (host, port), parsed by ``Endpoint`` (no zone ids, names allowed). Port 0
+    means any free port, as for ``bind``."""
+    spec = text.strip()
+    if spec.startswith(":") and spec.count(":") == 1:
+        spec = "0.0.0.0" + spec  # ":8443": every IPv4 address
+    if spec.startswith("["):
+        has_port = "]:" in spec
+    elif spec.count(":") > 1:  # a bare IPv6 address, "::"
+        spec, has_port = f"[{spec}]", False
+    else:
+        has_port = ":" in spec
+    if not has_port:
+        spec = f"{spec}:{default_port}"
+    any_port = spec.endswith(":0")  # port 0: any free port, as for bind()
     try:
-        number = int(port)
-    except ValueError:
-        raise ConfigError(f"{text!r}: port must be a number") from None
-    if not 0 <= number < 65536:
-        raise ConfigError(f"{text!r}: port out of range")
-    return host, number
+        endpoint = Endpoint.parse(f"{spec[:-2]}:1" if any_port else spec, allow_names=True)
+    except ValueError as exc:
+        raise ConfigError(f"listen address {text!r}: {exc}") from None
+    return endpoint.host, 0 if any_port else endpoint.port
+
+
+def own_addresses(config: ServeConfig) -> frozenset[IPAddress]:
+    """The hub's own addresses: no device may claim them as an endpoint. The
+    ``--listen`` and ``--stun`` hosts (unless a wildcard) and every
+    ``--tls-name`` that is an IP address (name the public address there when
+    the hub listens on a wildcard or sits behind NAT)."""
+    out: set[IPAddress] = set()
+    for text, default in ((config.listen, 8443), (config.stun, 3478)):
+        if text:
+            ip = Endpoint(parse_hostport(text, default)[0], default).ip
+            if ip is not None and not ip.is_unspecified:
+                out.add(ip)
+    for name in config.tls_names:
+        ip = ip_literal(name)
+        if ip is not None:
+            out.add(ip)
+    return frozenset(out)
 
 
 @dataclass
@@ -172,7 +199,8 @@ async def start(config: ServeConfig) -> Running:
             tls.update({o.org: o.keys for o in snap.orgs.values()}, config.now())
 
     hub = Hub(pipeline=pipeline, store=store, now=config.now, on_swap=on_swap,
-              refresh_every=config.refresh, retry_cap=config.retry_cap)
+              refresh_every=config.refresh, retry_cap=config.retry_cap,
+              hub_addresses=own_addresses(config))
     hub_holder.append(hub)
     running = Running(hub=hub, port=0, stun_port=None, tls=tls)
     close_pipeline = getattr(pipeline, "close", None)

@@ -1,88 +1,137 @@
 """Build the endpoint feed of one org from stored reports and reflections (pure).
 
-Called by ``reconciler.hub.serve`` whenever an org's feed revision changes;
-the result is signed (DSSE, the org's manifest-signing key, payloadType
+Called by ``reconciler.hub.serve`` whenever an org's feed may have changed (a
+report changed something, a snapshot was swapped in, something expired); the
+result is signed (DSSE, the org's manifest-signing key, payloadType
 ``application/vnd.meshops.feed+json``) and served by ``reconciler.hub.api``.
 
-Merging rules, per device present in the org's current manifest:
+``build_entries`` merges, per device of the served snapshot (the rules and
+constants are ``reconciler.hub.claims``'s):
 
-* the device's own reported candidates (stun, local, static, reflected) come
-  first, in the order the agent sent them;
-* reflected candidates: what *other* devices' WireGuard saw as this device's
-  source address (``wg show … endpoints``), kept only while the handshake is
-  fresher than ``reflection_ttl`` (180 s = WireGuard's REJECT_AFTER_TIME, after
-  which a session is dead), newest first;
-* ``public_ip`` is the source address the hub saw on the report connection;
-* ``updated_at`` is the newest of the report time and the reflections used.
+* the device's own reported candidates, in the order the agent sent them, while
+  its report counts (``claims.report_counts``: enabled device, certificate not
+  revoked, younger than ``REPORT_TTL``);
+* reflected candidates from relays (``claims.reflection_counts``), unless the
+  device's own report is fresh and names a public candidate
+  (``claims.own_report_outranks``): then the device's own word stands alone. At
+  most ``MAX_REFLECTIONS``, newest address first (by ``since``, the hub's time
+  it first saw that address), without duplicates;
+* ``public_ip``: the host of the report connection's source address, as the
+  hub saw it;
+* ``updated_at``: when this entry's content last changed (the report's
+  ``changed_at``, the newest ``since`` of the reflections shown), so repeating
+  a report does not move it.
 
-Reports older than ``report_ttl`` are dropped: a device silent for that long
-is better reached through its relay than through a guessed address.
+It also returns ``next_change``: the first time at which, with no new report,
+the entries would change by time alone (a report or reflection expiring, a
+fresh report turning stale). The hub rebuilds then, and long-polls wake.
+
+``entries_digest`` is the digest the revision follows (``FeedStore.assign_revision``):
+same entries, same revision. ``revision`` and ``generated_at`` (when the revision
+was assigned) are not part of it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from typing import Any
 
+from reconciler.hub import claims
+from reconciler.hub.claims import Authority
 from reconciler.hub.feedstore import Reflection, StoredReport
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
 
 FEED_PAYLOAD_TYPE = "application/vnd.meshops.feed+json"
-REFLECTION_TTL = 180
-REPORT_TTL = 24 * 3600
 
 
-def _host(address: str) -> str:
-    """``"1.2.3.4:5"`` -> ``"1.2.3.4"``; ``"[2001:db8::1]:5"`` -> ``"2001:db8::1"``."""
-    host = address.rpartition(":")[0] if ":" in address else address
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-def build_feed(
-    org: str,
-    revision: int,
+def build_entries(
     reports: Iterable[StoredReport],
     reflections: Iterable[Reflection],
-    devices: Iterable[str],
+    authority: Authority,
     now: float,
     *,
-    reflection_ttl: int = REFLECTION_TTL,
-    report_ttl: int = REPORT_TTL,
-) -> EndpointFeed:
-    known = set(devices)
+    reflection_ttl: int = claims.REFLECTION_TTL,
+    report_ttl: int = claims.REPORT_TTL,
+    own_fresh: int = claims.OWN_FRESH,
+) -> tuple[tuple[FeedEntry, ...], float | None]:
+    """The feed's entries at ``now``, and when they would next change by time alone."""
+    deadlines: list[float] = []
     by_peer: dict[str, list[Reflection]] = {}
     for refl in reflections:
-        if refl.peer in known and now - refl.last_handshake <= reflection_ttl:
+        if claims.reflection_counts(refl.reporter, refl.reporter_serial, refl.peer,
+                                    refl.seen_at, authority, now, reflection_ttl):
             by_peer.setdefault(refl.peer, []).append(refl)
-    stored = {r.report.device: r.report for r in reports if r.report.device in known}
+            deadlines.append(refl.seen_at + reflection_ttl + 1)
+    stored: dict[str, StoredReport] = {}
+    for row in reports:
+        r = row.report
+        if claims.report_counts(r.reported_at, r.cert_serial, r.device, authority, now,
+                                report_ttl):
+            stored[r.device] = row
+            deadlines.append(r.reported_at + report_ttl + 1)
     entries = []
     for device in sorted(set(stored) | set(by_peer)):
-        report = stored.get(device)
-        if report is not None and now - report.reported_at > report_ttl:
-            report = None
-        refls = sorted(by_peer.get(device, ()), key=lambda r: (-r.last_handshake, r.reporter))
-        if report is None and not refls:
-            continue
+        row = stored.get(device)
+        report = row.report if row else None
         candidates: list[Candidate] = list(report.candidates) if report else []
-        seen = {c.address for c in candidates}
-        for refl in refls:
-            if refl.endpoint not in seen:
+        times = [row.changed_at] if row else []
+        if claims.own_report_outranks(report, now, own_fresh):
+            assert report is not None
+            if by_peer.get(device):
+                deadlines.append(report.reported_at + own_fresh + 1)  # then reflections show
+        else:
+            seen = {c.address for c in candidates}
+            refls = sorted(by_peer.get(device, ()), key=lambda r: (-r.since, r.endpoint))
+            added = 0
+            for refl in refls:
+                if refl.endpoint in seen:
+                    continue
+                if added == claims.MAX_REFLECTIONS:
+                    break
+                added += 1
                 seen.add(refl.endpoint)
                 candidates.append(Candidate("reflected", refl.endpoint))
-        times = [report.reported_at] if report else []
-        times += [r.last_handshake for r in refls]
-        public_ip = _host(report.observed_addr) if report and report.observed_addr else None
+                times.append(refl.since)
+        if not candidates and report is None:
+            continue
         entries.append(
             FeedEntry(
                 device=device,
                 candidates=tuple(candidates),
                 mapping=report.mapping if report else "unknown",
-                public_ip=public_ip,
-                updated_at=max(times),
+                public_ip=claims.public_host(report.observed_addr) if report else None,
+                updated_at=max(times) if times else 0,
             )
         )
-    return EndpointFeed(org=org, revision=revision, generated_at=int(now), entries=tuple(entries))
+    return tuple(entries), (min(deadlines) if deadlines else None)
+
+
+def build_feed(org: str, revision: int, generated_at: int, entries: Iterable[FeedEntry]
+               ) -> EndpointFeed:
+    return EndpointFeed(org=org, revision=revision, generated_at=generated_at,
+                        entries=tuple(entries))
+
+
+def _entry_dict(e: FeedEntry) -> dict[str, Any]:
+    return {
+        "device": e.device,
+        "candidates": [{"kind": c.kind, "address": c.address} for c in e.candidates],
+        "mapping": e.mapping,
+        "public_ip": e.public_ip,
+        "updated_at": e.updated_at,
+    }
+
+
+def entries_digest(org: str, entries: Iterable[FeedEntry]) -> str:
+    """SHA-256 of the canonical JSON of the org and its entries; ``""`` for no
+    entries (the digest of a store that never showed anything)."""
+    doc = {"org": org, "entries": [_entry_dict(e) for e in entries]}
+    if not doc["entries"]:
+        return ""
+    return hashlib.sha256(
+        json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def feed_to_dict(feed: EndpointFeed) -> dict[str, Any]:
@@ -90,16 +139,7 @@ def feed_to_dict(feed: EndpointFeed) -> dict[str, Any]:
         "org": feed.org,
         "revision": feed.revision,
         "generated_at": feed.generated_at,
-        "entries": [
-            {
-                "device": e.device,
-                "candidates": [{"kind": c.kind, "address": c.address} for c in e.candidates],
-                "mapping": e.mapping,
-                "public_ip": e.public_ip,
-                "updated_at": e.updated_at,
-            }
-            for e in feed.entries
-        ],
+        "entries": [_entry_dict(e) for e in feed.entries],
     }
 
 

@@ -109,6 +109,15 @@ class Metrics:
         self.auth_refused = Counter(
             "meshops_hub_auth_refused", "requests refused by authorization", ["reason"], registry=r
         )
+        self.claims_refused = Counter(
+            "meshops_hub_claims_refused", "reports refused for an address no peer may be sent to",
+            ["reason"], registry=r
+        )
+        self.reflections_dropped = Counter(
+            "meshops_hub_reflections_dropped",
+            "observations of other devices not kept (not-a-relay, stale, ...)", ["reason"],
+            registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

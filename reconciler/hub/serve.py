@@ -29,9 +29,16 @@ Reports are batched: concurrent ``POST /endpoints`` requests are written in
 one transaction by ``ReportWriter``, and each request is answered only after
 that transaction committed (an accepted report is never lost).
 
-Long-polls wait on ``Signal``s: the manifest signal fires on every swap, the
-feed signal on every local commit and whenever the store poller sees another
-replica move an org's feed revision.
+The feed's revision follows its content (``reconciler.hub.feed``,
+``FeedStore.assign_revision``): a report that repeats the last one does not
+move it. Long-polls wait on ``Signal``s: the manifest signal fires on every
+swap; the feed signal on every swap, on every local commit that changed
+something (``Recorded.changes``), and whenever the store poller sees another
+replica's change counter move. A feed waiting for a change also wakes when
+its entries expire by time alone (``next_change``). After every swap the
+reflections of reporters that are no longer relays, or whose certificate was
+revoked, are deleted (``FeedStore.prune_reflections``); feed builds filter
+them against the served snapshot in any case.
 """
 
 from __future__ import annotations
@@ -46,10 +53,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from reconciler.errors import MeshopsError, TemporaryError
-from reconciler.hub.feed import FEED_PAYLOAD_TYPE, build_feed, feed_payload
-from reconciler.hub.feedstore import FeedStore, Observation
+from reconciler.hub.claims import Authority, Observation
+from reconciler.hub.feed import (
+    FEED_PAYLOAD_TYPE,
+    build_entries,
+    build_feed,
+    entries_digest,
+    feed_payload,
+)
+from reconciler.hub.feedstore import FeedStore, Recorded
 from reconciler.hub.metrics import Metrics
 from reconciler.hub.snapshot import OrgSnapshot, Pipeline, Snapshot
+from reconciler.model.endpoint import IPAddress
 from reconciler.model.endpoints import EndpointReport
 from reconciler.pki.envelope import sign_envelope
 
@@ -72,8 +87,13 @@ def redact(text: str) -> str:
     text = _PEM_PRIVATE.sub("[private key redacted]", text)
     return _SECRET_VALUE.sub(lambda m: f"{m['key']}{m['sep']}***", text)
 
-FEED_MAX_AGE = 30.0  # rebuild a feed at least this often (reflections age out)
+FEED_MAX_AGE = 30.0  # rebuild a feed at least this often (a safety net: same digest, same revision)
 FEED_MIN_INTERVAL = 0.5  # and at most this often per org under a stream of reports
+
+
+def authority(org: OrgSnapshot) -> Authority:
+    """Who may claim what in ``org``, as its served snapshot says."""
+    return Authority(devices=org.devices, relays=org.relays, revoked=org.revoked)
 
 
 class Signal:
@@ -100,8 +120,10 @@ class Signal:
 class SignedFeed:
     revision: int
     body: bytes
-    built_at: float
+    built_at: float  # monotonic
     snapshot_serial: int
+    changes: int = 0  # the org's change counter it was built at
+    next_change: float | None = None  # hub clock: the entries change by time alone then
 
 
 REFRESH_EVERY = 6 * 3600.0  # re-publish the served commit (renewals, manifest not_after)
@@ -192,8 +214,8 @@ class PublishStatus:
 
 
 class ReportWriter:
-    """Group concurrent reports into one store transaction; resolve each caller
-    with its org's new revision once committed."""
+    """Group concurrent reports into one store transaction; resolve each caller,
+    once committed, with whether its report changed what the feed shows."""
 
     def __init__(
         self,
@@ -209,7 +231,7 @@ class ReportWriter:
         self._on_commit = on_commit
         self._max_batch = max_batch
         self._queue: asyncio.Queue[
-            tuple[EndpointReport, Sequence[Observation], asyncio.Future[int]]
+            tuple[EndpointReport, Sequence[Observation], asyncio.Future[bool]]
         ] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -222,8 +244,8 @@ class ReportWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def submit(self, report: EndpointReport, observations: Sequence[Observation]) -> int:
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    async def submit(self, report: EndpointReport, observations: Sequence[Observation]) -> bool:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         await self._queue.put((report, observations, fut))
         return await fut
 
@@ -236,7 +258,8 @@ class ReportWriter:
             batch = [(r, o) for r, o, _ in items]
             started = time.monotonic()
             try:
-                revisions = await loop.run_in_executor(self._executor, self._store.record, batch)
+                recorded: Recorded = await loop.run_in_executor(
+                    self._executor, self._store.record, batch)
             except MeshopsError as exc:  # the store failed: every caller gets the error (503)
                 for _, _, fut in items:
                     if not fut.done():
@@ -245,10 +268,10 @@ class ReportWriter:
             self._metrics.store_commit.observe(time.monotonic() - started)
             self._metrics.reports.inc(len(items))
             self._metrics.report_batches.observe(len(items))
-            self._on_commit(revisions)
-            for report, _, fut in items:
+            self._on_commit(recorded.changes)
+            for (_, _, fut), changed in zip(items, recorded.changed, strict=True):
                 if not fut.done():
-                    fut.set_result(revisions[report.org])
+                    fut.set_result(changed)
 
 
 @dataclass
@@ -265,7 +288,9 @@ class Hub:
     retry_min: float = RETRY_MIN
     snapshot: Snapshot | None = None
     status: PublishStatus = field(default_factory=PublishStatus)
-    revisions: dict[str, int] = field(default_factory=dict)
+    revisions: dict[str, int] = field(default_factory=dict)  # the served feed revision per org
+    changes: dict[str, int] = field(default_factory=dict)  # the store's change counter per org
+    hub_addresses: frozenset[IPAddress] = frozenset()  # no device may claim these
 
     def __post_init__(self) -> None:
         # One thread for the store (SQLite/psycopg connection), one for publishing.
@@ -276,7 +301,7 @@ class Hub:
         self._feeds: dict[str, SignedFeed] = {}
         self._feed_locks: dict[str, asyncio.Lock] = {}
         self._reconcile_lock = asyncio.Lock()
-        self.writer = ReportWriter(self.store, self._db, self.metrics, self._revisions_moved)
+        self.writer = ReportWriter(self.store, self._db, self.metrics, self._changes_moved)
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
@@ -349,9 +374,26 @@ class Hub:
         for org in snap.orgs.values():
             self.metrics.manifest_serial.labels(org.org).set(org.serial)
         self.manifest_changed.fire()
-        self.feed_changed.fire()  # device set may have changed
+        self.feed_changed.fire()  # device set, relays, revocations may have changed
         log.info("serving commit %s (%d orgs)", rev[:12], len(snap.orgs))
+        await self._prune(snap)
         return True
+
+    async def _prune(self, snap: Snapshot) -> None:
+        """Delete reflections whose reporter left, was disabled, stopped being a
+        relay or was revoked. Feed builds filter them anyway, so a failure here
+        is only logged."""
+        for org in snap.orgs.values():
+            try:
+                gone = await self.db(self.store.prune_reflections, org.org, org.relays,
+                                     org.revoked)
+            except MeshopsError as exc:
+                log.warning("org %s: could not delete the reflections of former relays: %s",
+                            org.org, exc)
+                continue
+            if gone:
+                log.info("org %s: deleted %s reflections of reporters that are no longer "
+                         "relays or were revoked", org.org, gone)
 
     def _failed(self, rev: str, exc: Exception, *, refresh: bool, head: str | None) -> bool:
         kind, hint = classify(exc)
@@ -413,23 +455,32 @@ class Hub:
         return current
 
     # -- reports and feeds ---------------------------------------------------
-    def _revisions_moved(self, revisions: dict[str, int]) -> None:
+    def _changes_moved(self, changes: dict[str, int]) -> None:
         moved = False
-        for org, rev in revisions.items():
-            if rev > self.revisions.get(org, 0):
-                self.revisions[org] = rev
-                self.metrics.feed_revision.labels(org).set(rev)
+        for org, count in changes.items():
+            if count > self.changes.get(org, 0):
+                self.changes[org] = count
                 moved = True
         if moved:
             self.feed_changed.fire()
 
-    async def poll_store(self) -> None:
-        """Pick up revisions written by other replicas (and at start-up)."""
-        revisions = await self.db(self.store.revisions)
-        assert isinstance(revisions, dict)
-        self._revisions_moved(revisions)
+    def _served(self, org: str, revision: int) -> None:
+        if revision > self.revisions.get(org, 0):
+            self.revisions[org] = revision
+            self.metrics.feed_revision.labels(org).set(revision)
 
-    async def report(self, report: EndpointReport, observations: Sequence[Observation]) -> int:
+    async def poll_store(self) -> None:
+        """Pick up changes written by other replicas (and at start-up)."""
+        revisions = await self.db(self.store.revisions)
+        changes = await self.db(self.store.changes)
+        assert isinstance(revisions, dict) and isinstance(changes, dict)
+        for org, revision in revisions.items():
+            self._served(org, revision)
+        self._changes_moved(changes)
+
+    async def report(self, report: EndpointReport, observations: Sequence[Observation]) -> bool:
+        """Store an accepted report and the reflections kept from it; True when
+        it changed what the feed shows."""
         return await self.writer.submit(report, observations)
 
     async def feed(self, org: OrgSnapshot, since: int | None, wait: float) -> SignedFeed:
@@ -446,9 +497,12 @@ class Hub:
                 if not counted:
                     self.metrics.long_polls.labels("feed").inc()
                     counted = True
-                if self.revisions.get(org.org, 0) > signed.revision:
+                if self.changes.get(org.org, 0) > signed.changes:
                     await asyncio.sleep(min(FEED_MIN_INTERVAL, remaining))  # rate-limited rebuild
                 else:
+                    if signed.next_change is not None:  # something expires before then
+                        remaining = min(remaining, max(FEED_MIN_INTERVAL,
+                                                       signed.next_change - self.now()))
                     await self.feed_changed.wait(remaining)
         finally:
             if counted:
@@ -458,30 +512,33 @@ class Hub:
         lock = self._feed_locks.setdefault(org.org, asyncio.Lock())
         async with lock:
             cached = self._feeds.get(org.org)
-            rev = self.revisions.get(org.org, 0)
-            mono = time.monotonic()
+            changes = self.changes.get(org.org, 0)
+            mono, now = time.monotonic(), self.now()
             if cached is not None and cached.snapshot_serial == org.serial:
                 age = mono - cached.built_at
-                if (cached.revision >= rev and age < FEED_MAX_AGE) or age < FEED_MIN_INTERVAL:
+                # Not rebuilt because another replica assigned a newer revision: two
+                # replicas briefly serving different snapshots would take turns
+                # moving it. Writes (``changes``), expiry and swaps are the triggers.
+                current = cached.changes >= changes and (
+                    cached.next_change is None or now < cached.next_change)
+                if (current and age < FEED_MAX_AGE) or age < FEED_MIN_INTERVAL:
                     return cached
-            built = await self.db(self._build_feed, org, self.now())
+            built = await self.db(self._build_feed, org, now, changes)
             assert isinstance(built, SignedFeed)
             self._feeds[org.org] = built
+            self._served(org.org, built.revision)
             return built
 
-    def _build_feed(self, org: OrgSnapshot, now: float) -> SignedFeed:
-        """Worker thread: read the org's rows, merge, sign."""
-        revision = self.store.revision(org.org)
-        feed = build_feed(
-            org.org,
-            revision,
-            self.store.reports(org.org),
-            self.store.reflections(org.org),
-            org.devices,
-            now,
-        )
+    def _build_feed(self, org: OrgSnapshot, now: float, changes: int) -> SignedFeed:
+        """Worker thread: read the org's rows, merge, take the revision of the
+        entries' digest, sign."""
+        entries, next_change = build_entries(
+            self.store.reports(org.org), self.store.reflections(org.org), authority(org), now)
+        revision, generated_at = self.store.assign_revision(
+            org.org, entries_digest(org.org, entries), int(now))
+        feed = build_feed(org.org, revision, generated_at, entries)
         body = sign_envelope(feed_payload(feed), FEED_PAYLOAD_TYPE, org.keys.signing_key)
-        return SignedFeed(revision, body, time.monotonic(), org.serial)
+        return SignedFeed(revision, body, time.monotonic(), org.serial, changes, next_change)
 
     # -- status ---------------------------------------------------------------
     async def status_doc(self) -> dict[str, object]:

@@ -31,6 +31,7 @@ class OrgSnapshot:
     revoked: frozenset[int]
     keys: OrgKeys = field(repr=False)  # CA key (hub server cert) + manifest-signing key (feed)
     manifest_gz: bytes = b""
+    relays: frozenset[str] = frozenset()  # devices with ``relay: true``: they may reflect others
 
     def __post_init__(self) -> None:
         if not self.manifest_gz:
@@ -76,6 +77,7 @@ class PublisherPipeline:
                 devices=frozenset(d.name for d in pub.manifest.devices),
                 revoked=frozenset(pub.manifest.revoked),
                 keys=keys,
+                relays=frozenset(d.name for d in pub.manifest.devices if d.relay),
             )
         return Snapshot(commit=result.commit, orgs=orgs, built_at=now)
 

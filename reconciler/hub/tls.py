@@ -46,7 +46,6 @@ load. Like all process memory it can reach swap; nothing else persists it.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import logging
 import os
 import ssl
@@ -59,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from reconciler.errors import ConfigError, PkiError
+from reconciler.model.endpoint import IPAddress, parse_or_none
 from reconciler.pki.ca import OrgKeys, authority_key_id, dns_permitted, key_usage
 
 log = logging.getLogger(__name__)
@@ -79,17 +79,18 @@ def server_names(org: str, names: Iterable[str]) -> list[str]:
     """Candidate DNS SANs of org ``org``'s hub certificate, before name constraints."""
     out = [f"{org}.hub"]
     for name in names:
-        if name and not _is_ip(name):
+        if name and ip_literal(name) is None:
             out += [name, f"{org}.{name}"]
     return list(dict.fromkeys(out))
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return False
-    return True
+def ip_literal(name: str) -> IPAddress | None:
+    """The address a ``--tls-name`` is when it is one (``198.51.100.10``,
+    ``2001:db8::1``, ``[2001:db8::1]``), else None (a DNS name). Parsed by
+    ``Endpoint``, the project's one address parser (a dummy port is added)."""
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    endpoint = parse_or_none(f"[{bare}]:1" if ":" in bare else f"{bare}:1", allow_names=True)
+    return endpoint.ip if endpoint is not None else None
 
 
 def issue_server_cert(keys: OrgKeys, names: Iterable[str], now: float) -> ServerCert:

@@ -32,6 +32,7 @@ class EndpointReport:
     serial: int = 0  # manifest serial the agent has applied
     observed_addr: str | None = None  # filled in by the hub: source address of the request
     reported_at: int = 0  # unix seconds, set by the hub
+    cert_serial: int = 0  # filled in by the hub: the serial of the certificate that sent it
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,12 @@ class FeedEntry:
     candidates: tuple[Candidate, ...]
     mapping: str
     public_ip: str | None
-    updated_at: int
+    updated_at: int  # when this entry's content last changed (not when it was last confirmed)
 
 
 @dataclass(frozen=True)
 class EndpointFeed:
     org: str
-    revision: int  # monotonic; long-poll with ?since=REV
-    generated_at: int
+    revision: int  # monotonic, moves only when the entries change; long-poll with ?since=REV
+    generated_at: int  # when this revision was first built
     entries: tuple[FeedEntry, ...]

@@ -57,8 +57,10 @@ class OrgFixture:
     keys: Any
     devices: dict[str, DeviceCreds] = field(default_factory=dict)
     next_serial: int = 1000
+    relays: set[str] = field(default_factory=set)  # devices with ``relay: true``
 
-    def add_device(self, name: str, now: float = NOW, lifetime: int = 30 * 86400) -> DeviceCreds:
+    def add_device(self, name: str, now: float = NOW, lifetime: int = 30 * 86400,
+                   relay: bool = False) -> DeviceCreds:
         ident = Ed25519PrivateKey.generate()
         wg = X25519PrivateKey.generate().public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -73,6 +75,8 @@ class OrgFixture:
         pem = issue_device_cert(self.keys, device, self.next_serial, now, lifetime)
         creds = DeviceCreds(self.name, name, pem, private_to_pem(ident), self.next_serial)
         self.devices[name] = creds
+        if relay:
+            self.relays.add(name)
         return creds
 
 
@@ -111,6 +115,7 @@ def org_snapshot(org: OrgFixture, serial: int, commit: str, revoked: frozenset[i
         ca_pem=org.keys.ca_pem,
         certs={n: d.cert_pem for n, d in org.devices.items()},
         devices=frozenset(org.devices), revoked=revoked, keys=org.keys,
+        relays=frozenset(org.relays & set(org.devices)),
     )
 
 
@@ -126,7 +131,8 @@ class FakePipeline:
         self.flaky: dict[str, int] = {}
         self.flaky_delay = 5.0
         self.crash: set[str] = set()
-        self.revoked: dict[str, frozenset[int]] = {}
+        self.revoked: dict[str, frozenset[int]] = {}  # org -> revoked serials
+        self.removed: dict[str, set[str]] = {}  # org -> devices left out of the manifest
         self.serial = 0
         self.builds: list[str] = []
 
@@ -144,10 +150,20 @@ class FakePipeline:
         self.serial += 1
         return Snapshot(
             commit=rev,
-            orgs={o.name: org_snapshot(o, self.serial, rev, self.revoked.get(o.name, frozenset()))
-                  for o in self.orgs},
+            orgs={o.name: self._snapshot(o, rev) for o in self.orgs},
             built_at=now,
         )
+
+
+    def _snapshot(self, org: OrgFixture, rev: str) -> OrgSnapshot:
+        snap = org_snapshot(org, self.serial, rev, self.revoked.get(org.name, frozenset()))
+        gone = self.removed.get(org.name, set())
+        if not gone:
+            return snap
+        from dataclasses import replace
+
+        return replace(snap, devices=snap.devices - gone, relays=snap.relays - gone,
+                       certs={n: p for n, p in snap.certs.items() if n not in gone})
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from .test_serve_tls import init_repo, wait_for
 def test_agent_fetcher_talks_to_hub_serve(tmp_path: Path) -> None:
     now = time.time()
     acme = make_org("acme", "10.20.0.0/16")  # "acme" sorts first: the default org for SNI
-    laptop = acme.add_device("laptop", now)
+    laptop = acme.add_device("laptop", now, relay=True)  # relays may reflect others
     acme.add_device("server", now)  # a peer that only shows up through reflection
     cert, key = write_pem_files(tmp_path, laptop)
     ca = tmp_path / "acme-ca.crt"

@@ -43,6 +43,7 @@ class World:
         self.beta = make_org("beta", "10.30.0.0/16")
         self.laptop = self.acme.add_device("laptop")
         self.server = self.acme.add_device("server")
+        self.relay = self.acme.add_device("relay-1", relay=True)
         self.phone = self.beta.add_device("phone")
         self.pipeline = FakePipeline([self.acme, self.beta])
         self.clock = [NOW]
@@ -156,11 +157,16 @@ def test_report_then_signed_feed(tmp_path: Path) -> None:
         async with client(w) as (c, _):
             obs = [{"peer": "server", "endpoint": "198.51.100.9:40000",
                     "last_handshake": int(NOW) - 10}]
-            r = await c.post("/v1/orgs/acme/endpoints", json=report_body("laptop",
-                             observations=obs), headers=as_device(w.laptop))
+            r = await c.post("/v1/orgs/acme/endpoints", json=report_body("laptop"),
+                             headers=as_device(w.laptop))
             doc = await r.json()
-            assert r.status == 200 and doc["accepted"] is True
+            assert r.status == 200 and doc["accepted"] is True and doc["changed"] is True
             assert doc["observed"].startswith("127.0.0.1:")
+            # the relay's WireGuard saw server: a reflection the hub keeps
+            r = await c.post("/v1/orgs/acme/endpoints",
+                             json=report_body("relay-1", candidates=[], observations=obs),
+                             headers=as_device(w.relay))
+            assert (await r.json())["reflections"] == {"kept": 1, "dropped": {}}
             r = await c.get("/v1/orgs/acme/endpoints", headers=as_device(w.server))
             assert r.status == 200
             trust = OrgTrust(keys={_kid(w): w.acme.keys.signing_key.public_key()})
@@ -171,7 +177,8 @@ def test_report_then_signed_feed(tmp_path: Path) -> None:
                 {"kind": "stun", "address": "203.0.113.7:51820"}]
             assert entries["laptop"]["public_ip"] == "127.0.0.1"
             assert entries["laptop"]["mapping"] == "independent"
-            # server never reported, but laptop's WireGuard saw it: a reflected candidate
+            assert entries["laptop"]["updated_at"] == int(NOW)
+            # server never reported, but the relay's WireGuard saw it: a reflected candidate
             assert entries["server"]["candidates"] == [
                 {"kind": "reflected", "address": "198.51.100.9:40000"}]
             assert entries["server"]["public_ip"] is None
@@ -264,7 +271,8 @@ def test_bad_requests_get_json_4xx(tmp_path: Path) -> None:
                 (b"[1, 2]", 400, "bad-report"),
                 (json.dumps(report_body("laptop", mapping="weird")).encode(), 400, "bad-report"),
                 (json.dumps(report_body("laptop", candidates=[{"kind": "stun",
-                                        "address": "not-an-ip:1"}])).encode(), 400, "bad-report"),
+                                        "address": "not-an-ip:1"}])).encode(), 400,
+                 "bad-candidate"),
                 (json.dumps(report_body("laptop", listen_port=70000)).encode(), 400, "bad-report"),
                 (json.dumps(report_body("laptop", extra=1)).encode(), 400, "bad-report"),
                 (json.dumps(report_body("laptop", observations=[{"peer": "x"}])).encode(), 400,
@@ -336,7 +344,8 @@ def test_reports_survive_a_restart_sqlite(tmp_path: Path) -> None:
         async with client(w) as (c, hub):
             assert hub.store.total_reports() == 20
             r = await c.get("/v1/orgs/acme/endpoints", headers=as_device(w.server))
-            assert r.headers["X-Feed-Revision"] == "20"
+            # twenty reports of the same endpoints: one change, one revision
+            assert r.headers["X-Feed-Revision"] == "1"
             assert hub.store.agent_serials()["acme"]["laptop"][0] == 19
     run(go())
 
@@ -469,11 +478,14 @@ def test_report_addresses_with_non_ascii_digits_are_refused(tmp_path: Path) -> N
                 r = await c.post("/v1/orgs/acme/endpoints", json=body,
                                  headers=as_device(w.laptop))
                 assert r.status == 400, address[:30]
-                assert (await r.json())["error"] == "bad-report"
+                doc = await r.json()
+                assert doc["error"] == "bad-candidate"
+                assert doc["reason"] in ("malformed", "bad-port") and doc["field"] == \
+                    "candidates[0].address"
     run(go())
 
 
-LONGEST_ADDRESS = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535"
+LONGEST_ADDRESS = "[2001:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535"  # global unicast
 
 
 def maximal_report(observations: int = MAX_OBSERVATIONS) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from .test_serve_tls import client_ctx, fetch, init_repo, wait_for
 pytestmark = [pytest.mark.postgres, pytest.mark.root]
 
 
-def _report(device: str, serial: int) -> EndpointReport:
-    return EndpointReport("acme", device, (Candidate("stun", "203.0.113.5:51820"),),
+def _report(device: str, serial: int, address: str = "203.0.113.5:51820") -> EndpointReport:
+    return EndpointReport("acme", device, (Candidate("stun", address),),
                           "independent", 51820, serial, "203.0.113.5:4000", 100)
 
 
@@ -30,12 +30,15 @@ def test_feedstore_on_postgres(fresh_postgres_url: str) -> None:
     a, b = FeedStore(fresh_postgres_url), FeedStore(fresh_postgres_url)
     try:
         assert a.dialect == "postgresql"
-        assert a.record([(_report("laptop", 1), [Observation("server", "198.51.100.2:1", 90)])]) \
-            == {"acme": 1}
-        assert b.record([(_report("laptop", 2), []), (_report("server", 1), [])]) == {"acme": 2}
-        assert a.revisions() == {"acme": 2}
+        first = a.record([(_report("relay-1", 1), [Observation("server", "198.51.100.2:1", 90)])])
+        assert first.changes == {"acme": 1} and first.changed == (True,)
+        # relay-1 repeats itself (nothing changes), server is new (a change)
+        second = b.record([(_report("relay-1", 2), [Observation("server", "198.51.100.2:1", 95)]),
+                           (_report("server", 1), [])])
+        assert second.changes == {"acme": 2} and second.changed == (False, True)
+        assert a.changes() == {"acme": 2}
         rows = {r.report.device: r for r in a.reports("acme")}
-        assert rows["laptop"].report.serial == 2 and rows["laptop"].reports == 2
+        assert rows["relay-1"].report.serial == 2 and rows["relay-1"].reports == 2
         assert a.reflections("acme")[0].endpoint == "198.51.100.2:1"
         assert a.total_reports() == 3
     finally:
@@ -43,18 +46,21 @@ def test_feedstore_on_postgres(fresh_postgres_url: str) -> None:
         b.close()
 
 
-def test_concurrent_writers_never_repeat_a_revision(fresh_postgres_url: str) -> None:
+def test_concurrent_writers_never_repeat_a_change_count(fresh_postgres_url: str) -> None:
+    """Four replicas write 25 changed reports each at once: the per-org row lock
+    serialises them, so the change counter takes every value once."""
     stores = [FeedStore(fresh_postgres_url) for _ in range(4)]
 
     def writer(i: int) -> list[int]:
-        return [stores[i].record([(_report(f"d{i}", n), [])])["acme"] for n in range(25)]
+        return [stores[i].record([(_report(f"d{i}", n, f"203.0.113.{n + 1}:51820"), [])])
+                .changes["acme"] for n in range(25)]
 
     async def go() -> list[list[int]]:
         return list(await asyncio.gather(*(asyncio.to_thread(writer, i) for i in range(4))))
 
     try:
-        revisions = [r for rs in run(go()) for r in rs]
-        assert sorted(revisions) == list(range(1, 101))
+        counts = [r for rs in run(go()) for r in rs]
+        assert sorted(counts) == list(range(1, 101))
         assert stores[0].total_reports() == 100
     finally:
         for s in stores:
@@ -79,8 +85,8 @@ def test_replicas_starting_together_migrate_the_schema_once(fresh_postgres_url: 
     try:
         assert all(s.dialect == "postgresql" for s in stores)
         assert stores[0]._store.schema_version() == stores[-1]._store.schema_version() >= 1
-        assert stores[0].record([(_report("laptop", 1), [])]) == {"acme": 1}
-        assert stores[-1].revisions() == {"acme": 1}
+        assert stores[0].record([(_report("laptop", 1), [])]).changes == {"acme": 1}
+        assert stores[-1].changes() == {"acme": 1}
     finally:
         for s in stores:
             s.close()
@@ -122,29 +128,54 @@ def test_two_replicas_share_the_feed_and_restart_loses_nothing(
             assert feed_two["revision"] == 1
             assert feed_two["entries"][0]["candidates"] == [
                 {"kind": "stun", "address": "203.0.113.9:51820"}]
-            # reports to both replicas; both show the same entries
+            # reports to both replicas; both show the same entries, under one revision
+            # per change: laptop moves five times, server repeats itself
             for i in range(10):
                 port, ctx, dev = ((one.port, lctx, "laptop") if i % 2
                                   else (two.port, sctx, "server"))
+                cands = [{"kind": "stun", "address": f"203.0.113.{10 + i}:51820"}] \
+                    if dev == "laptop" else []
                 status, _ = await fetch(port, "/v1/orgs/acme/endpoints", ctx, "acme.hub",
-                                        "POST", {"device": dev, "serial": i})
+                                        "POST", {"device": dev, "serial": i,
+                                                 "candidates": cands})
                 assert status == 200
-            await asyncio.sleep(0.6)  # past the feed's rebuild interval
-            _, b1 = await fetch(one.port, "/v1/orgs/acme/endpoints", lctx, "acme.hub")
-            _, b2 = await fetch(two.port, "/v1/orgs/acme/endpoints", lctx, "acme.hub")
-            f1, f2 = _payload(b1), _payload(b2)
-            assert f1["revision"] == f2["revision"] == 11
-            assert f1["entries"] == f2["entries"]
+                await asyncio.sleep(0.6)  # past the feed's rebuild interval
+                _, b1 = await fetch(one.port, "/v1/orgs/acme/endpoints", lctx, "acme.hub")
+                _, b2 = await fetch(two.port, "/v1/orgs/acme/endpoints", lctx, "acme.hub")
+                f1, f2 = _payload(b1), _payload(b2)
+                assert f1 == f2, i
+            # 1 (laptop's first report) + server's first + five laptop moves
+            assert f1["revision"] == 7
+            # a long-poll on replica two sleeps through identical reports to replica one
+            # (its store poller runs every 0.1 s) and wakes on the first real change
+            poll = asyncio.create_task(
+                fetch(two.port, "/v1/orgs/acme/endpoints?since=7&wait=20", sctx, "acme.hub"))
+            same = {"device": "laptop", "serial": 99, "candidates": [
+                {"kind": "stun", "address": "203.0.113.19:51820"}]}
+            for _ in range(5):
+                status, body = await fetch(one.port, "/v1/orgs/acme/endpoints", lctx,
+                                           "acme.hub", "POST", same)
+                assert status == 200 and json.loads(body)["changed"] is False
+                await asyncio.sleep(0.25)
+            assert not poll.done()
+            moved = {**same, "candidates": [{"kind": "stun", "address": "203.0.113.99:51820"}]}
+            started = time.monotonic()
+            status, body = await fetch(one.port, "/v1/orgs/acme/endpoints", lctx, "acme.hub",
+                                       "POST", moved)
+            assert status == 200 and json.loads(body)["changed"] is True
+            status, body = await asyncio.wait_for(poll, 5)
+            assert status == 200 and _payload(body)["revision"] == 8
+            assert time.monotonic() - started < 2
         finally:
             await one.stop()
             await two.stop()
         # restart: every accepted report is still there
         three = await start(config("three"))
         try:
-            assert three.hub.store.total_reports() == 11
-            assert three.hub.revisions == {"acme": 11}
+            assert three.hub.store.total_reports() == 17  # 1 + 10 + 5 identical + 1 moved
+            assert three.hub.revisions == {"acme": 8}
             serials = three.hub.store.agent_serials()["acme"]
-            assert serials["laptop"][0] == 9 and serials["server"][0] == 8
+            assert serials["laptop"][0] == 99 and serials["server"][0] == 8
         finally:
             await three.stop()
 

@@ -1,12 +1,20 @@
 """model.endpoint: the one host:port value type."""
 
 import re
+from ipaddress import ip_address
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.model.endpoint import Endpoint, host_of, parse_or_none
+from reconciler.model.endpoint import (
+    Endpoint,
+    EndpointError,
+    host_of,
+    is_routable_unicast,
+    parse_or_none,
+    unroutable_reason,
+)
 
 
 @pytest.mark.parametrize("text,host,port,back", [
@@ -65,3 +73,63 @@ def test_of_and_host_of() -> None:
 def test_round_trip(ip, port) -> None:
     ep = Endpoint.of(ip, port)
     assert Endpoint.parse(str(ep)) == ep and ep.ip == ip
+
+
+# -- the address-class policy: what a device may be claimed to be reachable at --------------
+
+@pytest.mark.parametrize("address,reason", [
+    ("0.0.0.0", "unspecified"), ("0.1.2.3", "unspecified"), ("::", "unspecified"),
+    ("127.0.0.1", "loopback"), ("127.0.0.53", "loopback"), ("127.255.255.254", "loopback"),
+    ("::1", "loopback"),
+    ("169.254.169.254", "link-local"), ("169.254.0.1", "link-local"), ("fe80::1", "link-local"),
+    ("febf:ffff::1", "link-local"),
+    ("224.0.0.1", "multicast"), ("239.255.255.250", "multicast"), ("ff02::1", "multicast"),
+    ("ff05::1:3", "multicast"),
+    ("255.255.255.255", "broadcast"),
+    ("240.0.0.1", "reserved"), ("254.1.2.3", "reserved"), ("fec0::1", "reserved"),
+    ("::127.0.0.1", "reserved"), ("100::1", "reserved"),
+    # an IPv4 address inside IPv6 is judged as the IPv4 address it carries
+    ("::ffff:127.0.0.1", "loopback"), ("::ffff:169.254.169.254", "link-local"),
+    ("::ffff:0.0.0.0", "unspecified"), ("::ffff:224.0.0.1", "multicast"),
+    ("64:ff9b::7f00:1", "loopback"), ("64:ff9b::ffff:ffff", "broadcast"),
+])
+def test_unroutable_addresses_are_refused_with_their_class(address: str, reason: str) -> None:
+    ip = ip_address(address)
+    assert unroutable_reason(ip) == reason
+    assert not is_routable_unicast(ip)
+
+
+@pytest.mark.parametrize("address", [
+    # global unicast
+    "1.1.1.1", "8.8.8.8", "2606:4700::1111", "2a00:1450::1",
+    # private: LAN candidates
+    "10.0.0.1", "10.255.255.254", "172.16.0.1", "172.31.255.254", "192.168.1.20",
+    "fd00::1", "fc00::1", "fd12:3456:789a::1",
+    # shared address space (carrier-grade NAT, RFC 6598): unicast, accepted
+    "100.64.0.1", "100.127.255.254",
+    # documentation ranges: the lab's "internet", accepted on purpose
+    "192.0.2.1", "198.51.100.7", "203.0.113.9", "2001:db8::1", "2001:db8:ffff::2",
+    # mapped / NAT64 forms of accepted addresses
+    "::ffff:198.51.100.1", "64:ff9b::c633:6401",
+    # the edges of refused ranges
+    "1.0.0.0", "126.255.255.255", "128.0.0.0", "169.253.255.255", "169.255.0.0",
+    "223.255.255.255", "fe7f:ffff::1", "fbff::1",
+])
+def test_global_and_private_unicast_is_accepted(address: str) -> None:
+    ip = ip_address(address)
+    assert unroutable_reason(ip) is None
+    assert is_routable_unicast(ip)
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("[fe80::1%eth0]:51820", "zone-id"), ("[2001:db8::1%1]:51820", "zone-id"),
+    ("198.51.100.7%eth0:51820", "zone-id"),
+    ("198.51.100.7:0", "port"), ("198.51.100.7:65536", "port"), ("198.51.100.7:-1", "port"),
+    ("198.51.100.7:+80", "port"), ("[2001:db8::1]:99999", "port"),
+    ("198.51.100.7", "syntax"), ("2001:db8::1:51820", "syntax"), ("host:1", "syntax"),
+])
+def test_endpoint_errors_say_which_rule_failed(text: str, reason: str) -> None:
+    with pytest.raises(EndpointError) as info:
+        Endpoint.parse(text)
+    assert info.value.reason == reason
+    assert isinstance(info.value, ValueError)  # callers catching ValueError still work
