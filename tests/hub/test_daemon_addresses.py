@@ -61,7 +61,7 @@ def test_tls_names_that_are_addresses(name: str, ip: str | None) -> None:
 
 def test_server_names_leave_addresses_out() -> None:
     assert server_names("acme", ["hub.example.org", "198.51.100.10", "[2001:db8::1]"]) == [
-        "acme", "acme.hub", "hub.example.org", "acme.hub.example.org"]
+        "acme.hub", "hub.example.org", "acme.hub.example.org"]
 
 
 def test_own_addresses_come_from_listen_stun_and_tls_names() -> None:
