@@ -190,7 +190,7 @@ def build_report(
                                    float(heard.get(names_by_key[key], 0.0))))}
         for key, peer in sorted(observed.peers.items())
         if key in names_by_key and peer.endpoint and peer.last_handshake
-    ]
+    ] if mine is not None and mine.relay else []  # the hub takes reflections from relays only
     if len(observations) > MAX_OBSERVATIONS:  # the hub's limit: keep the freshest
         observations = sorted(observations, key=lambda o: (-o["last_handshake"], o["peer"]))
         observations = sorted(observations[:MAX_OBSERVATIONS], key=lambda o: o["peer"])

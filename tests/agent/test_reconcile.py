@@ -497,31 +497,42 @@ def test_a_pass_on_the_cached_manifest_keeps_the_last_feed(tmp_path) -> None:
     assert backend.state.peers[wg_keypair(3)[1]].endpoint == "203.0.113.30:40000"
 
 
-def test_only_direct_peers_are_reflected_dated_by_their_traffic(tmp_path) -> None:
+def test_a_relay_reflects_its_peers_dated_by_their_traffic(tmp_path) -> None:
     from dataclasses import replace
 
-    feed = feed_envelope(3, [
-        {"device": "alpha", "mapping": "independent", "public_ip": "198.51.100.50",
-         "updated_at": int(NOW), "candidates": []},
-        {"device": "gamma", "mapping": "independent", "public_ip": "198.51.100.50",
-         "updated_at": int(NOW), "candidates": [{"kind": "local", "address": "10.1.0.3:51820"}]},
-    ])
-    config, fetch = _hub_agent(tmp_path, feed)
+    config, fetch = _hub_agent(tmp_path)
+    fetch.bodies[config.source_url] = ORG.sign(ORG.manifest([
+        device("alpha", 1, "10.77.0.1", relay=True, endpoint="203.0.113.1:51820"),
+        device("beta", 2, "10.77.0.2", endpoint="198.51.100.2:51820"),
+        device("gamma", 3, "10.77.0.3")]))
     backend = FakeBackend()
     run(config, fetch, backend, local_ip=lambda: "10.1.0.1")
     beta, gamma = wg_keypair(2)[1], wg_keypair(3)[1]
-    assert backend.state.peers[gamma].endpoint == "10.1.0.3:51820"  # same site: LAN
     peers = dict(backend.state.peers)
     peers[beta] = replace(peers[beta], last_handshake=NOW - 100, rx_bytes=10)
-    peers[gamma] = replace(peers[gamma], last_handshake=NOW - 100, rx_bytes=10)
+    peers[gamma] = replace(peers[gamma], last_handshake=NOW - 100, rx_bytes=10)  # no endpoint
     backend.state = replace(backend.state, peers=peers)
     run(config, fetch, backend, now=NOW + 5, local_ip=lambda: "10.1.0.1")
     peers[beta] = replace(peers[beta], rx_bytes=99)  # traffic, no new handshake
     backend.state = replace(backend.state, peers=peers)
     run(config, fetch, backend, now=NOW + 9, local_ip=lambda: "10.1.0.1")
-    # gamma (LAN: a private address) is not reflected; beta is, dated by its traffic
+    # beta is reflected, dated by its traffic; gamma has no endpoint to report
     assert fetch.posts[-1][1]["observations"] == [
         {"peer": "beta", "endpoint": "198.51.100.2:51820", "last_handshake": int(NOW + 9)}]
+
+
+def test_a_device_that_is_not_a_relay_reports_no_observations(tmp_path) -> None:
+    from dataclasses import replace
+
+    config, fetch = _hub_agent(tmp_path)
+    backend = FakeBackend()
+    run(config, fetch, backend, local_ip=lambda: "10.1.0.1")
+    beta = wg_keypair(2)[1]
+    peers = dict(backend.state.peers)
+    peers[beta] = replace(peers[beta], last_handshake=NOW - 1, rx_bytes=10)
+    backend.state = replace(backend.state, peers=peers)
+    run(config, fetch, backend, now=NOW + 5, local_ip=lambda: "10.1.0.1")
+    assert fetch.posts[-1][1]["observations"] == []  # the hub takes them from relays only
 
 
 def test_a_move_is_detected_without_stun_too(tmp_path) -> None:
@@ -616,7 +627,9 @@ def test_a_relay_with_more_peers_than_the_report_limit_sends_the_freshest() -> N
     peers = {f"K{i}": ObservedPeer(f"K{i}", (), endpoint=f"198.51.100.{i % 250 + 1}:{1000 + i}",
                                    last_handshake=NOW - i) for i in range(n)}
     names = {f"K{i}": f"p{i:05d}" for i in range(n)}
-    body = build_report(three(), "alpha", ObservedInterface("mo", True, peers=peers),
+    relay = ORG.manifest([device("alpha", 1, "10.77.0.1", relay=True,
+                                endpoint="203.0.113.1:51820")])
+    body = build_report(relay, "alpha", ObservedInterface("mo", True, peers=peers),
                         names_by_key=names, listen_port=51820)
     got = body["observations"]
     assert len(got) == MAX_OBSERVATIONS
