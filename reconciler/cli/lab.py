@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--prefix", default="mo-lab", help="namespace prefix (default mo-lab)")
         p.add_argument("--dir", type=Path, help="lab state directory (default .lab/PREFIX)")
         if name == "demo":
-            p.add_argument("--once", action="store_true", help="print one full table, exit 0 iff every pair connects")
+            p.add_argument("--once", action="store_true",
+                           help="print one full table, exit 0 iff every pair connects and every "
+                                "policy verdict holds on the wire")
             p.add_argument("--timeout", type=float, default=90, help="seconds to wait for the mesh (default 90)")
         p.set_defaults(handler=func)
 
@@ -67,19 +69,51 @@ def _status(args) -> int:
     lab = _lab(args)
     load_identities(lab)
     rows = lab.table()
-    _print_table(rows, lab)
-    return 0 if all(r.ok for r in rows) else 1
+    return 0 if _print_table(rows, lab) else 1
 
 
-def _print_table(rows, lab) -> None:
+def _verdicts(lab, rows) -> dict:
+    """Per pair: (allowed flow, it passed), (denied flow, it was blocked), sent for real."""
+    probes = lab.verdict_probes([(r.src, r.dst) for r in rows])
+    wanted = [f for pair in probes.values() for f in pair if f is not None]
+    wire = lab.send(wanted)
+    return {pair: tuple((f, wire[f]) if f is not None else None for f in both)
+            for pair, both in probes.items()}
+
+
+def _cell(item, *, allowed: bool) -> tuple[str, bool]:
+    if item is None:
+        return "-", True
+    flow, passed = item
+    good = passed if allowed else not passed
+    word = ("passes" if passed else "BLOCKED") if allowed else ("blocked" if not passed
+                                                                else "PASSES")
+    return f"{flow.proto}/{flow.port} {word}", good
+
+
+def _print_table(rows, lab) -> bool:
+    """The connectivity table with the policy verdicts seen on the wire: for
+    each pair one flow the policy allows (it must pass both ways) and one it
+    denies (it must carry nothing). True when every pair connects and every
+    verdict holds."""
     expected = {(e.src, e.dst): e.kind for e in lab.expectations()}
-    print(f"{'from':8} {'to':8} {'path':14} {'expected':9} {'handshake':>10} {'rtt':>9}")
+    verdicts = _verdicts(lab, rows)
+    print(f"{'from':8} {'to':8} {'path':14} {'expected':9} {'handshake':>10} {'rtt':>9}  "
+          f"{'allowed probe':20} {'denied probe':20}")
+    held = 0
     for r in rows:
         hs = "-" if r.handshake_age is None else f"{r.handshake_age:.0f}s ago"
         rtt = "no reply" if r.rtt_ms is None else f"{r.rtt_ms:.2f}ms"
-        print(f"{r.src:8} {r.dst:8} {r.path:14} {expected.get((r.src, r.dst), '?'):9} {hs:>10} {rtt:>9}")
+        allowed, denied = verdicts.get((r.src, r.dst), (None, None))
+        a_text, a_ok = _cell(allowed, allowed=True)
+        d_text, d_ok = _cell(denied, allowed=False)
+        held += a_ok and d_ok
+        print(f"{r.src:8} {r.dst:8} {r.path:14} {expected.get((r.src, r.dst), '?'):9} {hs:>10} "
+              f"{rtt:>9}  {a_text:20} {d_text:20}")
     ok = sum(r.ok for r in rows)
-    print(f"{ok}/{len(rows)} pairs connected", flush=True)
+    print(f"{ok}/{len(rows)} pairs connected; policy held on the wire for {held}/{len(rows)} "
+          "pairs (allowed probe passed, denied probe blocked)", flush=True)
+    return ok == len(rows) and held == len(rows)
 
 
 def _demo(args) -> int:
@@ -99,9 +133,9 @@ def _demo(args) -> int:
         while True:
             rows = lab.table()
             print()
-            _print_table(rows, lab)
+            good = _print_table(rows, lab)
             if args.once:
-                return 0 if all(r.ok for r in rows) else 1
+                return 0 if good else 1
             for _ in range(20):
                 if stop["now"]:
                     return 0

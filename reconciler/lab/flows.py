@@ -144,3 +144,31 @@ def _send_from(src: str, flows: list[Flow], ns_of: Callable[[str], str],
         for item in json.loads(proc.stdout):
             out[socket_flows[int(item["id"])]] = bool(item["ok"])
     return out
+
+
+WHOAMI_PORT = 8081
+
+
+def whoami(src_ns: str, server_ns: str, server_ip: str, *, port: int = WHOAMI_PORT,
+           timeout: float = 2.0) -> str | None:
+    """The source address ``server_ip`` sees for a TCP connection from
+    ``src_ns`` (a probe answering on ``port`` runs in ``server_ns`` for the
+    call), or None when no answer came back."""
+    argv = in_ns(server_ns, sys.executable, "-m", "reconciler.lab.probe", "serve",
+                 "--whoami", str(port))
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            return None
+        proc = subprocess.run(in_ns(src_ns, sys.executable, "-m", "reconciler.lab.probe",
+                                    "whoami", server_ip, str(port), "--timeout", str(timeout)),
+                              capture_output=True, text=True, timeout=timeout + 30, check=False)
+        return proc.stdout.strip() or None if proc.returncode == 0 else None
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -3,7 +3,9 @@
 ``serve --tcp 22,8080 --udp 53`` listens on every address of the namespace
 and answers each TCP connection and each UDP datagram with ``pong:`` plus
 what it received; it prints ``ready`` once every port is bound and runs until
-SIGTERM. ``send FLOWS_JSON`` tries each flow (``{"id", "dst", "proto",
+SIGTERM; ``--whoami PORT`` adds a TCP port that answers each connection with
+the source address it came from (``whoami HOST PORT`` prints that answer).
+``send FLOWS_JSON`` tries each flow (``{"id", "dst", "proto",
 "port"}``) at once, in threads, and prints one JSON list of ``{"id", "ok",
 "detail"}``: ``ok`` only when the answer came back, so an accepted flow has
 carried data both ways. Stdlib only; started by ``reconciler.lab.flows``
@@ -30,8 +32,15 @@ def _ports(text: str) -> list[int]:
     return [int(p) for p in text.split(",") if p]
 
 
-def serve(tcp: list[int], udp: list[int]) -> None:
+def serve(tcp: list[int], udp: list[int], whoami: int | None = None) -> None:
     sel = selectors.DefaultSelector()
+    if whoami is not None:
+        w = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        w.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        w.bind(("0.0.0.0", whoami))
+        w.listen(16)
+        w.setblocking(False)
+        sel.register(w, selectors.EVENT_READ, "whoami")
     for port in tcp:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -59,8 +68,15 @@ def serve(tcp: list[int], udp: list[int]) -> None:
                     pass
                 continue
             try:
-                conn, _ = sock.accept()
+                conn, peer = sock.accept()
             except OSError:
+                continue
+            if key.data == "whoami":
+                with conn:
+                    try:
+                        conn.sendall(str(peer[0]).encode())
+                    except OSError:
+                        pass
                 continue
             threading.Thread(target=_answer, args=(conn,), daemon=True).start()
 
@@ -113,12 +129,26 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve")
     s.add_argument("--tcp", type=_ports, default=[])
     s.add_argument("--udp", type=_ports, default=[])
+    s.add_argument("--whoami", type=int)
+    w = sub.add_parser("whoami")
+    w.add_argument("host")
+    w.add_argument("port", type=int)
+    w.add_argument("--timeout", type=float, default=2.0)
     c = sub.add_parser("send")
     c.add_argument("flows")
     c.add_argument("--timeout", type=float, default=1.0)
     args = parser.parse_args(argv)
     if args.cmd == "serve":
-        serve(args.tcp, args.udp)
+        serve(args.tcp, args.udp, args.whoami)
+        return 0
+    if args.cmd == "whoami":
+        try:
+            with socket.create_connection((args.host, args.port), timeout=args.timeout) as s:
+                s.settimeout(args.timeout)
+                print(s.recv(256).decode())
+        except OSError as exc:
+            print(f"probe: whoami {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
         return 0
     print(json.dumps(send(json.loads(args.flows), args.timeout)))
     return 0

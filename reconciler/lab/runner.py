@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.lab import matrix
+from reconciler.lab import flows, matrix
 from reconciler.lab.netns import LabError, Ledger, Netns, Proc, in_ns, run, stop_proc, teardown
 from reconciler.lab.topology import Node, Topology, attach_to_site, build_network
+from reconciler.model.repo import OrgState
 
 MESHOPS = (sys.executable, "-m", "reconciler")
 
@@ -43,6 +44,51 @@ LAB_HYSTERESIS = {
     "retry_max": 60.0,
     "stable_after": 60.0,
 }
+
+
+# The lab org's policy (issue 11): every pair pings, a few services are open,
+# everything else is denied on the wire (receivers, relays, the subnet router).
+LAB_POLICY = """\
+kind: Policy
+description: The NAT lab. Every pair pings; a few services are open; the rest is denied.
+rules:
+  - name: ping
+    src: ["*"]
+    dst: ["*"]
+    proto: icmp
+  - name: web-on-pub
+    src: ["*"]
+    dst: [device:pub]
+    proto: tcp
+    ports: [8080]
+  - name: ssh-from-a1
+    src: [device:a1]
+    dst: ["*"]
+    proto: tcp
+    ports: [22]
+  - name: dns-on-d1
+    src: [device:b1, device:c1]
+    dst: [device:d1]
+    proto: udp
+    ports: [5353]
+  - name: site-a-lan-web
+    src: [device:b1, device:d1]
+    dst: ["route:{lan}.0/24"]
+    proto: tcp
+    ports: [80]
+  - name: c1-internet
+    src: [device:{client}]
+    dst: [internet]
+    proto: any
+tests:
+  - {{src: b1, dst: c1, proto: tcp, port: 22, expect: deny}}
+  - {{src: a1, dst: c1, proto: tcp, port: 22, expect: accept}}
+  - {{src: c1, dst: d1, proto: udp, port: 5353, expect: accept}}
+  - {{src: d1, dst: c1, proto: udp, port: 5353, expect: deny}}
+  - {{src: c1, dst: b1, proto: tcp, port: 8080, expect: deny}}
+"""
+# Probes offered per pair for the demo's verdict column, in order of preference.
+PROBES = (("tcp", 8080), ("tcp", 22), ("udp", 5353), ("tcp", 9090), ("udp", 9090))
 
 
 def _device_keys(init_output: str) -> dict[str, str]:
@@ -137,11 +183,12 @@ class Lab:
         self.git("add", "-A")
         self.git("commit", "-qm", "lab: mesh, org and CA")
         self.meshops("hub", "publish", str(self.repo), "--out", str(self.out), "--gnupghome", str(self.gnupg))
-        self.log("lab: enrolling devices (agent init + device add)")
+        self.log("lab: enrolling devices (agent init + device add), policy, router, exit node")
         for node in self.topo.nodes:
             self.enroll(node)
+        self._write_policy_and_roles()
         self.git("add", "-A")
-        self.git("commit", "-qm", "lab: enroll devices")
+        self.git("commit", "-qm", "lab: enroll devices, policy, subnet router and exit node")
         self.log("lab: starting stund, the hub and the agents")
         self._start_services()
         for node in self.topo.nodes:
@@ -190,6 +237,35 @@ class Lab:
         run(["git", "init", "-q", "-b", "main", str(self.repo)])
         self.git("config", "user.email", "lab@example.invalid")
         self.git("config", "user.name", "meshops lab")
+
+    def device_file(self, name: str) -> Path:
+        return self.repo / "orgs" / self.topo.org / "devices" / f"{name}.yaml"
+
+    def _write_policy_and_roles(self) -> None:
+        t = self.topo
+        (self.repo / "orgs" / t.org / "policy.yaml").write_text(
+            LAB_POLICY.format(lan=t.router_lan, client=t.exit_client))
+        with self.device_file(t.router).open("a") as f:
+            f.write(f"routes:\n  - {t.router_lan}.0/24\n")
+        with self.device_file(t.exit_node).open("a") as f:
+            f.write("exit_node: true\n")
+        self.set_exit_node(t.exit_client, t.exit_node, commit=False)
+
+    def set_exit_node(self, name: str, exit_node: str | None, *, commit: bool = True) -> None:
+        """``use_exit_node: EXIT`` in ``name``'s device file (None: the line goes)."""
+        path = self.device_file(name)
+        lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("use_exit_node:")]
+        if exit_node is not None:
+            lines.append(f"use_exit_node: {exit_node}")
+        path.write_text("\n".join(lines) + "\n")
+        if commit:
+            self.git("add", "-A")
+            self.git("commit", "-qm", f"lab: {name} uses exit node {exit_node}")
+
+    def commit_policy(self, text: str, message: str) -> None:
+        (self.repo / "orgs" / self.topo.org / "policy.yaml").write_text(text)
+        self.git("add", "-A")
+        self.git("commit", "-qm", message)
 
     def enroll(self, node: Node) -> None:
         d = self.node_dir(node.name)
@@ -274,6 +350,61 @@ class Lab:
         scenarios poll (a full ``probe`` retries for up to 3 s, which would
         make the measurement that coarse)."""
         return matrix.ping(self.topo.ns(src), self.tunnel_ip[dst], timeout=timeout) is not None
+
+    # ------------------------------------------------------------------ policy on the wire
+    def org_state(self) -> OrgState:
+        """The lab org at the repository's HEAD (what the hub serves)."""
+        from reconciler.config import load
+
+        result = load(self.repo, "HEAD")
+        if result.repo is None:
+            raise LabError("the lab repository does not validate: "
+                           + "; ".join(str(p) for p in result.problems[:3]))
+        return result.repo.orgs[self.topo.org]
+
+    def address(self, name: str) -> str:
+        """Where flows to ``name`` go: a node's tunnel IP, the LAN host's address."""
+        if name == self.topo.lan_host:
+            return self.topo.lan_host_ip
+        return self.tunnel_ip[name]
+
+    def send(self, flow_list: Iterable[flows.Flow], timeout: float = 1.0) -> dict[flows.Flow, bool]:
+        return flows.run_flows(list(flow_list), ns_of=self.topo.ns, addr_of=self.address,
+                               timeout=timeout)
+
+    def verdict_probes(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], tuple[
+            flows.Flow | None, flows.Flow | None]]:
+        """Per pair, one flow the policy allows and one it denies (engine's view)."""
+        org = self.org_state()
+        out = {}
+        for a, b in pairs:
+            candidates = [flows.Flow(a, b, proto, port) for proto, port in PROBES]
+            verdict = flows.engine_verdicts(org, candidates)
+            allowed = next((f for f in candidates if verdict[f]), None)
+            denied = next((f for f in candidates if not verdict[f]), None)
+            out[(a, b)] = (allowed, denied)
+        return out
+
+    def applied_serials(self) -> dict[str, int]:
+        """The manifest serial each running node last applied (its ``applied.json``)."""
+        out = {}
+        for name in self.keys:
+            try:
+                doc = json.loads((self.node_dir(name) / "state" / "applied.json").read_text())
+                out[name] = int(doc["serial"])
+            except (OSError, ValueError, KeyError, TypeError):
+                out[name] = 0
+        return out
+
+    def wait_applied(self, before: dict[str, int], timeout: float = 60) -> float | None:
+        """Seconds until every node applied a serial above ``before``'s."""
+        return self.wait_until(lambda: all(self.applied_serials()[n] > s
+                                           for n, s in before.items()), timeout, step=0.3)
+
+    def seen_source(self, name: str, timeout: float = 2.0) -> str | None:
+        """The source address the lab-internet host ``web`` sees from ``name``."""
+        return flows.whoami(self.topo.ns(name), self.topo.ns("web"), self.topo.web_ip,
+                            timeout=timeout)
 
     def pairs(self, names: Iterable[str] | None = None) -> list[tuple[str, str]]:
         nodes = [n for n in (names or self.keys) if n in self.keys]

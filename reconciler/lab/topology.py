@@ -17,6 +17,13 @@ Nothing touches the root namespace.
   + STUN                                                      /    \          |          |          |
                                                              a1    a2        b1         c1         d1
                                                         10.10.1.11 .12  10.10.2.11  10.10.3.11  10.10.4.11
+                                                             |
+                                                           ahost 10.20.1.50 (no agent)
+
+Policy on the wire (issue 11): ``a1`` is a subnet router for ``10.20.1.0/24``,
+where ``ahost`` runs no agent; ``pub`` is an exit node that ``c1`` uses, and
+``web`` (``198.51.100.90``) is a host on the lab internet that reports the
+source address it sees.
 """
 
 from __future__ import annotations
@@ -57,6 +64,12 @@ class Topology:
     wg_port: int = 51820
     org: str = "lab"
     org_cidr: str = "10.99.0.0/24"
+    router: str = "a1"  # subnet router for router_lan, where lan_host runs no agent
+    router_lan: str = "10.20.1"  # a /24 prefix behind the router
+    lan_host: str = "ahost"
+    exit_node: str = "pub"
+    exit_client: str = "c1"
+    web_ip: str = f"{NET_A}.90"  # a host on the lab internet
     sites: tuple[Site, ...] = (
         Site("a", f"{NET_A}.50", "10.10.1", symmetric=False),
         Site("b", f"{NET_A}.60", "10.10.2", symmetric=True),
@@ -87,6 +100,10 @@ class Topology:
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
+
+    @property
+    def lan_host_ip(self) -> str:
+        return f"{self.router_lan}.50"
 
     @property
     def hub_url(self) -> str:
@@ -121,6 +138,7 @@ def build_network(topo: Topology, nn: Netns) -> None:
         if node.site is None:
             # relays: the agent enables forwarding itself (SetForwarding); the lab must not
             on_internet(node.name, [node.ip])
+    on_internet("web", [topo.web_ip])
     for site in topo.sites:
         gw = on_internet(f"gw-{site.name}", [site.wan_ip], forward=True)
         nn.bridge(gw, "lan")
@@ -129,6 +147,13 @@ def build_network(topo: Topology, nn: Netns) -> None:
         for node in topo.nodes:
             if node.site == site.name:
                 attach_to_site(topo, nn, node.name, site, node.ip, create_ns=True)
+    # the subnet router's second LAN, with a host that runs no agent
+    host = nn.add_ns(topo.ns(topo.lan_host))
+    router = topo.ns(topo.router)
+    nn.veth(router, "lan2", host, "eth0")
+    nn.addr(router, "lan2", f"{topo.router_lan}.1/24")
+    nn.addr(host, "eth0", f"{topo.router_lan}.50/24")
+    nn.route(host, "default", via=f"{topo.router_lan}.1")
 
 
 def attach_to_site(topo: Topology, nn: Netns, node: str, site: Site, ip: str, *, create_ns: bool) -> None:
