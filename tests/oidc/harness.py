@@ -175,12 +175,13 @@ class _Forms(html.parser.HTMLParser):
 
 def _walk(opener: urllib.request.OpenerDirector, url: str, login: str, *, abort: bool) -> str:
     data: bytes | None = None
+    aborted = False
     for _ in range(8):
         with opener.open(url, data, timeout=10) as resp:
             page, here = resp.read().decode(), resp.url
         parser = _Forms()
         parser.feed(page)
-        if not parser.forms:
+        if not parser.forms or aborted:
             return page
         form = parser.forms[0]
         fields: dict[str, str] = {}
@@ -200,6 +201,7 @@ def _walk(opener: urllib.request.OpenerDirector, url: str, login: str, *, abort:
                 fields[name] = inp.get("value", "")
         if abort and "abort" in fields:
             fields.pop("confirm", None)
+            aborted = True
         url, data = urllib.parse.urljoin(here, str(form["action"])), urllib.parse.urlencode(
             fields).encode()
     raise RuntimeError(f"the provider's pages did not finish after 8 steps (at {url})")

@@ -96,6 +96,8 @@ async function serve(opts) {
       deviceFlow: { enabled: true },
       revocation: { enabled: false },
     },
+    // the scope's claims (email) go into the ID token, which is all the hub sees
+    conformIdTokenClaims: false,
     claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
     scopes: ['openid', 'email', 'profile'],
     cookies: { keys: [randomBytes(16).toString('hex')] },
