@@ -54,6 +54,7 @@ class NewDevice:
     relay: bool = False
     endpoint: str | None = None
     description: str = ""
+    expires: str | None = None  # 2027-01-31T00:00:00Z (hub enrollment: org lifetime)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ def render_device(device: Device) -> str:
         lines.append("relay: true")
     if device.endpoint:
         lines.append(f"endpoint: {scalar(device.endpoint)}")
+    if device.expires:
+        lines.append(f"expires: {json.dumps(device.expires)}")
     return "\n".join(lines) + "\n"
 
 
@@ -185,6 +188,7 @@ def add_device(repo_path: str | os.PathLike[str], req: NewDevice, *,
         name=req.name, org=req.org, owner=owner, wireguard_public_key=req.wireguard_key,
         identity_public_key=req.identity_key, tunnel_ips=tuple(ips), tags=tuple(req.tags),
         relay=req.relay, endpoint=req.endpoint, description=req.description,
+        expires=req.expires,
     )
     final = root / rel
     try:

@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from reconciler.errors import MeshopsError, PkiError, TemporaryError
+from reconciler.hub.enroll import Enrollment
 from reconciler.hub.feedstore import Observation
 from reconciler.hub.metrics import CONTENT_TYPE
 from reconciler.hub.serve import Hub
@@ -381,7 +382,8 @@ async def _errors(
     return response
 
 
-def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert) -> web.Application:
+def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert,
+             enroll: Enrollment | None = None) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[HUB_KEY] = hub
     app[PEER_KEY] = peer_cert
@@ -392,4 +394,6 @@ def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert) -> web.Applicatio
     app.router.add_get("/v1/orgs/{org}/crl", get_crl)
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/metrics", get_metrics)
+    if enroll is not None:  # GET/POST /v1/orgs/{org}/enroll (reconciler.hub.enroll)
+        enroll.add_routes(app)
     return app

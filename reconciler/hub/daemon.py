@@ -65,6 +65,8 @@ class ServeConfig:
     refresh: float = 6 * 3600  # re-publish the served commit (renewals, manifest not_after)
     plain_http: bool = False  # tests/behind a TLS-terminating proxy only: no mTLS then
     pipeline: Pipeline | None = None  # injected by tests; default: PublisherPipeline
+    commit_key: str | None = None  # GPG key for the hub's enrollment commits (git commit -S)
+    oidc_ca_file: str | None = None  # CA bundle for the orgs' OpenID issuers (default: system)
     now: Callable[[], float] = time.time
 
     def db_url(self) -> str:
@@ -195,7 +197,15 @@ async def start(config: ServeConfig) -> Running:
     gc_task = asyncio.get_running_loop().create_task(tame_gc(), name="gc")
     running._stop.append(gc_task.cancel)
 
-    app = make_app(hub)
+    from reconciler.hub.enroll import Enrollment
+    from reconciler.identity.http import UrllibTransport
+
+    enroll = Enrollment(
+        repo_path=repo_path, push_url=config.repo, branch=config.branch,
+        served_commit=lambda: hub.snapshot.commit if hub.snapshot else None, now=config.now,
+        commit_key=config.commit_key, gnupghome=config.gnupghome,
+        transport=UrllibTransport(ca_file=config.oidc_ca_file))
+    app = make_app(hub, enroll=enroll)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     running._stop.append(runner.cleanup)

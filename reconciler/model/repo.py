@@ -129,7 +129,7 @@ def parse_expiry(text: str) -> float | None:
         if "T" not in text:
             return datetime.combine(date.fromisoformat(text), datetime.min.time(),
                                     UTC).timestamp()
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(text)  # 3.11+ reads a trailing Z
     except ValueError:
         return None
     return when.timestamp() if when.tzinfo is not None else None

@@ -1,0 +1,224 @@
+"""``POST /v1/orgs/{org}/enroll`` end to end: ID tokens from the real OpenID
+provider, a real git repository pushed to a real bare remote, and every refusal."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from oidc.fixture import make_oidc, oidc  # noqa: F401  (pytest fixtures)
+
+from reconciler.config import load
+from reconciler.hub.api import make_app
+from reconciler.hub.enroll import Enrollment
+from reconciler.hub.feedstore import FeedStore
+from reconciler.hub.serve import Hub
+from reconciler.identity.http import UrllibTransport
+from reconciler.identity.request import make_body, signing_input
+
+from .conftest_serve import FakePipeline, make_org, run
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
+
+
+def git(*args: str, cwd: Path | str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def user_yaml(name: str, issuer: str, sub: str, role: str = "member", extra: str = "") -> str:
+    return (f"kind: User\nname: {name}\nemail: {name}@example.com\noidc:\n  issuer: {issuer}\n"
+            f"  subject: {sub}\nrole: {role}\n{extra}")
+
+
+class World:
+    def __init__(self, tmp: Path, issuer: str, auto: str = "") -> None:
+        src = tmp / "src"
+        shutil.copytree(EXAMPLE, src)
+        org = src / "orgs/acme/organization.yaml"
+        org.write_text(org.read_text() + "  device_lifetime_days: 90\n"
+                       f"enrollment:\n  issuer: {issuer}\n  client_id: meshops\n{auto}")
+        users = src / "orgs/acme/users"
+        (users / "alice.yaml").write_text(user_yaml("alice", issuer, "alice", "owner"))
+        (users / "bob.yaml").write_text(user_yaml("bob", issuer, "bob"))
+        (users / "carol.yaml").write_text(user_yaml("carol", issuer, "carol", "member",
+                                                    "disabled: true\n"))
+        (src / "orgs/globex/users/eve.yaml").write_text(user_yaml("eve", issuer, "mallory"))
+        git("init", "-q", "-b", "main", cwd=src)
+        git("add", "-A", cwd=src)
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=src)
+        assert load(src).repo is not None, load(src).problems
+        self.remote = tmp / "remote.git"
+        git("clone", "-q", "--bare", str(src), str(self.remote), cwd=tmp)
+        self.mirror = tmp / "mirror.git"
+        git("clone", "-q", "--bare", str(self.remote), str(self.mirror), cwd=tmp)
+        self.base = git("rev-parse", "main", cwd=self.mirror)
+        self.clock = [time.time()]
+
+    def service(self, provider) -> Enrollment:
+        return Enrollment(repo_path=str(self.mirror), push_url=str(self.remote), branch="main",
+                          served_commit=lambda: self.base, now=lambda: self.clock[0],
+                          transport=UrllibTransport(context=provider.ssl_context()))
+
+
+def signed(org: str, name: str, token: str, *, ts: float, key=None, wg=None) -> dict:
+    key = key or Ed25519PrivateKey.generate()
+    raw = serialization.Encoding.Raw
+    pub = base64.b64encode(key.public_key().public_bytes(
+        raw, serialization.PublicFormat.Raw)).decode()
+    wg_pub = base64.b64encode((wg or X25519PrivateKey.generate()).public_key().public_bytes(
+        raw, serialization.PublicFormat.Raw)).decode()
+    body = make_body(org=org, name=name, id_token=token, wireguard_public_key=wg_pub,
+                     identity_public_key=pub, timestamp=int(ts))
+    return {"request": body, "signature": base64.b64encode(key.sign(signing_input(body))).decode()}
+
+
+async def _client(service: Enrollment, tmp: Path):
+    hub = Hub(pipeline=FakePipeline([make_org("acme", "10.20.0.0/16")]),
+              store=FeedStore(f"sqlite:///{tmp}/hub.db"))
+    await hub.start()
+    client = TestClient(TestServer(make_app(hub, enroll=service)))
+    await client.start_server()
+    return client, hub
+
+
+def _enroll(world: World, provider, tmp: Path, requests: list) -> list:
+    async def go() -> list:
+        client, hub = await _client(world.service(provider), tmp)
+        out = []
+        try:
+            for org, doc in requests:
+                resp = await client.post(f"/v1/orgs/{org}/enroll", json=doc)
+                out.append((resp.status, await resp.json()))
+        finally:
+            await client.close()
+            await hub.close()
+        return out
+    return run(go())
+
+
+def test_enrollment_pushes_a_branch_with_the_device_file(oidc, tmp_path):  # noqa: F811
+    world = World(tmp_path, oidc.issuer)
+    token = oidc.device_token("bob")["id_token"]
+    [(status, doc)] = _enroll(world, oidc, tmp_path,
+                              [("acme", signed("acme", "bob-laptop", token, ts=world.clock[0]))])
+    assert status == 201, doc
+    assert doc["status"] == "pending-review" and doc["branch"] == "enroll/acme/bob-laptop"
+    assert doc["owner"] == "bob" and doc["tunnel_ips"]
+    # the branch is on the remote, one commit on top of the served commit, adding one file
+    head = git("rev-parse", "refs/heads/enroll/acme/bob-laptop", cwd=world.remote)
+    assert head == doc["commit"]
+    assert git("rev-parse", f"{head}^", cwd=world.remote) == world.base
+    changed = git("diff", "--name-status", world.base, head, cwd=world.remote)
+    assert changed == "A\torgs/acme/devices/bob-laptop.yaml"
+    text = git("show", f"{head}:orgs/acme/devices/bob-laptop.yaml", cwd=world.remote)
+    assert "owner: bob" in text and "expires: " in text
+    assert git("rev-parse", "main", cwd=world.remote) == world.base  # main untouched
+    message = git("log", "-1", "--format=%B", head, cwd=world.remote)
+    assert "Meshops-Enroll-User: bob" in message and token not in message
+    # the branch loads as a valid repository: `meshops plan` on it shows the new device
+    assert load(str(world.remote), head).repo.orgs["acme"].devices["bob-laptop"].owner == "bob"
+
+
+def test_auto_approval_commits_to_the_followed_branch(oidc, tmp_path):  # noqa: F811
+    auto = "  auto_approve:\n    roles: [owner]\n    max_devices_per_user: 5\n"
+    world = World(tmp_path, oidc.issuer, auto)
+    owner = oidc.device_token("alice")["id_token"]
+    member = oidc.device_token("bob")["id_token"]
+    results = _enroll(world, oidc, tmp_path, [
+        ("acme", signed("acme", "alice-2", owner, ts=world.clock[0])),
+        ("acme", signed("acme", "bob-2", member, ts=world.clock[0]))])
+    (s1, d1), (s2, d2) = results
+    assert (s1, d1["status"], d1["branch"]) == (201, "approved", "main")
+    assert git("rev-parse", "main", cwd=world.remote) == d1["commit"]
+    assert (s2, d2["status"]) == (201, "pending-review")  # member: a branch for review
+
+
+def test_refusals_each_have_their_own_reason(oidc, make_oidc, tmp_path):  # noqa: F811
+    world = World(tmp_path, oidc.issuer)
+    now = world.clock[0]
+    bob = oidc.device_token("bob")["id_token"]
+    other = make_oidc().device_token("bob")["id_token"]
+    good = signed("acme", "bob-x", bob, ts=now)
+    tampered = dict(good, request=dict(good["request"], name="bob-y"))
+    cases = [
+        ("acme", signed("acme", "dave-1", oidc.device_token("dave")["id_token"], ts=now),
+         403, "unknown-user"),
+        ("acme", signed("acme", "eve-1", oidc.device_token("mallory")["id_token"], ts=now),
+         403, "other-org"),
+        ("acme", signed("acme", "carol-1", oidc.device_token("carol")["id_token"], ts=now),
+         403, "disabled-user"),
+        ("acme", signed("acme", "bob-a", oidc.device_token("bob", "other-client")["id_token"],
+                        ts=now), 401, "wrong-audience"),
+        ("acme", signed("acme", "bob-b", other, ts=now), 401, "wrong-issuer"),
+        ("acme", tampered, 401, "bad-request-signature"),
+        ("acme", signed("acme", "bob-c", bob, ts=now - 1000), 401, "stale-request"),
+        ("globex", signed("globex", "bob-d", bob, ts=now), 404, "not-enabled"),
+        ("globex", signed("acme", "bob-e", bob, ts=now), 400, "bad-request"),
+        ("acme", {"request": {}, "signature": ""}, 400, "bad-request"),
+        ("acme", signed("acme", "laptop-bob", bob, ts=now), 409, "device-exists"),
+        ("acme", signed("acme", "Bad_Name", bob, ts=now), 400, "bad-request"),
+        ("acme", good, 201, None),
+        ("acme", signed("acme", "bob-x", bob, ts=now), 409, "enrollment-pending"),
+    ]
+    results = _enroll(world, oidc, tmp_path, [(org, doc) for org, doc, _, _ in cases])
+    for (_, _, status, reason), (got, doc) in zip(cases, results, strict=True):
+        assert got == status, (reason, doc)
+        if reason:
+            assert doc["error"] == reason, doc
+    # refusals left nothing behind: only the one good branch exists
+    heads = git("for-each-ref", "--format=%(refname)", "refs/heads", cwd=world.remote).split()
+    assert sorted(heads) == ["refs/heads/enroll/acme/bob-x", "refs/heads/main"]
+
+
+def test_a_pending_branch_is_never_overwritten(oidc, tmp_path):  # noqa: F811
+    world = World(tmp_path, oidc.issuer)
+    token = oidc.device_token("bob")["id_token"]
+    first = signed("acme", "bob-z", token, ts=world.clock[0])
+    second = signed("acme", "bob-z", token, ts=world.clock[0])
+    (s1, d1), (s2, d2) = _enroll(world, oidc, tmp_path, [("acme", first), ("acme", second)])
+    assert s1 == 201
+    assert (s2, d2["error"]) == (409, "enrollment-pending")
+    assert git("rev-parse", "refs/heads/enroll/acme/bob-z", cwd=world.remote) == d1["commit"]
+
+
+@pytest.mark.parametrize("body", [b"{", b"[" * 50 + b"]" * 50, b"x" * 40000])
+def test_malformed_bodies(oidc, tmp_path, body):  # noqa: F811
+    world = World(tmp_path, oidc.issuer)
+
+    async def go():
+        client, hub = await _client(world.service(oidc), tmp_path)
+        try:
+            resp = await client.post("/v1/orgs/acme/enroll", data=body)
+            return resp.status, await resp.json()
+        finally:
+            await client.close()
+            await hub.close()
+    status, doc = run(go())
+    assert status in (400, 413) and doc["error"] in ("not-json", "too-deep", "too-large")
+
+
+def test_get_enroll_tells_issuer_and_client(oidc, tmp_path):  # noqa: F811
+    world = World(tmp_path, oidc.issuer)
+
+    async def go():
+        client, hub = await _client(world.service(oidc), tmp_path)
+        try:
+            a = await client.get("/v1/orgs/acme/enroll")
+            b = await client.get("/v1/orgs/globex/enroll")
+            return a.status, await a.json(), b.status
+        finally:
+            await client.close()
+            await hub.close()
+    status, doc, other = run(go())
+    assert status == 200 and doc == {"issuer": oidc.issuer, "client_id": "meshops",
+                                     "scope": "openid email"}
+    assert other == 404
