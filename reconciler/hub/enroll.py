@@ -28,7 +28,9 @@ draws the flow.
      - or, when the org's ``auto_approve`` admits the user's role and the
        user owns fewer than ``max_devices_per_user`` devices, straight to
        the followed branch (a fast-forward; 409 ``branch-moved`` if it moved,
-       and the agent may simply retry).
+       and the agent may simply retry). A hub that follows a local, non-bare
+       checkout cannot move its checked-out branch; the enrollment then goes
+       to the review branch and the answer says ``pending-review``.
 
 Every refusal is ``{"error": REASON, "message": ...}`` with 400 (bad body),
 401 (token, signature, time), 403 (user), 404 (org) or 409 (name/branch).
@@ -90,7 +92,14 @@ STATUS = {  # IdentityRefused.reason -> HTTP status
 
 
 class GitFailed(MeshopsError):
-    pass
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output  # git's whole stdout and stderr, to tell refusals apart
+
+
+class _CheckedOut(GitFailed):
+    """The followed branch is checked out in a non-bare repository (git refuses
+    to move it under someone's working tree)."""
 
 
 @dataclass
@@ -175,9 +184,10 @@ class Enrollment:
                 "%Y-%m-%dT%H:%M:%SZ")
         commit, ips, target = self._commit_and_push(org, body, user, claims.subject, expires,
                                                     auto)
+        approved = target == self.branch
         log.info("enrolled %s/%s for user %s: %s %s", org, body["name"], user.name,
-                 "pushed to" if auto else "branch", target)
-        return {"status": "approved" if auto else "pending-review", "branch": target,
+                 "committed to" if approved else "pushed branch", target)
+        return {"status": "approved" if approved else "pending-review", "branch": target,
                 "commit": commit, "device": body["name"], "owner": user.name,
                 "tunnel_ips": list(ips), "expires": expires}
 
@@ -190,11 +200,13 @@ class Enrollment:
             raise GitFailed(f"git {args[0]}: {exc}") from exc
         if proc.returncode != 0:
             text = (proc.stdout + "\n" + proc.stderr).strip()  # push --porcelain: stdout
-            raise GitFailed(f"git {args[0]} failed: {text[-400:]}")
+            raise GitFailed(f"git {args[0]} failed: {text[-400:]}", text)
         return proc.stdout.strip()
 
     def _commit_and_push(self, org: str, body: dict[str, Any], user: User, subject: str,
                          expires: str | None, auto: bool) -> tuple[str, tuple[str, ...], str]:
+        """Commit the device file on top of the served commit and push it; returns
+        (commit, tunnel IPs, the branch it went to)."""
         from reconciler.config.writer import NewDevice, add_device
 
         base = self.served_commit()
@@ -223,7 +235,15 @@ class Enrollment:
                            f"user.email={HUB_AUTHOR[1]}", "commit", "--quiet", *sign, "-m",
                            message], tree, env=env)
                 commit = self._git(["rev-parse", "HEAD"], tree)
-                self._push(tree, commit, base, target, auto)
+                try:
+                    self._push(tree, commit, base, target, auto)
+                except _CheckedOut:
+                    # a hub following a local checkout cannot move its checked-out
+                    # branch: the enrollment goes to a branch for review instead
+                    log.warning("%s is checked out at %s; enrollment of %s/%s pushed as a "
+                                "branch for review", self.branch, self.push_url, org, name)
+                    target = f"enroll/{org}/{name}"
+                    self._push(tree, commit, base, target, False)
             finally:
                 self._git(["worktree", "remove", "--force", tree], self.repo_path)
         return commit, added.tunnel_ips, target
@@ -237,7 +257,9 @@ class Enrollment:
             self._git(["push", "--quiet", "--porcelain", lease, self.push_url,
                        f"{commit}:{ref}"], tree)
         except GitFailed as exc:
-            text = str(exc)
+            text = exc.output
+            if "checked out" in text:
+                raise _CheckedOut(text) from exc
             if "stale info" in text or "rejected" in text or "already exists" in text:
                 if auto:
                     raise IdentityRefused("branch-moved", f"{target} moved while enrolling; "

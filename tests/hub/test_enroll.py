@@ -222,3 +222,18 @@ def test_get_enroll_tells_issuer_and_client(oidc, tmp_path):  # noqa: F811
     assert status == 200 and doc == {"issuer": oidc.issuer, "client_id": "meshops",
                                      "scope": "openid email"}
     assert other == 404
+
+
+def test_a_local_checkout_gets_a_review_branch_even_when_auto_approved(oidc, tmp_path):  # noqa: F811
+    auto = "  auto_approve:\n    roles: [owner]\n"
+    world = World(tmp_path, oidc.issuer, auto)
+    checkout = tmp_path / "src"  # non-bare, main checked out
+    world.remote = checkout
+    token = oidc.device_token("alice")["id_token"]
+    [(status, doc)] = _enroll(world, oidc, tmp_path,
+                              [("acme", signed("acme", "alice-3", token, ts=world.clock[0]))])
+    assert status == 201, doc
+    assert (status, doc["status"], doc["branch"]) == (201, "pending-review",
+                                                      "enroll/acme/alice-3")
+    assert git("rev-parse", "main", cwd=checkout) == world.base
+    assert git("status", "--porcelain", cwd=checkout) == ""  # the working tree is untouched
