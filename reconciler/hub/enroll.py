@@ -53,13 +53,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 
 from reconciler.boundedjson import loads
+from reconciler.config.writer import AddedDevice, NewDevice, add_device
 from reconciler.errors import (
     IdentityRefused,
     InputRefused,
@@ -177,19 +177,14 @@ class Enrollment:
         owned = sum(1 for d in state.devices.values() if d.owner == user.name)
         auto = (user.role in settings.auto_approve_roles and
                 (settings.max_devices_per_user is None or owned < settings.max_devices_per_user))
-        lifetime = state.organization.defaults.device_lifetime_days
-        expires = None
-        if lifetime:
-            expires = datetime.fromtimestamp(now + lifetime * 86400, UTC).strftime(
-                "%Y-%m-%dT%H:%M:%SZ")
-        commit, ips, target = self._commit_and_push(org, body, user, claims.subject, expires,
-                                                    auto)
+        commit, added, target = self._commit_and_push(org, body, user, claims.subject, now,
+                                                      auto)
         approved = target == self.branch
         log.info("enrolled %s/%s for user %s: %s %s", org, body["name"], user.name,
                  "committed to" if approved else "pushed branch", target)
         return {"status": "approved" if approved else "pending-review", "branch": target,
                 "commit": commit, "device": body["name"], "owner": user.name,
-                "tunnel_ips": list(ips), "expires": expires}
+                "tunnel_ips": list(added.tunnel_ips), "expires": added.expires}
 
     def _git(self, args: list[str], cwd: str, *, env: dict[str, str] | None = None) -> str:
         full_env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C", **(env or {}))
@@ -204,11 +199,9 @@ class Enrollment:
         return proc.stdout.strip()
 
     def _commit_and_push(self, org: str, body: dict[str, Any], user: User, subject: str,
-                         expires: str | None, auto: bool) -> tuple[str, tuple[str, ...], str]:
+                         now: float, auto: bool) -> tuple[str, AddedDevice, str]:
         """Commit the device file on top of the served commit and push it; returns
-        (commit, tunnel IPs, the branch it went to)."""
-        from reconciler.config.writer import NewDevice, add_device
-
+        (commit, the device written, the branch it went to)."""
         base = self.served_commit()
         assert base is not None
         name = body["name"]
@@ -221,7 +214,7 @@ class Enrollment:
                     added = add_device(tree, NewDevice(
                         org=org, name=name, wireguard_key=body["wireguard_public_key"],
                         identity_key=body["identity_public_key"], owner=user.name,
-                        expires=expires, description=f"enrolled by {user.name}"))
+                        description=f"enrolled by {user.name}"), now=now)
                 except (ValidationError, UsageError) as exc:
                     raise IdentityRefused("bad-request", str(exc)) from exc
                 self._git(["add", added.rel_path], tree)
@@ -246,7 +239,7 @@ class Enrollment:
                     self._push(tree, commit, base, target, False)
             finally:
                 self._git(["worktree", "remove", "--force", tree], self.repo_path)
-        return commit, added.tunnel_ips, target
+        return commit, added, target
 
     def _push(self, tree: str, commit: str, base: str, target: str, auto: bool) -> None:
         ref = f"refs/heads/{target}"
