@@ -132,7 +132,8 @@ class IdentityRefused(PermanentError):
     ``expired``, ``not-yet-valid``), user mapping (``unknown-user``,
     ``other-org``, ``disabled-user``), the device grant (``access-denied``,
     ``expired-code``, ``oidc-error``) and enrollment (``bad-request``,
-    ``bad-request-signature``, ``stale-request``, ``device-exists``,
+    ``bad-request-signature``, ``stale-request``, ``token-too-old``,
+    ``token-used``, ``device-exists``, ``enrollment-pending``, ``branch-moved``,
     ``not-enabled``)."""
 
     def __init__(self, reason: str, message: str) -> None:

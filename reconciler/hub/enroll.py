@@ -14,7 +14,10 @@ draws the flow.
   2. ``timestamp`` is within ``MAX_AGE`` of the hub's clock (``stale-request``);
   3. the Ed25519 signature verifies with the identity key in the body, which
      proves the sender holds it (``bad-request-signature``);
-  4. the ID token verifies against the issuer's JWKS (``identity.tokens``);
+  4. the ID token verifies against the issuer's JWKS (``identity.tokens``), was
+     issued at most ``MAX_TOKEN_AGE`` (10 min) ago (``token-too-old``) and has
+     not enrolled a device on this hub process yet (``token-used``: one device
+     per login; each hub replica remembers its own, until the token expires);
   5. ``(iss, sub)`` is a user of this org who is not disabled (``identity.users``);
   6. the device file is written as ``meshops device add`` writes it
      (``config.writer.add_device``: lowest free tunnel IPs, keys unique,
@@ -46,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import logging
 import os
 import subprocess
@@ -78,6 +82,7 @@ from reconciler.pki.keys import public_from_b64
 log = logging.getLogger(__name__)
 
 MAX_BODY = 32 * 1024
+MAX_TOKEN_AGE = 600.0  # an ID token older than this (by iat) is refused: log in again
 SCOPE = "openid email"
 GIT_TIMEOUT = 120.0
 HUB_AUTHOR = ("meshops hub", "hub@meshops.invalid")
@@ -86,6 +91,7 @@ STATUS = {  # IdentityRefused.reason -> HTTP status
     "bad-request": 400, "bad-token": 401, "bad-alg": 401, "unknown-key": 401,
     "bad-signature": 401, "wrong-issuer": 401, "wrong-audience": 401, "expired": 401,
     "not-yet-valid": 401, "bad-request-signature": 401, "stale-request": 401,
+    "token-too-old": 401, "token-used": 401,
     "unknown-user": 403, "other-org": 403, "disabled-user": 403, "not-enabled": 404,
     "device-exists": 409, "enrollment-pending": 409, "branch-moved": 409, "oidc-error": 502,
 }
@@ -119,6 +125,7 @@ class Enrollment:
     gnupghome: str | None = None
     transport: Transport = field(default_factory=UrllibTransport)
     _jwks: dict[str, JwksCache] = field(default_factory=dict)
+    _used: dict[str, float] = field(default_factory=dict)  # sha256(token) -> its exp
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _repo: tuple[str, Repo] | None = None
 
@@ -169,6 +176,15 @@ class Enrollment:
         claims = verify_id_token(body["id_token"], issuer=settings.issuer,
                                  audience=settings.client_id, keys=self.jwks(settings.issuer),
                                  now=now)
+        if now - claims.issued_at > MAX_TOKEN_AGE + 60:  # 60: the verifier's clock skew
+            raise IdentityRefused("token-too-old", f"the ID token was issued "
+                                                   f"{now - claims.issued_at:.0f} s ago (at most "
+                                                   f"{MAX_TOKEN_AGE:.0f}); log in again")
+        digest = hashlib.sha256(body["id_token"].encode()).hexdigest()
+        self._used = {k: exp for k, exp in self._used.items() if exp + 60 >= now}
+        if digest in self._used:
+            raise IdentityRefused("token-used", "this ID token already enrolled a device; "
+                                                "log in again for another one")
         user = find_user(repo, org, claims)
         state = repo.orgs[org]
         if body["name"] in state.devices:
@@ -179,6 +195,7 @@ class Enrollment:
                 (settings.max_devices_per_user is None or owned < settings.max_devices_per_user))
         commit, added, target = self._commit_and_push(org, body, user, claims.subject, now,
                                                       auto)
+        self._used[digest] = claims.expires_at  # one device per login
         approved = target == self.branch
         log.info("enrolled %s/%s for user %s: %s %s", org, body["name"], user.name,
                  "committed to" if approved else "pushed branch", target)

@@ -167,7 +167,9 @@ def test_refusals_each_have_their_own_reason(oidc, make_oidc, tmp_path):  # noqa
         ("acme", signed("acme", "laptop-bob", bob, ts=now), 409, "device-exists"),
         ("acme", signed("acme", "Bad_Name", bob, ts=now), 400, "bad-request"),
         ("acme", good, 201, None),
-        ("acme", signed("acme", "bob-x", bob, ts=now), 409, "enrollment-pending"),
+        ("acme", signed("acme", "bob-y", bob, ts=now), 401, "token-used"),
+        ("acme", signed("acme", "bob-x", oidc.device_token("bob")["id_token"], ts=now), 409,
+         "enrollment-pending"),
     ]
     results = _enroll(world, oidc, tmp_path, [(org, doc) for org, doc, _, _ in cases])
     for (_, _, status, reason), (got, doc) in zip(cases, results, strict=True):
@@ -181,9 +183,8 @@ def test_refusals_each_have_their_own_reason(oidc, make_oidc, tmp_path):  # noqa
 
 def test_a_pending_branch_is_never_overwritten(oidc, tmp_path):  # noqa: F811
     world = World(tmp_path, oidc.issuer)
-    token = oidc.device_token("bob")["id_token"]
-    first = signed("acme", "bob-z", token, ts=world.clock[0])
-    second = signed("acme", "bob-z", token, ts=world.clock[0])
+    first = signed("acme", "bob-z", oidc.device_token("bob")["id_token"], ts=world.clock[0])
+    second = signed("acme", "bob-z", oidc.device_token("bob")["id_token"], ts=world.clock[0])
     (s1, d1), (s2, d2) = _enroll(world, oidc, tmp_path, [("acme", first), ("acme", second)])
     assert s1 == 201
     assert (s2, d2["error"]) == (409, "enrollment-pending")
@@ -237,3 +238,12 @@ def test_a_local_checkout_gets_a_review_branch_even_when_auto_approved(oidc, tmp
                                                       "enroll/acme/alice-3")
     assert git("rev-parse", "main", cwd=checkout) == world.base
     assert git("status", "--porcelain", cwd=checkout) == ""  # the working tree is untouched
+
+
+def test_an_old_login_is_refused(oidc, tmp_path):  # noqa: F811
+    world = World(tmp_path, oidc.issuer)
+    token = oidc.device_token("bob")["id_token"]
+    world.clock[0] += 11 * 60  # the token is still valid (1 h), but the login is 11 min old
+    [(status, doc)] = _enroll(world, oidc, tmp_path,
+                              [("acme", signed("acme", "bob-old", token, ts=world.clock[0]))])
+    assert (status, doc["error"]) == (401, "token-too-old")
