@@ -8,6 +8,7 @@
 * ``identity.users``: PURE: verified claims -> the user file in git.
 * ``identity.request``: PURE: the canonical bytes an enrollment request signs.
 
-Layer 4 (beside ``pki``): it may import ``model``, ``config``-free helpers,
-``boundedjson`` and ``errors``; ``hub`` and ``agent`` import it.
+Layer 4 (beside ``pki``): it imports only ``model``, ``boundedjson`` and
+``errors`` from meshops; ``hub``, ``agent`` and ``cli`` import it.
+docs/enrollment.md draws the flow.
 """
