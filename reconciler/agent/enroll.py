@@ -10,8 +10,8 @@ config and the keys (as ``agent init`` does). One call, in order:
 2. the device authorization grant (RFC 8628) at that issuer
    (``identity.oidc``): ``say`` prints the verification URL and the user code,
    then the token endpoint is polled until the user logged in;
-3. ``POST HUB/v1/orgs/ORG/enroll`` with ``{"request", "signature"}``
-   (``identity.request``), signed with the identity key on disk.
+3. ``POST HUB/v1/orgs/ORG/enroll`` with the request (``identity.request``)
+   in a DSSE envelope signed with the identity key on disk.
 
 Effects are parameters: ``hub`` (a ``Fetcher``'s transport), ``issuer``
 (an ``identity.http.Transport``), ``sleep``, ``now`` and ``say``. The ID
@@ -22,8 +22,6 @@ token is never printed or stored. A refusal by the hub becomes
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +30,10 @@ from typing import Any
 from reconciler.agent.fetch import USER_AGENT
 from reconciler.agent.fetch import Transport as HubTransport
 from reconciler.boundedjson import loads
-from reconciler.errors import ConfigError, FetchError, IdentityRefused, InputRefused
+from reconciler.errors import ConfigError, FetchError, IdentityRefused, InputRefused, PkiError
 from reconciler.identity import oidc
 from reconciler.identity.http import Transport as IssuerTransport
-from reconciler.identity.request import make_body, signing_input
+from reconciler.identity.request import PAYLOAD_TYPE, canonical, make_body
 
 MAX_REPLY = 64 * 1024
 HUB_TIMEOUT = 60.0  # the hub verifies, commits and pushes before it answers
@@ -51,8 +49,8 @@ class Enrolled:
     expires: str | None
 
 
-def _call(hub: HubTransport, method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body, sort_keys=True, separators=(",", ":")).encode() if body else None
+def _call(hub: HubTransport, method: str, url: str, data: bytes | None = None
+          ) -> tuple[int, Any]:
     headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
     if data is not None:
         headers["Content-Type"] = "application/json"
@@ -73,18 +71,20 @@ def _call(hub: HubTransport, method: str, url: str, body: Any = None) -> tuple[i
     return status, doc
 
 
-def sign(identity_key_path: str, payload: bytes) -> str:
-    """Ed25519 signature (base64) with the device's identity key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+def sign(identity_key_path: str, payload: bytes) -> bytes:
+    """A DSSE envelope over ``payload``, signed with the device's identity key."""
+    from reconciler.pki.envelope import sign_envelope
+    from reconciler.pki.keys import private_from_pem
 
     try:
-        key = serialization.load_pem_private_key(Path(identity_key_path).read_bytes(), None)
-    except (OSError, ValueError) as exc:
+        pem = Path(identity_key_path).read_text(encoding="ascii")
+    except (OSError, UnicodeError) as exc:
         raise ConfigError(f"cannot read the identity key {identity_key_path}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{identity_key_path}: not an Ed25519 private key")
-    return base64.b64encode(key.sign(payload)).decode()
+    try:
+        key = private_from_pem(pem, identity_key_path)
+    except PkiError as exc:
+        raise ConfigError(str(exc)) from exc
+    return sign_envelope(payload, PAYLOAD_TYPE, key)
 
 
 def enroll(*, hub_url: str, org: str, name: str, wireguard_public_key: str,
@@ -108,8 +108,8 @@ def enroll(*, hub_url: str, org: str, name: str, wireguard_public_key: str,
     body = make_body(org=org, name=name, id_token=tokens.id_token,
                      wireguard_public_key=wireguard_public_key,
                      identity_public_key=identity_public_key, timestamp=int(now()))
-    request = {"request": body, "signature": sign(identity_key_path, signing_input(body))}
-    _, doc = _call(hub, "POST", base, request)
+    envelope = sign(identity_key_path, canonical(body))
+    _, doc = _call(hub, "POST", base, envelope)
     ips = doc.get("tunnel_ips")
     return Enrolled(status=str(doc.get("status")), branch=str(doc.get("branch")),
                     commit=str(doc.get("commit")), owner=str(doc.get("owner")),

@@ -8,12 +8,15 @@ draws the flow.
 * ``GET /v1/orgs/{org}/enroll`` (public): the org's issuer, client id and
   scope, from ``enrollment:`` in ``orgs/ORG/organization.yaml`` of the commit
   the hub serves. 404 ``not-enabled`` when the org has none.
-* ``POST /v1/orgs/{org}/enroll`` (public, the token is the credential): body
-  ``{"request": {...}, "signature": B64}`` (``identity.request``). In order:
-  1. the body is bounded JSON with exactly the expected fields;
+* ``POST /v1/orgs/{org}/enroll`` (public, the token is the credential): the
+  body is a DSSE envelope (payload type ``identity.request.PAYLOAD_TYPE``)
+  over the request (``identity.request``). In order:
+  1. the envelope and its payload are bounded JSON, the payload has exactly
+     the expected fields;
   2. ``timestamp`` is within ``MAX_AGE`` of the hub's clock (``stale-request``);
-  3. the Ed25519 signature verifies with the identity key in the body, which
-     proves the sender holds it (``bad-request-signature``);
+  3. the envelope's Ed25519 signature verifies with the identity key in the
+     payload (``pki.envelope.open_envelope``), which proves the sender holds
+     it (``bad-request-signature``);
   4. the ID token verifies against the issuer's JWKS (``identity.tokens``), was
      issued at most ``MAX_TOKEN_AGE`` (10 min) ago (``token-too-old``) and has
      not enrolled a device on this hub process yet (``token-used``: one device
@@ -60,24 +63,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from cryptography.exceptions import InvalidSignature
 
 from reconciler.boundedjson import loads
 from reconciler.config.writer import AddedDevice, NewDevice, add_device
 from reconciler.errors import (
     IdentityRefused,
     InputRefused,
+    ManifestRefused,
     MeshopsError,
     PkiError,
     UsageError,
     ValidationError,
 )
 from reconciler.identity.http import Transport, UrllibTransport
-from reconciler.identity.request import FIELDS, MAX_AGE, signing_input
+from reconciler.identity.request import FIELDS, MAX_AGE, PAYLOAD_TYPE
 from reconciler.identity.tokens import JwksCache, verify_id_token
 from reconciler.identity.users import find_user
 from reconciler.model.repo import Repo, User
-from reconciler.pki.keys import public_from_b64
+from reconciler.pki.envelope import OrgTrust, open_envelope
+from reconciler.pki.keys import keyid, public_from_b64
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +168,14 @@ class Enrollment:
         return cache
 
     # -- the whole enrollment, in a worker thread -------------------------------------
-    def enroll(self, org: str, doc: Any) -> dict[str, Any]:
-        body = parse_request(doc, org)
+    def enroll(self, org: str, data: bytes) -> dict[str, Any]:
+        body = parse_request(data, org)
         now = self.now()
         if abs(now - body["timestamp"]) > MAX_AGE:
             raise IdentityRefused("stale-request", f"the request's timestamp is "
                                                    f"{now - body['timestamp']:+.0f} s off the "
                                                    f"hub's clock (at most {MAX_AGE:.0f})")
-        check_signature(body, doc["signature"])
+        check_signature(data, body)
         repo, settings = self.settings(org)
         claims = verify_id_token(body["id_token"], issuer=settings.issuer,
                                  audience=settings.client_id, keys=self.jwks(settings.issuer),
@@ -283,12 +287,20 @@ class Enrollment:
 ENROLL_KEY: web.AppKey[Enrollment] = web.AppKey("enroll", Enrollment)
 
 
-def parse_request(doc: Any, org: str) -> dict[str, Any]:
-    """The request body, with exactly the fields ``identity.request`` signs."""
-    if not isinstance(doc, dict) or set(doc) != {"request", "signature"}:
-        raise IdentityRefused("bad-request", 'the body must be {"request": {...}, '
-                                             '"signature": "..."}')
-    body = doc["request"]
+def parse_request(data: bytes, org: str) -> dict[str, Any]:
+    """The request inside the envelope, checked for shape and signed by the
+    identity key it carries."""
+    try:
+        env = loads(data, what="enrollment envelope", max_bytes=MAX_BODY, max_depth=4)
+        if not isinstance(env, dict) or not isinstance(env.get("payload"), str):
+            raise IdentityRefused("bad-request", "the body must be a DSSE envelope")
+        raw = base64.b64decode(env["payload"], validate=True)
+        body = loads(raw, what="enrollment request", max_bytes=MAX_BODY, max_depth=2)
+    except (binascii.Error, ValueError) as exc:
+        raise IdentityRefused("bad-request", f"the envelope's payload is not base64: {exc}") \
+            from exc
+    except InputRefused as exc:
+        raise IdentityRefused("bad-request", str(exc)) from exc
     if not isinstance(body, dict) or set(body) != set(FIELDS):
         raise IdentityRefused("bad-request", f"the request must have exactly the fields "
                                              f"{', '.join(FIELDS)}")
@@ -300,21 +312,21 @@ def parse_request(doc: Any, org: str) -> dict[str, Any]:
     if body["org"] != org:
         raise IdentityRefused("bad-request", f"the request is for org {body['org']!r}, the "
                                              f"URL names {org!r}")
-    if not isinstance(doc["signature"], str):
-        raise IdentityRefused("bad-request", "signature must be a base64 string")
     return body
 
 
-def check_signature(body: dict[str, Any], signature: str) -> None:
+def check_signature(data: bytes, body: dict[str, Any]) -> None:
+    """The envelope verifies with the identity key the request carries."""
     try:
         key = public_from_b64(body["identity_public_key"], "identity_public_key")
-        sig = base64.b64decode(signature, validate=True)
-        key.verify(sig, signing_input(body))
     except PkiError as exc:
         raise IdentityRefused("bad-request", str(exc)) from exc
-    except (InvalidSignature, binascii.Error, ValueError) as exc:
+    try:
+        open_envelope(data, OrgTrust(keys={keyid(key): key}), PAYLOAD_TYPE)
+    except ManifestRefused as exc:
         raise IdentityRefused("bad-request-signature", "the request is not signed by the "
-                                                       "identity key it carries") from exc
+                                                       f"identity key it carries ({exc.reason})"
+                          ) from exc
 
 
 def _refusal(exc: IdentityRefused) -> web.Response:
@@ -339,14 +351,12 @@ async def post_enroll(request: web.Request) -> web.Response:
         return web.json_response({"error": "too-large", "message": f"at most {MAX_BODY} "
                                   "bytes"}, status=413)
     raw = await request.content.read(MAX_BODY + 1)
-    try:
-        doc = loads(raw, what="enrollment request", max_bytes=MAX_BODY, max_depth=4)
-    except InputRefused as exc:
-        return web.json_response({"error": exc.reason, "message": str(exc)},
-                                 status=413 if exc.reason == "too-large" else 400)
+    if len(raw) > MAX_BODY:
+        return web.json_response({"error": "too-large", "message": f"at most {MAX_BODY} "
+                                  "bytes"}, status=413)
     async with service._lock:  # one worktree and one push at a time
         try:
-            result = await asyncio.to_thread(service.enroll, org, doc)
+            result = await asyncio.to_thread(service.enroll, org, raw)
         except IdentityRefused as exc:
             return _refusal(exc)
     return web.json_response(result, status=201)

@@ -4,6 +4,7 @@ provider, a real git repository pushed to a real bare remote, and every refusal.
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import subprocess
 import time
@@ -22,7 +23,8 @@ from reconciler.hub.enroll import Enrollment
 from reconciler.hub.feedstore import FeedStore
 from reconciler.hub.serve import Hub
 from reconciler.identity.http import UrllibTransport
-from reconciler.identity.request import make_body, signing_input
+from reconciler.identity.request import PAYLOAD_TYPE, canonical, make_body
+from reconciler.pki.envelope import sign_envelope
 
 from .conftest_serve import FakePipeline, make_org, run
 
@@ -69,7 +71,8 @@ class World:
                           transport=UrllibTransport(context=provider.ssl_context()))
 
 
-def signed(org: str, name: str, token: str, *, ts: float, key=None, wg=None) -> dict:
+def signed(org: str, name: str, token: str, *, ts: float, key=None, wg=None) -> bytes:
+    """The DSSE envelope ``meshops agent enroll`` sends."""
     key = key or Ed25519PrivateKey.generate()
     raw = serialization.Encoding.Raw
     pub = base64.b64encode(key.public_key().public_bytes(
@@ -78,7 +81,16 @@ def signed(org: str, name: str, token: str, *, ts: float, key=None, wg=None) -> 
         raw, serialization.PublicFormat.Raw)).decode()
     body = make_body(org=org, name=name, id_token=token, wireguard_public_key=wg_pub,
                      identity_public_key=pub, timestamp=int(ts))
-    return {"request": body, "signature": base64.b64encode(key.sign(signing_input(body))).decode()}
+    return sign_envelope(canonical(body), PAYLOAD_TYPE, key)
+
+
+def tamper(envelope: bytes, **changes: object) -> bytes:
+    """The same signature over a changed payload."""
+    env = json.loads(envelope)
+    body = json.loads(base64.b64decode(env["payload"]))
+    body.update(changes)
+    env["payload"] = base64.b64encode(canonical(body)).decode()
+    return json.dumps(env).encode()
 
 
 async def _client(service: Enrollment, tmp: Path):
@@ -96,7 +108,7 @@ def _enroll(world: World, provider, tmp: Path, requests: list) -> list:
         out = []
         try:
             for org, doc in requests:
-                resp = await client.post(f"/v1/orgs/{org}/enroll", json=doc)
+                resp = await client.post(f"/v1/orgs/{org}/enroll", data=doc)
                 out.append((resp.status, await resp.json()))
         finally:
             await client.close()
@@ -148,7 +160,10 @@ def test_refusals_each_have_their_own_reason(oidc, make_oidc, tmp_path):  # noqa
     bob = oidc.device_token("bob")["id_token"]
     other = make_oidc().device_token("bob")["id_token"]
     good = signed("acme", "bob-x", bob, ts=now)
-    tampered = dict(good, request=dict(good["request"], name="bob-y"))
+    tampered = tamper(good, name="bob-y")
+    other_key = json.loads(good)
+    other_key["signatures"][0]["sig"] = base64.b64encode(Ed25519PrivateKey.generate().sign(
+        b"x")).decode()
     cases = [
         ("acme", signed("acme", "dave-1", oidc.device_token("dave")["id_token"], ts=now),
          403, "unknown-user"),
@@ -160,10 +175,13 @@ def test_refusals_each_have_their_own_reason(oidc, make_oidc, tmp_path):  # noqa
                         ts=now), 401, "wrong-audience"),
         ("acme", signed("acme", "bob-b", other, ts=now), 401, "wrong-issuer"),
         ("acme", tampered, 401, "bad-request-signature"),
+        ("acme", json.dumps(other_key).encode(), 401, "bad-request-signature"),
+        ("acme", tamper(good, timestamp="now"), 400, "bad-request"),
+        ("acme", tamper(good, extra=1), 400, "bad-request"),
         ("acme", signed("acme", "bob-c", bob, ts=now - 1000), 401, "stale-request"),
         ("globex", signed("globex", "bob-d", bob, ts=now), 404, "not-enabled"),
         ("globex", signed("acme", "bob-e", bob, ts=now), 400, "bad-request"),
-        ("acme", {"request": {}, "signature": ""}, 400, "bad-request"),
+        ("acme", b'{"payload": "not base64!", "signatures": []}', 400, "bad-request"),
         ("acme", signed("acme", "laptop-bob", bob, ts=now), 409, "device-exists"),
         ("acme", signed("acme", "Bad_Name", bob, ts=now), 400, "bad-request"),
         ("acme", good, 201, None),
@@ -204,7 +222,7 @@ def test_malformed_bodies(oidc, tmp_path, body):  # noqa: F811
             await client.close()
             await hub.close()
     status, doc = run(go())
-    assert status in (400, 413) and doc["error"] in ("not-json", "too-deep", "too-large")
+    assert (status, doc["error"]) in ((400, "bad-request"), (413, "too-large"))
 
 
 def test_get_enroll_tells_issuer_and_client(oidc, tmp_path):  # noqa: F811
@@ -243,7 +261,7 @@ def test_a_local_checkout_gets_a_review_branch_even_when_auto_approved(oidc, tmp
 def test_an_old_login_is_refused(oidc, tmp_path):  # noqa: F811
     world = World(tmp_path, oidc.issuer)
     token = oidc.device_token("bob")["id_token"]
-    world.clock[0] += 11 * 60  # the token is still valid (1 h), but the login is 11 min old
+    world.clock[0] += 12 * 60  # the token is still valid (1 h), but the login is 12 min old
     [(status, doc)] = _enroll(world, oidc, tmp_path,
                               [("acme", signed("acme", "bob-old", token, ts=world.clock[0]))])
     assert (status, doc["error"]) == (401, "token-too-old")

@@ -117,7 +117,7 @@ def test_auto_approved_enrollment_over_git_http_signed_by_the_hub_key(oidc, tmp_
                 async with aiohttp.ClientSession() as http:
                     resp = await http.post(
                         f"http://127.0.0.1:{running.port}/v1/orgs/acme/enroll",
-                        json=signed("acme", "alice-http", token, ts=time.time()))
+                        data=signed("acme", "alice-http", token, ts=time.time()))
                     status, doc = resp.status, await resp.json()
                 # the hub follows the remote: it picks up the commit it pushed
                 deadline = time.monotonic() + 30
