@@ -174,6 +174,88 @@ def test_the_cli_prints_the_code_and_enrolls(oidc, tmp_path):  # noqa: F811
     assert private not in out + err  # the private key is never printed
 
 
+class DaemonThread:
+    """``hub serve`` (``hub.daemon.start``) with TLS, following ``repo``, in its own loop."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.ready: queue.Queue[object] = queue.Queue()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from reconciler.hub.daemon import start
+
+        async def begin() -> None:
+            try:
+                self.running = await start(self.config)
+                deadline = time.monotonic() + 30
+                while self.running.hub.snapshot is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                self.ready.put(self.running.port)
+            except Exception as exc:  # noqa: BLE001 (re-raised in the test thread)
+                self.ready.put(exc)
+
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(begin())
+        self.loop.run_forever()
+        if hasattr(self, "running"):
+            self.loop.run_until_complete(self.running.stop())
+        self.loop.close()
+
+    def __enter__(self) -> int:
+        self.thread.start()
+        port = self.ready.get(timeout=60)
+        if isinstance(port, Exception):
+            raise port
+        return int(port)
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+
+
+def test_the_cli_enrolls_through_a_tls_hub_pinned_by_the_trust_file(oidc, tmp_path):  # noqa: F811
+    from hub.conftest_serve import FakePipeline, make_org
+
+    from reconciler.hub.daemon import ServeConfig
+    from reconciler.pki.envelope import trust_entry
+
+    world = World(tmp_path, oidc.issuer)
+    acme = make_org("acme", "10.20.0.0/16")
+    config = ServeConfig(
+        repo=f"file://{world.remote}", listen="127.0.0.1:0", poll=30,
+        db=f"sqlite:///{tmp_path}/hub.db", state_dir=str(tmp_path / "hub-state"),
+        pipeline=FakePipeline([acme]), oidc_ca_file=str(oidc.cert))
+    trust = tmp_path / "trust.json"
+    trust.write_text(json.dumps({"orgs": {"acme": trust_entry(
+        [acme.keys.signing_key.public_key()], acme.keys.ca_pem)}}))
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    with DaemonThread(config) as port:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "agent", "enroll", "--hub",
+             f"https://127.0.0.1:{port}", "--org", "acme", "--name", "bob-tls", "--trust",
+             str(trust), "--config", str(tmp_path / "agent" / "agent.json"), "--state-dir",
+             str(tmp_path / "state"), "--oidc-ca-file", str(oidc.cert)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        url, _ = _read_url(proc)
+        oidc.approve_device(url, "bob")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "enroll/acme/bob-tls" in out
+        # a trust file with another org CA: the hub's certificate is refused
+        other = make_org("acme", "10.20.0.0/16")
+        trust.write_text(json.dumps({"orgs": {"acme": trust_entry(
+            [other.keys.signing_key.public_key()], other.keys.ca_pem)}}))
+        bad = subprocess.run(
+            [sys.executable, "-m", "reconciler", "agent", "enroll", "--hub",
+             f"https://127.0.0.1:{port}", "--org", "acme", "--name", "bob-tls2", "--trust",
+             str(trust), "--config", str(tmp_path / "agent2" / "agent.json"), "--state-dir",
+             str(tmp_path / "state2")], check=False, capture_output=True, text=True, env=env,
+            timeout=60)
+    assert bad.returncode == 1 and "TLS verification failed" in bad.stderr, bad.stderr
+
+
 BROWSER = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from oidc.fixture import make_oidc, oidc  # noqa: F401  (pytest fixtures)
 
+from reconciler.cli import main
 from reconciler.config import load
 from reconciler.hub.api import make_app
 from reconciler.hub.enroll import Enrollment
@@ -117,7 +118,7 @@ def _enroll(world: World, provider, tmp: Path, requests: list) -> list:
     return run(go())
 
 
-def test_enrollment_pushes_a_branch_with_the_device_file(oidc, tmp_path):  # noqa: F811
+def test_enrollment_pushes_a_branch_with_the_device_file(oidc, tmp_path, capsys):  # noqa: F811
     world = World(tmp_path, oidc.issuer)
     token = oidc.device_token("bob")["id_token"]
     [(status, doc)] = _enroll(world, oidc, tmp_path,
@@ -136,8 +137,15 @@ def test_enrollment_pushes_a_branch_with_the_device_file(oidc, tmp_path):  # noq
     assert git("rev-parse", "main", cwd=world.remote) == world.base  # main untouched
     message = git("log", "-1", "--format=%B", head, cwd=world.remote)
     assert "Meshops-Enroll-User: bob" in message and token not in message
-    # the branch loads as a valid repository: `meshops plan` on it shows the new device
+    # approval is merging the branch: `meshops plan` on it shows the new device
     assert load(str(world.remote), head).repo.orgs["acme"].devices["bob-laptop"].owner == "bob"
+    assert main(["plan", str(world.remote), "--base", "main", "--head",
+                 "enroll/acme/bob-laptop", "--format", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    [acme] = [o for o in plan["orgs"] if o["org"] == "acme"]
+    assert [d["name"] for d in acme["devices"]["added"]] == ["bob-laptop"]
+    assert any("bob-laptop" in r["src"] or "bob-laptop" in r["dst"]
+               for r in acme["reachability"])  # and what it will reach
 
 
 def test_auto_approval_commits_to_the_followed_branch(oidc, tmp_path):  # noqa: F811
