@@ -70,8 +70,8 @@ from reconciler.errors import (
     IdentityRefused,
     InputRefused,
     ManifestRefused,
-    MeshopsError,
     PkiError,
+    TemporaryError,
     UsageError,
     ValidationError,
 )
@@ -79,6 +79,7 @@ from reconciler.identity.http import Transport, UrllibTransport
 from reconciler.identity.request import FIELDS, MAX_AGE, PAYLOAD_TYPE
 from reconciler.identity.tokens import JwksCache, verify_id_token
 from reconciler.identity.users import find_user
+from reconciler.model.repo import Enrollment as OrgEnrollment
 from reconciler.model.repo import Repo, User
 from reconciler.pki.envelope import OrgTrust, open_envelope
 from reconciler.pki.keys import keyid, public_from_b64
@@ -101,7 +102,10 @@ STATUS = {  # IdentityRefused.reason -> HTTP status
 }
 
 
-class GitFailed(MeshopsError):
+class GitFailed(TemporaryError):
+    """git could not commit or push (network, credentials, a remote hook); the
+    API answers 500 and the agent may retry."""
+
     def __init__(self, message: str, output: str = "") -> None:
         super().__init__(message)
         self.output = output  # git's whole stdout and stderr, to tell refusals apart
@@ -152,7 +156,7 @@ class Enrollment:
             self._repo = (commit, result.repo)
         return self._repo[1]
 
-    def settings(self, org: str) -> tuple[Repo, Any]:
+    def settings(self, org: str) -> tuple[Repo, OrgEnrollment]:
         repo = self.served_repo()
         state = repo.orgs.get(org)
         if state is None or state.organization.enrollment is None:
