@@ -43,8 +43,8 @@ def test_enrollment_settings_load(repo):
     ("enrollment:\n  issuer: http://id.example.com\n  client_id: m\n", "enrollment.issuer"),
     ("enrollment:\n  issuer: https://id.example.com\n", "enrollment"),
     ("enrollment:\n  issuer: https://id.example.com\n  client_id: \"\"\n", "enrollment.client_id"),
-    ("enrollment:\n  issuer: https://id.example.com\n  client_id: m\n  auto_approve:\n"
-     "    roles: [root]\n", "enrollment.auto_approve.roles"),
+    (("enrollment:\n  issuer: https://id.example.com\n  client_id: m\n  auto_approve:\n"
+     "    roles: [root]\n"), "enrollment.auto_approve.roles"),
     ("enrollment:\n  issuer: https://id.example.com\n  client_id: m\n  extra: 1\n",
      "enrollment.extra"),
     ("  device_lifetime_days: 0\n", "defaults.device_lifetime_days"),
