@@ -14,6 +14,7 @@ only loops (``agent run``, ``hub serve``) and the CLI read it::
     │   ├── PkiError                   CA, certificate or signing-key problem
     │   ├── ConfigError                agent or hub configuration is wrong
     │   ├── InputRefused               a peer or file sent too much, too deep, or not JSON; .reason
+    │   ├── IdentityRefused            an ID token or an enrollment was refused; .reason
     │   └── BackendError               the WireGuard/netlink backend refused an operation
     └── TemporaryError(delay)          try again later (agent exit 75)
         ├── FetchError                 hub/manifest/feed unreachable, HTTP 5xx, timeouts
@@ -118,6 +119,22 @@ class InputRefused(PermanentError):
     """Data from a peer or a file was refused before use: too large, nested too
     deep, not JSON, or a stream that took too long. ``reason`` is a stable code
     (``too-large``, ``too-deep``, ``not-json``, ``too-slow``, ``bomb``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class IdentityRefused(PermanentError):
+    """An OIDC ID token, a device login or an enrollment request was refused.
+    ``reason`` is a stable code: token checks (``bad-token``, ``bad-alg``,
+    ``unknown-key``, ``bad-signature``, ``wrong-issuer``, ``wrong-audience``,
+    ``expired``, ``not-yet-valid``), user mapping (``unknown-user``,
+    ``other-org``, ``disabled-user``), the device grant (``access-denied``,
+    ``expired-code``, ``oidc-error``) and enrollment (``bad-request``,
+    ``bad-request-signature``, ``stale-request``, ``token-too-old``,
+    ``token-used``, ``device-exists``, ``enrollment-pending``, ``branch-moved``,
+    ``not-enabled``)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)

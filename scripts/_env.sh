@@ -1,7 +1,7 @@
 # Shared set-up for scripts/test, scripts/demo, scripts/bench and scripts/lab.
 # Sourced, not run. Installs Debian packages (as root) and the .venv on a fresh machine.
 MESHOPS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MESHOPS_APT_PKGS="python3-venv wireguard-go wireguard-tools iptables nftables iproute2 iputils-ping conntrack stun-server postgresql gnupg git procps iperf3"
+MESHOPS_APT_PKGS="python3-venv wireguard-go wireguard-tools iptables nftables iproute2 iputils-ping conntrack stun-server postgresql gnupg git procps iperf3 openssl nodejs npm chromium"
 
 meshops_apt() {
   local missing=()
@@ -28,4 +28,22 @@ meshops_venv() {
     touch "$stamp"
   fi
   export PATH="$venv/bin:$PATH"
+}
+
+# The real OpenID provider the identity tests run (npm oidc-provider 8, tests/oidc/).
+# Installed from tests/oidc/package-lock.json into tests/oidc/node_modules (ignored by
+# git); nothing is fetched when that install is already current, so offline runs work.
+meshops_npm() {
+  local dir="$MESHOPS_ROOT/tests/oidc"
+  local stamp="$dir/node_modules/.meshops-installed"
+  if ! command -v npm >/dev/null; then
+    echo "note: npm is missing, the OIDC tests cannot run (CI fails them)" >&2
+    return 0
+  fi
+  if [ -f "$stamp" ] && [ ! "$dir/package-lock.json" -nt "$stamp" ]; then
+    return 0
+  fi
+  echo "installing the test OpenID provider (npm ci in tests/oidc)" >&2
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  touch "$stamp"
 }

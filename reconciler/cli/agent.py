@@ -1,4 +1,4 @@
-"""``meshops agent init|apply|run|status|render``: the device side.
+"""``meshops agent init|enroll|apply|run|status|render``: the device side.
 
 Handlers import ``reconciler.agent`` lazily, so other commands never pay for
 it, and ``agent apply`` imports only what a no-op pass needs (it runs every
@@ -51,6 +51,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace existing keys and config")
     p.set_defaults(handler=init)
 
+    p = asub.add_parser(
+        "enroll", help="log in with the org's identity provider and enroll this device",
+        description="Make the device keys and the agent config as `agent init` does, log in "
+        "with the org's OpenID provider (device authorization grant: open the printed URL "
+        "and enter the code), then send the hub the public keys, signed with the new "
+        "identity key. The hub pushes a branch enroll/ORG/NAME for review (merging it is "
+        "the approval), or commits the device itself when the org auto-approves you.")
+    p.add_argument("--hub", required=True, metavar="URL", help="hub base URL (https://hub:8443)")
+    p.add_argument("--org", required=True)
+    p.add_argument("--name", required=True, help="device name (a DNS label)")
+    p.add_argument("--trust", required=True, metavar="TRUST.json",
+                   help="trust anchors to pin (from `meshops hub publish`)")
+    _config_arg(p)
+    p.add_argument("--backend", choices=("userspace", "kernel"), default="userspace")
+    p.add_argument("--interface", help="interface name (default mo-ORG; unique per host)")
+    p.add_argument("--state-dir", help="state directory (default /var/lib/meshops)")
+    p.add_argument("--key-dir", help="where the key files go (default: the config's directory)")
+    p.add_argument("--netns", help="network namespace of the interface (lab, tests)")
+    p.add_argument("--listen-port", type=int, help="override the org's listen port")
+    p.add_argument("--stun", action="append", metavar="HOST:PORT",
+                   help="STUN server for endpoint discovery; repeat")
+    p.add_argument("--discover", action="store_true",
+                   help="run STUN discovery with mesh.yaml's stun_servers")
+    p.add_argument("--hub-ca", metavar="PEM",
+                   help="CA for the hub's certificate (default: the org CA in --trust, "
+                        "checked under the name ORG.hub)")
+    p.add_argument("--oidc-ca-file", metavar="PEM",
+                   help="CA bundle for the identity provider (default: the system store)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing config and make new keys")
+    p.set_defaults(handler=enroll)
+
     p = asub.add_parser("apply", help="one reconcile pass (for timers and cron)",
                         description="Fetch and verify the manifest, compute the desired "
                         "interface, apply the plan, verify. Exit 0 converged, 1 refused or "
@@ -86,13 +118,12 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
                    help=f"agent config file (default {DEFAULT_CONFIG}, or $MESHOPS_AGENT_CONFIG)")
 
 
-def init(args: argparse.Namespace) -> int:
+def _new_config(args: argparse.Namespace) -> tuple[Any, bytes, Any, Any]:
+    """The agent config ``init`` and ``enroll`` write: (path, trust bytes, config, key dir)."""
     from pathlib import Path
 
-    from reconciler.agent.config import DEFAULT_STATE_DIR, AgentConfig, save_config
-    from reconciler.agent.keys import generate_keys
+    from reconciler.agent.config import DEFAULT_STATE_DIR, AgentConfig
     from reconciler.errors import UsageError
-    from reconciler.fsio import atomic_write
     from reconciler.pki.envelope import load_trust
 
     config_path = Path(args.config).absolute()
@@ -104,7 +135,8 @@ def init(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.trust}: holds no trust anchor for org {args.org!r}")
     key_dir = Path(args.key_dir).absolute() if args.key_dir else config_path.parent
     config = AgentConfig(
-        org=args.org, name=args.name, hub=args.hub, manifest_url=args.manifest_url,
+        org=args.org, name=args.name, hub=args.hub,
+        manifest_url=getattr(args, "manifest_url", None),
         trust=str(config_path.parent / "trust.json"),
         private_key=str(key_dir / "wireguard.key"), identity_key=str(key_dir / "identity.key"),
         backend=args.backend, interface=args.interface or "", netns=args.netns,
@@ -112,6 +144,15 @@ def init(args: argparse.Namespace) -> int:
         listen_port=args.listen_port, stun_servers=tuple(args.stun) if args.stun else None,
         discover=bool(args.stun) or args.discover,
     ).validate()
+    return config_path, trust_bytes, config, key_dir
+
+
+def init(args: argparse.Namespace) -> int:
+    from reconciler.agent.config import save_config
+    from reconciler.agent.keys import generate_keys
+    from reconciler.fsio import atomic_write
+
+    config_path, trust_bytes, config, key_dir = _new_config(args)
     keys = generate_keys(config.private_key, config.identity_key, force=args.force)
     atomic_write(config.trust, trust_bytes, mode=0o644)
     save_config(config, config_path)
@@ -130,6 +171,52 @@ def init(args: argparse.Namespace) -> int:
     print(f"#   meshops device add {args.name} --org {args.org} "
           f"--wireguard-key {keys.wireguard_public_key} "
           f"--identity-key {keys.identity_public_key}")
+    return 0
+
+
+def enroll(args: argparse.Namespace) -> int:
+    import tempfile
+    import time
+
+    from reconciler.agent.config import save_config
+    from reconciler.agent.enroll import enroll as run_enroll
+    from reconciler.agent.fetch import HttpTransport, TlsConfig
+    from reconciler.agent.keys import generate_keys
+    from reconciler.fsio import atomic_write
+    from reconciler.identity.http import UrllibTransport
+    from reconciler.pki.envelope import load_trust
+
+    config_path, trust_bytes, config, key_dir = _new_config(args)
+    keys = generate_keys(config.private_key, config.identity_key, force=args.force)
+    atomic_write(config.trust, trust_bytes, mode=0o644)
+    save_config(config, config_path)
+    print(f"# wrote {config_path}; keys in {key_dir} (mode 0600, never leave this device)")
+    with tempfile.TemporaryDirectory(prefix="meshops-enroll-") as tmp:
+        hub_ca, server_name = args.hub_ca, None
+        if hub_ca is None and args.hub.startswith("https://"):
+            ca_pem = load_trust(trust_bytes).orgs[args.org].ca_pem
+            if ca_pem:
+                hub_ca = f"{tmp}/hub-ca.pem"
+                atomic_write(hub_ca, ca_pem.encode(), mode=0o644)
+                server_name = f"{args.org}.hub"
+        hub = HttpTransport(TlsConfig(ca=hub_ca, server_name=server_name))
+        result = run_enroll(
+            hub_url=args.hub, org=args.org, name=args.name,
+            wireguard_public_key=keys.wireguard_public_key,
+            identity_public_key=keys.identity_public_key,
+            identity_key_path=config.identity_key, hub=hub,
+            issuer=UrllibTransport(ca_file=args.oidc_ca_file), sleep=time.sleep, now=time.time,
+            say=lambda line: print(line, flush=True))
+    ips = ", ".join(result.tunnel_ips)
+    if result.status == "approved":
+        print(f"enrolled: {args.org}/{args.name} (owner {result.owner}, {ips}) committed to "
+              f"{result.branch} as {result.commit[:12]}; run `meshops agent run`")
+    else:
+        print(f"enrollment of {args.org}/{args.name} (owner {result.owner}, {ips}) awaits "
+              f"review: branch {result.branch} ({result.commit[:12]}); once it is merged, "
+              "run `meshops agent run`")
+    if result.expires:
+        print(f"the device expires at {result.expires} (the org's device lifetime)")
     return 0
 
 

@@ -125,6 +125,10 @@ def _register_serve(hsub: argparse._SubParsersAction) -> None:
         "inside the org CA's DNS subtrees (ORG.hub, localhost) are used, others are "
         "dropped with a log line: serve a public host name with --tls-cert/--tls-key",
     )
+    p.add_argument("--commit-key", metavar="KEYID",
+                   help="GPG key (in --gnupghome) that signs the hub's enrollment commits")
+    p.add_argument("--oidc-ca-file", metavar="PEM",
+                   help="CA bundle for the orgs' OpenID issuers (default: the system store)")
     p.set_defaults(handler=_serve)
 
 
@@ -143,6 +147,8 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_names=tuple(args.tls_name),
+        commit_key=args.commit_key,
+        oidc_ca_file=args.oidc_ca_file,
     )
     return run(config)
 

@@ -8,7 +8,9 @@ the working tree of REPO (uncommitted edits included), which is what a
 developer wants before committing; CI passes ``--head HEAD``. Exit codes: 0
 (plan printed, whether or not anything changes), 1 (either side is invalid:
 its problems go to stderr), 2 (not a repository, unknown revision: the message
-names the fix, see ``reconciler.cli.repo.load_explained``).
+names the fix, see ``reconciler.cli.repo.load_explained``). Under the diff it
+lists the head side's devices that expired or expire within 14 days
+(``policy.review.expiring``; ``--at TIME`` judges at another time than now).
 
 ``meshops device add --org ORG NAME --wireguard-key K --identity-key K
 [--owner U] [--tag T]... [--relay --endpoint HOST:PORT] [--repo PATH]``
@@ -43,6 +45,9 @@ def register(sub: Any) -> None:
                    help="git revision after the change (default: the working tree)")
     p.add_argument("--format", choices=FORMATS, default="markdown",
                    help="output format (default: markdown, ready for a PR comment)")
+    p.add_argument("--at", metavar="TIME", type=_when,
+                   help="judge device expiry at this time (2027-01-31 or RFC 3339; "
+                        "default: now)")
     p.set_defaults(handler=plan)
 
     dev = sub.add_parser("device", help="manage device files")
@@ -65,8 +70,45 @@ def register(sub: Any) -> None:
     add.add_argument("--relay", action="store_true", help="the device relays for others")
     add.add_argument("--endpoint", metavar="HOST:PORT", help="static public endpoint")
     add.add_argument("--description", default="", help="free text")
+    add.add_argument("--expires", metavar="TIME", type=_expires,
+                     help="when the device leaves the mesh (2027-01-31 or RFC 3339); default: "
+                          "the org's defaults.device_lifetime_days from now, else never")
     add.add_argument("--repo", default=".", help="repository directory (default: .)")
     add.set_defaults(handler=device_add)
+
+
+def _expires(text: str) -> str:
+    _when(text)
+    return text
+
+
+def _when(text: str) -> float:
+    from reconciler.model.repo import parse_expiry
+
+    at = parse_expiry(text)
+    if at is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (2027-01-31) or an RFC 3339 "
+                                         "time with a zone (2027-01-31T12:00:00Z)")
+    return at
+
+
+def render_expiring(items: Any, fmt: str) -> str:
+    """The devices of the head side that expired or expire within 14 days."""
+    from reconciler.policy.review import WARN_DAYS
+
+    if not items:
+        return ""
+    def when(e: Any) -> str:
+        return "expired" if e.expired else f"in {e.days_left:.1f} days"
+    if fmt == "markdown":
+        rows = [f"| {e.org} | {e.device} | {e.owner} | {e.expires} | {when(e)} |"
+                for e in items]
+        return "\n".join([f"\n### Devices expiring within {WARN_DAYS} days\n",
+                          "| org | device | owner | expires | |", "|---|---|---|---|---|",
+                          *rows]) + "\n"
+    return "".join([f"\ndevices expiring within {WARN_DAYS} days:\n",
+                    *(f"  {e.org}/{e.device} (owner {e.owner}): {e.expires}, {when(e)}\n"
+                      for e in items)])
 
 
 def _print_problems(side: str, problems: Any) -> None:
@@ -76,8 +118,17 @@ def _print_problems(side: str, problems: Any) -> None:
 
 
 def plan(args: argparse.Namespace) -> int:
+    import json
+    import time
+
     from reconciler.cli.repo import load_explained
-    from reconciler.policy.review import render_json, render_markdown, render_text, review_diff
+    from reconciler.policy.review import (
+        expiring,
+        render_json,
+        render_markdown,
+        render_text,
+        review_diff,
+    )
 
     def redo(path: str) -> str:
         head = f" --head {args.head}" if args.head else ""
@@ -94,12 +145,20 @@ def plan(args: argparse.Namespace) -> int:
     if bad or base.repo is None or head.repo is None:
         return 1
     report = review_diff(base.repo, head.repo)
-    render = {"markdown": render_markdown, "json": render_json, "text": render_text}
-    sys.stdout.write(render[args.format](report))
+    soon = expiring(head.repo, args.at if args.at is not None else time.time())
+    if args.format == "json":
+        doc = json.loads(render_json(report))
+        doc["expiring"] = [e.as_dict() for e in soon]
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return 0
+    render = {"markdown": render_markdown, "text": render_text}
+    sys.stdout.write(render[args.format](report) + render_expiring(soon, args.format))
     return 0
 
 
 def device_add(args: argparse.Namespace) -> int:
+    import time
+
     from reconciler.cli.repo import load_explained
     from reconciler.config.writer import NewDevice, add_device, tags_of
     from reconciler.errors import ValidationError
@@ -108,12 +167,13 @@ def device_add(args: argparse.Namespace) -> int:
         org=args.org, name=args.name, wireguard_key=args.wireguard_key,
         identity_key=args.identity_key, owner=args.owner, tags=tags_of(args.tag),
         relay=args.relay, endpoint=args.endpoint, description=args.description,
+        expires=args.expires,
     )
     def load(path: Path) -> LoadResult:
         return load_explained(path, None, redo=lambda p: f"meshops device add --repo {p} ...")
 
     try:
-        added = add_device(args.repo, req, load=load)
+        added = add_device(args.repo, req, load=load, now=time.time())
     except ValidationError as exc:
         print(f"meshops device add: refused, nothing written ({len(exc.problems)} problem(s)):",
               file=sys.stderr)
@@ -123,4 +183,6 @@ def device_add(args: argparse.Namespace) -> int:
     print(f"wrote {added.rel_path}")
     print(f"  owner:      {added.owner}")
     print(f"  tunnel_ips: {', '.join(added.tunnel_ips)}")
+    if added.expires:
+        print(f"  expires:    {added.expires}")
     return 0

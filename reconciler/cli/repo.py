@@ -61,6 +61,12 @@ def validate(args: argparse.Namespace) -> int:
     result = load_explained(args.repo, args.rev,
                             redo=lambda p: f"meshops validate {p}{rev}")  # fmt: skip
     problems = result.problems
+    if result.repo is not None:  # warnings (exit code unchanged): devices expiring soon
+        import time
+
+        from reconciler.config.expiry import expiry_warnings
+
+        problems = (*problems, *expiry_warnings(result.repo, time.time()))
     if args.format == "json":
         print(json.dumps({"valid": result.valid, "commit": result.commit,
                           "problems": [p.as_dict() for p in problems]}, indent=2))
@@ -68,13 +74,14 @@ def validate(args: argparse.Namespace) -> int:
         for p in problems:
             file = _github_escape(_prefixed(args.repo, p.file), prop=True)
             text = f"{p.message} (fix: {p.remedy})" if p.remedy else p.message
-            print(f"::error file={file},line={p.line},title={_github_escape(p.code, True)}::"
+            level = "warning" if p.severity == "warning" else "error"
+            print(f"::{level} file={file},line={p.line},title={_github_escape(p.code, True)}::"
                   f"{_github_escape(text)}")
         if result.valid:
             print(f"meshops validate: {args.repo} is valid")
     else:
         for p in problems:
-            print(str(p))
+            print(f"warning: {p}" if p.severity == "warning" else str(p))
         where = args.repo + (f" at {args.rev}" if args.rev else "")
         if result.repo is not None:
             orgs = result.repo.orgs

@@ -13,6 +13,7 @@ from typing import Any
 
 from reconciler.model.repo import (
     Device,
+    Enrollment,
     Group,
     Mesh,
     Organization,
@@ -51,10 +52,21 @@ def organization(doc: Mapping[str, Any], source: Source) -> Organization:
         cidr_v6=doc.get("cidr_v6"),
         owners=tuple(doc.get("owners", ())),
         defaults=OrgDefaults(listen_port=int(d.get("listen_port", base.listen_port)),
-                             keepalive=int(d.get("keepalive", base.keepalive))),
+                             keepalive=int(d.get("keepalive", base.keepalive)),
+                             device_lifetime_days=d.get("device_lifetime_days")),
         description=doc.get("description", ""),
         source=source,
+        enrollment=enrollment(doc.get("enrollment")),
     )
+
+
+def enrollment(doc: Mapping[str, Any] | None) -> Enrollment | None:
+    if doc is None:
+        return None
+    auto = doc.get("auto_approve") or {}
+    return Enrollment(issuer=doc["issuer"], client_id=doc["client_id"],
+                      auto_approve_roles=tuple(auto.get("roles", ())),
+                      max_devices_per_user=auto.get("max_devices_per_user"))
 
 
 def user(doc: Mapping[str, Any], org: str, source: Source) -> User:
@@ -67,6 +79,7 @@ def user(doc: Mapping[str, Any], org: str, source: Source) -> User:
         role=doc.get("role", "member"),
         pgp_fingerprint=doc.get("pgp_fingerprint"),
         source=source,
+        disabled=doc.get("disabled", False),
     )
 
 
@@ -90,6 +103,7 @@ def device(doc: Mapping[str, Any], org: str, source: Source) -> Device:
         source=source,
         use_exit_node=doc.get("use_exit_node"),
         masquerade_routes=doc.get("masquerade_routes", True),
+        expires=doc.get("expires"),
     )
 
 

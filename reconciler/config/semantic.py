@@ -209,6 +209,10 @@ def check_device_file(dev: Device, file_name: str) -> list[Problem]:
     if dev.relay and dev.endpoint is None:
         out.append(_p(src, "relay", "E-RELAY-ENDPOINT",
                       "a relay needs a static endpoint", "add endpoint: HOST:PORT"))
+    if dev.expires is not None and dev.expires_at is None:
+        out.append(_p(src, "expires", "E-EXPIRES-INVALID",
+                      f"expires {dev.expires!r} is not a real date or time",
+                      "write a date such as 2027-01-31, or 2027-01-31T12:00:00Z"))
     return out
 
 

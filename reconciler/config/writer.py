@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.errors import Problem, UsageError, ValidationError
@@ -54,6 +55,7 @@ class NewDevice:
     relay: bool = False
     endpoint: str | None = None
     description: str = ""
+    expires: str | None = None  # 2027-01-31T00:00:00Z (hub enrollment: org lifetime)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class AddedDevice:
     rel_path: str  # orgs/ORG/devices/NAME.yaml
     owner: str
     tunnel_ips: tuple[str, ...]
+    expires: str | None = None
 
 
 def scalar(text: str) -> str:
@@ -97,6 +100,8 @@ def render_device(device: Device) -> str:
         lines.append("relay: true")
     if device.endpoint:
         lines.append(f"endpoint: {scalar(device.endpoint)}")
+    if device.expires:
+        lines.append(f"expires: {json.dumps(device.expires)}")
     return "\n".join(lines) + "\n"
 
 
@@ -151,9 +156,20 @@ def _write_new(final: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def default_expiry(state: OrgState, now: float) -> str | None:
+    """``now`` plus the org's ``defaults.device_lifetime_days``, as RFC 3339 UTC."""
+    days = state.organization.defaults.device_lifetime_days
+    if not days:
+        return None
+    return datetime.fromtimestamp(now + days * 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def add_device(repo_path: str | os.PathLike[str], req: NewDevice, *,
-               load: Loader = load_repo) -> AddedDevice:
+               load: Loader = load_repo, now: float | None = None) -> AddedDevice:
     """Allocate addresses for ``req``, write its file and prove the repo still loads.
+
+    Without ``req.expires``, a device of an org with ``device_lifetime_days``
+    expires that many days after ``now`` (when ``now`` is given).
 
     Raises ``UsageError`` for bad arguments (unknown org or owner, bad name,
     relay without endpoint), ``ValidationError`` when the repository is invalid
@@ -185,6 +201,7 @@ def add_device(repo_path: str | os.PathLike[str], req: NewDevice, *,
         name=req.name, org=req.org, owner=owner, wireguard_public_key=req.wireguard_key,
         identity_public_key=req.identity_key, tunnel_ips=tuple(ips), tags=tuple(req.tags),
         relay=req.relay, endpoint=req.endpoint, description=req.description,
+        expires=req.expires or (default_expiry(state, now) if now is not None else None),
     )
     final = root / rel
     try:
@@ -198,7 +215,7 @@ def add_device(repo_path: str | os.PathLike[str], req: NewDevice, *,
     if after.repo is None:
         final.unlink(missing_ok=True)
         raise ValidationError(after.problems)
-    return AddedDevice(final, rel, owner, tuple(ips))
+    return AddedDevice(final, rel, owner, tuple(ips), device.expires)
 
 
 def tags_of(values: Sequence[str] | None) -> tuple[str, ...]:

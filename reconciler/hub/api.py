@@ -63,6 +63,7 @@ from reconciler.hub.claims import (
     check_address,
     check_candidates,
 )
+from reconciler.hub.enroll import Enrollment
 from reconciler.hub.limits import Limits, RefusalLog
 from reconciler.hub.metrics import CONTENT_TYPE
 from reconciler.hub.serve import Hub, authority
@@ -541,7 +542,8 @@ def _anonymous_tls(request: web.Request) -> bool:
 
 
 def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | None = None,
-             refusals: RefusalLog | None = None) -> web.Application:
+             refusals: RefusalLog | None = None,
+             enroll: Enrollment | None = None) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[HUB_KEY] = hub
     app[PEER_KEY] = peer_cert
@@ -555,4 +557,6 @@ def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | 
     app.router.add_get("/v1/orgs/{org}/crl", get_crl)
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/metrics", get_metrics)
+    if enroll is not None:  # GET/POST /v1/orgs/{org}/enroll (reconciler.hub.enroll)
+        enroll.add_routes(app)
     return app

@@ -102,6 +102,8 @@ class ServeConfig:
     plain_http: bool = False  # tests/behind a TLS-terminating proxy only: no mTLS then
     limits: Limits = field(default_factory=Limits)  # timeouts and caps (reconciler.hub.limits)
     pipeline: Pipeline | None = None  # injected by tests; default: PublisherPipeline
+    commit_key: str | None = None  # GPG key for the hub's enrollment commits (git commit -S)
+    oidc_ca_file: str | None = None  # CA bundle for the orgs' OpenID issuers (default: system)
     now: Callable[[], float] = time.time
 
     def db_url(self) -> str:
@@ -231,7 +233,15 @@ async def start(config: ServeConfig) -> Running:
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(QuietLoopErrors(previous_handler))
     running._stop.append(lambda: loop.set_exception_handler(previous_handler))
-    app = make_app(hub, limits=limits, refusals=refusals)
+    from reconciler.hub.enroll import Enrollment
+    from reconciler.identity.http import UrllibTransport
+
+    enroll = Enrollment(
+        repo_path=repo_path, push_url=config.repo, branch=config.branch,
+        served_commit=lambda: hub.snapshot.commit if hub.snapshot else None, now=config.now,
+        commit_key=config.commit_key, gnupghome=config.gnupghome,
+        transport=UrllibTransport(ca_file=config.oidc_ca_file))
+    app = make_app(hub, limits=limits, refusals=refusals, enroll=enroll)
     # keepalive_timeout: a connection must send its next complete request head
     # within idle_timeout (aiohttp arms it at connection start and after each answer)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,

@@ -330,6 +330,7 @@ class Publisher:
         out_dir: str | os.PathLike[str] | None = None,
     ) -> PublishResult:
         from reconciler.config import load
+        from reconciler.config.expiry import without_expired
 
         t0 = time.perf_counter()
         repo_mesh_rev = rev
@@ -347,6 +348,7 @@ class Publisher:
         commit = result.commit or worktree_commit(repo)
         if repo.mesh.require_signed_commits:
             self._check_signed(repo, commit)
+        repo = without_expired(repo, now)  # expired devices are out, as disabled ones
         t1 = time.perf_counter()
         outcome = {
             name: self._publish_org(org, repo, commit, repo_mesh_rev, now)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from functools import cached_property
 
 
@@ -49,6 +50,18 @@ class Mesh:
 class OrgDefaults:
     listen_port: int = 51820
     keepalive: int = 25
+    device_lifetime_days: int | None = None  # enrollment writes expires = now + this
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """``organization.yaml`` ``enrollment:``: the OpenID provider for ``agent enroll``.
+    ``auto_approve_roles`` empty: every enrollment is a branch for review."""
+
+    issuer: str
+    client_id: str
+    auto_approve_roles: tuple[str, ...] = ()
+    max_devices_per_user: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class Organization:
     defaults: OrgDefaults = OrgDefaults()
     description: str = ""
     source: Source = NO_SOURCE
+    enrollment: Enrollment | None = None
 
 
 ROLES = ("owner", "admin", "member")
@@ -75,6 +89,7 @@ class User:
     role: str = "member"
     pgp_fingerprint: str | None = None
     source: Source = NO_SOURCE
+    disabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,30 @@ class Device:
     source: Source = NO_SOURCE
     use_exit_node: str | None = None  # name of an exit node of the org this device routes through
     masquerade_routes: bool = True  # False: forward to ``routes`` keeping mesh source addresses
+    expires: str | None = None  # as written: 2027-01-31 or 2027-01-31T12:00:00Z
+
+    @property
+    def expires_at(self) -> float | None:
+        """``expires`` as unix seconds (None: never, or unreadable; validation
+        reports the unreadable ones)."""
+        return parse_expiry(self.expires) if self.expires else None
+
+    def expired(self, now: float) -> bool:
+        at = self.expires_at
+        return at is not None and at <= now
+
+
+def parse_expiry(text: str) -> float | None:
+    """``2027-01-31`` (00:00 UTC) or an RFC 3339 time with its zone -> unix
+    seconds; None when it is not a real date or time."""
+    try:
+        if "T" not in text:
+            return datetime.combine(date.fromisoformat(text), datetime.min.time(),
+                                    UTC).timestamp()
+        when = datetime.fromisoformat(text)  # 3.11+ reads a trailing Z
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
 
 
 @dataclass(frozen=True)

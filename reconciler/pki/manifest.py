@@ -89,7 +89,9 @@ def build_manifest(
     entries: MutableMapping[str, tuple[Any, str, tuple[str, ...], ManifestDevice]] | None = None,
     mesh: Mesh | None = None,
 ) -> Manifest:
-    """The manifest for one org. Devices without a fingerprint (no cert) are left out.
+    """The manifest for one org. Devices without a fingerprint (no cert) are left
+    out, and so are devices whose ``expires`` is at or before ``now`` (the hub
+    also revokes their certificates: ``config.expiry.without_expired``).
 
     ``compiled`` is a precomputed ``CompiledPolicy`` (the publisher caches it);
     by default ``reconciler.policy.compile_policy(org_state)`` is called.
@@ -110,7 +112,7 @@ def build_manifest(
     devices = []
     for d in org_state.enabled_devices():
         fp = cert_fingerprints.get(d.name)
-        if fp is None:
+        if fp is None or d.expired(now):  # an expired device is out, as a disabled one
             continue
         labels = tuple(compiled.labels(d.name))
         memo = entries.get(d.name) if entries is not None else None

@@ -8,11 +8,15 @@ changes, whether the policy changed, and the reachability diff: groups of
 (src devices x dst devices) and the traffic they gain or lose. The renderers
 (``render_markdown``, ``render_text``, ``render_json``) live in
 ``policy.render`` and are re-exported here. Pure and stdlib-only.
+
+``expiring(repo, now)`` lists the devices that have expired or expire within
+``WARN_DAYS`` (14) days: ``meshops plan`` prints it under the diff, and
+``config.expiry.expiry_warnings`` turns it into ``validate`` warnings.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from reconciler.model.repo import Device, OrgState, Repo
@@ -22,7 +26,40 @@ from .reach import Matrix, Signature, reachability
 from .render import render_json, render_markdown, render_text
 from .report import DeviceChange, DeviceEntry, FieldChange, OrgPlan, ReachChange, ReviewReport
 
-__all__ = ["render_json", "render_markdown", "render_text", "review_diff"]
+__all__ = ["Expiring", "expiring", "render_json", "render_markdown", "render_text",
+           "review_diff"]
+
+WARN_DAYS = 14
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Expiring:
+    org: str
+    device: str
+    owner: str
+    expires: str  # as written in the file
+    days_left: float  # negative: already expired
+    expired: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"org": self.org, "device": self.device, "owner": self.owner,
+                "expires": self.expires, "days_left": round(self.days_left, 2),
+                "expired": self.expired}
+
+
+def expiring(repo: Repo, now: float, within_days: int = WARN_DAYS) -> tuple[Expiring, ...]:
+    """Enabled devices whose ``expires`` is before ``now + within_days``, soonest
+    first (then by org and name). Disabled devices are out of the mesh anyway."""
+    out = []
+    for org_name, state in repo.orgs.items():
+        for dev in state.devices.values():
+            at = dev.expires_at
+            if dev.disabled or at is None or at > now + within_days * DAY:
+                continue
+            out.append(Expiring(org_name, dev.name, dev.owner, str(dev.expires),
+                                (at - now) / DAY, at <= now))
+    return tuple(sorted(out, key=lambda e: (e.days_left, e.org, e.device)))
 
 _SKIP = {"source", "name", "org"}
 

@@ -1,0 +1,1 @@
+from oidc.fixture import make_oidc, oidc  # noqa: F401  (pytest fixtures)
