@@ -82,7 +82,7 @@ LONG_POLL_MARGIN = 2.0  # a long-poll may take ``wait`` plus this
 LIVENESS_STEP = 0.25  # seconds between watchdog checks while a request is in flight
 READ_CHUNK = 64 * 1024
 
-Kind = Literal["manifest", "feed", "cert", "report"]
+Kind = Literal["manifest", "feed", "cert", "report", "root"]
 MiB = 1024 * 1024
 # The largest body (after decompression) accepted per request kind. A manifest
 # costs ~184 bytes per device (docs/benchmarks.md), 4/3 more in its base64
@@ -93,6 +93,7 @@ LIMITS: Mapping[str, int] = {
     "feed": 16 * MiB,  # a few hundred bytes per device entry
     "cert": 256 * 1024,  # {"cert": PEM, "ca": PEM}: a few KiB
     "report": 1 * MiB,  # the hub's answer to an endpoint report
+    "root": 1 * MiB,  # a trust root (pki.root.MAX_ROOT_BYTES)
 }
 MAX_GZIP_RATIO = 100  # a real manifest envelope (base64 of JSON) compresses 2-4:1
 RATIO_FLOOR = 1 * MiB  # smaller outputs cannot hurt; their ratio is not judged
@@ -124,6 +125,10 @@ class TlsConfig:
     key: str | None = None
     ca: str | None = None  # CA bundle for the server; None = system store
     server_name: str | None = None  # SNI + name to verify instead of the URL's host
+    # False only for self-authenticating documents (trust roots, checked against
+    # the pinned chain): a hub whose CA rotated while this device was away
+    # cannot be verified until the new root is known (agent.source.walk_roots)
+    verify: bool = True
 
 
 class Transport(Protocol):
@@ -260,6 +265,12 @@ class HttpTransport:
 
         if self._context is None:
             try:
+                if not self._tls.verify:
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                    self._context = ctx
+                    return ctx
                 ctx = ssl.create_default_context(cafile=self._tls.ca)
                 # Python 3.13's default; refuses e.g. a CA without a key identifier
                 ctx.verify_flags |= ssl.VERIFY_X509_STRICT

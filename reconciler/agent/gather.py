@@ -4,7 +4,9 @@
 ``agent.reconcile.reconcile_once`` (and ``agent.loop`` through it). It reads,
 in this order, and nothing twice:
 
-1. the pinned trust, the state dir's memory (``peering.json``), this
+1. the pinned trust (and the org's trust root, walked in band when the
+   manifest says a newer one exists or a rotation explains a refusal:
+   ``agent.source.manifest_and_trust``), the state dir's memory (``peering.json``), this
    device's own endpoints (``discovery.json``) and the last endpoint feed;
 2. the source address towards the hub (``effects.local_ip``): another one
    than discovery ran from means the device moved, and the fetcher's TLS
@@ -41,7 +43,7 @@ from reconciler.agent.fetch import FetchLike, route_source
 from reconciler.agent.inputs import Inputs
 from reconciler.agent.memory import Memory
 from reconciler.agent.meshconfig import effective_endpoints
-from reconciler.agent.source import fetch_feed, load_pinned_trust, manifest_with_cert
+from reconciler.agent.source import fetch_feed, manifest_and_trust
 from reconciler.agent.state import StateDir
 from reconciler.backends.base import Backend
 from reconciler.converge import Operation
@@ -83,13 +85,13 @@ class Effects:
     local_ip: Callable[[], str | None] | None = None  # default: a routing-table lookup
     resolve: Callable[[str], str | None] | None = None  # default: getaddrinfo
     firewall: Firewall | None = None  # None: the firewall is not managed (unit tests)
+    public_fetch: FetchLike | None = None  # no TLS verification: trust roots only
     routing: Routing | None = None  # None: exit-node routing is not managed
 
 
 def gather(config: AgentConfig, effects: Effects, now: float, *,
            wait: int | None = None) -> Inputs:
     state = StateDir(config.state_dir)
-    trust = load_pinned_trust(config)
     warnings: list[str] = []
     memory = Memory.from_dict(state.load_peering())
     own = SelfEndpoints.from_dict(state.load_discovery())
@@ -99,8 +101,8 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
     if moved:
         wait = None  # a long-poll now would only delay the new endpoints' report
         effects.fetch.reset_tls()
-    got = manifest_with_cert(config, effects.fetch, trust, state, now, wait=wait,
-                             warnings=warnings)
+    got, trust = manifest_and_trust(config, effects.fetch, effects.public_fetch, state, now,
+                                    wait=wait, warnings=warnings)
     if got.warning:
         warnings.append(got.warning)
     feed = last_feed if got.source == "cache" else \

@@ -85,6 +85,7 @@ class AgentLoop:
         on_error: Callable[[MeshopsError], None] | None = None,
         firewall: Firewall | None = None,
         routing: Routing | None = None,
+        public_fetch: FetchLike | None = None,
     ) -> None:
         self.config = config
         self.fetch = fetch
@@ -95,6 +96,7 @@ class AgentLoop:
         self.discover = discover
         self.firewall = firewall
         self.routing = routing
+        self.public_fetch = public_fetch
         self.on_result = on_result
         self.on_error = on_error
         self.stats = LoopStats()
@@ -125,7 +127,7 @@ class AgentLoop:
             result = reconcile_once(
                 cfg, fetch=_MarkWaits(self.fetch, self), backend=self.backend, now=started,
                 discover=self.discover, wait=self._wait() if long_poll else None,
-                firewall=self.firewall, routing=self.routing,
+                firewall=self.firewall, routing=self.routing, public_fetch=self.public_fetch,
             )
         except UsageError:
             raise

@@ -49,11 +49,13 @@ def reconcile_once(
     resolve: Callable[[str], str | None] | None = None,
     firewall: Firewall | None = None,
     routing: Routing | None = None,
+    public_fetch: FetchLike | None = None,
 ) -> Result:
     """One whole pass. Raises ``ManifestRefused`` (interface untouched),
     ``FetchError`` (no usable manifest), ``ConfigError``, backend errors, or
     ``NotConverged`` with the residual operations."""
-    effects = Effects(fetch, backend, discover, report, local_ip, resolve, firewall, routing)
+    effects = Effects(fetch, backend, discover, report, local_ip, resolve, firewall, routing,
+                      public_fetch)
     inputs = gather(config, effects, now, wait=wait)
     decision = decide(inputs, now)
     if dry_run:

@@ -19,7 +19,7 @@ from reconciler.agent.fetch import FetchLike
 from reconciler.agent.gather import resolve_host, resolve_static
 from reconciler.agent.inputs import Inputs
 from reconciler.agent.memory import Memory
-from reconciler.agent.source import load_pinned_trust, manifest_with_cert
+from reconciler.agent.source import manifest_and_trust
 from reconciler.agent.state import StateDir
 from reconciler.backends.render import render_wg_quick
 from reconciler.errors import ConfigError
@@ -29,8 +29,8 @@ from reconciler.model.wg import ObservedInterface
 def render_config(config: AgentConfig, *, fetch: FetchLike, now: float,
                   private_key_path: str | None = None) -> str:
     warnings: list[str] = []
-    got = manifest_with_cert(config, fetch, load_pinned_trust(config),
-                             StateDir(config.state_dir), now, wait=None, warnings=warnings)
+    got, _ = manifest_and_trust(config, fetch, None, StateDir(config.state_dir), now, wait=None,
+                                warnings=warnings)
     manifest = got.manifest
     if manifest.device(config.name) is None:
         raise ConfigError(f"device {config.name!r} is not in manifest serial {manifest.serial} "

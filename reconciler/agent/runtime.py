@@ -88,3 +88,11 @@ def make_host(config: AgentConfig) -> tuple[Any, Any]:
     from reconciler.net.nftables import Nftables
 
     return Nftables(netns=config.netns), IPRouteLinks(netns=config.netns)
+
+
+def make_public_fetcher(config: AgentConfig) -> Fetcher:
+    """A fetcher that does not verify TLS, for trust roots only: they are signed
+    and checked against the pinned chain (``agent.source.walk_roots``), and after
+    a CA rotation the hub's new certificate cannot be verified before the new
+    root is known."""
+    return Fetcher(timeout=config.timeout, tls=TlsConfig(verify=False))

@@ -16,19 +16,22 @@ renewed by the hub), because the hub serves manifests over mTLS only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.fetch import FetchLike
 from reconciler.agent.inputs import VerifiedManifest
-from reconciler.agent.state import DEVICE_CERT, HUB_CA, CachedManifest, StateDir
+from reconciler.agent.state import DEVICE_CERT, HUB_CA, ROOT, CachedManifest, StateDir
+from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import ConfigError, FetchError, InputRefused, ManifestRefused, PkiError
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.manifest import Manifest
 from reconciler.pki.certs import load_cert
 from reconciler.pki.envelope import Trust, load_trust
 from reconciler.pki.manifest import DEFAULT_MAX_SKEW, verify_manifest
+from reconciler.pki.root import TrustRoot, verify_initial, verify_next
 
 
 def load_pinned_trust(config: AgentConfig) -> Trust:
@@ -116,11 +119,13 @@ def obtain_manifest(config: AgentConfig, fetch: FetchLike, trust: Trust, state: 
                             cached_etag=cached.etag if cached is not None else None)
 
 
-def pin_hub_ca(config: AgentConfig, trust: Trust, state: StateDir) -> None:
-    """The org CA from the pinned trust verifies the hub's TLS certificate."""
+def pin_hub_ca(config: AgentConfig, trust: Trust, state: StateDir) -> bool:
+    """The org CA(s) of the pinned trust verify the hub's TLS certificate (every
+    CA of the trust root during a CA rotation's overlap). True when it changed."""
     org = trust.orgs.get(config.org)
     if org is not None and org.ca_pem:
-        state.write_if_changed(HUB_CA, org.ca_pem.encode(), mode=0o644)
+        return state.write_if_changed(HUB_CA, org.ca_pem.encode(), mode=0o644)
+    return False
 
 
 def drop_expired_cert(fetch: FetchLike, state: StateDir, now: float) -> bool:
@@ -174,8 +179,8 @@ def manifest_with_cert(config: AgentConfig, fetch: FetchLike, trust: Trust, stat
     manifest re-fetches the certificate (renewals ship with a publish)."""
     if not config.hub:
         return obtain_manifest(config, fetch, trust, state, now, wait=wait, warnings=warnings)
-    if not config.tls_ca:
-        pin_hub_ca(config, trust, state)
+    if not config.tls_ca and pin_hub_ca(config, trust, state):
+        fetch.reset_tls()
     drop_expired_cert(fetch, state, now)
     fresh = fetch_device_cert(config, fetch, state, refresh=False, warnings=warnings)
     try:
@@ -207,3 +212,128 @@ def fetch_feed(config: AgentConfig, fetch: FetchLike, trust: Trust,
                         f"{last.revision}; kept the newer one")
         return last
     return feed
+
+
+# -- the trust root (pki.root): pinned, walked, followed --------------------------
+
+MAX_WALK = 32  # root versions followed in one pass
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """What this pass trusts: the pinned trust file, and the org's trust root
+    when the org has one (then its manifest keys and CAs replace the file's)."""
+
+    trust: Trust
+    root: TrustRoot | None = None
+
+    def with_root(self, root: TrustRoot) -> Pinned:
+        return Pinned(Trust(orgs={**self.trust.orgs, root.org: root.org_trust()}), root)
+
+
+def load_pinned(config: AgentConfig, state: StateDir, warnings: list[str]) -> Pinned:
+    """The pinned trust file and, when its org entry carries a ``root`` (or the
+    state dir holds a newer root walked to before), that root."""
+    trust = load_pinned_trust(config)
+    root = None
+    try:
+        doc = bounded_loads(Path(config.trust).read_bytes(), what=config.trust,
+                            max_bytes=4 << 20, max_depth=8)
+        pinned = doc["orgs"][config.org].get("root")
+    except (OSError, KeyError, TypeError, AttributeError, InputRefused):
+        pinned = None
+    if isinstance(pinned, str):
+        root = verify_initial(pinned.encode(), config.org)  # refused: a broken pin is an error
+    try:
+        walked = verify_initial((state.path / ROOT).read_bytes(), config.org)
+    except OSError:
+        walked = None
+    except ManifestRefused as exc:
+        warnings.append(f"{state.path / ROOT}: ignored ({exc}); walking again from the pin")
+        walked = None
+    if walked is not None and (root is None or walked.version > root.version):
+        root = walked
+    return Pinned(trust, None).with_root(root) if root is not None else Pinned(trust)
+
+
+def root_url(config: AgentConfig, version: int) -> str:
+    """Root ``version`` of the org: ``/v1/orgs/ORG/roots/N`` on the hub, or
+    ``roots/N.json`` beside a static manifest."""
+    if config.hub:
+        return f"{config.hub.rstrip('/')}/v1/orgs/{config.org}/roots/{version}"
+    return f"{config.source_url.rsplit('/', 1)[0]}/roots/{version}.json"
+
+
+def walk_roots(config: AgentConfig, fetch: FetchLike, public_fetch: FetchLike | None,
+               current: TrustRoot, state: StateDir, warnings: list[str]) -> TrustRoot:
+    """Follow the chain from ``current`` as far as the source has it: each next
+    version must be signed by a threshold of the previous root's keys and of
+    its own (``pki.root.verify_next``). Roots are self-authenticating, so when
+    the hub's TLS cannot be verified with the pinned CA (its CA rotated while
+    this device was away) they are fetched with ``public_fetch`` (no TLS
+    verification). Each accepted root is kept in the state dir at once."""
+    for _ in range(MAX_WALK):
+        url = root_url(config, current.version + 1)
+        try:
+            body = _get_root(fetch, public_fetch, url)
+        except (FetchError, ConfigError, InputRefused) as exc:
+            if "HTTP 404" not in str(exc):
+                warnings.append(f"trust root {current.version + 1} not fetched: {exc}")
+            break
+        try:
+            current = verify_next(current, body)
+        except ManifestRefused as exc:
+            warnings.append(f"trust root from {url} refused: {exc}")
+            break
+        state.write_if_changed(ROOT, body, mode=0o644)
+    return current
+
+
+def _get_root(fetch: FetchLike, public_fetch: FetchLike | None, url: str) -> bytes:
+    try:
+        return fetch.get(url, kind="root").body
+    except ConfigError as exc:
+        if public_fetch is None or "HTTP 4" in str(exc):
+            raise
+        return public_fetch.get(url, kind="root").body
+
+
+def manifest_and_trust(config: AgentConfig, fetch: FetchLike, public_fetch: FetchLike | None,
+                       state: StateDir, now: float, *, wait: int | None,
+                       warnings: list[str]) -> tuple[VerifiedManifest, Trust]:
+    """The verified manifest and the trust it verified with, following the org's
+    trust root in band (TUF-style):
+
+    * a manifest (or the hub's TLS, or the hub itself) refused in a way a
+      rotation explains (``unknown-key``, ``bad-signature``, a TLS or 4xx
+      refusal) makes the agent walk the root chain and try once more;
+    * a verified manifest whose signed ``root_version`` is above the pinned
+      root makes the agent walk now, while the old keys still work (the
+      overlap), so it never depends on the fallback above."""
+    pinned = load_pinned(config, state, warnings)
+    try:
+        got = manifest_with_cert(config, fetch, pinned.trust, state, now, wait=wait,
+                                 warnings=warnings)
+    except (ManifestRefused, ConfigError) as exc:
+        if pinned.root is None or (isinstance(exc, ManifestRefused) and exc.reason not in
+                                   ("unknown-key", "bad-signature")):
+            raise
+        walked = walk_roots(config, fetch, public_fetch, pinned.root, state, warnings)
+        if walked.version == pinned.root.version:
+            raise
+        warnings.append(f"trust root of org {config.org!r} rotated: version "
+                        f"{pinned.root.version} -> {walked.version}")
+        pinned = pinned.with_root(walked)
+        got = manifest_with_cert(config, fetch, pinned.trust, state, now, wait=None,
+                                 warnings=warnings)
+        return got, pinned.trust
+    newest = got.manifest.root_version or 0
+    if pinned.root is not None and newest > pinned.root.version:
+        walked = walk_roots(config, fetch, public_fetch, pinned.root, state, warnings)
+        if walked.version > pinned.root.version:
+            warnings.append(f"trust root of org {config.org!r} rotated: version "
+                            f"{pinned.root.version} -> {walked.version}")
+            pinned = pinned.with_root(walked)
+            if config.hub and not config.tls_ca and pin_hub_ca(config, pinned.trust, state):
+                fetch.reset_tls()
+    return got, pinned.trust

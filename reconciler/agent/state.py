@@ -52,6 +52,7 @@ FEED = "feed.json"
 DISCOVERY = "discovery.json"
 DEVICE_CERT = "device.crt"
 HUB_CA = "hub-ca.pem"
+ROOT = "root.dsse"  # the newest trust root walked to (pki.root), when the org has roots
 
 MAX_STATE_BYTES = 64 * 1024 * 1024  # feed.json of ~130,000 devices, pretty-printed
 MAX_STATE_DEPTH = 16  # the deepest writer today nests 5

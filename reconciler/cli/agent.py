@@ -244,6 +244,7 @@ def apply(args: argparse.Namespace) -> int:
         make_discover,
         make_fetcher,
         make_host,
+        make_public_fetcher,
         open_agent_backend,
     )
 
@@ -254,7 +255,7 @@ def apply(args: argparse.Namespace) -> int:
         result = reconcile_once(config, fetch=make_fetcher(config), backend=backend,
                                 now=time.time(), dry_run=args.dry_run,
                                 discover=make_discover(config), firewall=firewall,
-                                routing=routing)
+                                routing=routing, public_fetch=make_public_fetcher(config))
     finally:
         backend.close()
         routing.close()
@@ -291,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
         make_discover,
         make_fetcher,
         make_host,
+        make_public_fetcher,
         open_agent_backend,
     )
 
@@ -315,7 +317,8 @@ def run(args: argparse.Namespace) -> int:
     loop = AgentLoop(config, fetch=make_fetcher(config), backend=backend, clock=time.time,
                      sleep=lambda s: stop.wait(s), rng=random.Random(),
                      discover=make_discover(config), on_result=on_result, on_error=on_error,
-                     firewall=firewall, routing=routing)
+                     firewall=firewall, routing=routing,
+                     public_fetch=make_public_fetcher(config))
 
     def handle(signum: int, frame: Any) -> None:  # the tunnels stay up
         loop.stop()
