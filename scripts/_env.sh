@@ -1,13 +1,22 @@
 # Shared set-up for scripts/test, scripts/demo, scripts/bench and scripts/lab.
 # Sourced, not run. Installs Debian packages (as root) and the .venv on a fresh machine.
 MESHOPS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MESHOPS_APT_PKGS="python3-venv wireguard-go wireguard-tools iptables nftables iproute2 iputils-ping conntrack stun-server postgresql gnupg git procps iperf3 openssl nodejs npm chromium"
+MESHOPS_APT_PKGS="python3-venv wireguard-go wireguard-tools iptables nftables iproute2 iputils-ping conntrack stun-server postgresql gnupg git procps iperf3 openssl chromium nebula"
+# Node.js for the test OpenID provider: these machines ship NodeSource's nodejs, whose
+# bundled npm conflicts with Debian's npm package, so Debian's are installed only when
+# no node/npm command exists at all.
+MESHOPS_NODE_PKGS="nodejs npm"
 
 meshops_apt() {
   local missing=()
   for p in $MESHOPS_APT_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
   done
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    for p in $MESHOPS_NODE_PKGS; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+  fi
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
     echo "note: not root, cannot install: ${missing[*]} (root-only tests will skip)" >&2
