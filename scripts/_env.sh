@@ -1,7 +1,7 @@
 # Shared set-up for scripts/test, scripts/demo, scripts/bench and scripts/lab.
 # Sourced, not run. Installs Debian packages (as root) and the .venv on a fresh machine.
 MESHOPS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MESHOPS_APT_PKGS="python3-venv wireguard-go wireguard-tools iptables iproute2 iputils-ping conntrack stun-server postgresql gnupg git procps nebula iperf3"
+MESHOPS_APT_PKGS="python3-venv wireguard-go wireguard-tools iptables iproute2 iputils-ping conntrack stun-server postgresql gnupg git procps nebula iperf3 openssh-client"
 
 meshops_apt() {
   local missing=()

@@ -353,15 +353,23 @@ class NebulaLab:
 
     # ------------------------------------------------------------------ up
     def up(self) -> None:
-        """Namespaces and NAT (the meshops lab's), the CA, every node's certificate and
-        config (each checked with ``nebula -test``), and the lighthouse, running."""
+        """``prepare``, then the namespaces and NAT (the meshops lab's own) and the
+        lighthouse, running. The nodes start with ``start_nodes``."""
         if self.ledger.namespaces:
             raise LabError(f"a Nebula lab is already up in {self.dir}; call down() first")
+        self.prepare()
+        self.log("nebula lab: building namespaces, internet bridge and NAT gateways")
+        build_network(self.topo, self.nn)
+        self._start(LIGHTHOUSE, self.topo.ns("hub"))
+        self._wait_udp(self.topo.ns("hub"), self.topo.wg_port)
+
+    def prepare(self) -> None:
+        """The CA, SSH keys, every node's certificate and config, each config checked
+        with ``nebula -test``. Touches no network (no root needed)."""
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.pki.mkdir(parents=True)
-        self.log("nebula lab: building namespaces, internet bridge and NAT gateways")
-        build_network(self.topo, self.nn)
+        self.ledger.save()
         self.log("nebula lab: CA, certificates and configs")
         run(["nebula-cert", "ca", "-name", f"meshops lab {self.topo.prefix}", "-duration", "48h",
              "-out-crt", str(self.pki / "ca.crt"), "-out-key", str(self.pki / "ca.key")])
@@ -373,8 +381,6 @@ class NebulaLab:
             self._cert(name)
         for name in [LIGHTHOUSE, *self.members]:
             self._check_config(name, self._config(name))
-        self._start(LIGHTHOUSE, self.topo.ns("hub"))
-        self._wait_udp(self.topo.ns("hub"), self.topo.wg_port)
 
     def start_nodes(self) -> None:
         for name in self.members:

@@ -25,7 +25,9 @@ Each system-neutral figure is measured by the same code for every system:
   counters for meshops, both host maps plus relay byte counters for Nebula).
 * **a new node's first ping**: ``a3`` joins site A (cone NAT); from the moment
   its daemon is started (meshops: after its commit and ``agent run``; Nebula:
-  after ``nebula-cert sign`` and ``nebula``), ``pub`` pings it back to back.
+  after ``nebula-cert sign`` and ``nebula``), ``pub`` pings it back to back;
+  then the time until it and every node have pinged each other, and the paths
+  it took to ``pub``, ``d1`` (cone, another site) and ``b1`` (symmetric).
 * **removal -> cut off**: ``a3`` pings every other node every 50 ms; the
   change is made (meshops: its device file removed in a git commit; Nebula: its
   fingerprint blocklisted and SIGHUP to every other node); the figure is the
@@ -190,21 +192,24 @@ def _ping_at(ns: str, ip: str, timeout: float = 1.0) -> float | None:
     return None if rtt is None else start + rtt / 1000
 
 
-def time_to_mesh(side, t0: float, timeout: float = 120) -> float | None:
+def time_to_mesh(side, t0: float, timeout: float = 120, *, node: str | None = None,
+                 ) -> tuple[float | None, dict[str, float]]:
+    """Seconds until every ordered pair (with ``node``: every pair it is part of) has
+    answered once (None at ``timeout``), and each pair's own time (``src->dst``)."""
     members = side.members()
-    pending = {(a, b) for a in members for b in members if a != b}
-    last = t0
+    pending = {(a, b) for a in members for b in members if a != b and node in (None, a, b)}
+    first: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=16) as pool:
         while pending and time.monotonic() - t0 < timeout:
             order = sorted(pending)
             answers = list(pool.map(lambda p: _ping_at(side.topo.ns(p[0]), side.ip(p[1])), order))
-            for pair, at in zip(order, answers, strict=True):
+            for (a, b), at in zip(order, answers, strict=True):
                 if at is not None:
-                    pending.discard(pair)
-                    last = max(last, at)
+                    pending.discard((a, b))
+                    first[f"{a}->{b}"] = round(at - t0, 3)
             if pending:
                 time.sleep(0.05)
-    return None if pending else round(last - t0, 3)
+    return (None if pending else max(first.values(), default=0.0)), first
 
 
 def first_reply(ns: str, ip: str, t0: float, timeout: float = 60) -> float | None:
@@ -292,7 +297,8 @@ def measure(side, t0: float) -> dict:
     """Every figure for one running system (see the module docstring)."""
     out: dict = {"system": side.name}
     log(f"{side.name}: waiting for the full mesh")
-    out["mesh_s"] = time_to_mesh(side, t0)
+    out["mesh_s"], per_pair = time_to_mesh(side, t0)
+    out["mesh_slowest"] = dict(sorted(per_pair.items(), key=lambda kv: -kv[1])[:6])
     log(f"{side.name}: reading the path matrix")
     rows = side.matrix()
     out["matrix"] = [asdict(r) for r in rows]
@@ -303,6 +309,7 @@ def measure(side, t0: float) -> dict:
     side.add(name, site, ip)
     t0 = time.monotonic()
     out["first_ping_s"] = first_reply(side.topo.ns("pub"), side.ip(name), t0)
+    out["new_node_all_s"], _ = time_to_mesh(side, t0, 60, node=name)
     out["new_node_paths"] = {f"{a}->{b}": r.path for a, b in (("pub", name), (name, "d1"), (name, "b1"))
                              for r in [_probe(side, a, b)]}
     log(f"{side.name}: removing {name}")
@@ -423,7 +430,7 @@ def bench_lab_vs_nebula() -> dict:
 
 
 def _flat(run: dict) -> dict:
-    out = {k: run[k] for k in ("mesh_s", "first_ping_s", "cut_s", "cut_in_state") if k in run}
+    out = {k: run[k] for k in ("mesh_s", "first_ping_s", "new_node_all_s", "cut_s", "cut_in_state") if k in run}
     out["paths"] = json.dumps(run.get("paths", {}), sort_keys=True)
     for label in ("direct", "relayed"):
         perf = run.get(f"iperf_{label}", {})
@@ -441,7 +448,8 @@ def summary(report: dict) -> str:
         ("unconfirmed paths", lambda r: len(r["unconfirmed"])),
         ("cold start -> full mesh (s)", lambda r: r["mesh_s"]),
         ("new node first ping (s)", lambda r: r["first_ping_s"]),
-        ("pub -> new node path", lambda r: r["new_node_paths"]["pub->a3"]),
+        ("new node <-> every node (s)", lambda r: r["new_node_all_s"]),
+        ("new node paths pub/d1/b1", lambda r: "/".join(p.split(":")[0] for p in r["new_node_paths"].values())),
         ("removal -> cut off (s)", lambda r: r["cut_s"]),
         ("direct a1->d1 (Mbit/s)", lambda r: r["iperf_direct"].get("mbit_s")),
         ("direct CPU s/GB", lambda r: r["iperf_direct"].get("cpu_s_per_gb")),
