@@ -128,9 +128,11 @@ def render(template: str, values: Mapping[str, Any], *, where: str) -> str:
     text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
     try:
         return string.Template(template).substitute(text)
-    except (KeyError, ValueError) as exc:
+    except KeyError as exc:
         raise LabError(f"{where}: template placeholder {exc} has no value; "
                        "reconciler/lab/nebula.py must supply it") from exc
+    except ValueError as exc:  # a lone "$": write "$$" for a literal dollar sign
+        raise LabError(f"{where}: {exc}; write $$ for a literal dollar sign") from exc
 
 
 # --------------------------------------------------------------------- host map

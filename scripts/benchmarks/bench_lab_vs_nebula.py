@@ -309,7 +309,8 @@ def measure(side, t0: float) -> dict:
     side.add(name, site, ip)
     t0 = time.monotonic()
     out["first_ping_s"] = first_reply(side.topo.ns("pub"), side.ip(name), t0)
-    out["new_node_all_s"], _ = time_to_mesh(side, t0, 60, node=name)
+    out["new_node_all_s"], per_pair = time_to_mesh(side, t0, 60, node=name)
+    out["new_node_slowest"] = dict(sorted(per_pair.items(), key=lambda kv: -kv[1])[:4])
     out["new_node_paths"] = {f"{a}->{b}": r.path for a, b in (("pub", name), (name, "d1"), (name, "b1"))
                              for r in [_probe(side, a, b)]}
     log(f"{side.name}: removing {name}")

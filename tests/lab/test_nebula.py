@@ -170,6 +170,11 @@ def test_a_placeholder_without_a_value_names_the_template():
         nebula.render("relay:\n  relays: $relays\n", {}, where="node.yml")
 
 
+def test_a_stray_dollar_in_the_template_is_named():
+    with pytest.raises(LabError, match=r"node\.yml: Invalid placeholder.*write \$\$"):
+        nebula.render("cost: 5$\n", {}, where="node.yml")
+
+
 def test_unknown_relay_users_is_refused():
     with pytest.raises(LabError, match="natted, symmetric"):
         nebula.NebulaLab(Topology(prefix="x", wg_prefix="x"), Path("/nonexistent"), templates=TEMPLATES,
