@@ -37,6 +37,9 @@ Each system-neutral figure is measured by the same code for every system:
   ``b1`` to ``c1`` (symmetric to symmetric: relayed in both). CPU seconds are
   ``utime + stime`` from ``/proc/PID/stat`` of the tunnel processes
   (wireguard-go or nebula) of the two ends and both relays, per GB received.
+  The machine is shared, so throughput is measured last, with the three labs
+  up at once and the systems taking turns (``ROUNDS`` rounds, the order
+  rotating); the figures are medians, every round is in the report.
 
 The report is printed to stderr and written to ``.lab/lab_vs_nebula.json``.
 The headline value is the number of the issue's goals not met (0 is best);
@@ -47,6 +50,7 @@ value is NaN with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -56,10 +60,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = Path(__file__).resolve().parent / "nebula"
@@ -69,6 +74,8 @@ NEW_NODE = ("a3", "a", "10.10.1.13")
 DIRECT_PAIR = ("a1", "d1")
 RELAYED_PAIR = ("b1", "c1")
 IPERF_SECONDS = 5
+ROUNDS = 3
+VARIANTS = ("natted", "symmetric")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from")
 
@@ -294,7 +301,8 @@ def throughput(side, src: str, dst: str, relays: Iterable[str]) -> dict:
 
 
 def measure(side, t0: float) -> dict:
-    """Every figure for one running system (see the module docstring)."""
+    """The path matrix and the timed figures for one running system (see the module
+    docstring); throughput is measured later, interleaved (``throughput_rounds``)."""
     out: dict = {"system": side.name}
     log(f"{side.name}: waiting for the full mesh")
     out["mesh_s"], per_pair = time_to_mesh(side, t0)
@@ -316,11 +324,28 @@ def measure(side, t0: float) -> dict:
     log(f"{side.name}: removing {name}")
     out["cut_s"], out["cut_in_state"] = time_to_cut(side, name)
     side.forget(name)
-    relays = [n.name for n in side.topo.nodes if n.relay]
+    return out
+
+
+def throughput_rounds(sides: list, rounds: int = ROUNDS) -> dict[str, dict]:
+    """iperf3 through each system's direct and relayed pair, ``rounds`` times,
+    alternating systems (the order rotates every round) so that other load on the
+    machine falls on each alike. Per system and pair: the medians and every round."""
+    out: dict[str, dict] = {side.name: {} for side in sides}
     for label, (src, dst) in (("direct", DIRECT_PAIR), ("relayed", RELAYED_PAIR)):
-        log(f"{side.name}: iperf3 {src} -> {dst}")
-        out[f"iperf_{label}"] = {"pair": f"{src}->{dst}", "path": _probe(side, src, dst).path,
-                                 **throughput(side, src, dst, relays)}
+        for side in sides:
+            if first_reply(side.topo.ns(src), side.ip(dst), time.monotonic(), timeout=60) is None:
+                raise RuntimeError(f"{side.name}: {src} cannot ping {dst}; no throughput to measure")
+            out[side.name][label] = {"pair": f"{src}->{dst}", "path": _probe(side, src, dst).path, "rounds": []}
+        for i in range(rounds):
+            for side in sides[i % len(sides):] + sides[:i % len(sides)]:
+                log(f"{side.name}: iperf3 {src} -> {dst} (round {i + 1})")
+                relays = [n.name for n in side.topo.nodes if n.relay]
+                out[side.name][label]["rounds"].append(throughput(side, src, dst, relays))
+        for side in sides:
+            done = [r for r in out[side.name][label]["rounds"] if "mbit_s" in r]
+            out[side.name][label]["mbit_s"] = median([r["mbit_s"] for r in done]) if done else math.nan
+            out[side.name][label]["cpu_s_per_gb"] = median([r["cpu_s_per_gb"] for r in done]) if done else math.nan
     return out
 
 
@@ -330,47 +355,47 @@ def _probe(side, src: str, dst: str) -> Row:
     return Row(r.src, r.dst, r.rtt_ms, r.path, r.kind if r.ok else "none", confirmed)
 
 
-# --------------------------------------------------------------------- runs
-def run_meshops(tag: int, workdir: Path) -> tuple[dict, object]:
-    from reconciler.config import load
+# --------------------------------------------------------------------- labs
+@contextlib.contextmanager
+def meshops_lab(tag: str, workdir: Path, notes: list[str]) -> Iterator:
     from reconciler.lab.runner import Lab
     from reconciler.lab.topology import Topology
-    from reconciler.policy import compile_policy
 
-    lab = Lab(Topology(prefix=f"mo-bvn{tag}", wg_prefix=f"m{tag}"), workdir / "meshops", log=lambda _m: None)
+    lab = Lab(Topology(prefix=f"mo-bvn{tag}", wg_prefix=f"m{tag}"), workdir / f"meshops{tag}",
+              log=lambda _m: None)
     try:
-        log("meshops: lab up")
+        log(f"meshops: lab up ({lab.topo.prefix})")
         lab.up()
-        t0 = time.monotonic()
-        loaded = load(lab.repo).repo
-        policy = compile_policy(loaded.orgs[lab.topo.org]) if loaded else None
-        out = measure(Meshops(lab), t0)
-        out["policy"] = "full mesh (no policy.yaml)" if policy is None or policy.rules is None else \
-            f"{len(policy.rules)} rules"
+        yield lab
     finally:
-        notes = lab.down()
-    if notes:
-        out["teardown_notes"] = notes
-    return out, policy
+        notes.extend(lab.down())
 
 
-def run_nebula(tag: int, workdir: Path, relay_users: str, policy) -> dict:
+@contextlib.contextmanager
+def nebula_lab(tag: str, workdir: Path, relay_users: str, policy, notes: list[str]) -> Iterator:
+    """Up to the running lighthouse; the caller starts the nodes (and the clock)."""
     from reconciler.lab.nebula import NebulaLab
     from reconciler.lab.topology import Topology
 
-    lab = NebulaLab(Topology(prefix=f"mo-bvn{tag}{relay_users[0]}", wg_prefix=f"n{tag}{relay_users[0]}"),
-                    workdir / f"nebula-{relay_users}", templates=TEMPLATES, policy=policy, relay_users=relay_users)
+    lab = NebulaLab(Topology(prefix=f"mo-bvn{tag}", wg_prefix=f"n{tag}"), workdir / f"nebula{tag}",
+                    templates=TEMPLATES, policy=policy, relay_users=relay_users)
     try:
-        log(f"nebula ({relay_users}): lab up")
+        log(f"nebula ({relay_users}): lab up ({lab.topo.prefix})")
         lab.up()
-        t0 = time.monotonic()
-        lab.start_nodes()
-        out = measure(Nebula(lab), t0)
+        yield lab
     finally:
-        notes = lab.down()
-    if notes:
-        out["teardown_notes"] = notes
-    return out
+        notes.extend(lab.down())
+
+
+def org_policy(lab):
+    """The lab org's compiled policy (``None`` rules: a full mesh)."""
+    from reconciler.config import load
+    from reconciler.policy import compile_policy
+
+    loaded = load(lab.repo).repo
+    if loaded is None:
+        raise RuntimeError(f"the meshops lab's repository {lab.repo} does not load")
+    return compile_policy(loaded.orgs[lab.topo.org])
 
 
 def goals(meshops: dict, nebula: dict) -> dict[str, bool]:
@@ -414,18 +439,41 @@ def bench_lab_vs_nebula() -> dict:
                 "skipped": f"needs root and {', '.join(TOOLS)}; missing: {', '.join(missing) or 'root'}"}
     tag = os.getpid() % 1000
     workdir = ROOT / ".lab" / f"lab-vs-nebula-{tag}"
+    notes: list[str] = []
     report: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    report["meshops"], policy = run_meshops(tag, workdir)
-    for variant in ("natted", "symmetric"):
-        report[f"nebula_{variant}"] = run_nebula(tag, workdir, variant, policy)
-    report["goals_vs_nebula_natted"] = goals(report["meshops"], report["nebula_natted"])
-    report["goals_vs_nebula_symmetric"] = goals(report["meshops"], report["nebula_symmetric"])
+    try:
+        # 1. each system alone: matrix and timings
+        with meshops_lab(f"{tag}", workdir, notes) as lab:
+            t0 = time.monotonic()
+            policy = org_policy(lab)
+            report["meshops"] = measure(Meshops(lab), t0)
+        report["policy"] = "full mesh (no policy.yaml)" if policy.rules is None else f"{len(policy.rules)} rules"
+        for variant in VARIANTS:
+            with nebula_lab(f"{tag}{variant[0]}", workdir, variant, policy, notes) as nlab:
+                t0 = time.monotonic()
+                nlab.start_nodes()
+                report[f"nebula_{variant}"] = measure(Nebula(nlab), t0)
+        # 2. all three up at once: throughput, interleaved
+        with contextlib.ExitStack() as stack:
+            sides: list = [Meshops(stack.enter_context(meshops_lab(f"{tag}t", workdir, notes)))]
+            for variant in VARIANTS:
+                nlab = stack.enter_context(nebula_lab(f"{tag}{variant[0]}t", workdir, variant, policy, notes))
+                nlab.start_nodes()
+                sides.append(Nebula(nlab))
+            report["load_before_throughput"] = Path("/proc/loadavg").read_text().split()[:3]
+            for side, perf in zip(sides, throughput_rounds(sides).values(), strict=True):
+                key = "meshops" if isinstance(side, Meshops) else f"nebula_{side.lab.relay_users}"
+                report[key].update({f"iperf_{label}": figures for label, figures in perf.items()})
+    finally:
+        report["teardown_notes"] = notes
+        shutil.rmtree(workdir, ignore_errors=True)
+    for variant in VARIANTS:
+        report[f"goals_vs_nebula_{variant}"] = goals(report["meshops"], report[f"nebula_{variant}"])
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=2))
-    shutil.rmtree(workdir, ignore_errors=True)
     log(summary(report))
     missed = sum(not ok for ok in report["goals_vs_nebula_natted"].values())
-    flat = {f"{system}.{key}": value for system in ("meshops", "nebula_natted", "nebula_symmetric")
+    flat = {f"{system}.{key}": value for system in ("meshops", *(f"nebula_{v}" for v in VARIANTS))
             for key, value in _flat(report[system]).items()}
     return {"value": float(missed), "unit": "goals missed", "goal": 0, "report": str(REPORT), **flat}
 
@@ -442,7 +490,9 @@ def _flat(run: dict) -> dict:
 
 def summary(report: dict) -> str:
     systems = ("meshops", "nebula_natted", "nebula_symmetric")
-    lines = [f"machine: {report['machine']}", f"{'figure':34}" + "".join(f"{s:>20}" for s in systems)]
+    lines = [f"machine: {report['machine']}", f"policy: {report['policy']}",
+             f"load before throughput: {report['load_before_throughput']}",
+             f"{'figure':34}" + "".join(f"{s:>20}" for s in systems)]
     rows: list[tuple[str, Callable[[dict], object]]] = [
         ("paths (direct/lan/relay/none)", lambda r: "/".join(str(r["paths"].get(k, 0))
                                                               for k in ("direct", "lan", "relay", "none"))),
@@ -452,10 +502,12 @@ def summary(report: dict) -> str:
         ("new node <-> every node (s)", lambda r: r["new_node_all_s"]),
         ("new node paths pub/d1/b1", lambda r: "/".join(p.split(":")[0] for p in r["new_node_paths"].values())),
         ("removal -> cut off (s)", lambda r: r["cut_s"]),
-        ("direct a1->d1 (Mbit/s)", lambda r: r["iperf_direct"].get("mbit_s")),
+        ("direct a1->d1 (Mbit/s, median)", lambda r: r["iperf_direct"].get("mbit_s")),
         ("direct CPU s/GB", lambda r: r["iperf_direct"].get("cpu_s_per_gb")),
-        ("relayed b1->c1 (Mbit/s)", lambda r: r["iperf_relayed"].get("mbit_s")),
+        ("relayed b1->c1 (Mbit/s, median)", lambda r: r["iperf_relayed"].get("mbit_s")),
         ("relayed CPU s/GB", lambda r: r["iperf_relayed"].get("cpu_s_per_gb")),
+        ("direct rounds (Mbit/s)", lambda r: ",".join(f"{x.get('mbit_s', 'err')}" for x in r["iperf_direct"]["rounds"])),
+        ("relayed rounds (Mbit/s)", lambda r: ",".join(f"{x.get('mbit_s', 'err')}" for x in r["iperf_relayed"]["rounds"])),
     ]
     for label, get in rows:
         lines.append(f"{label:34}" + "".join(f"{get(report[s])!s:>20}" for s in systems))
