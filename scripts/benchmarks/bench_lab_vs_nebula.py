@@ -388,13 +388,18 @@ def nebula_lab(tag: str, workdir: Path, relay_users: str, policy, notes: list[st
 
 
 def org_policy(lab):
-    """The lab org's compiled policy (``None`` rules: a full mesh)."""
+    """The lab org's compiled policy (``None`` rules: a full mesh) as it stood while the
+    new node was enrolled (the commit before its removal), so that the Nebula
+    certificate of the new node carries the same groups as every other node's."""
     from reconciler.config import load
     from reconciler.policy import compile_policy
 
-    loaded = load(lab.repo).repo
+    last = lab.git("log", "-1", "--format=%s").strip()
+    if last != f"lab: remove {NEW_NODE[0]}":
+        raise RuntimeError(f"the meshops lab's last commit is {last!r}, not the removal of {NEW_NODE[0]}")
+    loaded = load(lab.repo, "HEAD~1").repo
     if loaded is None:
-        raise RuntimeError(f"the meshops lab's repository {lab.repo} does not load")
+        raise RuntimeError(f"the meshops lab's repository {lab.repo} does not load at HEAD~1")
     return compile_policy(loaded.orgs[lab.topo.org])
 
 
@@ -445,8 +450,8 @@ def bench_lab_vs_nebula() -> dict:
         # 1. each system alone: matrix and timings
         with meshops_lab(f"{tag}", workdir, notes) as lab:
             t0 = time.monotonic()
-            policy = org_policy(lab)
             report["meshops"] = measure(Meshops(lab), t0)
+            policy = org_policy(lab)
         report["policy"] = "full mesh (no policy.yaml)" if policy.rules is None else f"{len(policy.rules)} rules"
         for variant in VARIANTS:
             with nebula_lab(f"{tag}{variant[0]}", workdir, variant, policy, notes) as nlab:

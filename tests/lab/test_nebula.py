@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -96,6 +97,49 @@ def test_any_protocol_with_ports_keeps_icmp_open_as_meshops_does():
                                      "x", "h", proto, port)
         nebula_accepts = any(r["proto"] in (proto, "any") and r["port"] in ("any", str(port)) for r in got)
         assert (decision.action == "accept") == accepted == nebula_accepts, (proto, port)
+
+
+def _nebula_accepts(rules, src: str, src_groups, proto: str, port: int | None) -> bool:
+    """Nebula 1.6's inbound match, for the fields inbound_rules writes."""
+    for r in rules:
+        if r["proto"] not in ("any", proto):
+            continue
+        if r["port"] != "any":
+            if port is None:
+                continue
+            lo, _, hi = r["port"].partition("-")
+            if not int(lo) <= port <= int(hi or lo):
+                continue
+        if r.get("host") in ("any", src) or r.get("group") in src_groups:
+            return True
+    return False
+
+
+def test_the_firewall_matches_the_example_policy_for_every_flow():
+    """example-repo's acme policy (groups, tags, users, devices, port lists and ranges):
+    for every ordered pair of devices and every protocol/port the rules mention (and
+    their neighbours), Nebula's rules accept exactly what meshops accepts."""
+    from reconciler.config import load
+    from reconciler.policy import compile_policy
+
+    org = load(ROOT / "example-repo").repo.orgs["acme"]
+    policy = compile_policy(org)
+    assert policy.rules, "example-repo's acme org should have a policy"
+    names = sorted(d.name for d in org.enabled_devices())
+    labels = {n: policy.labels(n) for n in names}
+    ports = sorted({int(x) for r in policy.rules for p in r.get("ports", ()) for x in str(p).split("-")})
+    flows = [("icmp", None)] + [(proto, p) for proto in ("tcp", "udp") for q in ports for p in (q - 1, q, q + 1)]
+    outcomes = Counter()
+    for dst in names:
+        inbound = nebula.inbound_rules(policy, dst)
+        for src in names:
+            if src == dst:
+                continue
+            for proto, port in flows:
+                meshops = evaluate_compiled(policy.as_dict(), labels, src, dst, proto, port).action == "accept"
+                assert _nebula_accepts(inbound, src, labels[src], proto, port) == meshops, (src, dst, proto, port)
+                outcomes[meshops] += 1
+    assert outcomes[True] > 10 and outcomes[False] > 100, outcomes
 
 
 # --------------------------------------------------------------------- host map and traffic
