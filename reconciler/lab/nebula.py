@@ -486,7 +486,11 @@ class NebulaLab:
         (or ``lan``) only when both legs are; else the relays of either leg."""
         return combine_legs(self.leg(src, dst), self.leg(dst, src))
 
-    def probe(self, src: str, dst: str, *, attempts: int = 3) -> NebulaPair:
+    def probe(self, src: str, dst: str, *, attempts: int = 3, readings: int = 2) -> NebulaPair:
+        """Ping ``dst`` (up to ``attempts`` times), then read the path from both host
+        maps around a burst. A tunnel can be replaced while it is read (a relayed one
+        by a direct one, or the reverse); when the host maps and the traffic disagree
+        the reading is taken again, up to ``readings`` times, and the last one stands."""
         ns, ip = self.topo.ns(src), self.vpn_ip[dst]
         rtt = None
         for _ in range(attempts):
@@ -495,13 +499,17 @@ class NebulaLab:
                 break
         if rtt is None:
             return NebulaPair(src, dst, None, self.state_path(src, dst), "none")
-        before = self.relay_rx()
-        out = run(in_ns(ns, "ping", "-n", "-q", "-c", str(BURST), "-s", str(PAYLOAD), "-i", "0.01", "-W", "1", ip),
-                  check=False)
-        after = self.relay_rx()
-        received = f" {BURST} received" in out
-        traffic = relays_carrying(before, after, ends=(src, dst)) if received else "none"
-        return NebulaPair(src, dst, rtt, self.state_path(src, dst), traffic)
+        result = NebulaPair(src, dst, rtt, "none", "none")
+        for _ in range(readings):
+            before = self.relay_rx()
+            out = run(in_ns(ns, "ping", "-n", "-q", "-c", str(BURST), "-s", str(PAYLOAD), "-i", "0.01", "-W", "1",
+                            ip), check=False)
+            after = self.relay_rx()
+            traffic = relays_carrying(before, after, ends=(src, dst)) if f" {BURST} received" in out else "none"
+            result = NebulaPair(src, dst, rtt, self.state_path(src, dst), traffic)
+            if result.confirmed:
+                break
+        return result
 
     def pairs(self, names: Sequence[str] | None = None) -> list[tuple[str, str]]:
         nodes = [n for n in (names or self.members) if n not in self.blocked]

@@ -93,6 +93,7 @@ class Row:
     path: str
     kind: str  # direct | lan | relay | none
     confirmed: bool  # the system's state and the traffic agree
+    traffic: str = ""  # Nebula: the relays the burst crossed (meshops: one reading, see Meshops.matrix)
 
 
 class Meshops:
@@ -155,7 +156,7 @@ class Nebula:
         return self.lab.vpn_ip[node]
 
     def matrix(self) -> list[Row]:
-        return [Row(r.src, r.dst, r.rtt_ms, r.path, r.kind if r.ok else "none", r.confirmed)
+        return [Row(r.src, r.dst, r.rtt_ms, r.path, r.kind if r.ok else "none", r.confirmed, r.traffic)
                 for r in self.lab.table()]
 
     def add(self, name: str, site: str, ip: str) -> None:
@@ -311,7 +312,8 @@ def measure(side, t0: float) -> dict:
     rows = side.matrix()
     out["matrix"] = [asdict(r) for r in rows]
     out["paths"] = dict(Counter(r.kind for r in rows))
-    out["unconfirmed"] = [f"{r.src}->{r.dst}" for r in rows if r.kind != "none" and not r.confirmed]
+    out["unconfirmed"] = [f"{r.src}->{r.dst}: {r.path} / traffic {r.traffic}" for r in rows
+                          if r.kind != "none" and not r.confirmed]
     name, site, ip = NEW_NODE
     log(f"{side.name}: adding {name}")
     side.add(name, site, ip)
