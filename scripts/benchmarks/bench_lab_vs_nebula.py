@@ -1,7 +1,8 @@
 """meshops beside Nebula in the same NAT lab, measured in one run (issue 15).
 
 ``lab_vs_nebula`` builds the lab's topology (``reconciler.lab.topology``) three
-times in a row and measures each system the same way:
+times in a row, measures each system the same way, then brings the three up
+together for the throughput rounds:
 
 1. meshops (``reconciler.lab.runner.Lab``: hub, stund, daemon agents,
    wireguard-go; the lab's short timers);
