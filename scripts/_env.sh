@@ -1,7 +1,7 @@
 # Shared set-up for scripts/test, scripts/demo, scripts/bench and scripts/lab.
 # Sourced, not run. Installs Debian packages (as root) and the .venv on a fresh machine.
 MESHOPS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MESHOPS_APT_PKGS="python3-venv wireguard-go wireguard-tools iptables nftables iproute2 iputils-ping conntrack stun-server postgresql gnupg git procps iperf3 openssl chromium nebula"
+MESHOPS_APT_PKGS="python3-venv wireguard-go wireguard-tools iptables nftables iproute2 iputils-ping conntrack stun-server postgresql gnupg git procps iperf3 openssl chromium nebula openssh-client"
 # Node.js for the test OpenID provider: these machines ship NodeSource's nodejs, whose
 # bundled npm conflicts with Debian's npm package, so Debian's are installed only when
 # no node/npm command exists at all.

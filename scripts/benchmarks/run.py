@@ -24,6 +24,7 @@ def discover() -> dict:
     for path in sorted(HERE.glob("bench_*.py")):
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # registered, so dataclasses in the module can resolve it
         assert spec.loader is not None
         spec.loader.exec_module(module)
         for name, fn in module.BENCHMARKS.items():
