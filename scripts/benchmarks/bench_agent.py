@@ -1,5 +1,10 @@
 """Agent benchmarks: the whole-process wall time of a no-op ``meshops agent apply``.
 
+``agent_apply_noop_10k`` and ``agent_apply_noop_10k_relay`` (issue 13): the
+same with 10,000 peers, as a plain device and as a relay (every peer carries
+its own host route and the relay forwards). Each pass also observes the
+``inet meshops`` table and the policy routing, as every real pass does.
+
 ``agent_apply_noop``: a device with a few peers (default 5) is converged once
 on a real wireguard-go interface in a throwaway network namespace
 (``mo-bench-<pid>``), from a ``file://`` manifest signed by a throwaway key;
@@ -39,7 +44,7 @@ def _meshops() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "reconciler"]
 
 
-def _setup(tmp: Path, ns: str, iface: str) -> Path:
+def _setup(tmp: Path, ns: str, iface: str, peers: int = PEERS, relay: bool = False) -> Path:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -57,11 +62,20 @@ def _setup(tmp: Path, ns: str, iface: str) -> Path:
 
     signer = Ed25519PrivateKey.generate()
     now = int(time.time())
+    def x25519_pub(i: int) -> str:  # distinct keys beyond 255 devices
+        raw = (i + 1).to_bytes(32, "big")
+        key = X25519PrivateKey.from_private_bytes(raw)
+        return base64.b64encode(key.public_key().public_bytes(Encoding.Raw,
+                                                              PublicFormat.Raw)).decode()
+
     devices = [
-        ManifestDevice(name=f"dev-{i}", wireguard_public_key=wg_pub(i + 1)[1],
-                       tunnel_ips=(f"10.99.0.{i + 1}",), cert_sha256="A" * 43,
-                       endpoint=f"198.51.100.{i + 1}:51820" if i else None)
-        for i in range(PEERS + 1)
+        ManifestDevice(name=f"dev-{i}", wireguard_public_key=wg_pub(1)[1] if i == 0
+                       else x25519_pub(i),
+                       tunnel_ips=(f"10.99.{(i + 1) // 250}.{(i + 1) % 250 + 1}",),
+                       cert_sha256="A" * 43, relay=relay and i == 0,
+                       endpoint=f"198.51.100.{i % 250 + 1}:{1024 + i}" if i else
+                       ("203.0.113.1:51820" if relay else None))
+        for i in range(peers + 1)
     ]
     manifest = Manifest(org="bench", serial=1, commit="0" * 40, issued_at=now,
                         not_after=now + 86400, cidr_v4="10.99.0.0/16", cidr_v6=None,
@@ -80,15 +94,16 @@ def _setup(tmp: Path, ns: str, iface: str) -> Path:
     return tmp / "agent.json"
 
 
-def bench_agent_apply_noop() -> dict:
+def bench_agent_apply_noop(peers: int = PEERS, relay: bool = False, runs: int = RUNS,
+                           goal: float = GOAL_S) -> dict:
     if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
-        return {"value": float("nan"), "unit": "s", "goal": GOAL_S,
+        return {"value": float("nan"), "unit": "s", "goal": goal,
                 "skipped": "needs root and wireguard-go"}
     tmp = Path(tempfile.mkdtemp(prefix="meshops-bench-agent-"))
     ns, iface = f"mo-bench-{os.getpid()}", f"mob{os.getpid() % 100000}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        config = _setup(tmp, ns, iface)
+        config = _setup(tmp, ns, iface, peers, relay)
         cmd = [*_meshops(), "agent", "apply", "--config", str(config), "--format", "json"]
         # as installed: bytecode cached (pip compiles it); kept out of the source tree
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -97,7 +112,7 @@ def bench_agent_apply_noop() -> dict:
         created = json.loads(first.stdout)["operations"]
         subprocess.run(cmd, capture_output=True, check=True, env=env)  # warm the caches
         walls, cpus = [], []
-        for _ in range(RUNS):
+        for _ in range(runs):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
@@ -106,9 +121,9 @@ def bench_agent_apply_noop() -> dict:
             cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
             if json.loads(out.stdout)["operations"] != 0:
                 raise RuntimeError(f"not a no-op: {out.stdout}")
-        return {"value": statistics.median(walls), "unit": "s", "goal": GOAL_S,
+        return {"value": statistics.median(walls), "unit": "s", "goal": goal,
                 "min": min(walls), "max": max(walls), "cpu_median": statistics.median(cpus),
-                "runs": RUNS, "peers": PEERS, "first_apply_operations": created,
+                "runs": runs, "peers": peers, "relay": relay, "first_apply_operations": created,
                 "loadavg_1min": os.getloadavg()[0]}
     finally:
         pid_file = tmp / "state" / "wireguard" / f"{iface}.pid"
@@ -135,4 +150,15 @@ def bench_agent_import() -> dict:
     return {"value": statistics.median(times), "unit": "s", "goal": None}
 
 
-BENCHMARKS = {"agent_apply_noop": bench_agent_apply_noop, "agent_import": bench_agent_import}
+def bench_agent_apply_noop_10k() -> dict:
+    return bench_agent_apply_noop(10_000, runs=7, goal=0.5)
+
+
+def bench_agent_apply_noop_10k_relay() -> dict:
+    return bench_agent_apply_noop(10_000, relay=True, runs=7, goal=0.5)
+
+
+BENCHMARKS = {"agent_apply_noop": bench_agent_apply_noop,
+              "agent_apply_noop_10k": bench_agent_apply_noop_10k,
+              "agent_apply_noop_10k_relay": bench_agent_apply_noop_10k_relay,
+              "agent_import": bench_agent_import}
