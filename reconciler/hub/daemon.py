@@ -237,7 +237,8 @@ async def start(config: ServeConfig) -> Running:
     from reconciler.identity.http import UrllibTransport
 
     enroll = Enrollment(
-        repo_path=repo_path, push_url=config.repo, branch=config.branch,
+        repo_path=repo_path, push_url=config.repo,
+        branch=lambda: hub.status.branch or config.branch,
         served_commit=lambda: hub.snapshot.commit if hub.snapshot else None, now=config.now,
         commit_key=config.commit_key, gnupghome=config.gnupghome,
         transport=UrllibTransport(ca_file=config.oidc_ca_file))

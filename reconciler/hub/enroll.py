@@ -122,17 +122,22 @@ class Enrollment:
 
     ``repo_path``: the hub's git directory (a checkout or the remote mirror);
     ``push_url``: the repository it follows (the remote URL, or the checkout
-    path); ``branch``: the followed branch."""
+    path); ``branch``: the followed branch, or a callable giving it (``hub
+    serve`` follows the checked-out branch by default and learns its name from
+    the follower)."""
 
     repo_path: str
     push_url: str
-    branch: str
+    branch: str | Callable[[], str | None]
     served_commit: Callable[[], str | None]
     now: Callable[[], float] = time.time
     commit_key: str | None = None  # GPG key id/fingerprint for `git commit -S`
     gnupghome: str | None = None
     transport: Transport = field(default_factory=UrllibTransport)
     _jwks: dict[str, JwksCache] = field(default_factory=dict)
+
+    def followed_branch(self) -> str | None:
+        return self.branch() if callable(self.branch) else self.branch
     _used: dict[str, float] = field(default_factory=dict)  # sha256(token) -> its exp
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _repo: tuple[str, Repo] | None = None
@@ -204,7 +209,7 @@ class Enrollment:
         commit, added, target = self._commit_and_push(org, body, user, claims.subject, now,
                                                       auto)
         self._used[digest] = claims.expires_at  # one device per login
-        approved = target == self.branch
+        approved = target == self.followed_branch()
         log.info("enrolled %s/%s for user %s: %s %s", org, body["name"], user.name,
                  "committed to" if approved else "pushed branch", target)
         return {"status": "approved" if approved else "pending-review", "branch": target,
@@ -230,7 +235,11 @@ class Enrollment:
         base = self.served_commit()
         assert base is not None
         name = body["name"]
-        target = self.branch if auto else f"enroll/{org}/{name}"
+        followed = self.followed_branch()
+        if auto and followed is None:
+            raise IdentityRefused("branch-moved", "the hub has not found the branch it follows "
+                                                  "yet; run the command again")
+        target = followed if auto and followed else f"enroll/{org}/{name}"
         with tempfile.TemporaryDirectory(prefix="meshops-enroll-") as tmp:
             tree = os.path.join(tmp, "tree")
             self._git(["worktree", "add", "--detach", "--quiet", tree, base], self.repo_path)
@@ -259,7 +268,7 @@ class Enrollment:
                     # a hub following a local checkout cannot move its checked-out
                     # branch: the enrollment goes to a branch for review instead
                     log.warning("%s is checked out at %s; enrollment of %s/%s pushed as a "
-                                "branch for review", self.branch, self.push_url, org, name)
+                                "branch for review", self.followed_branch(), self.push_url, org, name)
                     target = f"enroll/{org}/{name}"
                     self._push(tree, commit, base, target, False)
             finally:
