@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import ManifestRefused
-from reconciler.model.endpoint import host_of
+from reconciler.model.endpoint import host_of, is_routable_unicast, parse_or_none
 from reconciler.model.endpoints import (
     MAX_CANDIDATES,
     MAX_OBSERVATIONS,
@@ -184,6 +184,8 @@ def build_report(
     mine = manifest.device(me)
     if mine is not None and mine.endpoint:
         candidates.append({"kind": "static", "address": mine.endpoint})
+    # offer only what a peer can use; the hub refuses the rest (loopback, link-local...)
+    candidates = [c for c in candidates if _offerable(c["address"])]
     observations = [
         {"peer": names_by_key[key], "endpoint": peer.endpoint,
          "last_handshake": int(max(peer.last_handshake,
@@ -202,3 +204,12 @@ def build_report(
         "serial": manifest.serial,
         "observations": observations,
     }
+
+
+def _offerable(address: str) -> bool:
+    """A candidate a peer could send to: a routable unicast IP literal with a port
+    (static endpoints may be names; the hub resolves nothing, so they go as they are)."""
+    parsed = parse_or_none(address, allow_names=True)
+    if parsed is None:
+        return False
+    return parsed.ip is None or is_routable_unicast(parsed.ip)

@@ -54,8 +54,9 @@ def reconcile_once(
     """One whole pass. Raises ``ManifestRefused`` (interface untouched),
     ``FetchError`` (no usable manifest), ``ConfigError``, backend errors, or
     ``NotConverged`` with the residual operations."""
-    effects = Effects(fetch, backend, discover, report, local_ip, resolve, firewall, routing,
-                      public_fetch)
+    effects = Effects(fetch=fetch, backend=backend, discover=discover, report=report,
+                      local_ip=local_ip, resolve=resolve, firewall=firewall, routing=routing,
+                      public_fetch=public_fetch)
     inputs = gather(config, effects, now, wait=wait)
     decision = decide(inputs, now)
     if dry_run:

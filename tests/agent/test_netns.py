@@ -31,7 +31,7 @@ import pytest
 
 from reconciler.agent.config import load_config
 from reconciler.agent.reconcile import reconcile_once
-from reconciler.agent.runtime import make_fetcher, open_agent_backend
+from reconciler.agent.runtime import make_fetcher, make_host, open_agent_backend
 from reconciler.cli import main
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -158,11 +158,13 @@ class Lab:
     def apply_result(self, node: str) -> Any:
         config = load_config(self.configs[node])
         backend = open_agent_backend(config)
+        firewall, routing = make_host(config)  # as `meshops agent apply` does
         try:
             return reconcile_once(config, fetch=make_fetcher(config), backend=backend,
-                                  now=time.time())
+                                  now=time.time(), firewall=firewall, routing=routing)
         finally:
             backend.close()
+            routing.close()
 
     def interface(self, node: str) -> str:
         return load_config(self.configs[node]).interface

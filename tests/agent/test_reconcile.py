@@ -692,3 +692,14 @@ def test_clock_skew_is_configurable(tmp_path, ahead, skew, accepted) -> None:
     else:
         with pytest.raises(ManifestRefused, match="future"):
             run(config, fetch, FakeBackend())
+
+
+@pytest.mark.parametrize("local,offered", [
+    ("127.0.0.1", False), ("169.254.10.1", False), ("0.0.0.0", False), ("224.0.0.5", False),
+    ("10.1.0.7", True), ("198.51.100.7", True),
+])
+def test_the_report_offers_only_candidates_a_peer_can_use(tmp_path, local, offered) -> None:
+    config, fetch = _hub_agent(tmp_path)
+    run(config, fetch, FakeBackend(), local_ip=lambda: local)
+    sent = [c["address"] for c in fetch.posts[-1][1]["candidates"]]
+    assert (f"{local}:51820" in sent) is offered
