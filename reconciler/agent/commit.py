@@ -22,12 +22,13 @@ is called by ``agent.reconcile.reconcile_once`` (never on ``--dry-run``):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from reconciler.agent import desired as desired_mod
 from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent.decide import Decision
-from reconciler.agent.gather import Effects
+from reconciler.agent.gather import PENDING_KEY_SUFFIX, Effects
 from reconciler.agent.inputs import Inputs
 from reconciler.agent.state import CachedManifest, StateDir
 from reconciler.converge import Operation, phases, plan, plan_firewall, plan_routing
@@ -61,7 +62,7 @@ class Result:
 
 
 def commit(inputs: Inputs, decision: Decision, effects: Effects, *, state_dir: str,
-           feed_url: str | None, now: float) -> Result:
+           feed_url: str | None, now: float, private_key_path: str | None = None) -> Result:
     if decision.operations:
         for group in phases(decision.operations):
             apply_group(group, effects)
@@ -69,6 +70,9 @@ def commit(inputs: Inputs, decision: Decision, effects: Effects, *, state_dir: s
         if residual:
             raise NotConverged(residual)
     persist(StateDir(state_dir), inputs, decision)
+    if inputs.key_switch and private_key_path is not None:
+        # the interface runs the new key and the manifest has it: it is the key now
+        os.replace(private_key_path + PENDING_KEY_SUFFIX, private_key_path)
     warnings: tuple[str, ...] = ()
     if decision.report is not None:
         try:

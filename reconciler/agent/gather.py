@@ -31,6 +31,7 @@ further I/O. Errors: ``ManifestRefused`` (nothing touched), ``FetchError``
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -46,7 +47,7 @@ from reconciler.agent.meshconfig import effective_endpoints
 from reconciler.agent.source import fetch_feed, manifest_and_trust
 from reconciler.agent.state import StateDir
 from reconciler.backends.base import Backend
-from reconciler.converge import Operation
+from reconciler.converge import Operation, public_key
 from reconciler.errors import ConfigError, FetchError
 from reconciler.model.endpoint import Endpoint, parse_or_none
 from reconciler.model.endpoints import EndpointFeed
@@ -107,7 +108,7 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
         warnings.append(got.warning)
     feed = last_feed if got.source == "cache" else \
         fetch_feed(config, effects.fetch, trust, last_feed, warnings)
-    private_key = read_private_key(config.private_key)
+    private_key, key_switch = choose_private_key(config.private_key, got.manifest, config.name)
     observed = effects.backend.observe(config.interface)
     firewall = effects.firewall.observe() if effects.firewall is not None else None
     routing = effects.routing.observe_routing(EXIT_TABLE) if effects.routing is not None \
@@ -126,7 +127,7 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
         own=own, private_key=private_key, here=here, moved=moved,
         was_member=observed.exists or bool((state.load_applied() or {}).get("member")),
         resolved=resolve_static(got.manifest, effects.resolve or resolve_host),
-        firewall=firewall, routing=routing,
+        firewall=firewall, routing=routing, key_switch=key_switch,
         bypass=bypass_addresses(config.hub, servers),
         warnings=tuple(warnings),
     )
@@ -156,6 +157,27 @@ def discover_own(me: str, own: SelfEndpoints, discover: Callable[[int], Any] | N
         return own  # local_ip unchanged: a moved device retries next pass
     return replace(found, local_ip=here or found.local_ip,
                    checked=endpoints_mod.foreign_ips(entry, found))
+
+
+PENDING_KEY_SUFFIX = ".next"  # `meshops agent rotate-key` writes the new key here
+
+
+def choose_private_key(path: str, manifest: Manifest, me: str) -> tuple[str, bool]:
+    """The WireGuard private key this pass uses, and whether it is a switch.
+
+    After ``meshops agent rotate-key`` the new key waits in ``PATH.next`` while
+    the hub commits its public half to git; the old key stays in use until the
+    manifest carries the new public key, and then the pass switches in one go
+    (``agent.commit`` renames the pending file over the key once converged)."""
+    current = read_private_key(path)
+    pending_path = path + PENDING_KEY_SUFFIX
+    if not os.path.exists(pending_path):
+        return current, False
+    pending = read_private_key(pending_path)
+    mine = manifest.device(me)
+    if mine is not None and mine.wireguard_public_key == public_key(pending):
+        return pending, True
+    return current, False
 
 
 def bypass_addresses(hub: str | None, stun_servers: Sequence[str]) -> tuple[str, ...]:

@@ -56,4 +56,5 @@ class Inputs:
     firewall: Ruleset | None = None
     routing: PolicyRouting | None = None
     bypass: tuple[str, ...] = ()  # hub and STUN addresses that keep the host's routes
+    key_switch: bool = False  # private_key is the pending rotated key the manifest now has
     warnings: tuple[str, ...] = ()

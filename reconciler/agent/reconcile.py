@@ -62,4 +62,4 @@ def reconcile_once(
     if dry_run:
         return Result.of(inputs, decision, applied=0)
     return commit(inputs, decision, effects, state_dir=config.state_dir,
-                  feed_url=config.feed_url, now=now)
+                  feed_url=config.feed_url, now=now, private_key_path=config.private_key)

@@ -703,3 +703,30 @@ def test_the_report_offers_only_candidates_a_peer_can_use(tmp_path, local, offer
     run(config, fetch, FakeBackend(), local_ip=lambda: local)
     sent = [c["address"] for c in fetch.posts[-1][1]["candidates"]]
     assert (f"{local}:51820" in sent) is offered
+
+
+def test_a_rotated_key_waits_for_the_manifest_then_switches_in_one_pass(agent) -> None:
+    from pathlib import Path
+
+    from reconciler.converge import SetPrivateKey
+    from reconciler.fsio import atomic_write
+
+    config, fetch, backend = agent
+    run(config, fetch, backend)
+    new_private, new_public = wg_keypair(9)
+    pending = Path(config.private_key + ".next")
+    atomic_write(pending, (new_private + "\n").encode(), mode=0o600)
+    # the hub has not committed the new key yet: the old key stays in use
+    assert run(config, fetch, backend).applied == 0 and pending.exists()
+    rotated = ORG.manifest([device("alpha", 9, "10.77.0.1"),
+                            device("beta", 2, "10.77.0.2", endpoint="198.51.100.2:51820"),
+                            device("gamma", 3, "10.77.0.3", routes=("192.168.50.0/24",))],
+                           serial=2)
+    fetch.bodies[config.source_url] = ORG.sign(rotated)
+    result = run(config, fetch, backend)
+    assert [type(op) for op in result.operations] == [SetPrivateKey]
+    assert backend.state.public_key == new_public
+    assert not pending.exists()
+    assert Path(config.private_key).read_text().strip() == new_private
+    assert oct(Path(config.private_key).stat().st_mode & 0o777) == "0o600"
+    assert run(config, fetch, backend).applied == 0
