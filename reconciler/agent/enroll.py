@@ -54,7 +54,8 @@ def _call(hub: HubTransport, method: str, url: str, data: bytes | None = None
     headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
     if data is not None:
         headers["Content-Type"] = "application/json"
-    status, _, raw = hub(method, url, headers=headers, body=data, timeout=HUB_TIMEOUT)
+    status, _, raw = hub(method, url, headers=headers, body=data, timeout=HUB_TIMEOUT,
+                         max_bytes=MAX_REPLY)
     if status >= 500 and status != 502:
         raise FetchError(f"{url}: HTTP {status}")
     try:

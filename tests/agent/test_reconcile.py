@@ -253,7 +253,7 @@ def test_hub_mode_fetches_the_device_cert_and_pins_the_ca(tmp_path) -> None:
     run(config, fetch, FakeBackend())
     assert (tmp_path / "state" / "hub-ca.pem").read_text() == ca
     assert (tmp_path / "state" / "device.crt").read_text() == pem
-    assert resets == [1]  # the TLS context reloads the new certificate
+    assert resets == [1, 1]  # the TLS context reloads the new CA pin, then the certificate
     run(config, fetch, FakeBackend())
     assert [c[0] for c in fetch.calls].count(cert_url) == 1  # unchanged manifest: no refetch
 
