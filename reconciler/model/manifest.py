@@ -49,6 +49,9 @@ class Manifest:
     # agent's own config. None / () when the hub did not set them.
     hub_url: str | None = None
     stun_servers: tuple[str, ...] = ()
+    # The newest trust-root version the hub published when it signed this manifest
+    # (reconciler.pki.root); None for an org without roots/ (legacy trust.json).
+    root_version: int | None = None
 
     @cached_property
     def _by_name(self) -> Mapping[str, ManifestDevice]:
