@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from reconciler.boundedjson import loads as bounded_loads
 from reconciler.config import build, schema, semantic
 from reconciler.config.source import (
     DIR,
@@ -45,7 +46,6 @@ from reconciler.config.source import (
     RepoSource,
     open_source,
 )
-from reconciler.boundedjson import loads as bounded_loads
 from reconciler.config.yamlload import Document, load_yaml
 from reconciler.errors import InputRefused, Problem, UsageError
 from reconciler.model.repo import (

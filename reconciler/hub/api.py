@@ -47,6 +47,7 @@ from aiohttp import web
 
 from reconciler import boundedjson
 from reconciler.errors import InputRefused, MeshopsError, PkiError, TemporaryError
+from reconciler.hub import roots
 from reconciler.hub.feedstore import Observation
 from reconciler.hub.limits import Limits, RefusalLog
 from reconciler.hub.metrics import CONTENT_TYPE
@@ -505,6 +506,7 @@ def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | 
     app.router.add_post("/v1/orgs/{org}/endpoints", post_endpoints)
     app.router.add_get("/v1/orgs/{org}/endpoints", get_endpoints)
     app.router.add_get("/v1/orgs/{org}/crl", get_crl)
+    app.router.add_get("/v1/orgs/{org}/roots/{version}", roots.handler(HUB_KEY))
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/metrics", get_metrics)
     return app

@@ -51,7 +51,7 @@ from reconciler.hub.feedstore import FeedStore, Observation
 from reconciler.hub.metrics import Metrics
 from reconciler.hub.snapshot import OrgSnapshot, Pipeline, Snapshot
 from reconciler.model.endpoints import EndpointReport
-from reconciler.pki.envelope import sign_envelope
+from reconciler.pki.envelope import sign_envelope_multi
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +480,7 @@ class Hub:
             org.devices,
             now,
         )
-        body = sign_envelope(feed_payload(feed), FEED_PAYLOAD_TYPE, org.keys.signing_key)
+        body = sign_envelope_multi(feed_payload(feed), FEED_PAYLOAD_TYPE, org.feed_signers)
         return SignedFeed(revision, body, time.monotonic(), org.serial)
 
     # -- status ---------------------------------------------------------------
