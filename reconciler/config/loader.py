@@ -358,14 +358,18 @@ def _check_shape(kind: str, doc: Document, file: str) -> list[Problem]:
 
 
 def _root_chain(org: str, roots: dict[int, bytes]) -> tuple[bytes, ...] | Problem:
-    """The envelopes in version order, or the problem with the first gap."""
-    for version in sorted(roots):
-        if version > 1 and version - 1 not in roots:
-            return Problem(f"orgs/{org}/roots/{version}.json", 1, "E-ROOT-GAP",
-                           f"trust root {version - 1}.json is missing: agents walk the "
-                           f"chain one version at a time, from 1.json upward",
-                           f"restore orgs/{org}/roots/{version - 1}.json from git history; "
-                           "roots are never deleted")
+    """The envelopes in version order, or the problem with the first gap, reported
+    at the first file after it."""
+    missing = [v for v in range(1, max(roots, default=0)) if v not in roots]
+    if missing:
+        after = min(v for v in roots if v > missing[0])
+        gap = [v for v in missing if v < after]
+        names = ", ".join(f"{v}.json" for v in gap)
+        return Problem(f"orgs/{org}/roots/{after}.json", 1, "E-ROOT-GAP",
+                       f"trust root {names} {'is' if len(gap) == 1 else 'are'} missing: "
+                       "agents walk the chain one version at a time, from 1.json upward",
+                       f"restore orgs/{org}/roots/{gap[0]}.json from git history; roots "
+                       "are never deleted")
     return tuple(roots[v] for v in sorted(roots))
 
 
@@ -390,7 +394,7 @@ def _load(source: RepoSource, cache: BlobCache) -> LoadResult:
                 bad_dirs.add(path)
             continue
         if entry.type != FILE or path == "orgs" or (
-                path.count("/") == 2 and path.rpartition("/")[2] in _DIR_KINDS):
+                path.count("/") == 2 and path.rpartition("/")[2] in (*_DIR_KINDS, ROOTS_DIR)):
             problem = layout_problem(entry)
             if problem is not None:
                 problems.append(problem)

@@ -1,0 +1,87 @@
+"""``GET /v1/orgs/{org}/roots/{N}`` against snapshots the real publisher built from
+the example repository (real gpg and SOPS), before and during a rotation; and
+the feed, signed by the same keys as the manifest."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from reconciler.hub.api import make_app
+from reconciler.hub.feedstore import FeedStore
+from reconciler.hub.rotation import rotate_org_keys
+from reconciler.hub.serve import Hub
+from reconciler.hub.snapshot import PublisherPipeline, Snapshot
+from reconciler.pki.envelope import parse_envelope
+from reconciler.pki.keys import keyid
+from reconciler.pki.root import verify_initial, verify_next
+
+
+class WorkTree:
+    """``PublisherPipeline`` over a working tree (the commit name is only a label)."""
+
+    def __init__(self, repo: Path, state: str, home: str) -> None:
+        self.inner = PublisherPipeline(str(repo), state, home)
+
+    def build(self, rev: str, now: float) -> Snapshot:
+        return self.inner.build(None, now)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_roots_are_served_publicly_up_to_the_newest(example_repo, example_gnupghome, tmp_path):
+    now = time.time()
+    clock = [now]
+    state = f"sqlite:///{tmp_path}/hub.db"
+
+    async def go() -> None:
+        pipeline = WorkTree(example_repo, state, example_gnupghome)
+        hub = Hub(pipeline=pipeline, store=FeedStore(state), now=lambda: clock[0])
+        await hub.start()
+        assert await hub.publish("c1")
+        # no peer certificate at all: roots are public
+        async with TestClient(TestServer(make_app(hub, peer_cert=lambda _r: None))) as c:
+            one = await c.get("/v1/orgs/acme/roots/1")
+            assert one.status == 200 and one.content_type == "application/json"
+            body = await one.read()
+            assert body == (example_repo / "orgs/acme/roots/1.json").read_bytes()
+            root1 = verify_initial(body, "acme")
+            for path, status, code in [
+                ("/v1/orgs/acme/roots/2", 404, "no-root"),
+                ("/v1/orgs/globex/roots/1", 404, "no-root"),  # legacy org: no roots
+                ("/v1/orgs/nope/roots/1", 404, "unknown-org"),
+                ("/v1/orgs/acme/roots/0", 400, "bad-parameter"),
+                ("/v1/orgs/acme/roots/01", 400, "bad-parameter"),
+                ("/v1/orgs/acme/roots/-1", 400, "bad-parameter"),
+                ("/v1/orgs/acme/roots/" + "9" * 40, 400, "bad-parameter"),
+                ("/v1/orgs/acme/roots/%C2%B2", 400, "bad-parameter"),
+            ]:
+                resp = await c.get(path)
+                assert resp.status == status, path
+                assert (await resp.json())["error"] == code, path
+
+            rotate_org_keys(example_repo, "acme", now=now + 60, signing=True, ca=False,
+                            gpg_home=example_gnupghome)
+            clock[0] = now + 70
+            assert await hub.publish("c2")
+            two = await c.get("/v1/orgs/acme/roots/2")
+            assert two.status == 200
+            root2 = verify_next(root1, await two.read())
+            assert len(root2.roles["manifest"].keyids) == 2
+            three = await c.get("/v1/orgs/acme/roots/3")  # due at overlap_until
+            assert three.status == 404 and (await three.json())["error"] == "no-root"
+
+            snap = hub.org("acme")
+            assert snap is not None and snap.root_version == 2
+            manifest_kids = {k for k, _ in parse_envelope(snap.manifest).signatures}
+            assert manifest_kids == set(root2.roles["manifest"].keyids)
+            # the feed is signed by the same keys as the manifest
+            assert {keyid(k.public_key()) for k in snap.feed_signers} == manifest_kids
+        await hub.close()
+        pipeline.close()
+
+    asyncio.run(go())
