@@ -5,6 +5,7 @@ after the overlap; and every way a chain in git can be refused."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -291,3 +292,118 @@ def test_ca_init_force_starts_a_new_chain(example_repo, example_gnupghome):
     assert roots == ["1.json"]
     out = publish(example_repo, now=now + DAY * 30, gpg_home=example_gnupghome).orgs["acme"]
     assert out.manifest.root_version == 1
+
+
+# -- the hub's TLS during a CA overlap, with real handshakes on loopback ---------------------
+
+
+def _handshake(tls: TlsManager, ca_pem: str, client: tuple[str, str] | None,
+               tmp: Path) -> tuple[bool, bytes | None]:
+    """One TLS handshake against ``tls.front`` on 127.0.0.1: (client verified the
+    hub with ``ca_pem``, the client certificate the hub saw)."""
+    import socket
+    import ssl
+    import threading
+
+    (tmp / "pin.pem").write_text(ca_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    ctx.load_verify_locations(str(tmp / "pin.pem"))
+    if client is not None:
+        (tmp / "c.pem").write_text(client[0])
+        (tmp / "k.pem").write_text(client[1])
+        (tmp / "k.pem").chmod(0o600)
+        ctx.load_cert_chain(str(tmp / "c.pem"), str(tmp / "k.pem"))
+    seen: list[bytes | None] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            try:
+                with tls.front.wrap_socket(conn, server_side=True) as s:
+                    seen.append(s.getpeercert(binary_form=True))
+                    s.recv(1)
+            except (ssl.SSLError, OSError):
+                seen.append(None)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        ok = True
+        try:
+            with socket.create_connection(("127.0.0.1", port)) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="acme.hub") as s:
+                s.sendall(b"x")
+        except (ssl.SSLError, OSError):
+            ok = False
+        thread.join(10)
+    return ok, seen[0] if seen else None
+
+
+def _client_cert(keys, now: float) -> tuple[str, str]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from reconciler.model.repo import Device
+    from reconciler.pki.keys import private_to_pem
+
+    identity = Ed25519PrivateKey.generate()
+    dev = Device(name="tls-probe", org="acme", owner="alice", tunnel_ips=("10.10.0.250",),
+                 wireguard_public_key=base64.b64encode(bytes(range(32))).decode(),
+                 identity_public_key=base64.b64encode(
+                     identity.public_key().public_bytes_raw()).decode())
+    pem = pki_certs.issue_device_cert(keys, dev, 4242, now, 86400)
+    return pem, private_to_pem(identity)
+
+
+def test_hub_tls_accepts_both_cas_in_the_overlap_then_only_the_new(
+        example_repo, example_gnupghome, tmp_path):
+    from reconciler.pki.ca import OrgKeys
+
+    home = example_gnupghome
+    now = time.time()
+    pub = Publisher(example_repo, _state(tmp_path), home)
+    pub.publish(None, now)
+    old = pub.keys_for("acme")
+    assert old is not None
+    old_ca_pem = old.ca_pem
+    rot = rotate_org_keys(example_repo, "acme", now=now + 1, signing=False, ca=True,
+                          gpg_home=home)
+    pub.publish(None, now + 2)
+    keys = pub.keys_for("acme")
+    assert keys is not None and keys.previous is not None
+    new_ca_pem = keys.ca_pem
+    old_client = _client_cert(OrgKeys("acme", old.ca_key, old.ca_cert, old.signing_key), now)
+    new_client = _client_cert(keys, now)
+    stranger = _client_cert(OrgKeys("acme", *_stranger_ca(), old.signing_key), now)
+
+    tls = TlsManager()
+    tls.update({"acme": keys}, now + 2)
+    # an agent that has not walked yet pins only the old CA: it still reaches the hub
+    assert _handshake(tls, old_ca_pem, None, tmp_path)[0]
+    assert not _handshake(tls, new_ca_pem, None, tmp_path)[0]
+    for client in (old_client, new_client):  # both CAs' device certificates are accepted
+        ok, seen = _handshake(tls, old_ca_pem, client, tmp_path)
+        assert ok and seen
+    assert not _handshake(tls, old_ca_pem, stranger, tmp_path)[1]
+
+    # the overlap is over; a handshake checks validity by the real clock, so move the
+    # end of the overlap to now instead of moving the clock to it
+    assert rot.overlap_until > now
+    ended = dataclasses.replace(keys, previous=dataclasses.replace(
+        keys.previous, overlap_until=int(time.time()) - 1))
+    tls.update({"acme": ended}, time.time())
+    assert _handshake(tls, new_ca_pem, None, tmp_path)[0]
+    assert not _handshake(tls, old_ca_pem, None, tmp_path)[0]
+    ok, seen = _handshake(tls, new_ca_pem, new_client, tmp_path)
+    assert ok and seen
+    assert not _handshake(tls, new_ca_pem, old_client, tmp_path)[1]
+    pub.close()
+
+
+def _stranger_ca():
+    from reconciler.model.repo import Organization
+    from reconciler.pki.ca import init_ca
+    from reconciler.pki.keys import private_from_pem
+
+    bundle = init_ca(Organization(name="acme", cidr_v4="10.10.0.0/16"), time.time())
+    return private_from_pem(bundle.key_pem), load_ca_cert(bundle.cert_pem)
