@@ -2,7 +2,8 @@
 
 Called by ``meshops hub publish`` (reconciler.cli.hub), ``hub serve`` (which
 keeps one ``Publisher`` and calls ``publish(rev, now)`` per new commit, with
-``out_dir=None`` to build in memory) and ``meshops ca init`` (``init_org_ca``).
+``out_dir=None`` to build in memory) and ``meshops ca init`` (``init_org_ca``,
+which also writes trust root 1).
 
 One publish, per org:
 
@@ -16,10 +17,17 @@ One publish, per org:
    and IPs and is not due for renewal, else issue one with a fresh random
    63-bit serial (``reconciler.hub.store``); revoke the certificates of
    removed or disabled devices and of devices whose keys or IPs changed;
-5. build, encode and sign the manifest (``reconciler.pki.manifest``), with
-   ``serial = max(now in ms, last serial + 1)``;
-6. write ``DIR/ORG/certs/NAME.pem``, ``DIR/ORG/ca.crt``, ``DIR/trust.json``
-   and last ``DIR/ORG/manifest.json``, each atomically (``reconciler.fsio``).
+5. verify the org's trust roots (``orgs/ORG/roots/N.json``) from 1 upward and
+   against the secret, and pick the published ones (``issued_at <= now``;
+   ``reconciler.hub.rotation``); an org without roots keeps the legacy
+   single-key trust.json;
+6. build, encode and sign the manifest (``reconciler.pki.manifest``), with
+   ``serial = max(now in ms, last serial + 1)``, ``root_version`` = the newest
+   published root, signed by that root's manifest keys (both during a
+   rotation's overlap);
+7. write ``DIR/ORG/certs/NAME.pem``, ``DIR/ORG/ca.crt`` (the root's CA bundle),
+   ``DIR/ORG/roots/N.json``, ``DIR/trust.json`` and last
+   ``DIR/ORG/manifest.json``, each atomically (``reconciler.fsio``).
    Before writing, temp files that a killed publish left in those directories
    are removed (``fsio.remove_stale_temps``); a failed write removes its own.
 

@@ -36,6 +36,13 @@ expired or chains to no org CA during the handshake. Endpoints that need an
 identity re-check the certificate against the *claimed* org's CA, the clock
 and the revocation list (``reconciler.pki.certs.check_device_cert``).
 
+During a CA rotation's overlap (``reconciler.pki.ca.OrgKeys.server_keys`` and
+``ca_pems``) the org's server certificate stays under the **old** CA, because
+agents that have not walked to the new trust root pin only it, and both CAs
+are client verify locations (devices holding a certificate of either CA get
+in). The first ``update`` at or after ``overlap_until`` issues the server
+certificate under the new CA and drops the old one from the client CAs.
+
 The hub's server keys never touch a file system: ``ssl`` loads a key only
 from a path, so ``_load_chain`` writes the PEM into an anonymous memory file
 (``memfd_create(2)``, Linux 3.17+) and hands OpenSSL its ``/proc/self/fd/N``
