@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from reconciler.errors import ManifestRefused, PkiError, Problem, UsageError, ValidationError
 from reconciler.fsio import atomic_write
-from reconciler.model.repo import OrgState
+from reconciler.model.repo import OrgState, Repo
 from reconciler.pki import ca as pki_ca
 from reconciler.pki.keys import keyid
 from reconciler.pki.root import TrustRoot, build_root, sign_root, verify_initial, verify_next
@@ -91,13 +91,26 @@ def check_chain(org: OrgState) -> tuple[TrustRoot, ...]:
         try:
             root = verify_initial(data, org.name) if not chain else verify_next(chain[-1], data)
         except ManifestRefused as exc:
-            raise _problem(org.name, version, f"trust root refused ({exc.reason}): {exc}",
+            detail = str(exc).removeprefix(f"manifest refused ({exc.reason}): ")
+            raise _problem(org.name, version, f"trust root refused ({exc.reason}): {detail}",
                            remedy) from exc
         if root.version != version:
             raise _problem(org.name, version,
                            f"the file holds trust root version {root.version}", remedy)
         chain.append(root)
     return tuple(chain)
+
+
+def chain_problems(repo: Repo) -> list[Problem]:
+    """Every org's chain checked as a publish would, without the secret
+    (``meshops validate``: CI catches a root edited by hand before it merges)."""
+    problems: list[Problem] = []
+    for org in repo.orgs.values():
+        try:
+            check_chain(org)
+        except ValidationError as exc:
+            problems.extend(exc.problems)
+    return problems
 
 
 def check_matches_secret(org: str, newest: TrustRoot, keys: pki_ca.OrgKeys) -> None:

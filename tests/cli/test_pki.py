@@ -120,3 +120,20 @@ def test_manifest_verify_missing_file(tmp_path, capsys):
     rc = main(["manifest", "verify", str(tmp_path / "nope"), "--trust", str(tmp_path / "t"),
                "--org", "acme"])  # fmt: skip
     assert rc == 2
+
+
+def test_validate_checks_the_trust_root_signatures(repo, capsys):
+    import base64 as b64
+
+    assert main(["validate", str(repo)]) == 0
+    capsys.readouterr()
+    path = repo / "orgs/acme/roots/1.json"
+    env = json.loads(path.read_bytes())
+    doc = json.loads(b64.b64decode(env["payload"]))
+    doc["ca"] = ["-----BEGIN CERTIFICATE-----\nforged\n-----END CERTIFICATE-----\n"]
+    env["payload"] = b64.b64encode(json.dumps(doc).encode()).decode()
+    path.write_text(json.dumps(env))
+    assert main(["validate", str(repo)]) == 1
+    out = capsys.readouterr().out
+    assert "orgs/acme/roots/1.json:1: E-ROOT-CHAIN: trust root refused (root-threshold)" in out
+    assert "manifest refused" not in out
