@@ -480,7 +480,8 @@ class Hub:
             org.devices,
             now,
         )
-        body = sign_envelope_multi(feed_payload(feed), FEED_PAYLOAD_TYPE, org.feed_signers)
+        body = sign_envelope_multi(feed_payload(feed, org.root_version), FEED_PAYLOAD_TYPE,
+                                   org.feed_signers)
         return SignedFeed(revision, body, time.monotonic(), org.serial)
 
     # -- status ---------------------------------------------------------------

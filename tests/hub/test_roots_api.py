@@ -5,6 +5,8 @@ the feed, signed by the same keys as the manifest."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from pathlib import Path
 
@@ -43,8 +45,10 @@ def test_roots_are_served_publicly_up_to_the_newest(example_repo, example_gnupgh
         hub = Hub(pipeline=pipeline, store=FeedStore(state), now=lambda: clock[0])
         await hub.start()
         assert await hub.publish("c1")
-        # no peer certificate at all: roots are public
-        async with TestClient(TestServer(make_app(hub, peer_cert=lambda _r: None))) as c:
+        # roots need no client certificate; the feed does (injected by a header here)
+        app = make_app(hub, peer_cert=lambda r: base64.b64decode(r.headers["X-Cert"]).decode()
+                       if "X-Cert" in r.headers else None)
+        async with TestClient(TestServer(app)) as c:
             one = await c.get("/v1/orgs/acme/roots/1")
             assert one.status == 200 and one.content_type == "application/json"
             body = await one.read()
@@ -79,8 +83,14 @@ def test_roots_are_served_publicly_up_to_the_newest(example_repo, example_gnupgh
             assert snap is not None and snap.root_version == 2
             manifest_kids = {k for k, _ in parse_envelope(snap.manifest).signatures}
             assert manifest_kids == set(root2.roles["manifest"].keyids)
-            # the feed is signed by the same keys as the manifest
+            # the feed is signed by the same keys as the manifest, with root_version
             assert {keyid(k.public_key()) for k in snap.feed_signers} == manifest_kids
+            feed = await c.get("/v1/orgs/acme/endpoints",
+                               headers={"X-Cert": base64.b64encode(snap.certs["db-1"].encode()).decode()})
+            assert feed.status == 200, await feed.text()
+            env = await feed.read()
+            assert {k for k, _ in parse_envelope(env).signatures} == manifest_kids
+            assert json.loads(parse_envelope(env).payload)["root_version"] == 2
         await hub.close()
         pipeline.close()
 
