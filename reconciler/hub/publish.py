@@ -60,6 +60,7 @@ from reconciler.fsio import atomic_write, atomic_write_many, fsync_dir, remove_s
 from reconciler.hub import gitsig
 from reconciler.hub.rotation import (
     OrgRoots,
+    check_chain,
     initial_root,
     manifest_signers,
     org_roots,
@@ -302,6 +303,10 @@ class _OrgCache:
     compiled: Any = None
     written: dict[str, str] = field(default_factory=dict)  # name -> fingerprint on disk
     written_dir: Path | None = None
+    # the verified trust-root chain and the envelopes it was verified from (a chain of
+    # a few roots costs milliseconds of signature checks: not at every publish)
+    roots_src: tuple[bytes, ...] = ()
+    chain: tuple[Any, ...] = ()
 
 
 class Publisher:
@@ -468,7 +473,10 @@ class Publisher:
     ) -> OrgPublish:
         keys = self._org_keys(org, rev)
         cache = self._orgs[org.name]
-        roots = org_roots(org, keys, now)  # ValidationError naming the root file
+        if org.roots and org.roots != cache.roots_src:
+            cache.chain, cache.roots_src = check_chain(org), org.roots
+        # ValidationError naming the root file
+        roots = org_roots(org, keys, now, cache.chain if org.roots else None)
         mesh = repo.mesh
         if cache.certs is None:
             cache.certs = {

@@ -143,11 +143,14 @@ class OrgRoots:
         return self.chain[len(self.envelopes) - 1]
 
 
-def org_roots(org: OrgState, keys: pki_ca.OrgKeys, now: float) -> OrgRoots | None:
-    """``None`` for an org without roots (legacy trust.json); else the checked chain."""
+def org_roots(org: OrgState, keys: pki_ca.OrgKeys, now: float,
+              chain: tuple[TrustRoot, ...] | None = None) -> OrgRoots | None:
+    """``None`` for an org without roots (legacy trust.json); else the checked chain
+    (``chain``: the result of ``check_chain(org)`` a caller kept for these bytes)."""
     if not org.roots:
         return None
-    chain = check_chain(org)
+    if chain is None:
+        chain = check_chain(org)
     check_matches_secret(org.name, chain[-1], keys)
     published = 1
     while published < len(chain) and chain[published].issued_at <= now:

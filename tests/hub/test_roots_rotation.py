@@ -407,3 +407,18 @@ def _stranger_ca():
 
     bundle = init_ca(Organization(name="acme", cidr_v4="10.10.0.0/16"), time.time())
     return private_from_pem(bundle.key_pem), load_ca_cert(bundle.cert_pem)
+
+
+def test_a_long_lived_publisher_rechecks_a_changed_chain(example_repo, example_gnupghome,
+                                                         tmp_path):
+    now = time.time()
+    pub = Publisher(example_repo, _state(tmp_path), example_gnupghome)
+    assert pub.publish(None, now).orgs["acme"].manifest.root_version == 1
+    path = example_repo / "orgs" / "acme" / "roots" / "1.json"
+    good = path.read_bytes()
+    _rewrite_payload(path, lambda d: d.update(version=1, issued_at=d["issued_at"] + 1))
+    with pytest.raises(ValidationError, match="root-threshold"):
+        pub.publish(None, now + 1)
+    path.write_bytes(good)
+    assert pub.publish(None, now + 2).orgs["acme"].manifest.root_version == 1
+    pub.close()
