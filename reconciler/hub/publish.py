@@ -102,6 +102,7 @@ class OrgPublish:
     roots: tuple[bytes, ...] = ()  # published trust roots: roots[i] is version i + 1
     trust: Mapping[str, Any] = field(default_factory=dict)  # this org's trust.json entry
     signer_ids: tuple[str, ...] = ()  # key ids that signed the manifest (the feed follows)
+    next_root_at: int | None = None  # when a root in git becomes due (end of an overlap)
 
 
 @dataclass(frozen=True)
@@ -538,6 +539,7 @@ class Publisher:
             roots=roots.envelopes if roots is not None else (),
             trust=trust,
             signer_ids=tuple(keyid(k.public_key()) for k in signers),
+            next_root_at=roots.next_due if roots is not None else None,
         )
 
     @staticmethod

@@ -142,6 +142,13 @@ class OrgRoots:
     def newest(self) -> TrustRoot:
         return self.chain[len(self.envelopes) - 1]
 
+    @property
+    def next_due(self) -> int | None:
+        """When the next root in git is due (the end of a rotation's overlap): the
+        hub re-publishes then (``Snapshot.next_change_at``)."""
+        later = self.chain[len(self.envelopes):]
+        return later[0].issued_at if later else None
+
 
 def org_roots(org: OrgState, keys: pki_ca.OrgKeys, now: float,
               chain: tuple[TrustRoot, ...] | None = None) -> OrgRoots | None:

@@ -341,6 +341,8 @@ class Hub:
         now = self.now()
         self.status.last_good_at = now
         self.status.refresh_at = now + self.refresh_every
+        if snap.next_change_at is not None:  # a rotation's overlap ends: retire the old keys
+            self.status.refresh_at = min(self.status.refresh_at, snap.next_change_at)
         failure = self.status.failure
         if failure is not None and (rev == head or failure.commit == rev):
             self._set_failure(None)  # the head is served, or the failed refresh went through

@@ -58,6 +58,9 @@ class Snapshot:
     commit: str
     orgs: Mapping[str, OrgSnapshot]
     built_at: float
+    # the earliest time a trust root in git becomes due (a rotation's overlap ends):
+    # the hub re-publishes then, so the old keys retire on time (reconciler.hub.serve)
+    next_change_at: float | None = None
 
 
 class Pipeline(Protocol):
@@ -104,7 +107,9 @@ class PublisherPipeline:
                 roots=pub.roots,
                 signers=signers_of(pub.signer_ids, keys),
             )
-        return Snapshot(commit=result.commit, orgs=orgs, built_at=now)
+        due = [p.next_root_at for p in result.orgs.values() if p.next_root_at is not None]
+        return Snapshot(commit=result.commit, orgs=orgs, built_at=now,
+                        next_change_at=min(due) if due else None)
 
     def _keys(self, org: str) -> OrgKeys:
         # The publisher decrypted the org's keys for this publish and caches them;

@@ -68,10 +68,12 @@ def test_roots_are_served_publicly_up_to_the_newest(example_repo, example_gnupgh
                 assert resp.status == status, path
                 assert (await resp.json())["error"] == code, path
 
-            rotate_org_keys(example_repo, "acme", now=now + 60, signing=True, ca=False,
-                            gpg_home=example_gnupghome)
+            assert hub.snapshot is not None and hub.snapshot.next_change_at is None
+            rot = rotate_org_keys(example_repo, "acme", now=now + 60, signing=True, ca=False,
+                                  gpg_home=example_gnupghome)
             clock[0] = now + 70
             assert await hub.publish("c2")
+            assert hub.snapshot.next_change_at == rot.overlap_until
             two = await c.get("/v1/orgs/acme/roots/2")
             assert two.status == 200
             root2 = verify_next(root1, await two.read())
@@ -91,6 +93,17 @@ def test_roots_are_served_publicly_up_to_the_newest(example_repo, example_gnupgh
             env = await feed.read()
             assert {k for k, _ in parse_envelope(env).signatures} == manifest_kids
             assert json.loads(parse_envelope(env).payload)["root_version"] == 2
+            # the hub re-publishes when the overlap ends, not only at its periodic refresh
+            clock[0] = rot.overlap_until - 60
+            assert await hub.publish("c3")
+            assert hub.status.refresh_at == rot.overlap_until
+            assert (await c.get("/v1/orgs/acme/roots/3")).status == 404
+            clock[0] = rot.overlap_until
+            await hub.reconcile("c3")  # the served head; its refresh is due: it builds
+            assert hub.snapshot.next_change_at is None
+            three = await c.get("/v1/orgs/acme/roots/3")
+            assert three.status == 200
+            verify_next(root2, await three.read())
         await hub.close()
         pipeline.close()
 
