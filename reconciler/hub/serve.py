@@ -19,7 +19,9 @@ next pass is due at the latest:
   until a newer head replaces it;
 * the served commit is re-published every ``refresh_every`` seconds
   (certificate renewals, manifest ``not_after``), also while a newer head
-  fails; that refresh never hides the head's failure.
+  fails; that refresh never hides the head's failure. It comes earlier when a
+  trust root in git becomes due (``Snapshot.next_change_at``, the end of a key
+  rotation's overlap), so the old keys retire on time.
 
 Build, validate, swap: ``Hub.publish(rev)`` runs the publish pipeline in a
 worker thread and swaps the new ``Snapshot`` in with one assignment only when
