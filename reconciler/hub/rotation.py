@@ -17,7 +17,7 @@ published.
 What a publish serves (``OrgRoots``): roots 1..P where P is the last root of
 the prefix whose ``issued_at`` is not after ``now`` (root 1 always counts).
 ``meshops ca rotate`` writes two roots at once: N+1 (old and new keys,
-``issued_at`` now) and N+2 (only the new keys, ``issued_at`` =
+``issued_at`` now minus ``ISSUE_SKEW``) and N+2 (only the new keys, ``issued_at`` =
 ``overlap_until``), both signed by both generations while both private keys
 are at hand. So the end of the overlap needs no operator action: the first
 publish at or after ``overlap_until`` serves N+2, signs manifests with the new
@@ -51,6 +51,11 @@ from reconciler.pki.root import TrustRoot, build_root, sign_root, verify_initial
 log = logging.getLogger(__name__)
 
 DAY = 86400
+# Root N+1 is dated this much before the rotation, so a hub whose clock runs a
+# little behind the operator's serves it at the first publish after the commit
+# (until it does, the hub would issue certificates under a CA that no published
+# root lists yet).
+ISSUE_SKEW = 600
 
 
 def root_relpath(org: str, version: int) -> str:
@@ -220,7 +225,8 @@ def rotate_keys(keys: pki_ca.OrgKeys, current: TrustRoot, *, new_signing: Ed2551
     if new_signing is not None:
         old_pubs.append(signing.public_key())
     cas = [keys.ca_cert] + ([ca_cert] if new_ca is not None else [])
-    overlap = root_of(keys.org, current.version + 1, int(now), old_pubs, cas)
+    overlap = root_of(keys.org, current.version + 1, max(int(now) - ISSUE_SKEW, 0),
+                      old_pubs, cas)
     final = root_of(keys.org, current.version + 2, overlap_until, [signing.public_key()],
                     [ca_cert])
     signers = [keys.signing_key, keys.ca_key, signing, ca_key]

@@ -422,3 +422,16 @@ def test_a_long_lived_publisher_rechecks_a_changed_chain(example_repo, example_g
     path.write_bytes(good)
     assert pub.publish(None, now + 2).orgs["acme"].manifest.root_version == 1
     pub.close()
+
+
+def test_a_hub_clock_a_little_behind_still_serves_the_overlap_root(example_repo,
+                                                                   example_gnupghome):
+    now = time.time()
+    rotate_org_keys(example_repo, "acme", now=now, signing=False, ca=True,
+                    gpg_home=example_gnupghome)
+    behind = publish(example_repo, now=now - 300, gpg_home=example_gnupghome).orgs["acme"]
+    assert behind.manifest.root_version == 2
+    new_ca = load_ca_cert((example_repo / "orgs/acme/ca.crt").read_text())
+    for pem in behind.certs.values():  # issued under the new CA, which root 2 lists
+        assert pki_certs.issued_by(pem, new_ca)
+        pki_certs.check_device_cert(pem, behind.ca_pem, now)
