@@ -381,6 +381,8 @@ def test_hub_tls_accepts_both_cas_in_the_overlap_then_only_the_new(
     # an agent that has not walked yet pins only the old CA: it still reaches the hub
     assert _handshake(tls, old_ca_pem, None, tmp_path)[0]
     assert not _handshake(tls, new_ca_pem, None, tmp_path)[0]
+    # an agent that walked to the overlap root pins both CAs (same subject): fine too
+    assert _handshake(tls, new_ca_pem + old_ca_pem, None, tmp_path)[0]
     for client in (old_client, new_client):  # both CAs' device certificates are accepted
         ok, seen = _handshake(tls, old_ca_pem, client, tmp_path)
         assert ok and seen
@@ -393,6 +395,7 @@ def test_hub_tls_accepts_both_cas_in_the_overlap_then_only_the_new(
         keys.previous, overlap_until=int(time.time()) - 1))
     tls.update({"acme": ended}, time.time())
     assert _handshake(tls, new_ca_pem, None, tmp_path)[0]
+    assert _handshake(tls, new_ca_pem + old_ca_pem, None, tmp_path)[0]
     assert not _handshake(tls, old_ca_pem, None, tmp_path)[0]
     ok, seen = _handshake(tls, new_ca_pem, new_client, tmp_path)
     assert ok and seen
