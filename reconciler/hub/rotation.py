@@ -45,7 +45,7 @@ from reconciler.errors import ManifestRefused, PkiError, Problem, UsageError, Va
 from reconciler.fsio import atomic_write
 from reconciler.model.repo import OrgState, Repo
 from reconciler.pki import ca as pki_ca
-from reconciler.pki.keys import keyid
+from reconciler.pki.keys import keyid, private_from_pem
 from reconciler.pki.root import TrustRoot, build_root, sign_root, verify_initial, verify_next
 
 log = logging.getLogger(__name__)
@@ -215,8 +215,6 @@ def rotate_keys(keys: pki_ca.OrgKeys, current: TrustRoot, *, new_signing: Ed2551
     )
     ca_key, ca_cert = keys.ca_key, keys.ca_cert
     if new_ca is not None:
-        from reconciler.pki.keys import private_from_pem
-
         ca_key = private_from_pem(new_ca.key_pem, "new CA key")
         ca_cert = pki_ca.load_ca_cert(new_ca.cert_pem, "new CA certificate")
     signing = new_signing or keys.signing_key

@@ -438,3 +438,35 @@ def test_a_hub_clock_a_little_behind_still_serves_the_overlap_root(example_repo,
     for pem in behind.certs.values():  # issued under the new CA, which root 2 lists
         assert pki_certs.issued_by(pem, new_ca)
         pki_certs.check_device_cert(pem, behind.ca_pem, now)
+
+
+def test_signers_are_the_held_keys_the_published_root_lists():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from reconciler.hub.rotation import manifest_signers, root_of, rotate_keys
+    from reconciler.model.repo import Organization
+    from reconciler.pki import ca as pki_ca
+    from reconciler.pki.keys import private_to_pem
+
+    org = Organization(name="acme", cidr_v4="10.10.0.0/16")
+    bundle = pki_ca.init_ca(org, 1_790_000_000)
+    doc = pki_ca.secret_doc("acme", bundle.key_pem, pki_ca.new_signing_key_pem())
+    keys = pki_ca.org_keys_from_doc(doc, "acme", bundle.cert_pem)
+    root1 = root_of("acme", 1, 1_790_000_000, [keys.signing_key.public_key()], [keys.ca_cert])
+    new = Ed25519PrivateKey.generate()
+    rotated, r2, r3 = rotate_keys(keys, root1, new_signing=new, new_ca=None,
+                                  now=1_790_000_100, overlap_until=1_790_086_500)
+    overlap = walk(root1, [r2])
+    assert {keyid(k.public_key()) for k in manifest_signers(overlap, rotated)} == {
+        keyid(keys.signing_key.public_key()), keyid(new.public_key())}
+    final = walk(root1, [r2, r3])
+    assert [keyid(k.public_key()) for k in manifest_signers(final, rotated)] == [
+        keyid(new.public_key())]
+    assert manifest_signers(root1, rotated)[0] is keys.signing_key  # held as previous
+    stranger = pki_ca.org_keys_from_doc(
+        pki_ca.secret_doc("acme", bundle.key_pem, private_to_pem(Ed25519PrivateKey.generate())),
+        "acme", bundle.cert_pem)
+    with pytest.raises(PkiError, match="holds none of the manifest keys of trust root 1"):
+        manifest_signers(root1, stranger)
+    with pytest.raises(UsageError, match="nothing to rotate"):
+        rotate_keys(keys, root1, new_signing=None, new_ca=None, now=1, overlap_until=2)
