@@ -286,12 +286,21 @@ def test_ca_init_force_starts_a_new_chain(example_repo, example_gnupghome):
 
     now = time.time()
     _rotated(example_repo, example_gnupghome, now)
+    out_dir = example_repo.parent / "out"
+    publish(example_repo, now=now + DAY * 30, out_dir=out_dir, gpg_home=example_gnupghome)
+    assert sorted(p.name for p in (out_dir / "acme/roots").iterdir()) == [
+        "1.json", "2.json", "3.json"]
     init_org_ca(example_repo, "acme", now=now + DAY * 30, gpg_home=example_gnupghome,
                 force=True)
     roots = sorted(p.name for p in (example_repo / "orgs/acme/roots").iterdir())
     assert roots == ["1.json"]
-    out = publish(example_repo, now=now + DAY * 30, gpg_home=example_gnupghome).orgs["acme"]
+    out = publish(example_repo, now=now + DAY * 30, out_dir=out_dir,
+                  gpg_home=example_gnupghome).orgs["acme"]
     assert out.manifest.root_version == 1
+    # the static copy follows: the old chain's files are gone, 1.json is the new root
+    assert sorted(p.name for p in (out_dir / "acme/roots").iterdir()) == ["1.json"]
+    assert (out_dir / "acme/roots/1.json").read_bytes() == \
+        (example_repo / "orgs/acme/roots/1.json").read_bytes()
 
 
 # -- the hub's TLS during a CA overlap, with real handshakes on loopback ---------------------
