@@ -1,7 +1,9 @@
 """``meshops ca init`` and ``meshops manifest verify``.
 
 ``ca init --org ORG`` makes the org CA and manifest-signing key
-(reconciler.hub.publish.init_org_ca). ``manifest verify FILE --trust
+(reconciler.hub.publish.init_org_ca) and trust root 1. ``ca rotate --org ORG
+[--signing-key] [--ca] [--overlap-days N]`` replaces either or both in band
+(reconciler.hub.rotation.rotate_org_keys). ``manifest verify FILE --trust
 TRUST.json --org ORG`` checks a published manifest the way an agent does
 (reconciler.pki.manifest.verify_manifest) and prints the refusal reason.
 """
@@ -27,6 +29,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--gnupghome", help="GnuPG home with the recipients' public keys")
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     init.set_defaults(handler=_ca_init)
+    rotate = csub.add_parser(
+        "rotate",
+        help="replace the manifest-signing key and/or the CA; old and new are both trusted "
+             "during an overlap, then the old ones retire (orgs/ORG/roots/, no file copying)",
+    )
+    rotate.add_argument("--org", required=True, help="organization name")
+    rotate.add_argument("--repo", type=Path, default=Path("."), help="org repository (default .)")
+    rotate.add_argument("--gnupghome", help="GnuPG home that decrypts the org secret")
+    rotate.add_argument("--signing-key", action="store_true", help="rotate the manifest-signing key")
+    rotate.add_argument("--ca", action="store_true", help="rotate the org CA")
+    rotate.add_argument("--overlap-days", type=int, default=None,
+                        help="days both generations stay trusted (default: mesh.yaml "
+                             "rotation_overlap_days, 7)")
+    rotate.set_defaults(handler=_ca_rotate)
 
     man = sub.add_parser("manifest", help="signed manifests")
     msub = man.add_subparsers(dest="manifest_command", metavar="ACTION")
@@ -46,7 +62,24 @@ def _ca_init(args: argparse.Namespace) -> int:
     cert, secret = init_org_ca(
         args.repo, args.org, now=time.time(), gpg_home=args.gnupghome, force=args.force
     )
-    print(f"wrote {cert} and {secret} (commit both)")
+    print(f"wrote {cert}, {secret} and orgs/{args.org}/roots/1.json (commit all three)")
+    return 0
+
+
+def _ca_rotate(args: argparse.Namespace) -> int:
+    from reconciler.errors import UsageError
+    from reconciler.hub.rotation import rotate_org_keys
+    from reconciler.pki.ca import utc
+
+    if not (args.signing_key or args.ca):
+        raise UsageError("say what to rotate: --signing-key, --ca, or both")
+    done = rotate_org_keys(args.repo, args.org, now=time.time(), signing=args.signing_key,
+                           ca=args.ca, overlap_days=args.overlap_days, gpg_home=args.gnupghome)
+    first, last = done.versions
+    print(f"wrote {', '.join(done.written)}")
+    print(f"trust root {first} (old and new keys) publishes now; root {last} (new keys only) "
+          f"publishes at {utc(done.overlap_until).isoformat()}, when the old keys retire. "
+          "Commit all of these files in one commit.")
     return 0
 
 

@@ -60,6 +60,13 @@ def validate(args: argparse.Namespace) -> int:
     rev = f" --rev {args.rev}" if args.rev else ""
     result = load_explained(args.repo, args.rev,
                             redo=lambda p: f"meshops validate {p}{rev}")  # fmt: skip
+    if result.repo is not None:  # trust-root signatures: pki sits above config
+        from reconciler.config import LoadResult
+        from reconciler.hub.rotation import chain_problems
+
+        found = chain_problems(result.repo)
+        if found:
+            result = LoadResult(None, tuple(found), result.commit)
     problems = result.problems
     if result.repo is not None:  # warnings (exit code unchanged): devices expiring soon
         import time

@@ -37,6 +37,8 @@ def mesh(doc: Mapping[str, Any], source: Source) -> Mesh:
                                           defaults.cert_renew_fraction)),
         manifest_lifetime_days=doc.get("manifest_lifetime_days",
                                        defaults.manifest_lifetime_days),
+        rotation_overlap_days=doc.get("rotation_overlap_days",
+                                      defaults.rotation_overlap_days),
         pgp_recipients=tuple(doc.get("pgp_recipients", ())),
         require_signed_commits=doc.get("require_signed_commits", False),
         source=source,

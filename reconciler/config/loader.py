@@ -14,6 +14,13 @@ that is skipped changes the mesh (a dropped device, an org without its policy).
 Per-file work (read, YAML, schema, model object, per-file checks) is cached in
 a ``BlobCache`` keyed by path and git blob id (content hash for working trees),
 so reloading after a one-file commit parses one file.
+
+``orgs/ORG/roots/N.json`` (N = 1, 2, ... without leading zeros) are the org's
+signed trust roots (``meshops ca init`` and ``ca rotate`` write them). Here
+they are checked for shape only: a bounded JSON object, and no gap in the
+versions (a gap breaks every agent's walk). The signatures are checked by the
+hub publisher with ``reconciler.pki.root`` (config sits below pki in the
+layers), which reports a bad root at its file too.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from reconciler.boundedjson import loads as bounded_loads
 from reconciler.config import build, schema, semantic
 from reconciler.config.source import (
     DIR,
@@ -38,7 +47,7 @@ from reconciler.config.source import (
     open_source,
 )
 from reconciler.config.yamlload import Document, load_yaml
-from reconciler.errors import Problem, UsageError
+from reconciler.errors import InputRefused, Problem, UsageError
 from reconciler.model.repo import (
     Device,
     Mesh,
@@ -108,6 +117,7 @@ class _OrgFiles:
     devices: dict[str, Device] = field(default_factory=dict)
     policy: Policy | None = None
     ca: str | None = None
+    roots: dict[int, bytes] = field(default_factory=dict)  # version -> envelope
     broken: set[str] = field(default_factory=set)  # "users/NAME", "devices/NAME"
     has_org_file: bool = False
     has_policy_file: bool = False
@@ -127,6 +137,9 @@ class _OrgFiles:
             self.org, self.has_org_file = parsed.obj, True
         elif kind == "Policy":
             self.policy, self.has_policy_file = parsed.obj, True
+        elif kind == "Root":
+            if parsed.obj is not None:
+                self.roots[int(stem)] = parsed.obj
         else:
             self.ca = parsed.obj
 
@@ -134,6 +147,9 @@ class _OrgFiles:
 # kind by path shape (relative to orgs/<org>/)
 _ORG_FILES = {"organization.yaml": "Organization", "policy.yaml": "Policy"}
 _DIR_KINDS = {"users": "User", "devices": "Device"}
+ROOTS_DIR = "roots"
+_ROOT_FILE = re.compile(r"[1-9][0-9]{0,8}\.json")
+MAX_ROOT_FILE_BYTES = 1 << 20  # reconciler.pki.root.MAX_ROOT_BYTES
 
 
 def load(path: str | os.PathLike[str], rev: str | None = None, *,
@@ -171,15 +187,17 @@ def classify(path: str) -> tuple[str, str, str]:
             return (_ORG_FILES[name], org, org)
         if name == "ca.crt":
             return ("CA", org, org)
+    elif len(parts) == 4 and parts[2] == ROOTS_DIR and _ROOT_FILE.fullmatch(name):
+        return ("Root", org, name[: -len(".json")])
     elif len(parts) == 4 and parts[2] in _DIR_KINDS and name.endswith(".yaml"):
         return (_DIR_KINDS[parts[2]], org, name[: -len(".yaml")])
     return ("?", org, name)
 
 
 def _is_layout_dir(parts: list[str]) -> bool:
-    """orgs, orgs/ORG, orgs/ORG/users, orgs/ORG/devices."""
+    """orgs, orgs/ORG, orgs/ORG/users, orgs/ORG/devices, orgs/ORG/roots."""
     return (parts[0] == "orgs" and len(parts) <= 3
-            and (len(parts) < 3 or parts[2] in _DIR_KINDS))
+            and (len(parts) < 3 or parts[2] in _DIR_KINDS or parts[2] == ROOTS_DIR))
 
 
 _WHAT = {DIR: "a directory", SYMLINK: "a symbolic link", SUBMODULE: "a git submodule",
@@ -205,14 +223,15 @@ def layout_problem(entry: Entry) -> Problem | None:
         return Problem(path, 0, "E-LAYOUT-UNKNOWN-DIR",
                        f"{path}/ is not a directory of the repository layout; nothing in it "
                        "is read", "orgs/ holds only ORG/ directories, and those only "
-                       "organization.yaml, policy.yaml, ca.crt, users/ and devices/; move or "
+                       "organization.yaml, policy.yaml, ca.crt, users/, devices/ and roots/; "
+                       "move or "
                        "remove it")
     if kind == FILE or _is_layout_dir(parts):  # something else where a directory belongs
         what = "a file" if kind == FILE else _WHAT.get(kind, kind)
         return Problem(path, 0, "E-LAYOUT-NOT-A-DIR",
                        f"{path} is {what}; it must be a directory",
-                       "orgs/, orgs/ORG/, orgs/ORG/users/ and orgs/ORG/devices/ are plain "
-                       "directories")
+                       "orgs/, orgs/ORG/, orgs/ORG/users/, orgs/ORG/devices/ and "
+                       "orgs/ORG/roots/ are plain directories")
     return _not_a_file(path, kind)
 
 
@@ -248,6 +267,12 @@ def _mark_broken(orgs: dict[str, _OrgFiles], path: str) -> None:
 
 
 def _unknown_file(path: str) -> Problem:
+    parts = path.split("/")
+    if len(parts) == 4 and parts[2] == ROOTS_DIR:
+        return Problem(path, 0, "E-LAYOUT-UNKNOWN-FILE",
+                       f"{path} is not a trust-root file and would be ignored",
+                       "orgs/ORG/roots/ holds only N.json (1.json, 2.json, ... as `meshops ca "
+                       "init` and `meshops ca rotate` write them); remove anything else")
     if path.endswith((".yaml", ".yml")):
         return Problem(path, 1, "E-LAYOUT-UNKNOWN-FILE",
                        f"{path} is not a known repository file",
@@ -261,6 +286,8 @@ def _unknown_file(path: str) -> Problem:
 
 def _parse(kind: str, org: str, stem: str, entry: Entry, data: bytes, key: str) -> Parsed:
     file = entry.path
+    if kind == "Root":
+        return _parse_root(file, data)
     if kind == "CA":
         try:
             return Parsed(data.decode("ascii"), ())
@@ -298,6 +325,23 @@ def _parse(kind: str, org: str, stem: str, entry: Entry, data: bytes, key: str) 
     return Parsed(obj, tuple(found))
 
 
+def _parse_root(file: str, data: bytes) -> Parsed:
+    """A trust-root envelope's shape (bounded JSON with a payload and signatures);
+    ``reconciler.hub.publish`` verifies the chain."""
+    fix = ("restore the file as `meshops ca init`/`meshops ca rotate` wrote it (git "
+           "history); trust roots are signed and cannot be edited by hand")
+    try:
+        doc = bounded_loads(data, what=file, max_bytes=MAX_ROOT_FILE_BYTES, max_depth=8)
+    except InputRefused as exc:
+        return Parsed(None, (Problem(file, 1, "E-ROOT-FORMAT", f"not a trust root: {exc}",
+                                     fix),))
+    if not isinstance(doc, dict) or not {"payload", "payloadType", "signatures"} <= set(doc):
+        return Parsed(None, (Problem(file, 1, "E-ROOT-FORMAT",
+                                     "not a trust root: a signed envelope (payload, "
+                                     "payloadType, signatures) is expected", fix),))
+    return Parsed(data, ())
+
+
 def _check_shape(kind: str, doc: Document, file: str) -> list[Problem]:
     value = doc.value
     if not isinstance(value, dict):
@@ -311,6 +355,22 @@ def _check_shape(kind: str, doc: Document, file: str) -> list[Problem]:
         return [Problem(file, line, "E-KIND", f"file has {what}; this path holds a {kind}",
                         f"set 'kind: {kind}' or move the file")]
     return []
+
+
+def _root_chain(org: str, roots: dict[int, bytes]) -> tuple[bytes, ...] | Problem:
+    """The envelopes in version order, or the problem with the first gap, reported
+    at the first file after it."""
+    missing = [v for v in range(1, max(roots, default=0)) if v not in roots]
+    if missing:
+        after = min(v for v in roots if v > missing[0])
+        gap = [v for v in missing if v < after]
+        names = ", ".join(f"{v}.json" for v in gap)
+        return Problem(f"orgs/{org}/roots/{after}.json", 1, "E-ROOT-GAP",
+                       f"trust root {names} {'is' if len(gap) == 1 else 'are'} missing: "
+                       "agents walk the chain one version at a time, from 1.json upward",
+                       f"restore orgs/{org}/roots/{gap[0]}.json from git history; roots "
+                       "are never deleted")
+    return tuple(roots[v] for v in sorted(roots))
 
 
 def _load(source: RepoSource, cache: BlobCache) -> LoadResult:
@@ -334,7 +394,7 @@ def _load(source: RepoSource, cache: BlobCache) -> LoadResult:
                 bad_dirs.add(path)
             continue
         if entry.type != FILE or path == "orgs" or (
-                path.count("/") == 2 and path.rpartition("/")[2] in _DIR_KINDS):
+                path.count("/") == 2 and path.rpartition("/")[2] in (*_DIR_KINDS, ROOTS_DIR)):
             problem = layout_problem(entry)
             if problem is not None:
                 problems.append(problem)
@@ -392,9 +452,13 @@ def _load(source: RepoSource, cache: BlobCache) -> LoadResult:
         if files_of.org is None or files_of.layout_broken or (
                 files_of.has_policy_file and files_of.policy is None):
             continue  # already reported; cross-file checks would only add noise
+        roots = _root_chain(org_name, files_of.roots)
+        if isinstance(roots, Problem):
+            problems.append(roots)
+            roots = ()
         state = OrgState(organization=files_of.org, users=files_of.users,
                          devices=files_of.devices, policy=files_of.policy,
-                         ca_cert_pem=files_of.ca)
+                         ca_cert_pem=files_of.ca, roots=roots)
         found = semantic.check_org(state, frozenset(files_of.broken), cache.ips)
         problems.extend(found)
         if not found and not files_of.has_problems:

@@ -55,6 +55,7 @@ from aiohttp import web
 
 from reconciler import boundedjson
 from reconciler.errors import InputRefused, MeshopsError, PkiError, TemporaryError
+from reconciler.hub import roots
 from reconciler.hub.claims import (
     MAX_ADDRESS,
     ClaimRefused,
@@ -555,6 +556,7 @@ def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | 
     app.router.add_post("/v1/orgs/{org}/endpoints", post_endpoints)
     app.router.add_get("/v1/orgs/{org}/endpoints", get_endpoints)
     app.router.add_get("/v1/orgs/{org}/crl", get_crl)
+    app.router.add_get("/v1/orgs/{org}/roots/{version}", roots.handler(HUB_KEY))
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/metrics", get_metrics)
     if enroll is not None:  # GET/POST /v1/orgs/{org}/enroll (reconciler.hub.enroll)

@@ -143,6 +143,11 @@ def feed_to_dict(feed: EndpointFeed) -> dict[str, Any]:
     }
 
 
-def feed_payload(feed: EndpointFeed) -> bytes:
-    """Canonical JSON (sorted keys, no spaces): the bytes that get signed."""
-    return json.dumps(feed_to_dict(feed), sort_keys=True, separators=(",", ":")).encode()
+def feed_payload(feed: EndpointFeed, root_version: int | None = None) -> bytes:
+    """Canonical JSON (sorted keys, no spaces): the bytes that get signed.
+    ``root_version``: the org's newest published trust root, signed in like the
+    manifest's (left out for an org without trust roots)."""
+    doc = feed_to_dict(feed)
+    if root_version is not None:
+        doc["root_version"] = root_version
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

@@ -2,7 +2,8 @@
 
 Called by ``meshops hub publish`` (reconciler.cli.hub), ``hub serve`` (which
 keeps one ``Publisher`` and calls ``publish(rev, now)`` per new commit, with
-``out_dir=None`` to build in memory) and ``meshops ca init`` (``init_org_ca``).
+``out_dir=None`` to build in memory) and ``meshops ca init`` (``init_org_ca``,
+which also writes trust root 1).
 
 One publish, per org:
 
@@ -16,10 +17,17 @@ One publish, per org:
    and IPs and is not due for renewal, else issue one with a fresh random
    63-bit serial (``reconciler.hub.store``); revoke the certificates of
    removed or disabled devices and of devices whose keys or IPs changed;
-5. build, encode and sign the manifest (``reconciler.pki.manifest``), with
-   ``serial = max(now in ms, last serial + 1)``;
-6. write ``DIR/ORG/certs/NAME.pem``, ``DIR/ORG/ca.crt``, ``DIR/trust.json``
-   and last ``DIR/ORG/manifest.json``, each atomically (``reconciler.fsio``).
+5. verify the org's trust roots (``orgs/ORG/roots/N.json``) from 1 upward and
+   against the secret, and pick the published ones (``issued_at <= now``;
+   ``reconciler.hub.rotation``); an org without roots keeps the legacy
+   single-key trust.json;
+6. build, encode and sign the manifest (``reconciler.pki.manifest``), with
+   ``serial = max(now in ms, last serial + 1)``, ``root_version`` = the newest
+   published root, signed by that root's manifest keys (both during a
+   rotation's overlap);
+7. write ``DIR/ORG/certs/NAME.pem``, ``DIR/ORG/ca.crt`` (the root's CA bundle),
+   ``DIR/ORG/roots/N.json``, ``DIR/trust.json`` and last
+   ``DIR/ORG/manifest.json``, each atomically (``reconciler.fsio``).
    Before writing, temp files that a killed publish left in those directories
    are removed (``fsio.remove_stale_temps``); a failed write removes its own.
 
@@ -50,12 +58,21 @@ from typing import Any, Self
 from reconciler.errors import PkiError, UsageError, ValidationError
 from reconciler.fsio import atomic_write, atomic_write_many, fsync_dir, remove_stale_temps
 from reconciler.hub import gitsig
+from reconciler.hub.rotation import (
+    OrgRoots,
+    check_chain,
+    initial_root,
+    manifest_signers,
+    org_roots,
+    root_relpath,
+)
 from reconciler.hub.store import CertRecord, Store, open_store
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.repo import Device, OrgState, Repo
 from reconciler.pki import ca as pki_ca
 from reconciler.pki import certs as pki_certs
 from reconciler.pki.envelope import trust_entry
+from reconciler.pki.keys import keyid
 from reconciler.pki.manifest import build_manifest, encode_manifest, next_serial, sign_manifest
 
 log = logging.getLogger(__name__)
@@ -79,9 +96,13 @@ class OrgPublish:
     manifest: Manifest
     envelope: bytes
     certs: Mapping[str, str]  # device name -> PEM
-    ca_pem: str
+    ca_pem: str  # the CA bundle device certificates are checked against (both in an overlap)
     issued: tuple[str, ...] = ()  # devices that got a new certificate
     revoked: tuple[int, ...] = ()  # serials revoked by this publish
+    roots: tuple[bytes, ...] = ()  # published trust roots: roots[i] is version i + 1
+    trust: Mapping[str, Any] = field(default_factory=dict)  # this org's trust.json entry
+    signer_ids: tuple[str, ...] = ()  # key ids that signed the manifest (the feed follows)
+    next_root_at: int | None = None  # when a root in git becomes due (end of an overlap)
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,8 @@ def worktree_commit(repo: Repo) -> str:
         if org.policy is not None:
             sources.append(org.policy.source)
         h.update((org.ca_cert_pem or "").encode())
+        for data in org.roots:
+            h.update(hashlib.sha256(data).digest())
     for s in sorted(sources, key=lambda s: s.file):
         h.update(f"{s.file}\0{s.blob}\n".encode())
     return "worktree-" + h.hexdigest()[:40]
@@ -160,7 +183,7 @@ def read_secret_file(repo_path: Path, rev: str | None, rel: str,
     return data
 
 
-def _refuse_links(root: Path, rel: str) -> None:
+def refuse_links(root: Path, rel: str) -> None:
     """``init_org_ca`` writes only through plain directories: a symlinked ``secrets/``
     would put the CA key wherever the link points."""
     from reconciler.config.source import WorkTreeSource
@@ -209,7 +232,7 @@ def init_org_ca(
     if not recipients:
         raise UsageError("mesh.yaml has no pgp_recipients to encrypt the CA key to")
     cert_path, secret_path = root / ca_relpath(org_name), root / secrets_relpath(org_name)
-    _refuse_links(root, secrets_relpath(org_name))
+    refuse_links(root, secrets_relpath(org_name))
     if not force and (cert_path.exists() or secret_path.exists()):
         raise UsageError(
             f"org {org_name} already has a CA ({cert_path.relative_to(root)}); "
@@ -217,9 +240,22 @@ def init_org_ca(
         )
     bundle = pki_ca.init_ca(org.organization, now)
     doc = pki_ca.secret_doc(org_name, bundle.key_pem, pki_ca.new_signing_key_pem())
+    keys = pki_ca.org_keys_from_doc(doc, org_name, bundle.cert_pem)
     text = encrypt(doc, recipients, gpg=Gpg(gpg_home), fmt="yaml")
+    roots_dir = root / "orgs" / org_name / "roots"
+    if roots_dir.is_dir() and not roots_dir.is_symlink():
+        # --force: a new chain starts; agents pinned to the old one must be re-pinned
+        stale = sorted(roots_dir.glob("*.json"))
+        for path in stale:
+            path.unlink()
+        if stale:
+            log.warning("org %s: removed %d trust root(s); every agent must be re-pinned "
+                        "(`meshops agent init --trust`): use `meshops ca rotate` to replace "
+                        "keys without that", org_name, len(stale))
+    refuse_links(root, root_relpath(org_name, 1))
     atomic_write(secret_path, text.encode("utf-8"), mode=0o600)
     atomic_write(cert_path, bundle.cert_pem.encode("ascii"), mode=0o644)
+    atomic_write(root / root_relpath(org_name, 1), initial_root(keys, now), mode=0o644)
     log.info("made CA for org %s (%d recipients)", org_name, len(recipients))
     return cert_path, secret_path
 
@@ -268,6 +304,10 @@ class _OrgCache:
     compiled: Any = None
     written: dict[str, str] = field(default_factory=dict)  # name -> fingerprint on disk
     written_dir: Path | None = None
+    # the verified trust-root chain and the envelopes it was verified from (a chain of
+    # a few roots costs milliseconds of signature checks: not at every publish)
+    roots_src: tuple[bytes, ...] = ()
+    chain: tuple[Any, ...] = ()
 
 
 class Publisher:
@@ -354,8 +394,7 @@ class Publisher:
             name: self._publish_org(org, repo, commit, repo_mesh_rev, now)
             for name, org in sorted(repo.orgs.items())
         }
-        trust = {"orgs": {n: trust_entry([o.keys.signing_key.public_key()], o.keys.ca_pem)
-                          for n, o in ((n, self._orgs[n]) for n in outcome) if o.keys}}  # fmt: skip
+        trust = {"orgs": {n: o.trust for n, o in outcome.items()}}
         trust_json = json.dumps(trust, sort_keys=True, indent=2).encode("utf-8") + b"\n"
         pub = PublishResult(commit=commit, orgs=outcome, trust_json=trust_json)
         t2 = time.perf_counter()
@@ -437,6 +476,10 @@ class Publisher:
     ) -> OrgPublish:
         keys = self._org_keys(org, rev)
         cache = self._orgs[org.name]
+        if org.roots and org.roots != cache.roots_src:
+            cache.chain, cache.roots_src = check_chain(org), org.roots
+        # ValidationError naming the root file
+        roots = org_roots(org, keys, now, cache.chain if org.roots else None)
         mesh = repo.mesh
         if cache.certs is None:
             cache.certs = {
@@ -477,6 +520,7 @@ class Publisher:
             compiled=self._compiled(org, cache),
             entries=cache.entries,
             mesh=mesh,
+            root_version=roots.newest.version if roots is not None else None,
         )
         if len(cache.entries) > len(enabled):
             cache.entries = {n: e for n, e in cache.entries.items() if n in enabled}
@@ -484,15 +528,20 @@ class Publisher:
         if len(cache.fragments) > len(manifest.devices):
             live = {d.name for d in manifest.devices}
             cache.fragments = {n: f for n, f in cache.fragments.items() if n in live}
-        envelope = sign_manifest(payload, keys.signing_key)
+        signers, ca_pem, trust = _trust_of(keys, roots)
+        envelope = sign_manifest(payload, signers)
         return OrgPublish(
             org=org.name,
             manifest=manifest,
             envelope=envelope,
             certs={n: current[n].pem for n in sorted(enabled) if n in current},
-            ca_pem=keys.ca_pem,
+            ca_pem=ca_pem,
             issued=tuple(issued),
             revoked=tuple(revoked),
+            roots=roots.envelopes if roots is not None else (),
+            trust=trust,
+            signer_ids=tuple(keyid(k.public_key()) for k in signers),
+            next_root_at=roots.next_due if roots is not None else None,
         )
 
     @staticmethod
@@ -570,9 +619,51 @@ class Publisher:
                 del cache.written[dev]
             atomic_write(org_dir / "ca.crt", org_pub.ca_pem.encode("ascii"))
             fsync_dir(cert_dir)  # the unlinks above
+            self._write_roots(org_dir, org_pub.roots)
         atomic_write(out / "trust.json", pub.trust_json)
         for name, org_pub in pub.orgs.items():  # manifests last: they point at the certs
             atomic_write(out / name / "manifest.json", org_pub.envelope)
+
+
+    @staticmethod
+    def _write_roots(org_dir: Path, roots: tuple[bytes, ...]) -> None:
+        """``ORG/roots/N.json`` for every published root, before trust.json names the
+        newest; a root whose file already holds the same bytes is not rewritten, and
+        files of versions not published (a repository rewound) are removed."""
+        root_dir = org_dir / "roots"
+        if not roots and not root_dir.is_dir():
+            return
+        root_dir.mkdir(exist_ok=True)
+        remove_stale_temps(root_dir, legacy=True)
+        want = {f"{i + 1}.json": data for i, data in enumerate(roots)}
+        for name, data in want.items():
+            path = root_dir / name
+            try:
+                same = path.read_bytes() == data
+            except OSError:
+                same = False
+            if not same:
+                atomic_write(path, data)
+        for path in root_dir.glob("*.json"):
+            if path.name not in want:
+                path.unlink()
+        fsync_dir(root_dir)
+
+
+def _trust_of(keys: pki_ca.OrgKeys, roots: OrgRoots | None
+              ) -> tuple[tuple[Any, ...], str, dict[str, Any]]:
+    """(manifest signers, CA bundle, trust.json entry) for one org. With roots, all
+    three follow the newest published root: during an overlap both keys sign, both
+    CAs count and trust.json lists both (agents that read only ``keys``/``ca`` keep
+    working); after it, only the new ones. Without roots: today's single key and CA."""
+    if roots is None:
+        return (keys.signing_key,), keys.ca_pem, trust_entry(
+            [keys.signing_key.public_key()], keys.ca_pem)
+    newest = roots.newest
+    signers = manifest_signers(newest, keys)
+    pubs = [newest.keys[k] for k in newest.roles["manifest"].keyids]
+    ca_pem = "".join(newest.ca_pems)
+    return signers, ca_pem, trust_entry(pubs, ca_pem, roots.envelopes[-1])
 
 
 def _norm_ips(ips: tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -19,7 +19,9 @@ next pass is due at the latest:
   until a newer head replaces it;
 * the served commit is re-published every ``refresh_every`` seconds
   (certificate renewals, manifest ``not_after``), also while a newer head
-  fails; that refresh never hides the head's failure.
+  fails; that refresh never hides the head's failure. It comes earlier when a
+  trust root in git becomes due (``Snapshot.next_change_at``, the end of a key
+  rotation's overlap), so the old keys retire on time.
 
 Build, validate, swap: ``Hub.publish(rev)`` runs the publish pipeline in a
 worker thread and swaps the new ``Snapshot`` in with one assignment only when
@@ -66,7 +68,7 @@ from reconciler.hub.metrics import Metrics
 from reconciler.hub.snapshot import OrgSnapshot, Pipeline, Snapshot
 from reconciler.model.endpoint import IPAddress
 from reconciler.model.endpoints import EndpointReport
-from reconciler.pki.envelope import sign_envelope
+from reconciler.pki.envelope import sign_envelope_multi
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +368,8 @@ class Hub:
         now = self.now()
         self.status.last_good_at = now
         self.status.refresh_at = now + self.refresh_every
+        if snap.next_change_at is not None:  # a rotation's overlap ends: retire the old keys
+            self.status.refresh_at = min(self.status.refresh_at, snap.next_change_at)
         failure = self.status.failure
         if failure is not None and (rev == head or failure.commit == rev):
             self._set_failure(None)  # the head is served, or the failed refresh went through
@@ -537,7 +541,8 @@ class Hub:
         revision, generated_at = self.store.assign_revision(
             org.org, entries_digest(org.org, entries), int(now))
         feed = build_feed(org.org, revision, generated_at, entries)
-        body = sign_envelope(feed_payload(feed), FEED_PAYLOAD_TYPE, org.keys.signing_key)
+        body = sign_envelope_multi(feed_payload(feed, org.root_version), FEED_PAYLOAD_TYPE,
+                                   org.feed_signers)
         return SignedFeed(revision, body, time.monotonic(), org.serial, changes, next_change)
 
     # -- status ---------------------------------------------------------------

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from reconciler.errors import PkiError
 from reconciler.pki.ca import OrgKeys
 
@@ -32,6 +34,20 @@ class OrgSnapshot:
     keys: OrgKeys = field(repr=False)  # CA key (hub server cert) + manifest-signing key (feed)
     manifest_gz: bytes = b""
     relays: frozenset[str] = frozenset()  # devices with ``relay: true``: they may reflect others
+    # published trust roots (roots[i] is version i + 1; empty: legacy trust.json),
+    # served by reconciler.hub.roots
+    roots: tuple[bytes, ...] = ()
+    # the keys that sign the feed: the published root's manifest keys (both during
+    # a rotation's overlap), like the manifest
+    signers: tuple[Ed25519PrivateKey, ...] = field(default=(), repr=False)
+
+    @property
+    def root_version(self) -> int | None:
+        return len(self.roots) or None
+
+    @property
+    def feed_signers(self) -> tuple[Ed25519PrivateKey, ...]:
+        return self.signers or (self.keys.signing_key,)
 
     def __post_init__(self) -> None:
         if not self.manifest_gz:
@@ -43,11 +59,23 @@ class Snapshot:
     commit: str
     orgs: Mapping[str, OrgSnapshot]
     built_at: float
+    # the earliest time a trust root in git becomes due (a rotation's overlap ends):
+    # the hub re-publishes then, so the old keys retire on time (reconciler.hub.serve)
+    next_change_at: float | None = None
 
 
 class Pipeline(Protocol):
     def build(self, rev: str, now: float) -> Snapshot:
         """Load, validate, issue, sign for commit ``rev``. Raises ``MeshopsError``."""
+
+
+def signers_of(signer_ids: tuple[str, ...], keys: OrgKeys) -> tuple[Ed25519PrivateKey, ...]:
+    """The held keys with these key ids (the ones that signed the manifest): the
+    feed is signed by the same ones, so it verifies wherever the manifest does."""
+    from reconciler.pki.keys import keyid
+
+    by_id = {keyid(k.public_key()): k for k in keys.private_keys()}
+    return tuple(by_id[k] for k in signer_ids if k in by_id)
 
 
 class PublisherPipeline:
@@ -78,8 +106,12 @@ class PublisherPipeline:
                 revoked=frozenset(pub.manifest.revoked),
                 keys=keys,
                 relays=frozenset(d.name for d in pub.manifest.devices if d.relay),
+                roots=pub.roots,
+                signers=signers_of(pub.signer_ids, keys),
             )
-        return Snapshot(commit=result.commit, orgs=orgs, built_at=now)
+        due = [p.next_root_at for p in result.orgs.values() if p.next_root_at is not None]
+        return Snapshot(commit=result.commit, orgs=orgs, built_at=now,
+                        next_change_at=min(due) if due else None)
 
     def _keys(self, org: str) -> OrgKeys:
         # The publisher decrypted the org's keys for this publish and caches them;

@@ -36,6 +36,13 @@ expired or chains to no org CA during the handshake. Endpoints that need an
 identity re-check the certificate against the *claimed* org's CA, the clock
 and the revocation list (``reconciler.pki.certs.check_device_cert``).
 
+During a CA rotation's overlap (``reconciler.pki.ca.OrgKeys.server_keys`` and
+``ca_pems``) the org's server certificate stays under the **old** CA, because
+agents that have not walked to the new trust root pin only it, and both CAs
+are client verify locations (devices holding a certificate of either CA get
+in). The first ``update`` at or after ``overlap_until`` issues the server
+certificate under the new CA and drops the old one from the client CAs.
+
 The hub's server keys never touch a file system: ``ssl`` loads a key only
 from a path, so ``_load_chain`` writes the PEM into an anonymous memory file
 (``memfd_create(2)``, Linux 3.17+) and hands OpenSSL its ``/proc/self/fd/N``
@@ -229,11 +236,17 @@ class TlsManager:
         return self._certs.get(org)
 
     def update(self, org_keys: Mapping[str, OrgKeys], now: float) -> None:
-        """Issue/refresh per-org server certificates and the client CA set."""
-        cas = {org: keys.ca_pem for org, keys in org_keys.items()}
+        """Issue/refresh per-org server certificates and the client CA set.
+
+        During a CA rotation's overlap (``OrgKeys.server_keys``/``ca_pems``) the
+        server certificate stays under the old CA and client certificates of both
+        CAs are accepted; the first update at or after ``overlap_until`` issues
+        the certificate under the new CA and drops the old one."""
+        cas = {org: "".join(keys.ca_pems(now)) for org, keys in org_keys.items()}
         contexts: dict[str, ssl.SSLContext] = {}
         certs: dict[str, ServerCert] = {}
-        for org, keys in sorted(org_keys.items()):
+        for org, all_keys in sorted(org_keys.items()):
+            keys = all_keys.server_keys(now)
             old = self._certs.get(org)
             renew_at = (old.not_after - SERVER_CERT_LIFETIME_S / 3) if old else 0.0
             if old and old.ca_pem == keys.ca_pem and now < renew_at and cas == self._cas:

@@ -41,6 +41,7 @@ class Mesh:
     cert_lifetime_days: int = 30
     cert_renew_fraction: float = 2 / 3
     manifest_lifetime_days: int = 7
+    rotation_overlap_days: int = 7  # meshops ca rotate: old and new keys both trusted
     pgp_recipients: tuple[str, ...] = ()
     require_signed_commits: bool = False
     source: Source = NO_SOURCE
@@ -202,6 +203,9 @@ class OrgState:
     devices: Mapping[str, Device] = field(default_factory=dict)
     policy: Policy | None = None  # None: full mesh
     ca_cert_pem: str | None = None  # orgs/<org>/ca.crt, when present
+    # orgs/<org>/roots/N.json, the signed trust-root envelopes: roots[i] is version
+    # i + 1 (the loader refuses a gap); empty for a repository without roots/
+    roots: tuple[bytes, ...] = ()
 
     @property
     def name(self) -> str:

@@ -25,6 +25,22 @@ any DNS subtree, OpenSSL refuses a DNS name outside them (and a dotted subject
 CN with no DNS SAN), so an org CA cannot vouch for another org's hub or any
 public host name. CAs made before the DNS subtrees existed have none, which
 RFC 5280 reads as "any DNS name"; ``meshops ca init --force`` replaces them.
+
+Key generations (``meshops ca rotate``, reconciler.hub.rotate): the secret's
+top-level ``ca_key`` and ``manifest_signing_key`` are the current generation;
+an optional ``previous`` block keeps the keys a rotation replaced until
+``overlap_until`` (unix seconds)::
+
+    previous:
+      overlap_until: 1767225600
+      manifest_signing_key: <PEM>     # when the signing key rotated
+      ca_key: <PEM>                   # when the CA rotated, with
+      ca_cert: <PEM>                  # the old CA certificate
+
+During the overlap the hub's TLS server certificate stays under the old CA
+(``OrgKeys.server_keys``) and client certificates of both CAs are accepted
+(``OrgKeys.ca_pems``); which manifest keys sign is decided by the published
+trust root (reconciler.hub.publish). Files without ``previous`` still load.
 """
 
 from __future__ import annotations
@@ -64,6 +80,17 @@ class CaBundle:
 
 
 @dataclass(frozen=True)
+class PreviousKeys:
+    """The generation a rotation replaced, kept until ``overlap_until``. A key that
+    did not rotate is None here (the current one still serves)."""
+
+    overlap_until: int
+    signing_key: Ed25519PrivateKey | None = field(default=None, repr=False)
+    ca_key: Ed25519PrivateKey | None = field(default=None, repr=False)
+    ca_cert: x509.Certificate | None = None
+
+
+@dataclass(frozen=True)
 class OrgKeys:
     """An org's decrypted key material, held in memory by the hub only."""
 
@@ -71,10 +98,43 @@ class OrgKeys:
     ca_key: Ed25519PrivateKey = field(repr=False)
     ca_cert: x509.Certificate
     signing_key: Ed25519PrivateKey = field(repr=False)
+    previous: PreviousKeys | None = None
 
     @property
     def ca_pem(self) -> str:
-        return self.ca_cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        return cert_pem(self.ca_cert)
+
+    def in_overlap(self, now: float) -> bool:
+        return self.previous is not None and now < self.previous.overlap_until
+
+    def server_keys(self, now: float) -> OrgKeys:
+        """The CA that signs the hub's TLS server certificate: the old CA until the
+        overlap ends (agents that have not walked the new root yet pin only it)."""
+        prev = self.previous
+        if prev is not None and prev.ca_key is not None and prev.ca_cert is not None \
+                and self.in_overlap(now):
+            return OrgKeys(self.org, prev.ca_key, prev.ca_cert, self.signing_key)
+        return OrgKeys(self.org, self.ca_key, self.ca_cert, self.signing_key)
+
+    def ca_pems(self, now: float) -> tuple[str, ...]:
+        """The CAs whose device certificates count: the current one, and during a CA
+        overlap the old one too (devices that have not fetched a new certificate)."""
+        prev = self.previous
+        if prev is not None and prev.ca_cert is not None and self.in_overlap(now):
+            return (self.ca_pem, cert_pem(prev.ca_cert))
+        return (self.ca_pem,)
+
+    def private_keys(self) -> tuple[Ed25519PrivateKey, ...]:
+        """Every Ed25519 key held, current generation first (which of them sign a
+        manifest is the published trust root's decision)."""
+        out = [self.signing_key, self.ca_key]
+        if self.previous is not None:
+            out += [k for k in (self.previous.signing_key, self.previous.ca_key) if k]
+        return tuple(out)
+
+
+def cert_pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
 def utc(now: float) -> dt.datetime:
@@ -178,14 +238,30 @@ def new_signing_key_pem() -> str:
     return private_to_pem(Ed25519PrivateKey.generate())
 
 
-def secret_doc(org: str, ca_key_pem: str, signing_key_pem: str) -> dict[str, Any]:
+def secret_doc(org: str, ca_key_pem: str, signing_key_pem: str,
+               previous: PreviousKeys | None = None) -> dict[str, Any]:
     """The plaintext of ``secrets/ORG-ca.sops.yaml`` (encrypted by the caller with SOPS)."""
-    return {
+    doc: dict[str, Any] = {
         "kind": SECRET_DOC_KIND,
         "org": org,
         "ca_key": ca_key_pem,
         "manifest_signing_key": signing_key_pem,
     }
+    if previous is not None:
+        block: dict[str, Any] = {"overlap_until": int(previous.overlap_until)}
+        if previous.signing_key is not None:
+            block["manifest_signing_key"] = private_to_pem(previous.signing_key)
+        if previous.ca_key is not None and previous.ca_cert is not None:
+            block["ca_key"] = private_to_pem(previous.ca_key)
+            block["ca_cert"] = cert_pem(previous.ca_cert)
+        doc["previous"] = block
+    return doc
+
+
+def keys_doc(keys: OrgKeys) -> dict[str, Any]:
+    """``keys`` as the plaintext secret document (the inverse of ``org_keys_from_doc``)."""
+    return secret_doc(keys.org, private_to_pem(keys.ca_key), private_to_pem(keys.signing_key),
+                      keys.previous)
 
 
 def load_ca_cert(pem: str | bytes, what: str = "CA certificate") -> x509.Certificate:
@@ -215,4 +291,40 @@ def org_keys_from_doc(doc: Mapping[str, Any], org: str, ca_cert_pem: str) -> Org
             f"orgs/{org}/ca.crt does not match the CA key in {where}; "
             "re-run `meshops ca init --force` or restore the matching pair"
         )
-    return OrgKeys(org=org, ca_key=ca_key, ca_cert=cert, signing_key=signing_key)
+    return OrgKeys(org=org, ca_key=ca_key, ca_cert=cert, signing_key=signing_key,
+                   previous=_previous_from_doc(doc.get("previous"), where))
+
+
+def _previous_from_doc(block: Any, where: str) -> PreviousKeys | None:
+    """The optional ``previous`` block (see the module docstring)."""
+    if block is None:
+        return None
+    fix = "`meshops ca rotate` writes it; restore the file from git history"
+    if not isinstance(block, Mapping):
+        raise PkiError(f"{where}: previous must be a mapping; {fix}")
+    unknown = sorted(set(block) - {"overlap_until", "manifest_signing_key", "ca_key", "ca_cert"})
+    if unknown:
+        raise PkiError(f"{where}: unknown field previous.{unknown[0]}; {fix}")
+    until = block.get("overlap_until")
+    if not isinstance(until, int) or isinstance(until, bool) or not 0 < until < 2**63:
+        raise PkiError(f"{where}: previous.overlap_until must be unix seconds; {fix}")
+    for name in ("manifest_signing_key", "ca_key", "ca_cert"):
+        if name in block and not isinstance(block[name], str):
+            raise PkiError(f"{where}: previous.{name} must be a PEM string; {fix}")
+    if ("ca_key" in block) != ("ca_cert" in block):
+        raise PkiError(f"{where}: previous.ca_key and previous.ca_cert go together; {fix}")
+    if "manifest_signing_key" not in block and "ca_key" not in block:
+        raise PkiError(f"{where}: previous holds no key; {fix}")
+    signing = (private_from_pem(block["manifest_signing_key"],
+                                f"{where}: previous.manifest_signing_key")
+               if "manifest_signing_key" in block else None)
+    ca_key = ca_cert = None
+    if "ca_key" in block:
+        ca_key = private_from_pem(block["ca_key"], f"{where}: previous.ca_key")
+        ca_cert = load_ca_cert(block["ca_cert"], f"{where}: previous.ca_cert")
+        cert_key = ca_cert.public_key()
+        if not isinstance(cert_key, Ed25519PublicKey) or raw_public(cert_key) != raw_public(
+                ca_key.public_key()):
+            raise PkiError(f"{where}: previous.ca_cert does not match previous.ca_key; {fix}")
+    return PreviousKeys(overlap_until=until, signing_key=signing, ca_key=ca_key,
+                        ca_cert=ca_cert)

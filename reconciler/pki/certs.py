@@ -282,6 +282,34 @@ def issued_by(pem: str | bytes | x509.Certificate, ca: x509.Certificate) -> bool
     return True
 
 
+def _load_bundle(ca_pem: str | bytes) -> list[x509.Certificate]:
+    data = ca_pem.encode("ascii") if isinstance(ca_pem, str) else ca_pem
+    try:
+        cas = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise PkiError("not a PEM certificate") from exc
+    if len(cas) > 8:  # an org has one CA, two during a rotation
+        raise PkiError(f"CA bundle holds {len(cas)} certificates; at most 8 are accepted")
+    return cas
+
+
+def _issuing_ca(cert: x509.Certificate, cas: list[x509.Certificate]) -> x509.Certificate:
+    """The CA of ``cas`` that signed ``cert``, with the reason when none did."""
+    named = [ca for ca in cas if cert.issuer == ca.subject]
+    if not named:
+        raise PkiError("certificate was issued by another CA")
+    for ca in named:
+        ca_key = ca.public_key()
+        if not isinstance(ca_key, Ed25519PublicKey):
+            raise PkiError("CA key is not Ed25519")
+        try:
+            ca_key.verify(cert.signature, cert.tbs_certificate_bytes)
+        except InvalidSignature:
+            continue
+        return ca
+    raise PkiError("certificate was issued by another CA (signature does not verify)")
+
+
 def check_device_cert(
     pem: str | bytes,
     ca_pem: str | bytes,
@@ -291,18 +319,12 @@ def check_device_cert(
 ) -> DeviceIdentity:
     """Verify a device certificate against its org CA; return who it names.
 
-    Raises ``PkiError`` with a short reason: another CA, bad signature, expired,
-    name constraints violated, wrong usage, or revoked."""
-    cert, ca = load_cert(pem), load_cert(ca_pem)
-    if cert.issuer != ca.subject:
-        raise PkiError("certificate was issued by another CA")
-    ca_key = ca.public_key()
-    if not isinstance(ca_key, Ed25519PublicKey):
-        raise PkiError("CA key is not Ed25519")
-    try:
-        ca_key.verify(cert.signature, cert.tbs_certificate_bytes)
-    except InvalidSignature as exc:
-        raise PkiError("certificate was issued by another CA (signature does not verify)") from exc
+    ``ca_pem`` may be a bundle of several CA certificates (during a CA rotation's
+    overlap the org has two, with the same subject): the one that signed the
+    certificate is used. Raises ``PkiError`` with a short reason: another CA,
+    bad signature, expired, name constraints violated, wrong usage, or revoked."""
+    cert = load_cert(pem)
+    ca = _issuing_ca(cert, _load_bundle(ca_pem))
     for c, what in ((ca, "CA certificate"), (cert, "certificate")):
         if not c.not_valid_before_utc.timestamp() <= now <= c.not_valid_after_utc.timestamp():
             raise PkiError(f"{what} is expired or not yet valid")

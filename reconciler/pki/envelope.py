@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,13 +53,30 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 def sign_envelope(payload: bytes, payload_type: str, key: Ed25519PrivateKey) -> bytes:
     """Sign ``payload`` and return the DSSE envelope as compact JSON bytes."""
-    sig = key.sign(pae(payload_type, payload))
+    return sign_envelope_multi(payload, payload_type, (key,))
+
+
+def sign_envelope_multi(payload: bytes, payload_type: str,
+                        keys: Sequence[Ed25519PrivateKey]) -> bytes:
+    """One DSSE envelope signed by every key of ``keys`` (a rotation's overlap signs
+    with the old and the new key, so agents pinning either accept it). Signatures
+    keep the order of ``keys``; a key given twice signs once. Ed25519 is
+    deterministic: the same payload and keys give the same bytes."""
+    if not keys:
+        raise ValueError("an envelope needs at least one signing key")
+    if len(keys) > MAX_SIGNATURES:
+        raise ValueError(f"more than {MAX_SIGNATURES} signing keys")
+    message = pae(payload_type, payload)
+    sigs: dict[str, bytes] = {}
+    for key in keys:
+        kid = _keyid(key.public_key())
+        if kid not in sigs:
+            sigs[kid] = key.sign(message)
     env = {
         "payload": base64.b64encode(payload).decode("ascii"),
         "payloadType": payload_type,
-        "signatures": [
-            {"keyid": _keyid(key.public_key()), "sig": base64.b64encode(sig).decode("ascii")}
-        ],
+        "signatures": [{"keyid": kid, "sig": base64.b64encode(sig).decode("ascii")}
+                       for kid, sig in sigs.items()],
     }
     return json.dumps(env, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
@@ -74,7 +91,13 @@ class OrgTrust:
 
 @dataclass(frozen=True)
 class Trust:
-    """Parsed trust.json: ``{"orgs": {ORG: {"keys": [{"keyid", "public_key"}], "ca": PEM}}}``."""
+    """Parsed trust.json: ``{"orgs": {ORG: {"keys": [{"keyid", "public_key"}], "ca": PEM}}}``.
+
+    With trust roots (reconciler.pki.root) the hub adds ``"root"`` per org, the
+    newest published root envelope as a JSON string; ``keys`` and ``ca`` then
+    list every manifest key and CA of that root (both generations during a
+    rotation's overlap), so an agent that reads only those keeps working.
+    ``load_trust`` ignores ``root``: the agent's root pinning reads it."""
 
     orgs: Mapping[str, OrgTrust] = field(default_factory=dict)
 
@@ -121,13 +144,17 @@ def load_trust(data: bytes | str) -> Trust:
     return Trust(orgs=orgs)
 
 
-def trust_entry(public_keys: list[Ed25519PublicKey], ca_pem: str | None) -> dict[str, Any]:
-    """One org's trust.json entry (what the hub writes)."""
+def trust_entry(public_keys: Sequence[Ed25519PublicKey], ca_pem: str | None,
+                root: bytes | None = None) -> dict[str, Any]:
+    """One org's trust.json entry (what the hub writes); ``root``: the newest
+    published trust-root envelope, stored as a JSON string."""
     entry: dict[str, Any] = {
         "keys": [{"keyid": _keyid(k), "public_key": public_b64(k)} for k in public_keys]
     }
     if ca_pem is not None:
         entry["ca"] = ca_pem
+    if root is not None:
+        entry["root"] = root.decode("utf-8")
     return entry
 
 
@@ -238,5 +265,6 @@ __all__ = [
     "parse_envelope",
     "raw_public",
     "sign_envelope",
+    "sign_envelope_multi",
     "trust_entry",
 ]

@@ -15,7 +15,14 @@ JSON form (keys sorted, compact, UTF-8)::
      "issued_at": 1763776800, "keepalive": 25, "listen_port": 51820,
      "not_after": 1764381600, "org": "acme", "policy": {...},
      "revoked": [123, ...], "serial": 1763776800000,
-     "stun_servers": ["203.0.113.1:3478", ...], "version": 1}
+     "stun_servers": ["203.0.113.1:3478", ...], "version": 1,
+     "root_version": 3}
+
+``root_version`` is the newest trust root the hub had published (signed with
+the rest, so an agent knows which root to walk to); it is left out for an org
+without ``orgs/ORG/roots/`` (legacy trust.json). During a rotation's overlap
+``sign_manifest`` gets both manifest keys and the envelope carries two
+signatures (``pki.envelope.sign_envelope_multi``).
 
 ``hub_url`` and ``stun_servers`` are mesh.yaml's, passed in by the publisher,
 so agents learn them under the org's signature; each is left out when unset.
@@ -32,7 +39,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -40,7 +47,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from reconciler.errors import ManifestRefused, Problem, ValidationError
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.repo import Mesh, OrgState
-from reconciler.pki.envelope import OrgTrust, Trust, load_trust, open_envelope, sign_envelope
+from reconciler.pki.envelope import (
+    OrgTrust,
+    Trust,
+    load_trust,
+    open_envelope,
+    sign_envelope,
+    sign_envelope_multi,
+)
 
 MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
 FORMAT_VERSION = 1
@@ -56,7 +70,8 @@ _TOP_REQUIRED = (
     "version", "org", "serial", "commit", "issued_at", "not_after",
     "cidr_v4", "listen_port", "keepalive", "devices",
 )  # fmt: skip
-_TOP_OPTIONAL = ("cidr_v6", "policy", "revoked", "extra", "hub_url", "stun_servers")
+_TOP_OPTIONAL = ("cidr_v6", "policy", "revoked", "extra", "hub_url", "stun_servers",
+                 "root_version")
 # Same shape as mesh.schema.json's hub_url; fullmatch, so no trailing newline slips in.
 _HUB_URL = re.compile(r"https?://[^\s/]+\S*")
 _DEV_REQUIRED = ("name", "wg", "ips", "fp")
@@ -88,6 +103,7 @@ def build_manifest(
     compiled: Any = None,
     entries: MutableMapping[str, tuple[Any, str, tuple[str, ...], ManifestDevice]] | None = None,
     mesh: Mesh | None = None,
+    root_version: int | None = None,
 ) -> Manifest:
     """The manifest for one org. Devices without a fingerprint (no cert) are left
     out, and so are devices whose ``expires`` is at or before ``now`` (the hub
@@ -153,6 +169,7 @@ def build_manifest(
         revoked=tuple(sorted(set(revoked))),
         hub_url=(mesh.hub_url or None) if mesh is not None else None,
         stun_servers=tuple(mesh.stun_servers) if mesh is not None else (),
+        root_version=root_version,
     )
 
 
@@ -232,6 +249,8 @@ def _top_to_dict(m: Manifest) -> dict[str, Any]:
         out["hub_url"] = m.hub_url
     if m.stun_servers:
         out["stun_servers"] = list(m.stun_servers)
+    if m.root_version is not None:
+        out["root_version"] = m.root_version
     return out
 
 
@@ -399,6 +418,8 @@ def check_manifest_dict(d: Any) -> None:
     if "extra" in d and not isinstance(d["extra"], dict):
         _fail("$.extra", "must be an object")
     _check_endpoints(d)
+    if "root_version" in d:
+        _int(d["root_version"], "$.root_version", 1)
     if "revoked" in d:
         if not isinstance(d["revoked"], list):
             _fail("$.revoked", "must be an array")
@@ -486,12 +507,16 @@ def manifest_from_dict(d: Mapping[str, Any]) -> Manifest:
         extra=dict(d.get("extra", {})),
         hub_url=d.get("hub_url"),
         stun_servers=tuple(d.get("stun_servers", ())),
+        root_version=d.get("root_version"),
     )
 
 
-def sign_manifest(payload: bytes, key: Ed25519PrivateKey) -> bytes:
-    """The DSSE envelope over canonical manifest JSON."""
-    return sign_envelope(payload, MANIFEST_TYPE, key)
+def sign_manifest(payload: bytes,
+                  key: Ed25519PrivateKey | Sequence[Ed25519PrivateKey]) -> bytes:
+    """The DSSE envelope over canonical manifest JSON, signed by ``key`` or, during
+    a rotation's overlap, by every key given (old and new)."""
+    keys = (key,) if isinstance(key, Ed25519PrivateKey) else tuple(key)
+    return sign_envelope_multi(payload, MANIFEST_TYPE, keys)
 
 
 DEFAULT_MAX_SKEW = 300.0  # seconds a manifest may be issued in the verifier's future
