@@ -186,6 +186,12 @@ def manifest_with_cert(config: AgentConfig, fetch: FetchLike, trust: Trust, stat
     try:
         got = obtain_manifest(config, fetch, trust, state, now, wait=wait, warnings=warnings)
     except ConfigError:
+        # the hub refused the request or the TLS handshake: the local certificate
+        # may be expired, revoked or from a CA the hub no longer accepts (a CA
+        # rotation while this device was away). It is public and re-fetchable, so
+        # it is dropped first: presenting it again would fail the handshake again.
+        (state.path / DEVICE_CERT).unlink(missing_ok=True)
+        fetch.reset_tls()
         if not fetch_device_cert(config, fetch, state, refresh=True, warnings=warnings):
             raise
         return obtain_manifest(config, fetch, trust, state, now, wait=wait, warnings=warnings)

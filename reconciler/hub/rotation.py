@@ -235,7 +235,8 @@ def rotate_keys(keys: pki_ca.OrgKeys, current: TrustRoot, *, new_signing: Ed2551
 
 def rotate_org_keys(repo_path: str | os.PathLike[str], org_name: str, *, now: float,
                     signing: bool, ca: bool, overlap_days: int | None = None,
-                    gpg_home: str | None = None) -> Rotation:
+                    gpg_home: str | None = None,
+                    overlap_seconds: int | None = None) -> Rotation:
     """``meshops ca rotate``: new key(s), the old ones kept as ``previous`` until
     ``now + overlap``, the new CA certificate in ``orgs/ORG/ca.crt`` and roots
     N+1, N+2 in ``orgs/ORG/roots/``. A repository without roots first gets
@@ -288,7 +289,8 @@ def rotate_org_keys(repo_path: str | os.PathLike[str], org_name: str, *, now: fl
     if current.issued_at > now:
         raise UsageError(f"org {org_name}: trust root {current.version} is issued in the future "
                          f"({pki_ca.utc(current.issued_at).isoformat()}); check this clock")
-    overlap_until = int(now) + days * DAY
+    # overlap_seconds: the lab and its e2e tests, whose timers are seconds, not days
+    overlap_until = int(now) + (overlap_seconds if overlap_seconds is not None else days * DAY)
     rotated, r1, r2 = rotate_keys(
         keys, current,
         new_signing=Ed25519PrivateKey.generate() if signing else None,

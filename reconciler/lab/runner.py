@@ -457,6 +457,35 @@ class Lab:
         attach_to_site(self.topo, self.nn, name, self.topo.site(site), ip, create_ns=False)
         self.moved[name] = site
 
+    def stop_agent(self, name: str) -> None:
+        """Stop ``name``'s agent only; its tunnel keeps its last state."""
+        for proc in list(self.ledger.procs):
+            if proc.name == f"agent-{name}":
+                stop_proc(proc)
+                self.ledger.procs.remove(proc)
+
+    def rotate(self, *, signing: bool, ca: bool, overlap_seconds: int) -> int:
+        """``meshops ca rotate`` as a commit the hub follows, with an overlap of
+        seconds (the lab's timers are seconds, not days). Returns the newest root
+        version it wrote (the old keys retire when it is published)."""
+        from reconciler.hub.rotation import rotate_org_keys
+
+        done = rotate_org_keys(self.repo, self.topo.org, now=time.time(), signing=signing,
+                               ca=ca, gpg_home=str(self.gnupg), overlap_seconds=overlap_seconds)
+        self.git("add", "-A")
+        self.git("commit", "-qm", f"lab: rotate (signing={signing}, ca={ca})")
+        return done.versions[1]
+
+    def root_version(self, name: str) -> int:
+        """The trust-root version ``name``'s agent walked to (0: none yet)."""
+        from reconciler.pki.root import verify_initial
+
+        try:
+            data = (self.node_dir(name) / "state" / "root.dsse").read_bytes()
+        except OSError:
+            return 0
+        return verify_initial(data, self.topo.org).version
+
     def kill_agent_and_tunnel(self, name: str) -> None:
         """Take a node off the mesh: stop its agent and its wireguard-go."""
         for proc in list(self.ledger.procs):
