@@ -34,8 +34,11 @@ over ``{"org", "device", "new_wireguard_public_key", "issued_at"}``. In order:
    (``config.load``); ``git diff --numstat`` must show one line out, one in.
    A commit authored ``meshops hub <hub@meshops.invalid>``, signed
    ``-S`` with the hub's commit key when one is set, with the trailer
-   ``Meshops-Rotate-Device: NAME``, is pushed to the followed branch as a
-   fast-forward from the served commit (``--force-with-lease``):
+   ``Meshops-Rotate-Device: NAME`` and ``Meshops-Rotate-Request:`` the signed
+   request (base64 of the envelope's compact JSON with the device's signature,
+   so a commit gate can check the device's own signature, not just the
+   hub's), is pushed to the followed branch as a fast-forward from the served
+   commit (``--force-with-lease``):
    ``branch-moved`` (409) when the branch moved, and the agent may retry;
    ``cannot-push`` (503) when the hub follows a checked-out branch of a
    non-bare repository, which git will not move.
@@ -52,6 +55,7 @@ import base64
 import binascii
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -73,6 +77,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 8 * 1024  # a rotation envelope is under 1 KiB
 KEY_FIELD = "wireguard.public_key"
 TRAILER = "Meshops-Rotate-Device"
+REQUEST_TRAILER = "Meshops-Rotate-Request"  # the signed request, for a commit gate
 
 STATUS = {  # IdentityRefused.reason -> HTTP status
     "bad-request": 400, "bad-key": 400,
@@ -92,7 +97,7 @@ class Rotation:
     _used: dict[str, float] = field(default_factory=dict)  # sha256(payload) -> issued_at
 
     def rotate(self, org: str, name: str, data: bytes) -> dict[str, Any]:
-        body, payload = parse_request(data, org, name)
+        body, payload, env = parse_request(data, org, name)
         now = self.service.now()
         if abs(now - body["issued_at"]) > MAX_AGE:
             raise IdentityRefused("stale-request", f"the request was issued "
@@ -104,7 +109,7 @@ class Rotation:
             raise IdentityRefused("not-ready", "the hub serves no commit yet; try again later")
         repo = self.service.served_repo()
         device = find_device(repo, org, name)
-        check_signature(data, device)
+        request = check_signature(data, env, device)
         if device.disabled:
             raise IdentityRefused("device-disabled", f"device {org}/{name} is disabled in git "
                                                      f"({device.source.file}); it cannot "
@@ -124,13 +129,14 @@ class Rotation:
         if branch is None:
             raise IdentityRefused("not-ready", "the hub has not found the branch it follows "
                                                "yet; try again later")
-        commit = self._commit_and_push(base, branch, device, new_key)
+        commit = self._commit_and_push(base, branch, device, new_key, request)
         self._used[digest] = float(body["issued_at"])
         log.info("rotated the WireGuard key of %s/%s: commit %s on %s", org, name, commit[:12],
                  branch)
         return {"status": "committed", "commit": commit, "device": name, "branch": branch}
 
-    def _commit_and_push(self, base: str, branch: str, device: Device, new_key: str) -> str:
+    def _commit_and_push(self, base: str, branch: str, device: Device, new_key: str,
+                         request: str) -> str:
         git = self.service._git
         rel = device.source.file
         with tempfile.TemporaryDirectory(prefix="meshops-rotate-") as tmp:
@@ -153,7 +159,8 @@ class Rotation:
                 key = self.service.commit_key
                 sign = [f"-S{key}"] if key else ["--no-gpg-sign"]
                 message = (f"rotate: new WireGuard key for device {device.org}/{device.name}\n\n"
-                           f"{TRAILER}: {device.name}\n")
+                           f"{TRAILER}: {device.name}\n"
+                           f"{REQUEST_TRAILER}: {request}\n")
                 git(["-c", f"user.name={HUB_AUTHOR[0]}", "-c", f"user.email={HUB_AUTHOR[1]}",
                      "commit", "--quiet", *sign, "-m", message], tree, env=env)
                 commit = git(["rev-parse", "HEAD"], tree)
@@ -183,8 +190,10 @@ class Rotation:
             raise
 
 
-def parse_request(data: bytes, org: str, name: str) -> tuple[dict[str, Any], bytes]:
-    """The payload of the envelope ``data`` (not yet verified) and its bytes."""
+def parse_request(data: bytes, org: str, name: str
+                  ) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
+    """The payload of the envelope ``data`` (not yet verified), its bytes, and
+    the envelope."""
     try:
         env = loads(data, what="rotation envelope", max_bytes=MAX_BODY, max_depth=4)
     except InputRefused as exc:
@@ -212,7 +221,7 @@ def parse_request(data: bytes, org: str, name: str) -> tuple[dict[str, Any], byt
     if (body["org"], body["device"]) != (org, name):
         raise IdentityRefused("bad-request", f"the request is for {body['org']}/"
                                              f"{body['device']}, the URL names {org}/{name}")
-    return body, raw
+    return body, raw, env
 
 
 def find_device(repo: Repo, org: str, name: str) -> Device:
@@ -224,8 +233,10 @@ def find_device(repo: Repo, org: str, name: str) -> Device:
     return device
 
 
-def check_signature(data: bytes, device: Device) -> None:
-    """The envelope verifies with the identity key git records for ``device``."""
+def check_signature(data: bytes, env: dict[str, Any], device: Device) -> str:
+    """The envelope verifies with the identity key git records for ``device``;
+    returns it as one line for the commit trailer: base64 of the compact JSON of
+    the payload, its type and the device's signature (other entries dropped)."""
     try:
         key = public_from_b64(device.identity_public_key, "identity.public_key")
     except PkiError as exc:  # the repository validates keys; this is defence in depth
@@ -238,6 +249,20 @@ def check_signature(data: bytes, device: Device) -> None:
                                                        f"identity key of {device.org}/"
                                                        f"{device.name} in git ({exc.reason})"
                               ) from exc
+    trust = OrgTrust(keys={keyid(key): key})
+    for sig in env["signatures"]:  # the first entry that verifies on its own
+        if not isinstance(sig, dict):
+            continue
+        line = json.dumps({"payload": env["payload"], "payloadType": env["payloadType"],
+                           "signatures": [{"keyid": sig.get("keyid"), "sig": sig.get("sig")}]},
+                          sort_keys=True, separators=(",", ":"))
+        try:
+            open_envelope(line.encode(), trust, PAYLOAD_TYPE, max_bytes=MAX_BODY)
+        except ManifestRefused:
+            continue
+        return base64.b64encode(line.encode()).decode("ascii")
+    raise IdentityRefused("bad-request-signature", "no single signature of the envelope "
+                                                   "verifies")  # open_envelope said one did
 
 
 def check_key(repo: Repo, device: Device, new_key: str) -> None:

@@ -26,7 +26,8 @@ from reconciler.hub.serve import Hub
 from reconciler.identity import request as enroll_request
 from reconciler.identity.request import canonical
 from reconciler.identity.rotation import PAYLOAD_TYPE, make_body
-from reconciler.pki.envelope import sign_envelope
+from reconciler.pki.envelope import OrgTrust, open_envelope, sign_envelope
+from reconciler.pki.keys import keyid
 
 from .conftest_serve import FakePipeline, make_org, run
 
@@ -155,6 +156,13 @@ def test_a_rotation_is_one_commit_changing_one_line(tmp_path):
     trailers = git("log", "-1", "--format=%(trailers:key=Meshops-Rotate-Device,valueonly)",
                    head, cwd=world.remote)
     assert trailers == "web-1"
+    # the signed request rides along: a commit gate can check the device's own signature
+    request = git("log", "-1", "--format=%(trailers:key=Meshops-Rotate-Request,valueonly)",
+                  head, cwd=world.remote)
+    device_key = world.keys["acme/web-1"].public_key()
+    opened = open_envelope(base64.b64decode(request), OrgTrust(keys={keyid(device_key):
+                                                                    device_key}), PAYLOAD_TYPE)
+    assert json.loads(opened.payload)["new_wireguard_public_key"] == new
     # the new commit validates and the device differs only in its key
     result = load(str(world.remote), head)
     assert result.repo is not None, result.problems
@@ -357,3 +365,21 @@ def test_the_envelope_is_json_the_agent_can_send(tmp_path):
     body = json.dumps(env, indent=3).encode()
     [(status, doc)] = post_all(world.service(), tmp_path, [(url("acme", "web-1"), body)])
     assert status == 201, doc
+
+
+def test_only_the_devices_signature_goes_into_the_trailer(tmp_path):
+    """Extra envelope fields and a stranger's signature are not copied into git."""
+    world = World(tmp_path)
+    env = json.loads(world.signed("acme", "web-1"))
+    stranger = json.loads(world.signed("acme", "web-1", key=Ed25519PrivateKey.generate()))
+    good = env["signatures"][0]
+    env["signatures"] = [{"keyid": good["keyid"], "sig": b64(bytes(64))},
+                         stranger["signatures"][0], good]
+    env["junk"] = "x" * 1000
+    [(status, doc)] = post_all(world.service(), tmp_path,
+                               [(url("acme", "web-1"), json.dumps(env).encode())])
+    assert status == 201, doc
+    request = git("log", "-1", "--format=%(trailers:key=Meshops-Rotate-Request,valueonly)",
+                  doc["commit"], cwd=world.remote)
+    assert json.loads(base64.b64decode(request)) == {
+        "payload": env["payload"], "payloadType": PAYLOAD_TYPE, "signatures": [good]}
