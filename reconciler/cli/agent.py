@@ -1,4 +1,4 @@
-"""``meshops agent init|enroll|apply|run|status|render``: the device side.
+"""``meshops agent init|enroll|rotate-key|apply|run|status|render``: the device side.
 
 Handlers import ``reconciler.agent`` lazily, so other commands never pay for
 it, and ``agent apply`` imports only what a no-op pass needs (it runs every
@@ -82,6 +82,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace an existing config and make new keys")
     p.set_defaults(handler=enroll)
+
+    p = asub.add_parser(
+        "rotate-key", help="make a new WireGuard key and ask the hub to commit its public key",
+        description="Generate the next WireGuard key into wireguard.key.next (mode 0600, next "
+        "to the current key file) and send the hub a rotation request signed with this "
+        "device's identity key. The hub commits the new public key to the branch it follows "
+        "(no review: the identity key proves the device). The agent keeps the current key "
+        "until the manifest carries the new one, then switches in one pass.")
+    _config_arg(p)
+    once = p.add_mutually_exclusive_group()
+    once.add_argument("--force", action="store_true",
+                      help="replace a pending wireguard.key.next with a new key")
+    once.add_argument("--resend", action="store_true",
+                      help="send the pending wireguard.key.next again (after a timeout)")
+    p.set_defaults(handler=rotate_key)
 
     p = asub.add_parser("apply", help="one reconcile pass (for timers and cron)",
                         description="Fetch and verify the manifest, compute the desired "
@@ -217,6 +232,25 @@ def enroll(args: argparse.Namespace) -> int:
               "run `meshops agent run`")
     if result.expires:
         print(f"the device expires at {result.expires} (the org's device lifetime)")
+    return 0
+
+
+def rotate_key(args: argparse.Namespace) -> int:
+    import time
+
+    from reconciler.agent.rotate import rotate_key as run_rotate
+    from reconciler.agent.runtime import make_fetcher
+
+    config = _load(args)
+    result = run_rotate(config, fetch=make_fetcher(config), now=time.time, force=args.force,
+                        resend=args.resend)
+    print(f"new WireGuard key for {config.org}/{config.name}: public key "
+          f"{result.new_public_key}; private key in {result.next_key_path} (mode 0600)")
+    print(f"the hub committed it to {result.branch or 'the branch it follows'} as "
+          f"{result.commit[:12]}")
+    print("next: the agent keeps its current key until the manifest carries the new public "
+          "key, then switches to it in one pass (`meshops agent run` does this by itself; "
+          "with a timer, the next `meshops agent apply`)")
     return 0
 
 

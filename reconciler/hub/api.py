@@ -67,6 +67,7 @@ from reconciler.hub.claims import (
 from reconciler.hub.enroll import Enrollment
 from reconciler.hub.limits import Limits, RefusalLog
 from reconciler.hub.metrics import CONTENT_TYPE
+from reconciler.hub.rotate import add_routes as add_rotate_routes
 from reconciler.hub.serve import Hub, authority
 from reconciler.hub.snapshot import OrgSnapshot
 from reconciler.hub.tls import peer_certificate_pem
@@ -561,4 +562,5 @@ def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | 
     app.router.add_get("/metrics", get_metrics)
     if enroll is not None:  # GET/POST /v1/orgs/{org}/enroll (reconciler.hub.enroll)
         enroll.add_routes(app)
+        add_rotate_routes(app, enroll)  # POST /v1/orgs/{org}/devices/{name}/rotate
     return app
