@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from reconciler.agent import desired as desired_mod
 from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent.decide import Decision
-from reconciler.agent.gather import PENDING_KEY_SUFFIX, Effects
+from reconciler.agent.gather import Effects
 from reconciler.agent.inputs import Inputs
+from reconciler.agent.rotate import next_key_path
 from reconciler.agent.state import CachedManifest, StateDir
 from reconciler.converge import Operation, phases, plan, plan_firewall, plan_routing
 from reconciler.converge.ops import ROUTING_OPS, ReplaceFirewall
@@ -72,7 +73,7 @@ def commit(inputs: Inputs, decision: Decision, effects: Effects, *, state_dir: s
     persist(StateDir(state_dir), inputs, decision)
     if inputs.key_switch and private_key_path is not None:
         # the interface runs the new key and the manifest has it: it is the key now
-        os.replace(private_key_path + PENDING_KEY_SUFFIX, private_key_path)
+        os.replace(next_key_path(private_key_path), private_key_path)
     warnings: tuple[str, ...] = ()
     if decision.report is not None:
         try:

@@ -44,6 +44,7 @@ from reconciler.agent.fetch import FetchLike, route_source
 from reconciler.agent.inputs import Inputs
 from reconciler.agent.memory import Memory
 from reconciler.agent.meshconfig import effective_endpoints
+from reconciler.agent.rotate import next_key_path
 from reconciler.agent.source import fetch_feed, manifest_and_trust
 from reconciler.agent.state import StateDir
 from reconciler.backends.base import Backend
@@ -159,9 +160,6 @@ def discover_own(me: str, own: SelfEndpoints, discover: Callable[[int], Any] | N
                    checked=endpoints_mod.foreign_ips(entry, found))
 
 
-PENDING_KEY_SUFFIX = ".next"  # `meshops agent rotate-key` writes the new key here
-
-
 def choose_private_key(path: str, manifest: Manifest, me: str) -> tuple[str, bool]:
     """The WireGuard private key this pass uses, and whether it is a switch.
 
@@ -170,7 +168,7 @@ def choose_private_key(path: str, manifest: Manifest, me: str) -> tuple[str, boo
     manifest carries the new public key, and then the pass switches in one go
     (``agent.commit`` renames the pending file over the key once converged)."""
     current = read_private_key(path)
-    pending_path = path + PENDING_KEY_SUFFIX
+    pending_path = next_key_path(path)
     if not os.path.exists(pending_path):
         return current, False
     pending = read_private_key(pending_path)
