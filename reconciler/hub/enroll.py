@@ -50,8 +50,6 @@ git runs as a subprocess in a throwaway worktree of the hub's repository
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import logging
 import os
@@ -64,11 +62,9 @@ from typing import Any
 
 from aiohttp import web
 
-from reconciler.boundedjson import loads
 from reconciler.config.writer import AddedDevice, NewDevice, add_device
 from reconciler.errors import (
     IdentityRefused,
-    InputRefused,
     ManifestRefused,
     PkiError,
     TemporaryError,
@@ -76,7 +72,7 @@ from reconciler.errors import (
     ValidationError,
 )
 from reconciler.identity.http import Transport, UrllibTransport
-from reconciler.identity.request import FIELDS, MAX_AGE, PAYLOAD_TYPE
+from reconciler.identity.request import FIELDS, MAX_AGE, PAYLOAD_TYPE, open_request
 from reconciler.identity.tokens import JwksCache, verify_id_token
 from reconciler.identity.users import find_user
 from reconciler.model.repo import Enrollment as OrgEnrollment
@@ -303,25 +299,9 @@ ENROLL_KEY: web.AppKey[Enrollment] = web.AppKey("enroll", Enrollment)
 def parse_request(data: bytes, org: str) -> dict[str, Any]:
     """The request inside the envelope, checked for shape and signed by the
     identity key it carries."""
-    try:
-        env = loads(data, what="enrollment envelope", max_bytes=MAX_BODY, max_depth=4)
-        if not isinstance(env, dict) or not isinstance(env.get("payload"), str):
-            raise IdentityRefused("bad-request", "the body must be a DSSE envelope")
-        raw = base64.b64decode(env["payload"], validate=True)
-        body = loads(raw, what="enrollment request", max_bytes=MAX_BODY, max_depth=2)
-    except (binascii.Error, ValueError) as exc:
-        raise IdentityRefused("bad-request", f"the envelope's payload is not base64: {exc}") \
-            from exc
-    except InputRefused as exc:
-        raise IdentityRefused("bad-request", str(exc)) from exc
-    if not isinstance(body, dict) or set(body) != set(FIELDS):
-        raise IdentityRefused("bad-request", f"the request must have exactly the fields "
-                                             f"{', '.join(FIELDS)}")
-    for key in FIELDS:
-        want = int if key == "timestamp" else str
-        if not isinstance(body[key], want) or isinstance(body[key], bool):
-            raise IdentityRefused("bad-request", f"request field {key!r} must be a "
-                                                 f"{want.__name__}")
+    body, _, _ = open_request(data, payload_type=None, fields=FIELDS,
+                              int_fields=("timestamp",), what="enrollment request",
+                              max_bytes=MAX_BODY)
     if body["org"] != org:
         raise IdentityRefused("bad-request", f"the request is for org {body['org']!r}, the "
                                              f"URL names {org!r}")

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import dataclasses
 import hashlib
 import json
@@ -64,9 +63,9 @@ from typing import Any
 
 from aiohttp import web
 
-from reconciler.boundedjson import loads
-from reconciler.errors import IdentityRefused, InputRefused, ManifestRefused, PkiError
+from reconciler.errors import IdentityRefused, ManifestRefused, PkiError
 from reconciler.hub.enroll import HUB_AUTHOR, Enrollment, GitFailed
+from reconciler.identity.request import open_request
 from reconciler.identity.rotation import FIELDS, MAX_AGE, PAYLOAD_TYPE, check_new_key
 from reconciler.model.repo import Device, Repo
 from reconciler.pki.envelope import OrgTrust, open_envelope
@@ -194,30 +193,9 @@ def parse_request(data: bytes, org: str, name: str
                   ) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
     """The payload of the envelope ``data`` (not yet verified), its bytes, and
     the envelope."""
-    try:
-        env = loads(data, what="rotation envelope", max_bytes=MAX_BODY, max_depth=4)
-    except InputRefused as exc:
-        raise IdentityRefused("bad-request", str(exc)) from exc
-    if not isinstance(env, dict) or env.get("payloadType") != PAYLOAD_TYPE \
-            or not isinstance(env.get("payload"), str):
-        raise IdentityRefused("bad-request", f"the body must be a DSSE envelope of payload "
-                                             f"type {PAYLOAD_TYPE}")
-    try:
-        raw = base64.b64decode(env["payload"], validate=True)
-        body = loads(raw, what="rotation request", max_bytes=MAX_BODY, max_depth=2)
-    except (binascii.Error, ValueError) as exc:
-        raise IdentityRefused("bad-request", f"the envelope's payload is not base64: {exc}") \
-            from exc
-    except InputRefused as exc:
-        raise IdentityRefused("bad-request", str(exc)) from exc
-    if not isinstance(body, dict) or set(body) != set(FIELDS):
-        raise IdentityRefused("bad-request", f"the request must have exactly the fields "
-                                             f"{', '.join(FIELDS)}")
-    for key in FIELDS:
-        want = int if key == "issued_at" else str
-        if not isinstance(body[key], want) or isinstance(body[key], bool):
-            raise IdentityRefused("bad-request", f"request field {key!r} must be a "
-                                                 f"{want.__name__}")
+    body, raw, env = open_request(data, payload_type=PAYLOAD_TYPE, fields=FIELDS,
+                                  int_fields=("issued_at",), what="rotation request",
+                                  max_bytes=MAX_BODY)
     if (body["org"], body["device"]) != (org, name):
         raise IdentityRefused("bad-request", f"the request is for {body['org']}/"
                                              f"{body['device']}, the URL names {org}/{name}")
