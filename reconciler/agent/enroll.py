@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from reconciler.agent.fetch import USER_AGENT
 from reconciler.agent.fetch import Transport as HubTransport
+from reconciler.agent.keys import sign_with_identity
 from reconciler.boundedjson import loads
-from reconciler.errors import ConfigError, FetchError, IdentityRefused, InputRefused, PkiError
+from reconciler.errors import FetchError, IdentityRefused, InputRefused
 from reconciler.identity import oidc
 from reconciler.identity.http import Transport as IssuerTransport
 from reconciler.identity.request import PAYLOAD_TYPE, canonical, make_body
@@ -74,18 +74,7 @@ def _call(hub: HubTransport, method: str, url: str, data: bytes | None = None
 
 def sign(identity_key_path: str, payload: bytes) -> bytes:
     """A DSSE envelope over ``payload``, signed with the device's identity key."""
-    from reconciler.pki.envelope import sign_envelope
-    from reconciler.pki.keys import private_from_pem
-
-    try:
-        pem = Path(identity_key_path).read_text(encoding="ascii")
-    except (OSError, UnicodeError) as exc:
-        raise ConfigError(f"cannot read the identity key {identity_key_path}") from exc
-    try:
-        key = private_from_pem(pem, identity_key_path)
-    except PkiError as exc:
-        raise ConfigError(str(exc)) from exc
-    return sign_envelope(payload, PAYLOAD_TYPE, key)
+    return sign_with_identity(identity_key_path, payload, PAYLOAD_TYPE)
 
 
 def enroll(*, hub_url: str, org: str, name: str, wireguard_public_key: str,

@@ -15,7 +15,7 @@ import base64
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.errors import ConfigError, UsageError
+from reconciler.errors import ConfigError, PkiError, UsageError
 from reconciler.fsio import atomic_write
 
 
@@ -81,3 +81,20 @@ def public_keys(wireguard_path: str, identity_path: str) -> DeviceKeys:
         _b64(wg.public_key().public_bytes(raw, serialization.PublicFormat.Raw)),
         _b64(ident.public_key().public_bytes(raw, serialization.PublicFormat.Raw)),
     )
+
+
+def sign_with_identity(identity_key_path: str, payload: bytes, payload_type: str) -> bytes:
+    """A DSSE envelope of ``payload_type`` over ``payload``, signed with the
+    device's identity key (the enrollment and key-rotation requests)."""
+    from reconciler.pki.envelope import sign_envelope
+    from reconciler.pki.keys import private_from_pem
+
+    try:
+        pem = Path(identity_key_path).read_text(encoding="ascii")
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"cannot read the identity key {identity_key_path}") from exc
+    try:
+        key = private_from_pem(pem, identity_key_path)
+    except PkiError as exc:
+        raise ConfigError(str(exc)) from exc
+    return sign_envelope(payload, payload_type, key)

@@ -39,7 +39,8 @@ from pathlib import Path
 
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.fetch import FetchLike
-from reconciler.errors import ConfigError, FetchError, PkiError, UsageError
+from reconciler.agent.keys import sign_with_identity
+from reconciler.errors import ConfigError, FetchError, UsageError
 from reconciler.fsio import atomic_write
 from reconciler.identity.request import canonical
 from reconciler.identity.rotation import PAYLOAD_TYPE, make_body
@@ -98,18 +99,7 @@ def prepare_next_key(private_key: str, *, force: bool = False, resend: bool = Fa
 def sign_request(identity_key_path: str, payload: bytes) -> bytes:
     """A DSSE envelope of type ``identity.rotation.PAYLOAD_TYPE`` over
     ``payload``, signed with the device's identity key."""
-    from reconciler.pki.envelope import sign_envelope
-    from reconciler.pki.keys import private_from_pem
-
-    try:
-        pem = Path(identity_key_path).read_text(encoding="ascii")
-    except (OSError, UnicodeError) as exc:
-        raise ConfigError(f"cannot read the identity key {identity_key_path}") from exc
-    try:
-        key = private_from_pem(pem, identity_key_path)
-    except PkiError as exc:
-        raise ConfigError(str(exc)) from exc
-    return sign_envelope(payload, PAYLOAD_TYPE, key)
+    return sign_with_identity(identity_key_path, payload, PAYLOAD_TYPE)
 
 
 def rotate_url(config: AgentConfig) -> str:
