@@ -21,6 +21,7 @@ started (its pid file).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import resource
@@ -62,8 +63,8 @@ def _setup(tmp: Path, ns: str, iface: str, peers: int = PEERS, relay: bool = Fal
 
     signer = Ed25519PrivateKey.generate()
     now = int(time.time())
-    def x25519_pub(i: int) -> str:  # distinct keys beyond 255 devices
-        raw = (i + 1).to_bytes(32, "big")
+    def x25519_pub(i: int) -> str:  # distinct keys beyond 255 devices (X25519 clamps the
+        raw = hashlib.sha256(i.to_bytes(8, "big")).digest()  # low bits: hash, not count)
         key = X25519PrivateKey.from_private_bytes(raw)
         return base64.b64encode(key.public_key().public_bytes(Encoding.Raw,
                                                               PublicFormat.Raw)).decode()
