@@ -72,16 +72,29 @@ def feed_to_dict(feed: EndpointFeed) -> dict[str, Any]:
     }
 
 
-def feed_from_dict(doc: Mapping[str, Any]) -> EndpointFeed | None:
+def feed_from_dict(doc: Any) -> EndpointFeed | None:
+    """``feed.json`` as an ``EndpointFeed``; None when any field has the wrong
+    type (the exact types ``feed_to_dict`` writes: no ``"4"`` for 4)."""
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
     try:
-        return EndpointFeed(
-            str(doc["org"]), int(doc["revision"]), int(doc["generated_at"]),
-            tuple(FeedEntry(str(e["device"]),
-                            tuple(Candidate(c["kind"], c["address"]) for c in e["candidates"]),
-                            str(e["mapping"]), e.get("public_ip"), int(e["updated_at"]))
-                  for e in doc["entries"]),
-        )
-    except (ValueError, TypeError, KeyError):
+        entries = []
+        for e in doc["entries"]:
+            pub = e.get("public_ip")
+            if not (isinstance(e["device"], str) and isinstance(e["mapping"], str)
+                    and integer(e["updated_at"]) and (pub is None or isinstance(pub, str))
+                    and isinstance(e["candidates"], list)):
+                return None
+            cands = tuple(Candidate(c["kind"], c["address"]) for c in e["candidates"])
+            if not all(isinstance(c.kind, str) and isinstance(c.address, str) for c in cands):
+                return None
+            entries.append(FeedEntry(e["device"], cands, e["mapping"], pub, e["updated_at"]))
+        if not (isinstance(doc["org"], str) and integer(doc["revision"])
+                and integer(doc["generated_at"]) and isinstance(doc["entries"], list)):
+            return None
+        return EndpointFeed(doc["org"], doc["revision"], doc["generated_at"], tuple(entries))
+    except (TypeError, KeyError, AttributeError):
         return None
 
 

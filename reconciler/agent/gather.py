@@ -46,7 +46,7 @@ from reconciler.agent.memory import Memory
 from reconciler.agent.meshconfig import effective_endpoints
 from reconciler.agent.rotate import next_key_path
 from reconciler.agent.source import fetch_feed, manifest_and_trust
-from reconciler.agent.state import StateDir
+from reconciler.agent.state import FEED, PEERING, StateDir
 from reconciler.backends.base import Backend
 from reconciler.converge import Operation, public_key
 from reconciler.errors import ConfigError, FetchError
@@ -95,9 +95,8 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
            wait: int | None = None) -> Inputs:
     state = StateDir(config.state_dir)
     warnings: list[str] = []
-    memory = Memory.from_dict(state.load_peering())
+    memory, last_feed = read_memory_and_feed(state, warnings)
     own = SelfEndpoints.from_dict(state.load_discovery())
-    last_feed = endpoints_mod.feed_from_dict(state.load_feed() or {})
     here = (effects.local_ip or (lambda: hub_local_ip(config)))() if config.hub else None
     moved = own.moved_from(here)
     if moved:
@@ -132,6 +131,22 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
         bypass=bypass_addresses(config.hub, servers),
         warnings=tuple(warnings),
     )
+
+
+def read_memory_and_feed(state: StateDir, warnings: list[str]
+                         ) -> tuple[Memory, EndpointFeed | None]:
+    """``peering.json`` and ``feed.json`` through their typed readers (the state
+    dir checks only their size and nesting: at 10,000 peers a generic schema
+    walk costs half a second); a file they refuse counts as absent, named in a
+    warning."""
+    raw_memory, raw_feed = state.load_peering(), state.load_feed()
+    memory = Memory.parse(raw_memory) if raw_memory else Memory()
+    feed = endpoints_mod.feed_from_dict(raw_feed) if raw_feed else None
+    for name, raw, parsed in ((PEERING, raw_memory, memory), (FEED, raw_feed, feed)):
+        if raw and parsed is None:
+            warnings.append(f"{state.path / name}: wrong types; treated as absent (the "
+                            "next pass rewrites it)")
+    return memory or Memory(), feed
 
 
 def discover_own(me: str, own: SelfEndpoints, discover: Callable[[int], Any] | None,

@@ -61,8 +61,13 @@ class Memory:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any] | None) -> Memory:
         """Parse ``peering.json``; anything malformed starts empty."""
+        return cls.parse(doc) or cls()
+
+    @classmethod
+    def parse(cls, doc: Any) -> Memory | None:
+        """``peering.json`` as a ``Memory``, or None when anything in it is malformed."""
         if not isinstance(doc, Mapping):
-            return cls()
+            return None
         try:
             paths = {str(k): PathState(str(v["mode"]), _num(v["since"]), int(v["failures"]),
                                        _num(v["retry_at"]))
@@ -75,7 +80,7 @@ class Memory:
             situations = {str(k): _situation(v) for k, v in doc.get("situation", {}).items()}
             changed = {str(k): _num(v) for k, v in doc.get("changed_at", {}).items()}
         except (TypeError, KeyError, ValueError, AttributeError, IndexError):
-            return cls()
+            return None
         return cls(PeeringState(paths, relays), heard, situations, changed)
 
 
