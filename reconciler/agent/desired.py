@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 from reconciler.converge.keys import public_key
 from reconciler.errors import ConfigError
-from reconciler.model.endpoint import parse_or_none
+from reconciler.model.endpoint import canonical_v4, parse_or_none
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import DesiredInterface, DesiredPeer
 
@@ -84,7 +84,10 @@ class Desired:
 
 def host_network(ip: str) -> str:
     """``10.0.0.3`` -> ``10.0.0.3/32``; ``fd00::3`` -> ``fd00::3/128``."""
-    addr = ipaddress.ip_address(ip.partition("/")[0])  # far cheaper than ip_interface
+    bare = ip.partition("/")[0]
+    if canonical_v4(bare) is not None:
+        return f"{bare}/32"
+    addr = ipaddress.ip_address(bare)  # far cheaper than ip_interface
     return f"{addr}/{addr.max_prefixlen}"
 
 

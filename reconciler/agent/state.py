@@ -233,13 +233,12 @@ class StateDir:
         atomic_write(path, data, mode=mode)
 
     def _write_json(self, name: str, data: dict[str, Any]) -> None:
-        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-        self._write(name, text.encode(), 0o600)
+        self._write(name, _dump(data), 0o600)
 
     def _save_json(self, name: str, data: dict[str, Any]) -> None:
         """Write ``name`` only when its bytes would change: a no-op pass writes
         nothing, and compares text instead of parsing the old file again."""
-        text = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+        text = _dump(data)
         path = self.path / name
         try:
             if path.is_file() and not path.is_symlink() and path.read_bytes() == text:
@@ -357,3 +356,9 @@ def _regular(fd: int) -> bool:
 
 __all__ = ["APPLIED", "DEVICE_CERT", "DISCOVERY", "FEED", "HUB_CA", "MANIFEST", "META",
            "PEERING", "SCHEMAS", "CachedManifest", "StateDir", "schema_problem"]
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    """Compact, sorted JSON: the C encoder (``indent`` would fall back to the
+    pure-Python one, ~0.8 s for a 10,000-peer memory)."""
+    return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()

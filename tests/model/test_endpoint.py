@@ -133,3 +133,24 @@ def test_endpoint_errors_say_which_rule_failed(text: str, reason: str) -> None:
         Endpoint.parse(text)
     assert info.value.reason == reason
     assert isinstance(info.value, ValueError)  # callers catching ValueError still work
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("10.0.0.1", True), ("0.0.0.0", True), ("255.255.255.255", True),
+    ("10.0.0.01", False), ("256.1.1.1", False), ("1.2.3", False), ("1.2.3.4.5", False),
+    ("１.2.3.4", False), ("1.2.3.-4", False), ("a.b.c.d", False), ("", False),
+])
+def test_canonical_v4_fast_path_agrees_with_ipaddress(text, ok) -> None:
+    import ipaddress
+
+    from reconciler.model.endpoint import canonical_v4
+
+    assert (canonical_v4(text) is not None) is ok
+    if ok:
+        assert str(ipaddress.IPv4Address(text)) == text
+
+
+@given(st.ip_addresses(v=4), st.integers(1, 65535))
+def test_the_fast_path_parses_like_the_slow_one(ip, port) -> None:
+    ep = Endpoint.parse(f"{ip}:{port}")
+    assert ep == Endpoint.of(ip, port) and ep.ip == ip
