@@ -39,6 +39,7 @@ def mesh(doc: Mapping[str, Any], source: Source) -> Mesh:
                                        defaults.manifest_lifetime_days),
         pgp_recipients=tuple(doc.get("pgp_recipients", ())),
         require_signed_commits=doc.get("require_signed_commits", False),
+        admins=tuple(doc.get("admins", ())),
         source=source,
     )
 

@@ -43,6 +43,7 @@ class Mesh:
     manifest_lifetime_days: int = 7
     pgp_recipients: tuple[str, ...] = ()
     require_signed_commits: bool = False
+    admins: tuple[str, ...] = ()  # PGP fingerprints of mesh administrators (the commit gate)
     source: Source = NO_SOURCE
 
 
