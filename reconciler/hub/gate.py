@@ -292,7 +292,7 @@ def judge_hub(facts: Facts, trust: Trust) -> Refusal | None:
 
 
 def _enrollment(c: str, path: str, dev: tuple[str, str], s: Scoped) -> Refusal | None:
-    org_name, _name = dev
+    org_name, dev_name = dev
 
     def no(message: str) -> Refusal:
         return Refusal(c, path, "hub-scope", f"hub enrollment commit: {message}")
@@ -317,6 +317,10 @@ def _enrollment(c: str, path: str, dev: tuple[str, str], s: Scoped) -> Refusal |
     if not isinstance(s.after, Mapping) or s.after.get("owner") != user_name:
         owner = s.after.get("owner") if isinstance(s.after, Mapping) else None
         return no(f"the device's owner is {owner!r}, not the enrolled user {user_name!r}")
+    problem = _enrolled_shape(s.after, dev_name, user_name,
+                              org.organization.defaults.device_lifetime_days is not None)
+    if problem:
+        return no(problem)
     if s.mainline:  # straight on the followed branch: only what auto_approve admits
         settings = org.organization.enrollment
         if settings is None or user.role not in settings.auto_approve_roles:
@@ -329,6 +333,31 @@ def _enrollment(c: str, path: str, dev: tuple[str, str], s: Scoped) -> Refusal |
             return no(f"it reached the followed branch without review, and user {user_name} "
                       f"owns {owned} devices already (auto_approve max_devices_per_user: {cap})")
     return None
+
+
+# What ``reconciler.hub.enroll`` writes (``config.writer.render_device`` of a
+# ``NewDevice`` with keys, owner, description and expiry only): no tags, routes,
+# relay, endpoint or exit node can come in through an enrollment.
+ENROLLED_FIELDS = frozenset({"kind", "name", "owner", "description", "wireguard", "identity",
+                             "tunnel_ips", "expires"})
+
+
+def _enrolled_shape(doc: Mapping[str, Any], name: str, user: str, lifetime: bool) -> str:
+    extra = sorted(set(doc) - ENROLLED_FIELDS)
+    if extra:
+        return f"an enrolled device has only {', '.join(sorted(ENROLLED_FIELDS))}; this one " \
+               f"also sets {', '.join(map(str, extra))}"
+    for key in ("wireguard", "identity"):
+        sub = doc.get(key)
+        if not isinstance(sub, Mapping) or set(sub) != {"public_key"}:
+            return f"{key}: must hold public_key only"
+    if doc.get("name") != name:
+        return f"name {doc.get('name')!r} is not the file's name {name!r}"
+    if doc.get("description") != f"enrolled by {user}":
+        return f"description must be 'enrolled by {user}'"
+    if lifetime and not doc.get("expires"):
+        return "the org sets defaults.device_lifetime_days, so an enrolled device has expires:"
+    return ""
 
 
 def _rotation(c: str, path: str, s: Scoped) -> Refusal | None:

@@ -154,7 +154,12 @@ def test_rotation_of_a_disabled_device_is_refused():
     assert refusal is not None and "disabled" in refusal.message
 
 
-def _enroll(owner="bob", mainline=False, **trailers):
+ENROLLED = {"kind": "Device", "name": "bob-9", "owner": "bob", "description": "enrolled by bob",
+            "wireguard": {"public_key": "k"}, "identity": {"public_key": "i"},
+            "tunnel_ips": ["10.10.0.9"]}
+
+
+def _enroll(owner="bob", mainline=False, doc=None, **trailers):
     repo = load(EXAMPLE_REPO).repo
     bob = repo.orgs["acme"].users["bob"]
     values = {ENROLL_USER: ("bob",), ENROLL_ISSUER: (bob.oidc_issuer,),
@@ -162,7 +167,7 @@ def _enroll(owner="bob", mainline=False, **trailers):
     values.update(trailers)
     return Facts("c1", ("c0",), sig(HUB), (("A", "orgs/acme/devices/bob-9.yaml"),),
                  Scoped(trailers=values, parent=repo, before=None,
-                        after={**DEVICE, "owner": owner}, mainline=mainline))
+                        after=doc or {**ENROLLED, "owner": owner}, mainline=mainline))
 
 
 def test_enrollment_rules():
@@ -172,6 +177,16 @@ def test_enrollment_rules():
     assert "trailer" in judge(_enroll(**{ENROLL_SUBJECT: ()}), TRUST).message
     assert "is not user bob's" in judge(_enroll(**{ENROLL_ISSUER: ("https://x",)}),
                                         TRUST).message
+    for doc, why in [
+        ({**ENROLLED, "tags": ["prod"]}, "also sets tags"),
+        ({**ENROLLED, "relay": True, "endpoint": "203.0.113.1:51820"}, "also sets endpoint, relay"),
+        ({**ENROLLED, "routes": ["0.0.0.0/0"]}, "also sets routes"),
+        ({**ENROLLED, "wireguard": {"public_key": "k", "listen_port": 1}}, "public_key only"),
+        ({**ENROLLED, "name": "web-1"}, "is not the file's name"),
+        ({**ENROLLED, "description": "x"}, "enrolled by bob"),
+    ]:
+        refusal = judge(_enroll(doc=doc), TRUST)
+        assert refusal is not None and why in refusal.message, (doc, refusal)
     # the example's acme has no enrollment: a straight-on-the-branch enrollment is refused
     assert "without review" in judge(_enroll(mainline=True), TRUST).message
 
@@ -201,3 +216,21 @@ def test_owners_are_role_owner_or_listed_and_not_disabled():
     assert owners_of(dataclasses.replace(acme, users=users)) == {ALICE}
     org = dataclasses.replace(acme.organization, owners=("alice", "bob"))
     assert owners_of(dataclasses.replace(acme, users=users, organization=org)) == {ALICE, EVE}
+
+
+def test_an_enrolled_device_has_the_orgs_lifetime():
+    import dataclasses
+
+    repo = load(EXAMPLE_REPO).repo
+    acme = repo.orgs["acme"]
+    org = dataclasses.replace(acme.organization, defaults=dataclasses.replace(
+        acme.organization.defaults, device_lifetime_days=90))
+    repo = dataclasses.replace(repo, orgs={**repo.orgs,
+                                           "acme": dataclasses.replace(acme, organization=org)})
+    facts = _enroll()
+    without = dataclasses.replace(facts, scoped=dataclasses.replace(facts.scoped, parent=repo))
+    refusal = judge(without, TRUST)
+    assert refusal is not None and "expires" in refusal.message
+    with_expiry = dataclasses.replace(without, scoped=dataclasses.replace(
+        without.scoped, after={**ENROLLED, "expires": "2027-01-01T00:00:00Z"}))
+    assert judge(with_expiry, TRUST) is None
