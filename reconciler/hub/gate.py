@@ -220,14 +220,16 @@ def judge(facts: Facts, trust: Trust) -> Refusal | None:
     """Pure: None when ``facts.commit`` may be published under ``trust``."""
     sig = facts.signature
     c = facts.commit
+    hub_signed = sig.good and bool(sig.keys & trust.hub_keys)
+    if not facts.changes and not hub_signed:
+        return None  # nothing the hub reads changed: empty, or outside the repository's directory
     if sig.status == "N":
-        where = facts.changes[0][1] if facts.changes else ""
-        return Refusal(c, where, "unsigned", "the commit is not signed; under the commit "
+        return Refusal(c, facts.changes[0][1], "unsigned", "the commit is not signed; under the commit "
                        "gate every commit must be signed (git commit -S) by an owner of each "
                        "org it changes, or by a mesh admin for mesh-level files")
     if not sig.good:
         return Refusal(c, "", "bad-signature", sig.describe())
-    if sig.keys & trust.hub_keys:
+    if hub_signed:
         return judge_hub(facts, trust)
     who = sig.primary_key or sig.signing_key
     orgs: dict[str, str] = {}  # org -> first path changed in it
@@ -258,13 +260,7 @@ def judge(facts: Facts, trust: Trust) -> Refusal | None:
                            f"changes to org {org} need a signature by one of its owners "
                            f"(as of the last published commit: {_short(owners)}); key {who} "
                            f"is not one{two}")
-    if not facts.changes and not sig.keys & (trust.admins | _all(trust.owners)):
-        return Refusal(c, "", "not-owner", f"key {who} is neither an owner nor a mesh admin")
     return None
-
-
-def _all(owners: Mapping[str, frozenset[str]]) -> frozenset[str]:
-    return frozenset().union(*owners.values()) if owners else frozenset()
 
 
 HUB_SCOPE = ("a commit signed by the hub's key may only add one device file "

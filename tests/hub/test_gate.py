@@ -654,3 +654,35 @@ def test_hub_publish_cli_bootstraps_the_gate(tmp_path, gated, capsys):
     signers.write_text("not a fingerprint\n")
     assert main(args) == 1
     assert f"{signers}:1:" in capsys.readouterr().err
+
+
+def test_a_mesh_in_a_subdirectory_of_a_larger_repository(tmp_path, keyring):
+    """Paths are relative to the mesh directory; commits outside it change nothing the
+    hub reads and need no signature; hub rotations read their blobs from the subdirectory."""
+    from .conftest import EXAMPLE_REPO
+
+    template, fprs = keyring
+    home = tmp_path / "gnupg"
+    shutil.copytree(template, home, ignore=shutil.ignore_patterns("S.*"))
+    top = tmp_path / "top"
+    shutil.copytree(EXAMPLE_REPO, top / "mesh", ignore=shutil.ignore_patterns(".git"))
+    (top / "app.txt").write_text("the rest of a monorepo\n")
+    g = Gated(tmp_path, top / "mesh", home, fprs)
+    g.append("orgs/acme/users/alice.yaml", f"pgp_fingerprint: {fprs['alice']}\n")
+    g.edit("mesh.yaml", "require_signed_commits: false",
+           f"require_signed_commits: true\nadmins:\n  - {fprs['admin']}")
+    subprocess.run(["git", "init", "-q", "-b", "main", str(top)], check=True, env=g.env)
+    g.commit("admin", "base")
+    try:
+        assert g.publish(admins=frozenset({fprs["admin"]})) == g.head()
+        (top / "app.txt").write_text("changed, unsigned\n")
+        g.commit(None, "outside the mesh")
+        assert g.publish() == g.head()
+        _rotate(g, "laptop-bob")
+        g.commit("hub", "rotate")
+        assert g.publish() == g.head()
+        g.edit("orgs/acme/organization.yaml", "keepalive: 25", "keepalive: 20")
+        g.commit("dana", "not an owner")
+        g.refused("not-owner", path="orgs/acme/organization.yaml")
+    finally:
+        kill_gpg_agent(home)

@@ -87,7 +87,6 @@ def test_good_and_unknown_trust_signatures_count():
     (ALICE, ("orgs/acme/a.yaml", "orgs/globex/b.yaml"), "two-orgs", "orgs/globex/b.yaml"),
     (ALICE, ("orgs/acme/a.yaml", "mesh.yaml"), "not-admin", "mesh.yaml"),
     (ALICE, ("orgs/newco/organization.yaml",), "not-admin", "orgs/newco/organization.yaml"),
-    (EVE, (), "not-owner", ""),  # an empty commit by a stranger
 ])
 def test_refusals(key, paths, reason, path):
     refusal = judge(facts(key, *paths), TRUST)
@@ -99,7 +98,9 @@ def test_refusals(key, paths, reason, path):
     (ADMIN, ("mesh.yaml", "secrets/acme-ca.sops.yaml")),
     (ADMIN, ("orgs/newco/organization.yaml",)),  # admins create orgs
     (DANA, ("orgs/globex/users/x.yaml",)),
-    (ALICE, ()),  # an empty commit by an owner
+    (ALICE, ()),  # nothing the hub reads changed (empty, or outside the mesh directory)
+    (EVE, ()),
+    (None, ()),
 ])
 def test_accepted(key, paths):
     assert judge(facts(key, *paths), TRUST) is None
@@ -112,6 +113,8 @@ def test_the_hub_key_never_counts_as_an_owner_or_admin():
     assert refusal is not None and refusal.reason == "hub-scope"
     refusal = judge(facts(HUB, "orgs/acme/devices/x.yaml", parents=("a", "b")), trust)
     assert refusal is not None and "merge or root" in refusal.message
+    refusal = judge(facts(HUB), trust)  # even an empty one
+    assert refusal is not None and "changes 0 files" in refusal.message
 
 
 DEVICE = {"kind": "Device", "name": "x", "owner": "bob",
