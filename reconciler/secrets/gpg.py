@@ -86,7 +86,11 @@ class Gpg:
         fingerprint or a user id) in this home; raise :class:`SecretsError` when
         there is none. The commit gate matches the hub's commit signatures by them."""
         found: set[str] = set()
-        for entry in self._gpg.list_keys(secret=True, keys=[key]):
+        entries = self._gpg.list_keys(secret=True, keys=[key])
+        if len(entries) > 1:
+            raise SecretsError(f"{key!r} matches {len(entries)} secret keys in {self._where}; "
+                               "give the full fingerprint")
+        for entry in entries:
             found.add(entry["fingerprint"].upper())
             for sub in entry.get("subkeys", []):
                 if len(sub) > 2 and sub[2]:

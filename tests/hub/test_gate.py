@@ -686,3 +686,31 @@ def test_a_mesh_in_a_subdirectory_of_a_larger_repository(tmp_path, keyring):
         g.refused("not-owner", path="orgs/acme/organization.yaml")
     finally:
         kill_gpg_agent(home)
+
+
+def test_hub_serve_builds_the_gate_from_its_options(tmp_path, gated):
+    from reconciler.errors import SecretsError
+    from reconciler.hub.daemon import ServeConfig, _default_pipeline
+
+    g = gated
+    signers = tmp_path / "signers"
+    signers.write_text(f"{g.fpr['admin']}\n")
+    config = ServeConfig(repo=str(g.repo), gnupghome=g.home, state_dir=str(tmp_path / "st"),
+                         gate_signers=str(signers), commit_key=g.fpr["hub"])
+    pipeline = _default_pipeline(config, str(g.repo))
+    try:
+        boot = pipeline._publisher.gate.bootstrap
+        assert boot.admins == {g.fpr["admin"]} and g.fpr["hub"] in boot.hub_keys
+        assert boot.enabled
+    finally:
+        pipeline.close()
+    signers.write_text("alice@example.invalid\n")
+    with pytest.raises(ConfigError, match=f"{signers}:1:"):
+        _default_pipeline(config, str(g.repo))
+    config.gate_signers = None
+    config.commit_key = "example.invalid"  # matches five keys: ambiguous
+    with pytest.raises(SecretsError, match="give the full fingerprint"):
+        _default_pipeline(config, str(g.repo))
+    config.commit_key = "nobody@nowhere.invalid"
+    with pytest.raises(SecretsError, match="no secret key"):
+        _default_pipeline(config, str(g.repo))
