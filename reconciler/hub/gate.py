@@ -21,7 +21,7 @@ With the gate on, every commit between the anchor and the head
 its first parent's diff (``judge``, pure):
 
 * a path under ``orgs/X/`` needs a good signature by an owner of X (an org the
-  anchor does not have needs an admin); anything else (``mesh.yaml``,
+  anchor does not have, or one without a keyed owner, needs an admin); anything else (``mesh.yaml``,
   ``secrets/``, ...) needs an admin. One signature is one key: a commit that
   touches two orgs passes only if one key is an owner of both;
 * a commit signed by the hub's key passes only as a *scoped* commit
@@ -224,9 +224,10 @@ def judge(facts: Facts, trust: Trust) -> Refusal | None:
     if not facts.changes and not hub_signed:
         return None  # nothing the hub reads changed: empty, or outside the repository's directory
     if sig.status == "N":
-        return Refusal(c, facts.changes[0][1], "unsigned", "the commit is not signed; under the commit "
-                       "gate every commit must be signed (git commit -S) by an owner of each "
-                       "org it changes, or by a mesh admin for mesh-level files")
+        return Refusal(c, facts.changes[0][1], "unsigned",
+                       "the commit is not signed; under the commit gate every commit must be "
+                       "signed (git commit -S) by an owner of each org it changes, or by a "
+                       "mesh admin for mesh-level files")
     if not sig.good:
         return Refusal(c, "", "bad-signature", sig.describe())
     if hub_signed:
@@ -247,11 +248,13 @@ def judge(facts: Facts, trust: Trust) -> Refusal | None:
                        "--gate-signers")
     for org, path in sorted(orgs.items()):
         owners = trust.owners.get(org)
-        if owners is None:  # an org the anchor does not have: creating it is mesh-level
+        if not owners:  # a new org, or one without a keyed owner: the admins govern it
             if not sig.keys & trust.admins:
+                why = ("is new (not in the last published commit)" if owners is None else
+                       "has no owner with a pgp_fingerprint in the last published commit")
                 return Refusal(c, path, "not-admin",
-                               f"org {org} is new (not in the last published commit); creating "
-                               f"it needs a mesh admin's signature, and key {who} is not one")
+                               f"org {org} {why}, so changing it needs a mesh admin's "
+                               f"signature, and key {who} is not one")
             continue
         if not sig.keys & owners:
             two = f" (the commit changes {len(orgs)} orgs: {', '.join(sorted(orgs))}; one " \

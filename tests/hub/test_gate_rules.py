@@ -28,7 +28,8 @@ from .test_publish import EXAMPLE_REPO
 
 ALICE, DANA, ADMIN, HUB, EVE = ("A" * 40, "D" * 40, "F" * 40, "B" * 40, "E" * 40)
 TRUST = Trust(enabled=True, anchor="c0", owners={"acme": frozenset({ALICE}),
-                                                 "globex": frozenset({DANA})},
+                                                 "globex": frozenset({DANA}),
+                                                 "keyless": frozenset()},
               admins=frozenset({ADMIN}), hub_keys=frozenset({HUB}))
 
 
@@ -87,6 +88,7 @@ def test_good_and_unknown_trust_signatures_count():
     (ALICE, ("orgs/acme/a.yaml", "orgs/globex/b.yaml"), "two-orgs", "orgs/globex/b.yaml"),
     (ALICE, ("orgs/acme/a.yaml", "mesh.yaml"), "not-admin", "mesh.yaml"),
     (ALICE, ("orgs/newco/organization.yaml",), "not-admin", "orgs/newco/organization.yaml"),
+    (ALICE, ("orgs/keyless/users/x.yaml",), "not-admin", "orgs/keyless/users/x.yaml"),
 ])
 def test_refusals(key, paths, reason, path):
     refusal = judge(facts(key, *paths), TRUST)
@@ -97,6 +99,7 @@ def test_refusals(key, paths, reason, path):
 @pytest.mark.parametrize(("key", "paths"), [
     (ADMIN, ("mesh.yaml", "secrets/acme-ca.sops.yaml")),
     (ADMIN, ("orgs/newco/organization.yaml",)),  # admins create orgs
+    (ADMIN, ("orgs/keyless/users/x.yaml",)),  # and govern orgs without a keyed owner
     (DANA, ("orgs/globex/users/x.yaml",)),
     (ALICE, ()),  # nothing the hub reads changed (empty, or outside the mesh directory)
     (EVE, ()),
