@@ -15,6 +15,7 @@ only loops (``agent run``, ``hub serve``) and the CLI read it::
     │   ├── ConfigError                agent or hub configuration is wrong
     │   ├── InputRefused               a peer or file sent too much, too deep, or not JSON; .reason
     │   ├── IdentityRefused            an ID token or an enrollment was refused; .reason
+    │   ├── CommitRefused              the commit gate refused a commit; .commit .path .reason
     │   └── BackendError               the WireGuard/netlink backend refused an operation
     └── TemporaryError(delay)          try again later (agent exit 75)
         ├── FetchError                 hub/manifest/feed unreachable, HTTP 5xx, timeouts
@@ -138,6 +139,22 @@ class IdentityRefused(PermanentError):
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
+        self.reason = reason
+
+
+class CommitRefused(PermanentError):
+    """The hub's commit gate (``reconciler.hub.gate``) refused a commit: the last
+    good commit keeps serving. ``commit`` is the refused commit (it may be an
+    ancestor of the head), ``path`` the file that needed a signature it lacks
+    (empty when the whole commit is refused), ``reason`` a stable code such as
+    ``unsigned``, ``bad-signature``, ``not-owner``, ``not-admin``, ``two-orgs``,
+    ``hub-scope``, ``no-signers``, ``anchor``."""
+
+    def __init__(self, commit: str, path: str, reason: str, message: str) -> None:
+        where = f" ({path})" if path else ""
+        super().__init__(f"commit {commit[:12]}{where} refused ({reason}): {message}")
+        self.commit = commit
+        self.path = path
         self.reason = reason
 
 

@@ -31,14 +31,29 @@ def _register_publish(hsub: argparse._SubParsersAction) -> None:
                         "(default sqlite:///.meshops/hub.db, relative to the current "
                         "directory; every run prints where it is)")  # fmt: skip
     p.add_argument("--gnupghome", help="GnuPG home holding the hub's secret key")
+    _gate_options(p)
     p.set_defaults(handler=_publish)
+
+
+def _gate_options(p: argparse.ArgumentParser, *, commit_key: bool = True) -> None:
+    p.add_argument("--gate-signers", metavar="FILE",
+                   help="turn the commit gate on and trust these mesh admins' PGP "
+                        "fingerprints (one per line) besides mesh.yaml admins: of the last "
+                        "published commit; with nothing published yet, the head must be "
+                        "signed by one of them (docs/security.md)")
+    if commit_key:
+        p.add_argument("--commit-key", metavar="KEYID",
+                       help="the hub's commit key (in --gnupghome): the commit gate accepts "
+                            "its commits only as scoped enrollments and key rotations")
 
 
 def _publish(args: argparse.Namespace) -> int:
     from reconciler.errors import ValidationError
+    from reconciler.hub.gate import bootstrap
     from reconciler.hub.publish import publish
 
     try:
+        gate = bootstrap(args.gate_signers, args.commit_key, args.gnupghome)
         result = publish(
             args.repo,
             rev=args.rev,
@@ -46,6 +61,7 @@ def _publish(args: argparse.Namespace) -> int:
             state=args.state,
             now=time.time(),
             gpg_home=args.gnupghome,
+            gate=gate,
         )
     except ValidationError as exc:
         for problem in exc.problems:
@@ -126,7 +142,10 @@ def _register_serve(hsub: argparse._SubParsersAction) -> None:
         "dropped with a log line: serve a public host name with --tls-cert/--tls-key",
     )
     p.add_argument("--commit-key", metavar="KEYID",
-                   help="GPG key (in --gnupghome) that signs the hub's enrollment commits")
+                   help="GPG key (in --gnupghome) that signs the hub's enrollment commits; "
+                        "the commit gate accepts its commits only as scoped enrollments "
+                        "and key rotations")
+    _gate_options(p, commit_key=False)
     p.add_argument("--oidc-ca-file", metavar="PEM",
                    help="CA bundle for the orgs' OpenID issuers (default: the system store)")
     p.set_defaults(handler=_serve)
@@ -148,6 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_names=tuple(args.tls_name),
         commit_key=args.commit_key,
+        gate_signers=args.gate_signers,
         oidc_ca_file=args.oidc_ca_file,
     )
     return run(config)

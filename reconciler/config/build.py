@@ -41,6 +41,7 @@ def mesh(doc: Mapping[str, Any], source: Source) -> Mesh:
                                       defaults.rotation_overlap_days),
         pgp_recipients=tuple(doc.get("pgp_recipients", ())),
         require_signed_commits=doc.get("require_signed_commits", False),
+        admins=tuple(doc.get("admins", ())),
         source=source,
     )
 

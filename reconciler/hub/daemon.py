@@ -103,6 +103,7 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)  # timeouts and caps (reconciler.hub.limits)
     pipeline: Pipeline | None = None  # injected by tests; default: PublisherPipeline
     commit_key: str | None = None  # GPG key for the hub's enrollment commits (git commit -S)
+    gate_signers: str | None = None  # --gate-signers FILE: commit gate on, these admins trusted
     oidc_ca_file: str | None = None  # CA bundle for the orgs' OpenID issuers (default: system)
     now: Callable[[], float] = time.time
 
@@ -128,9 +129,11 @@ class Running:
 
 
 def _default_pipeline(config: ServeConfig, repo_path: str) -> Pipeline:
+    from reconciler.hub.gate import bootstrap
     from reconciler.hub.snapshot import PublisherPipeline
 
-    return PublisherPipeline(repo_path, config.db_url(), config.gnupghome)
+    gate = bootstrap(config.gate_signers, config.commit_key, config.gnupghome)
+    return PublisherPipeline(repo_path, config.db_url(), config.gnupghome, gate=gate)
 
 
 def small_tls_buffers(size: int = 32 * 1024) -> None:

@@ -1,9 +1,11 @@
-"""The hub's ``git`` command-line helpers: commit signatures and blobs at a rev.
+"""The hub's ``git`` command-line helpers: commit signatures, ranges, diffs, blobs.
 
-Called by ``reconciler.hub.publish`` when ``mesh.yaml`` says
-``require_signed_commits: true``. This is the only hub module that runs the
+Called by ``reconciler.hub.gate`` (the commit gate, which gathers its facts
+here) and ``reconciler.hub.publish``. Apart from the enrollment service's
+commits (``reconciler.hub.enroll``), this is the only hub module that runs the
 ``git`` command line; ``git`` itself calls ``gpg`` with ``GNUPGHOME`` set to
-the hub's keyring, which must hold the org owners' public keys.
+the hub's keyring, which must hold the owners', the admins' and the hub's
+public keys.
 
 ``git log -1 --format=%G?%n%GF%n%GP`` gives the signature status (``G`` good,
 ``U`` good but of unknown trust; everything else is refused), the signing
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,14 @@ class CommitSignature:
     @property
     def good(self) -> bool:
         return self.status in ("G", "U")
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The fingerprints this signature may be matched by (signing subkey, primary)."""
+        return frozenset(k for k in (self.signing_key, self.primary_key) if k)
+
+    def describe(self) -> str:
+        return _STATUS.get(self.status, "unknown signature status " + self.status)
 
 
 def read_signature(
@@ -77,34 +86,6 @@ def read_signature(
     )
 
 
-def require_signed(
-    repo: str | os.PathLike[str],
-    commit: str,
-    allowed: Collection[str],
-    gnupghome: str | None,
-) -> CommitSignature:
-    """Return the signature of ``commit`` if it is good and by an ``allowed`` fingerprint.
-
-    Raises ``PkiError`` naming the commit and why it is refused."""
-    if not allowed:
-        raise PkiError(
-            f"commit {commit[:12]}: require_signed_commits is on but no org owner has a "
-            "pgp_fingerprint; add one to an owner's user file"
-        )
-    sig = read_signature(repo, commit, gnupghome)
-    if not sig.good:
-        raise PkiError(
-            f"commit {commit[:12]} refused: {_STATUS.get(sig.status, 'unknown status ' + sig.status)}"
-        )
-    allowed_up = {a.upper() for a in allowed}
-    if sig.signing_key not in allowed_up and sig.primary_key not in allowed_up:
-        raise PkiError(
-            f"commit {commit[:12]} refused: signed by key {sig.primary_key or sig.signing_key}, "
-            "which is not an org owner's pgp_fingerprint"
-        )
-    return sig
-
-
 def _git(repo: str | os.PathLike[str], *args: str) -> subprocess.CompletedProcess[bytes]:
     try:
         return subprocess.run(
@@ -116,10 +97,73 @@ def _git(repo: str | os.PathLike[str], *args: str) -> subprocess.CompletedProces
         raise PkiError(f"git {args[0]} timed out") from exc
 
 
-def read_blob(repo: str | os.PathLike[str], rev: str, path: str) -> bytes | None:
-    """The content of ``path`` at ``rev``, or None if it does not exist there."""
-    proc = _git(repo, "cat-file", "blob", f"{rev}:{path}")
+def read_blob(repo: str | os.PathLike[str], rev: str, path: str, *,
+              relative: bool = False) -> bytes | None:
+    """The content of ``path`` at ``rev``, or None if it does not exist there.
+    ``relative``: ``path`` is relative to ``repo`` (which may be a subdirectory of
+    the git work tree), not to the top of the work tree."""
+    proc = _git(repo, "cat-file", "blob", f"{rev}:./{path}" if relative else f"{rev}:{path}")
     return proc.stdout if proc.returncode == 0 else None
+
+
+def _checked(repo: str | os.PathLike[str], *args: str) -> bytes:
+    proc = _git(repo, *args)
+    if proc.returncode != 0:
+        raise UsageError(f"git {' '.join(args[:2])} failed in {repo}: "
+                         f"{proc.stderr.decode('utf-8', 'replace').strip()[-300:]}")
+    return proc.stdout
+
+
+def rev_list(repo: str | os.PathLike[str], head: str, since: str | None, *,
+             first_parent: bool = False) -> list[tuple[str, tuple[str, ...]]]:
+    """Commits reachable from ``head`` and not from ``since`` (all of them when
+    ``since`` is None), oldest first, each with its parents (first parent first).
+    ``first_parent``: only the first-parent chain (what the branch itself went
+    through, not what merges brought in)."""
+    args = ["rev-list", "--reverse", "--parents"]
+    if first_parent:
+        args.append("--first-parent")
+    args += [head] + ([f"^{since}"] if since else []) + ["--"]
+    out = _checked(repo, *args).decode("ascii", "replace")
+    rows = []
+    for line in out.splitlines():
+        ids = line.split()
+        if ids:
+            rows.append((ids[0], tuple(ids[1:])))
+    return rows
+
+
+def changed_paths(repo: str | os.PathLike[str], parent: str | None,
+                  commit: str) -> tuple[tuple[str, str], ...]:
+    """``(status, path)`` of every file ``commit`` changes against ``parent``
+    (None: a root commit, against the empty tree); ``status`` is git's letter
+    (A added, D deleted, M modified, T type changed). Renames are a delete and
+    an add. Paths are relative to ``repo``; changes outside it are left out
+    (``--relative``), since the loader never reads them."""
+    base = [parent, commit] if parent else ["--root", commit]
+    out = _checked(repo, "diff-tree", "-r", "-z", "--no-renames", "--no-commit-id",
+                   "--relative", "--name-status", *base, "--")
+    parts = out.split(b"\0")
+    pairs = []
+    for i in range(0, len(parts) - 1, 2):
+        status = parts[i].decode("ascii", "replace")
+        path = parts[i + 1].decode("utf-8", "surrogateescape")
+        if status:
+            pairs.append((status[0], path))
+    return tuple(pairs)
+
+
+def trailers(repo: str | os.PathLike[str], commit: str) -> dict[str, tuple[str, ...]]:
+    """The trailers of ``commit``'s message (``Key: value`` lines of its last
+    paragraph, as ``git interpret-trailers`` reads them), key -> values."""
+    out = _checked(repo, "log", "-1", "--format=%(trailers:only=true,unfold=true)", commit,
+                   "--").decode("utf-8", "replace")
+    found: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip():
+            found.setdefault(key.strip(), []).append(value.strip())
+    return {k: tuple(v) for k, v in found.items()}
 
 
 def resolve(repo: str | os.PathLike[str], rev: str) -> str | None:

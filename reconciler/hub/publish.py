@@ -10,8 +10,10 @@ One publish, per org:
 1. load and validate with ``reconciler.config.load`` (the same code as
    ``meshops validate``); an invalid repo raises ``ValidationError`` and
    nothing is written;
-2. with ``require_signed_commits``, refuse a commit not signed by an org
-   owner's PGP key (``reconciler.hub.gitsig``);
+2. the commit gate (``reconciler.hub.gate``): with the gate on (as of the
+   last published commit, or by the hub's ``--gate-signers``), refuse the
+   head unless every commit since the last published one is signed by whom
+   it must be; a refusal raises ``CommitRefused`` and nothing is written;
 3. decrypt ``secrets/ORG-ca.sops.yaml`` in memory (``reconciler.secrets``);
 4. reuse each device's stored certificate while it still binds the same keys
    and IPs and is not due for renewal, else issue one with a fresh random
@@ -57,7 +59,7 @@ from typing import Any, Self
 
 from reconciler.errors import PkiError, UsageError, ValidationError
 from reconciler.fsio import atomic_write, atomic_write_many, fsync_dir, remove_stale_temps
-from reconciler.hub import gitsig
+from reconciler.hub import gate as commit_gate
 from reconciler.hub.rotation import (
     OrgRoots,
     check_chain,
@@ -134,17 +136,6 @@ def worktree_commit(repo: Repo) -> str:
     for s in sorted(sources, key=lambda s: s.file):
         h.update(f"{s.file}\0{s.blob}\n".encode())
     return "worktree-" + h.hexdigest()[:40]
-
-
-def owner_fingerprints(repo: Repo) -> frozenset[str]:
-    """PGP fingerprints of every org owner (listed in ``owners`` or with role owner)."""
-    out: set[str] = set()
-    for org in repo.orgs.values():
-        owners = set(org.organization.owners)
-        for user in org.users.values():
-            if (user.name in owners or user.role == "owner") and user.pgp_fingerprint:
-                out.add(user.pgp_fingerprint.upper())
-    return frozenset(out)
 
 
 MAX_SECRET_BYTES = 1024 * 1024  # a SOPS file holding two PEM keys is a few KiB
@@ -322,6 +313,7 @@ class Publisher:
         cache: Any = None,
         serial_rng: Callable[[], int] = default_serial_rng,
         freeze_caches: bool = False,
+        gate: commit_gate.Bootstrap | None = None,
     ) -> None:
         """``freeze_caches``: for long-lived publishers (``hub serve``). After a publish
         that filled the caches (the first, or one that re-parsed many files), collect
@@ -345,7 +337,7 @@ class Publisher:
         self.timings: dict[str, float] = {}  # seconds per phase of the last publish (metrics)
         self.freeze_caches = freeze_caches
         self._frozen_at = 0  # BlobCache size at the last freeze (0: never frozen)
-        self._trusted_owners: frozenset[str] | None = None
+        self.gate = commit_gate.Gate(gate)  # the hub's own bootstrap of the commit gate
 
     def keys_for(self, org: str) -> pki_ca.OrgKeys | None:
         """The org's decrypted keys from the last publish (in memory only), if any."""
@@ -378,7 +370,8 @@ class Publisher:
         if result.repo is None:
             raise ValidationError(result.problems)
         repo = result.repo
-        if repo.mesh.require_signed_commits and rev is None:
+        trust = self.gate.trust(self.repo_path, self.store.last_published(), self._load_commit)
+        if (repo.mesh.require_signed_commits or trust.enabled) and rev is None:
             # publish exactly the signed commit, never uncommitted files
             repo_mesh_rev = "HEAD"
             result = load(self.repo_path, repo_mesh_rev, cache=self.cache)
@@ -386,8 +379,9 @@ class Publisher:
                 raise ValidationError(result.problems)
             repo = result.repo
         commit = result.commit or worktree_commit(repo)
-        if repo.mesh.require_signed_commits:
-            self._check_signed(repo, commit)
+        self.gate.check(self.repo_path, commit, repo.mesh.require_signed_commits, trust,
+                        self._load_commit, self.gpg_home)
+        published = repo
         repo = without_expired(repo, now)  # expired devices are out, as disabled ones
         t1 = time.perf_counter()
         outcome = {
@@ -402,7 +396,7 @@ class Publisher:
             self._write(pub, Path(out_dir))
         for name, org_pub in outcome.items():
             self.store.set_last_serial(name, org_pub.manifest.serial, commit, int(now))
-        self._trusted_owners = owner_fingerprints(repo)
+        self.gate.published(commit, published)
         if self.freeze_caches:
             self._maybe_freeze()
         t3 = time.perf_counter()
@@ -427,24 +421,11 @@ class Publisher:
         gc.freeze()
         self._frozen_at = size
 
-    def _check_signed(self, repo: Repo, commit: str) -> None:
-        allowed = self._trusted_owners
-        if allowed is None:
-            allowed = self._owners_at_last_publish(repo)
-        gitsig.require_signed(self.repo_path, commit, allowed, self.gpg_home)
-
-    def _owners_at_last_publish(self, repo: Repo) -> frozenset[str]:
-        """Owners as of the last published commit (a commit cannot bless itself by adding
-        a new owner); on first use, the owners in the commit itself."""
+    def _load_commit(self, rev: str) -> Repo | None:
+        """The commit gate's view of a commit: its validated model, or None."""
         from reconciler.config import load
 
-        for org in sorted(repo.orgs):
-            last = self.store.last_serial(org)
-            if last and gitsig.resolve(self.repo_path, last[1]):
-                previous = load(self.repo_path, last[1], cache=self.cache).repo
-                if previous is not None:
-                    return owner_fingerprints(previous)
-        return owner_fingerprints(repo)
+        return load(self.repo_path, rev, cache=self.cache).repo
 
     def _org_keys(self, org: OrgState, rev: str | None) -> pki_ca.OrgKeys:
         cache = self._orgs.setdefault(org.name, _OrgCache())
@@ -693,7 +674,8 @@ def publish(
     now: float,
     gpg_home: str | None = None,
     cache: Any = None,
+    gate: commit_gate.Bootstrap | None = None,
 ) -> PublishResult:
     """One-shot publish (``meshops hub publish``); ``out_dir=None`` builds in memory."""
-    with Publisher(repo_path, state, gpg_home, cache=cache) as publisher:
+    with Publisher(repo_path, state, gpg_home, cache=cache, gate=gate) as publisher:
         return publisher.publish(rev, now, out_dir)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -85,11 +85,13 @@ class PublisherPipeline:
     certificates, serials) across commits, which is what makes a one-device
     commit cheap. ``state`` is the store URL (the same database as the feed)."""
 
-    def __init__(self, repo_path: str, state: str, gpg_home: str | None) -> None:
+    def __init__(self, repo_path: str, state: str, gpg_home: str | None,
+                 gate: Any = None) -> None:
+        """``gate``: the commit gate's ``reconciler.hub.gate.Bootstrap``."""
         from reconciler.hub.publish import Publisher
 
         # a long-lived hub: freeze the filled caches so full collections skip them
-        self._publisher = Publisher(repo_path, state, gpg_home, freeze_caches=True)
+        self._publisher = Publisher(repo_path, state, gpg_home, freeze_caches=True, gate=gate)
 
     def build(self, rev: str, now: float) -> Snapshot:
         result = self._publisher.publish(rev, now)

@@ -309,6 +309,13 @@ class Store:
         )
         return (int(rows[0][0]), rows[0][1]) if rows else None
 
+    def last_published(self) -> str | None:
+        """The commit of the newest publish, over every org ever published (the
+        commit gate's anchor: an org deleted since still counts)."""
+        rows = self.query("SELECT last_commit FROM manifest_serials "
+                          "ORDER BY updated_at DESC, last_serial DESC LIMIT 1")
+        return str(rows[0][0]) if rows else None
+
     def set_last_serial(self, org: str, serial: int, commit: str, at: int) -> None:
         """Record the newest published serial; never moves backwards."""
         self._run(

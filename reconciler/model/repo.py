@@ -44,6 +44,7 @@ class Mesh:
     rotation_overlap_days: int = 7  # meshops ca rotate: old and new keys both trusted
     pgp_recipients: tuple[str, ...] = ()
     require_signed_commits: bool = False
+    admins: tuple[str, ...] = ()  # PGP fingerprints of mesh administrators (the commit gate)
     source: Source = NO_SOURCE
 
 

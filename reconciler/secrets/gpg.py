@@ -81,6 +81,25 @@ class Gpg:
         return frozenset(found)
 
 
+    def key_fingerprints(self, key: str) -> frozenset[str]:
+        """Fingerprints (primary and subkeys) of the secret key ``key`` (an id, a
+        fingerprint or a user id) in this home; raise :class:`SecretsError` when
+        there is none. The commit gate matches the hub's commit signatures by them."""
+        found: set[str] = set()
+        entries = self._gpg.list_keys(secret=True, keys=[key])
+        if len(entries) > 1:
+            raise SecretsError(f"{key!r} matches {len(entries)} secret keys in {self._where}; "
+                               "give the full fingerprint")
+        for entry in entries:
+            found.add(entry["fingerprint"].upper())
+            for sub in entry.get("subkeys", []):
+                if len(sub) > 2 and sub[2]:
+                    found.add(str(sub[2]).upper())
+        if not found:
+            raise SecretsError(f"no secret key {key!r} in {self._where}")
+        return frozenset(found)
+
+
 def normalize_fingerprint(fp: str) -> str:
     """Upper-case hex without spaces; raise :class:`SecretsError` when it is not hex."""
     cleaned = fp.replace(" ", "").upper()

@@ -253,7 +253,7 @@ def test_no_private_key_in_manifest_logs_or_errors(tmp_path, example_repo, examp
             assert secret not in text
 
 
-# -- signed commits ------------------------------------------------------------------------------
+# -- git helpers -----------------------------------------------------------------------------------
 
 
 def _git(repo: Path, *args: str, env=None) -> str:
@@ -261,72 +261,8 @@ def _git(repo: Path, *args: str, env=None) -> str:
                           text=True, env=env).stdout  # fmt: skip
 
 
-@pytest.fixture
-def signing_setup(tmp_path, example_repo, example_gnupghome):
-    """A git repo requiring signed commits; alice (owner) has a fresh gpg key; mallory too."""
-    import os
-    import shutil
-
-    home = tmp_path / "gnupg"
-    shutil.copytree(example_gnupghome, home, ignore=shutil.ignore_patterns("S.*"))
-    fprs = {}
-    for who in ("alice", "mallory"):
-        subprocess.run(["gpg", "--homedir", str(home), "--batch", "--passphrase", "",
-                        "--quick-gen-key", f"{who} <{who}@example.invalid>", "ed25519",
-                        "sign", "never"], check=True, capture_output=True)  # fmt: skip
-        listing = subprocess.run(["gpg", "--homedir", str(home), "--with-colons",
-                                  "--list-keys", f"{who}@example.invalid"],
-                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
-        fprs[who] = next(ln.split(":")[9] for ln in listing.splitlines() if ln.startswith("fpr"))
-    alice = example_repo / "orgs" / "acme" / "users" / "alice.yaml"
-    alice.write_text(alice.read_text() + f"pgp_fingerprint: {fprs['alice']}\n")
-    mesh = example_repo / "mesh.yaml"
-    mesh.write_text(mesh.read_text().replace("require_signed_commits: false",
-                                             "require_signed_commits: true"))  # fmt: skip
-    env = dict(os.environ, GNUPGHOME=str(home), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@x",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@x")  # fmt: skip
-    _git(example_repo, "init", "-q", "-b", "main", env=env)
-    _git(example_repo, "add", "-A", env=env)
-    yield example_repo, str(home), fprs, env
-    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-                   capture_output=True, check=False)  # fmt: skip
-
-
-def test_signed_commit_by_owner_is_published(tmp_path, signing_setup):
-    repo, home, fprs, env = signing_setup
-    _git(repo, "commit", "-q", f"-S{fprs['alice']}", "-m", "signed by alice", env=env)
-    head = _git(repo, "rev-parse", "HEAD").strip()
-    result = publish(repo, state=_state(tmp_path), now=NOW, gpg_home=home)
-    assert result.commit == head
-    assert result.orgs["acme"].manifest.commit == head
-
-
-def test_unsigned_commit_is_refused(tmp_path, signing_setup):
-    repo, home, _fprs, env = signing_setup
-    _git(repo, "commit", "-q", "--no-gpg-sign", "-m", "unsigned", env=env)
-    with pytest.raises(PkiError, match="no signature"):
-        publish(repo, state=_state(tmp_path), now=NOW, gpg_home=home)
-
-
-def test_commit_signed_by_non_owner_is_refused(tmp_path, signing_setup):
-    repo, home, fprs, env = signing_setup
-    _git(repo, "commit", "-q", f"-S{fprs['mallory']}", "-m", "by mallory", env=env)
-    with pytest.raises(PkiError, match="not an org owner"):
-        publish(repo, rev="HEAD", state=_state(tmp_path), now=NOW, gpg_home=home)
-
-
-def test_new_owner_cannot_bless_own_commit(tmp_path, signing_setup):
-    """Owners come from the last published commit: mallory making herself owner is refused."""
-    repo, home, fprs, env = signing_setup
-    _git(repo, "commit", "-q", f"-S{fprs['alice']}", "-m", "base", env=env)
-    state = _state(tmp_path)
-    publish(repo, state=state, now=NOW, gpg_home=home)
-    bob = repo / "orgs" / "acme" / "users" / "bob.yaml"
-    bob.write_text(bob.read_text().replace("role: member", "role: owner")
-                   + f"pgp_fingerprint: {fprs['mallory']}\n")  # fmt: skip
-    _git(repo, "commit", "-q", "-a", f"-S{fprs['mallory']}", "-m", "takeover", env=env)
-    with pytest.raises(PkiError, match="not an org owner"):
-        publish(repo, state=state, now=NOW + 5, gpg_home=home)
+# The commit gate (require_signed_commits, owners, admins, hub-scoped commits) is
+# tested in tests/hub/test_gate.py.
 
 
 def test_freeze_caches_freezes_once_per_big_change(tmp_path, example_repo, example_gnupghome):
