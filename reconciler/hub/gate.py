@@ -373,7 +373,45 @@ def _rotation(c: str, path: str, s: Scoped) -> Refusal | None:
         return no("wireguard.public_key must be present and change")
     if _without_wg_key(before) != _without_wg_key(after):
         return no("it changes more than wireguard.public_key")
-    return None
+    # the device itself asked for this key: its signed request rides in the commit,
+    # so the hub's key alone (stolen, with write access) cannot re-key a device
+    problem = _device_asked(s.trailers.get(ROTATE_REQUEST, ()), before, path, new_key)
+    return no(problem) if problem else None
+
+
+ROTATE_REQUEST = "Meshops-Rotate-Request"
+
+
+def _device_asked(values: tuple[str, ...], before: Mapping[str, Any], path: str,
+                  new_key: str) -> str:
+    """"" when ``values`` holds exactly one rotation request signed by the
+    identity key the parent commit records for the device, for this device and
+    this new key; else why not."""
+    import base64
+    import binascii
+
+    from reconciler.errors import ManifestRefused, PkiError
+    from reconciler.identity.rotation import PAYLOAD_TYPE
+    from reconciler.pki.envelope import OrgTrust, open_envelope
+    from reconciler.pki.keys import keyid, public_from_b64
+
+    if len(values) != 1:
+        return f"needs exactly one {ROTATE_REQUEST} trailer (the device's signed request)"
+    identity = before.get("identity")
+    text = identity.get("public_key") if isinstance(identity, Mapping) else None
+    try:
+        key = public_from_b64(text if isinstance(text, str) else "", "identity.public_key")
+        envelope = base64.b64decode(values[0], validate=True)
+        request = open_envelope(envelope, OrgTrust(keys={keyid(key): key}), PAYLOAD_TYPE,
+                                max_bytes=8192).json("rotation request")
+    except (PkiError, ManifestRefused, binascii.Error, ValueError) as exc:
+        return f"the rotation request is not signed by the device's identity key ({exc})"
+    parts = path.split("/")  # orgs/ORG/devices/NAME.yaml
+    want = {"org": parts[1], "device": parts[3].removesuffix(".yaml"),
+            "new_wireguard_public_key": new_key}
+    if not isinstance(request, Mapping) or any(request.get(k) != v for k, v in want.items()):
+        return "the signed request names another device or another key"
+    return ""
 
 
 def _wg_key(doc: Mapping[str, Any]) -> str | None:

@@ -492,8 +492,8 @@ def _mutate(g: Gated, what: str) -> None:
     elif what == "disabled-user":
         (devices / "carol-2.yaml").write_text(g.device_yaml("carol-2", "carol", 60))
     elif what == "rotation-and-ip":
-        g.edit("orgs/acme/devices/laptop-bob.yaml", "10.10.0.", "10.10.0.1")
         _rotate(g, "laptop-bob")
+        g.edit("orgs/acme/devices/laptop-bob.yaml", "10.10.0.", "10.10.0.1")
     elif what == "rotation-same-key":
         g.edit("orgs/acme/devices/laptop-bob.yaml", "keepalive: 15", "keepalive: 16")
     elif what == "rotation-disabled":
@@ -503,10 +503,34 @@ def _mutate(g: Gated, what: str) -> None:
                "owner: bob\nrelay: true\nendpoint: 203.0.113.9:51820")
 
 
-def _rotate(g: Gated, device: str) -> None:
+def _rotate(g: Gated, device: str, owner: str = "alice", *, signed_by_device: bool = True,
+            request_key: str | None = None) -> str:
+    """The rotation the hub writes: an owner first gives the device an identity key
+    this test holds (a signed commit), then the device file's WireGuard key changes.
+    Returns the commit message with the device's signed request as its trailer."""
+    import base64
+    import json as _json
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from reconciler.identity.rotation import PAYLOAD_TYPE, make_body
+    from reconciler.pki.envelope import sign_envelope
+    from reconciler.pki.keys import public_b64
+
+    identity = Ed25519PrivateKey.generate()
     path = g.repo / f"orgs/acme/devices/{device}.yaml"
-    path.write_text(re.sub(r"(wireguard:\n  public_key: )\S+", rf"\g<1>{wg_key()}",
+    path.write_text(re.sub(r"(identity:\n  public_key: )\S+",
+                           rf"\g<1>{public_b64(identity.public_key())}", path.read_text()))
+    g.commit(owner, f"{device}: an identity key the test holds")
+    new = wg_key()
+    path.write_text(re.sub(r"(wireguard:\n  public_key: )\S+", rf"\g<1>{new}",
                            path.read_text()))
+    signer = identity if signed_by_device else Ed25519PrivateKey.generate()
+    body = make_body(org="acme", device=device, new_wireguard_public_key=request_key or new,
+                     issued_at=int(g.clock))
+    envelope = sign_envelope(_json.dumps(body, sort_keys=True).encode(), PAYLOAD_TYPE, signer)
+    return (f"rotate {device}\n\nMeshops-Rotate-Device: {device}\n"
+            f"Meshops-Rotate-Request: {base64.b64encode(envelope).decode()}")
 
 
 @pytest.mark.parametrize(("what", "match"), [
@@ -551,12 +575,29 @@ def test_hub_signed_commits_that_do_anything_else_are_refused(gated, what, match
 
 def test_a_hub_signed_key_rotation_is_accepted(gated):
     g = gated
-    _rotate(g, "laptop-bob")
-    g.commit("hub", "rotate laptop-bob", author=("meshops hub", "hub@meshops.invalid"))
+    message = _rotate(g, "laptop-bob")
+    g.commit("hub", message, author=("meshops hub", "hub@meshops.invalid"))
     assert g.publish() == g.head()
     served = load(g.repo, g.head()).repo.orgs["acme"].devices["laptop-bob"]
     before = load(g.repo, g.base).repo.orgs["acme"].devices["laptop-bob"]
     assert served.wireguard_public_key != before.wireguard_public_key
+
+
+@pytest.mark.parametrize(("how", "match"), [
+    ("no-request", "needs exactly one Meshops-Rotate-Request"),
+    ("another-signer", "not signed by the device's identity key"),
+    ("another-key", "another device or another key"),
+])
+def test_a_hub_key_alone_cannot_rotate_a_device(gated, how, match):
+    """A stolen hub key with write access: the rotation commit must carry the
+    device's own signed request for exactly this key."""
+    g = gated
+    message = _rotate(g, "laptop-bob", signed_by_device=how != "another-signer",
+                      request_key=wg_key() if how == "another-key" else None)
+    if how == "no-request":
+        message = message.split("\nMeshops-Rotate-Request:")[0]
+    g.commit("hub", message, author=("meshops hub", "hub@meshops.invalid"))
+    g.refused("hub-scope", match=match)
 
 
 def test_a_hub_signed_merge_is_refused(gated):
@@ -681,8 +722,7 @@ def test_a_mesh_in_a_subdirectory_of_a_larger_repository(tmp_path, keyring):
         (top / "app.txt").write_text("changed, unsigned\n")
         g.commit(None, "outside the mesh")
         assert g.publish() == g.head()
-        _rotate(g, "laptop-bob")
-        g.commit("hub", "rotate")
+        g.commit("hub", _rotate(g, "laptop-bob"))
         assert g.publish() == g.head()
         g.edit("orgs/acme/organization.yaml", "keepalive: 25", "keepalive: 20")
         g.commit("dana", "not an owner")

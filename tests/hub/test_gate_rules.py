@@ -5,7 +5,11 @@ on real git commits signed with real gpg keys."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler.config import load
 from reconciler.hub.gate import (
@@ -23,6 +27,9 @@ from reconciler.hub.gate import (
     trust_from,
 )
 from reconciler.hub.gitsig import CommitSignature
+from reconciler.identity.rotation import PAYLOAD_TYPE, make_body
+from reconciler.pki.envelope import sign_envelope
+from reconciler.pki.keys import public_b64
 
 from .test_publish import EXAMPLE_REPO
 
@@ -120,14 +127,25 @@ def test_the_hub_key_never_counts_as_an_owner_or_admin():
     assert refusal is not None and "changes 0 files" in refusal.message
 
 
+IDENTITY = Ed25519PrivateKey.from_private_bytes(bytes([5]) * 32)
 DEVICE = {"kind": "Device", "name": "x", "owner": "bob",
           "wireguard": {"public_key": "old", "listen_port": 51820},
-          "identity": {"public_key": "id"}, "tunnel_ips": ["10.10.0.9"]}
+          "identity": {"public_key": public_b64(IDENTITY.public_key())},
+          "tunnel_ips": ["10.10.0.9"]}
 
 
-def _rotation(before, after):
+def _request(key: str = "new", signer: Ed25519PrivateKey = IDENTITY) -> str:
+    """The device's signed rotation request, as the hub's commit trailer carries it."""
+    body = make_body(org="acme", device="x", new_wireguard_public_key=key, issued_at=1)
+    envelope = sign_envelope(json.dumps(body).encode(), PAYLOAD_TYPE, signer)
+    return base64.b64encode(envelope).decode()
+
+
+def _rotation(before, after, requests=None):
+    trailers = {"Meshops-Rotate-Request": (_request(),) if requests is None else requests}
     return Facts("c1", ("c0",), sig(HUB), (("M", "orgs/acme/devices/x.yaml"),),
-                 Scoped(trailers={}, parent=None, before=before, after=after, mainline=True))
+                 Scoped(trailers=trailers, parent=None, before=before, after=after,
+                        mainline=True))
 
 
 def _with(doc, **changes):
@@ -151,6 +169,19 @@ def _with(doc, **changes):
 def test_rotation_changes_only_the_wireguard_key(after, ok):
     refusal = judge(_rotation(DEVICE, after), TRUST)
     assert (refusal is None) is ok, refusal
+
+
+@pytest.mark.parametrize(("requests", "match"), [
+    ((), "needs exactly one"),
+    ((_request(), _request()), "needs exactly one"),
+    ((_request(signer=Ed25519PrivateKey.generate()),), "not signed by the device's identity"),
+    ((_request(key="other"),), "another device or another key"),
+    (("not base64!",), "not signed by the device's identity"),
+])
+def test_a_rotation_needs_the_devices_own_signed_request(requests, match):
+    after = _with(DEVICE, wireguard={"public_key": "new", "listen_port": 51820})
+    refusal = judge(_rotation(DEVICE, after, requests), TRUST)
+    assert refusal is not None and match in refusal.message, refusal
 
 
 def test_rotation_of_a_disabled_device_is_refused():
