@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.agent.peering import PathState, PeeringState, RelayState
@@ -49,8 +49,13 @@ class Memory:
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "version": VERSION,
-            "paths": {k: asdict(v) for k, v in sorted(self.peering.paths.items())},
-            "relays": {k: asdict(v) for k, v in sorted(self.peering.relays.items())},
+            # explicit dicts: dataclasses.asdict deep-copies, 0.3 s at 10,000 peers
+            "paths": {k: {"mode": v.mode, "since": v.since, "failures": v.failures,
+                          "retry_at": v.retry_at}
+                      for k, v in sorted(self.peering.paths.items())},
+            "relays": {k: {"since": v.since, "failures": v.failures,
+                           "down_until": v.down_until}
+                       for k, v in sorted(self.peering.relays.items())},
             "liveness": {k: [h.rx_bytes, h.at] for k, h in sorted(self.heard.items())},
             "situation": {k: list(s) for k, s in sorted(self.situations.items())},
         }

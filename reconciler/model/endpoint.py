@@ -119,7 +119,7 @@ class Endpoint:
 
     @property
     def is_literal(self) -> bool:
-        return self.ip is not None
+        return canonical_v4(self.host) is not None or self.ip is not None
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
