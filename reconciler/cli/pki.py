@@ -3,7 +3,7 @@
 ``ca init --org ORG`` makes the org CA and manifest-signing key
 (reconciler.hub.publish.init_org_ca) and trust root 1. ``ca rotate --org ORG
 [--signing-key] [--ca] [--overlap-days N]`` replaces either or both in band
-(reconciler.hub.rotation.rotate_org_keys). ``manifest verify FILE --trust
+(reconciler.hub.carotate.rotate_org_keys). ``manifest verify FILE --trust
 TRUST.json --org ORG`` checks a published manifest the way an agent does
 (reconciler.pki.manifest.verify_manifest) and prints the refusal reason.
 """
@@ -68,7 +68,7 @@ def _ca_init(args: argparse.Namespace) -> int:
 
 def _ca_rotate(args: argparse.Namespace) -> int:
     from reconciler.errors import UsageError
-    from reconciler.hub.rotation import rotate_org_keys
+    from reconciler.hub.carotate import rotate_org_keys
     from reconciler.pki.ca import utc
 
     if not (args.signing_key or args.ca):

@@ -468,7 +468,7 @@ class Lab:
         """``meshops ca rotate`` as a commit the hub follows, with an overlap of
         seconds (the lab's timers are seconds, not days). Returns the newest root
         version it wrote (the old keys retire when it is published)."""
-        from reconciler.hub.rotation import rotate_org_keys
+        from reconciler.hub.carotate import rotate_org_keys
 
         done = rotate_org_keys(self.repo, self.topo.org, now=time.time(), signing=signing,
                                ca=ca, gpg_home=str(self.gnupg), overlap_seconds=overlap_seconds)

@@ -13,8 +13,8 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 
 from reconciler.hub.api import make_app
+from reconciler.hub.carotate import rotate_org_keys
 from reconciler.hub.feedstore import FeedStore
-from reconciler.hub.rotation import rotate_org_keys
 from reconciler.hub.serve import Hub
 from reconciler.hub.snapshot import PublisherPipeline, Snapshot
 from reconciler.pki.envelope import parse_envelope

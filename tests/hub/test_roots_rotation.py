@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ManifestRefused, PkiError, UsageError, ValidationError
+from reconciler.hub.carotate import rotate_org_keys
 from reconciler.hub.publish import Publisher, decrypt_org_keys, publish
-from reconciler.hub.rotation import rotate_org_keys
 from reconciler.hub.tls import TlsManager
 from reconciler.pki import certs as pki_certs
 from reconciler.pki.ca import load_ca_cert
