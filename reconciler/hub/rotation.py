@@ -1,8 +1,8 @@
 """Trust roots on the hub side: the chain in git, what a publish serves, ``ca rotate``.
 
 Called by ``reconciler.hub.publish`` (``org_roots`` for every org at every
-publish, ``initial_root`` from ``init_org_ca``) and ``hub.carotate`` (``meshops ca rotate``)
-(reconciler.cli.pki -> ``rotate_org_keys``). The chain itself is
+publish, ``initial_root`` from ``init_org_ca``) and ``reconciler.hub.carotate``
+(``meshops ca rotate``: ``rotate_keys``). The chain itself is
 ``reconciler.pki.root``; the key generations are ``reconciler.pki.ca``.
 
 The chain in git, ``orgs/ORG/roots/N.json``, is checked at every publish
@@ -43,7 +43,6 @@ from reconciler.model.repo import OrgState, Repo
 from reconciler.pki import ca as pki_ca
 from reconciler.pki.keys import keyid, private_from_pem
 from reconciler.pki.root import TrustRoot, build_root, sign_root, verify_initial, verify_next
-
 
 DAY = 86400
 # Root N+1 is dated this much before the rotation, so a hub whose clock runs a
