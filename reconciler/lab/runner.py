@@ -80,6 +80,11 @@ rules:
     src: [device:{client}]
     dst: [internet]
     proto: any
+  - name: throughput  # iperf3 in scripts/bench lab_vs_nebula (direct a1-d1, relayed b1-c1)
+    src: [device:a1, device:b1]
+    dst: [device:d1, device:c1]
+    proto: tcp
+    ports: [5201]
 tests:
   - {{src: b1, dst: c1, proto: tcp, port: 22, expect: deny}}
   - {{src: a1, dst: c1, proto: tcp, port: 22, expect: accept}}
