@@ -34,13 +34,16 @@ from reconciler.pki.manifest import DEFAULT_MAX_SKEW, verify_manifest
 from reconciler.pki.root import TrustRoot, verify_initial, verify_next
 
 
-def load_pinned_trust(config: AgentConfig) -> Trust:
+def read_pinned_trust(config: AgentConfig) -> bytes:
     try:
-        data = Path(config.trust).read_bytes()
+        return Path(config.trust).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{config.trust}: cannot read the pinned trust file: "
                           f"{exc.strerror}") from exc
-    return load_trust(data)
+
+
+def load_pinned_trust(config: AgentConfig) -> Trust:
+    return load_trust(read_pinned_trust(config))
 
 
 def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: CachedManifest | None,
@@ -240,13 +243,13 @@ class Pinned:
 def load_pinned(config: AgentConfig, state: StateDir, warnings: list[str]) -> Pinned:
     """The pinned trust file and, when its org entry carries a ``root`` (or the
     state dir holds a newer root walked to before), that root."""
-    trust = load_pinned_trust(config)
+    data = read_pinned_trust(config)  # read once: the keys, and the root beside them
+    trust = load_trust(data)
     root = None
     try:
-        doc = bounded_loads(Path(config.trust).read_bytes(), what=config.trust,
-                            max_bytes=4 << 20, max_depth=8)
+        doc = bounded_loads(data, what=config.trust, max_bytes=4 << 20, max_depth=8)
         pinned = doc["orgs"][config.org].get("root")
-    except (OSError, KeyError, TypeError, AttributeError, InputRefused):
+    except (KeyError, TypeError, AttributeError, InputRefused):
         pinned = None
     if isinstance(pinned, str):
         root = verify_initial(pinned.encode(), config.org)  # refused: a broken pin is an error
