@@ -34,7 +34,7 @@ from pathlib import Path
 # dominate a cold publish of 10,000 certificates).
 BATCH_SYNC_THRESHOLD = 64
 TEMP_PREFIX = ".meshops-tmp."
-# Names written before temp files were recognisable: mkstemp's ".NAME.XXXXXXXX.tmp".
+# Names written before temp files were recognisable: mkstemp's ".NAME.<8 random>.tmp".
 _LEGACY_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp\Z")
 
 
@@ -106,7 +106,7 @@ def is_temp_name(name: str) -> bool:
 def remove_stale_temps(directory: str | os.PathLike[str], *, legacy: bool = False) -> int:
     """Delete temp files left in ``directory`` by writers that no longer run (killed
     with SIGKILL, power loss); returns how many. A missing directory holds none.
-    ``legacy`` also deletes the ``.NAME.XXXXXXXX.tmp`` names of earlier versions
+    ``legacy`` also deletes the ``.NAME.<8 random>.tmp`` names of earlier versions
     (only where every such name is ours, such as a publish output directory).
     Symlinks and directories are never touched."""
     removed = 0
@@ -127,9 +127,9 @@ def remove_stale_temps(directory: str | os.PathLike[str], *, legacy: bool = Fals
             if not stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
                 continue
             os.unlink(entry.path)
-            removed += 1
         except FileNotFoundError:
-            pass  # removed meanwhile
+            continue  # removed meanwhile by someone else
+        removed += 1
     if removed:
         fsync_dir(directory)
     return removed

@@ -162,7 +162,8 @@ def _new_config(args: argparse.Namespace) -> tuple[Any, bytes, Any, Any]:
     return config_path, trust_bytes, config, key_dir
 
 
-def init(args: argparse.Namespace) -> int:
+def _write_new_device(args: argparse.Namespace) -> tuple[Any, Any, bytes]:
+    """``agent init`` and ``agent enroll``: keys (0600), pinned trust and config."""
     from reconciler.agent.config import save_config
     from reconciler.agent.keys import generate_keys
     from reconciler.fsio import atomic_write
@@ -172,6 +173,11 @@ def init(args: argparse.Namespace) -> int:
     atomic_write(config.trust, trust_bytes, mode=0o644)
     save_config(config, config_path)
     print(f"# wrote {config_path}; keys in {key_dir} (mode 0600, never leave this device)")
+    return config, keys, trust_bytes
+
+
+def init(args: argparse.Namespace) -> int:
+    _, keys, _ = _write_new_device(args)
     print(f"# add this device with a pull request: orgs/{args.org}/devices/{args.name}.yaml")
     print("kind: Device")
     print(f"name: {args.name}")
@@ -193,19 +199,13 @@ def enroll(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
-    from reconciler.agent.config import save_config
     from reconciler.agent.enroll import enroll as run_enroll
     from reconciler.agent.fetch import HttpTransport, TlsConfig
-    from reconciler.agent.keys import generate_keys
     from reconciler.fsio import atomic_write
     from reconciler.identity.http import UrllibTransport
     from reconciler.pki.envelope import load_trust
 
-    config_path, trust_bytes, config, key_dir = _new_config(args)
-    keys = generate_keys(config.private_key, config.identity_key, force=args.force)
-    atomic_write(config.trust, trust_bytes, mode=0o644)
-    save_config(config, config_path)
-    print(f"# wrote {config_path}; keys in {key_dir} (mode 0600, never leave this device)")
+    config, keys, trust_bytes = _write_new_device(args)
     with tempfile.TemporaryDirectory(prefix="meshops-enroll-") as tmp:
         hub_ca, server_name = args.hub_ca, None
         if hub_ca is None and args.hub.startswith("https://"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from reconciler.errors import UsageError, ValidationError
+from reconciler.errors import UsageError
 from reconciler.fsio import atomic_write
 from reconciler.hub.rotation import (
     DAY,
@@ -52,10 +52,10 @@ def rotate_org_keys(repo_path: str | os.PathLike[str], org_name: str, *, now: fl
     ``now + overlap``, the new CA certificate in ``orgs/ORG/ca.crt`` and roots
     N+1, N+2 in ``orgs/ORG/roots/``. A repository without roots first gets
     root 1 for the current keys (the legacy trust.json migrates in band)."""
-    from reconciler.config import load
     from reconciler.hub.publish import (
         ca_relpath,
         decrypt_org_keys,
+        load_org_for_keys,
         read_secret_file,
         refuse_links,
         secrets_relpath,
@@ -64,16 +64,8 @@ def rotate_org_keys(repo_path: str | os.PathLike[str], org_name: str, *, now: fl
     from reconciler.secrets.sops import encrypt
 
     root = Path(repo_path)
-    result = load(root)
-    if result.repo is None:
-        raise ValidationError(result.problems)
-    org = result.repo.orgs.get(org_name)
-    if org is None:
-        raise UsageError(f"no org {org_name!r} in {root} (orgs/{org_name}/organization.yaml)")
-    recipients = list(result.repo.mesh.pgp_recipients)
-    if not recipients:
-        raise UsageError("mesh.yaml has no pgp_recipients to encrypt the new keys to")
-    days = overlap_days if overlap_days is not None else result.repo.mesh.rotation_overlap_days
+    repo, org, recipients = load_org_for_keys(root, org_name)
+    days = overlap_days if overlap_days is not None else repo.mesh.rotation_overlap_days
     if not 1 <= days <= 365:
         raise UsageError(f"--overlap-days {days}: must be 1 to 365")
     raw = read_secret_file(root, None, secrets_relpath(org_name))

@@ -196,6 +196,23 @@ def decrypt_org_keys(text: str, org: OrgState, gpg_home: str | None) -> pki_ca.O
     return pki_ca.org_keys_from_doc(doc, org.name, org.ca_cert_pem)
 
 
+def load_org_for_keys(root: Path, org_name: str) -> tuple[Repo, OrgState, list[str]]:
+    """The validated working tree, org ``org_name`` and the PGP recipients its
+    key secret is encrypted to: what ``ca init`` and ``ca rotate`` start from."""
+    from reconciler.config import load
+
+    result = load(root)
+    if result.repo is None:
+        raise ValidationError(result.problems)
+    org = result.repo.orgs.get(org_name)
+    if org is None:
+        raise UsageError(f"no org {org_name!r} in {root} (orgs/{org_name}/organization.yaml)")
+    recipients = list(result.repo.mesh.pgp_recipients)
+    if not recipients:
+        raise UsageError("mesh.yaml has no pgp_recipients to encrypt the org keys to")
+    return result.repo, org, recipients
+
+
 def init_org_ca(
     repo_path: str | os.PathLike[str],
     org_name: str,
@@ -208,20 +225,11 @@ def init_org_ca(
     SOPS file ``secrets/ORG-ca.sops.yaml`` encrypted to mesh.yaml's pgp_recipients.
 
     Refuses to overwrite an existing CA unless ``force``. Returns both paths."""
-    from reconciler.config import load
     from reconciler.secrets.gpg import Gpg
     from reconciler.secrets.sops import encrypt
 
     root = Path(repo_path)
-    result = load(root)
-    if result.repo is None:
-        raise ValidationError(result.problems)
-    org = result.repo.orgs.get(org_name)
-    if org is None:
-        raise UsageError(f"no org {org_name!r} in {root} (orgs/{org_name}/organization.yaml)")
-    recipients = list(result.repo.mesh.pgp_recipients)
-    if not recipients:
-        raise UsageError("mesh.yaml has no pgp_recipients to encrypt the CA key to")
+    _, org, recipients = load_org_for_keys(root, org_name)
     cert_path, secret_path = root / ca_relpath(org_name), root / secrets_relpath(org_name)
     refuse_links(root, secrets_relpath(org_name))
     if not force and (cert_path.exists() or secret_path.exists()):
