@@ -373,6 +373,46 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers=headers, content_type=MANIFEST_TYPE)
 
 
+VIEW_TYPE = "application/vnd.meshops.view+json"
+
+
+async def get_view(request: web.Request) -> web.StreamResponse:
+    """This device's view: a snapshot, or with ``?serial=S&revision=R`` the delta
+    from there, long-polled with ``&wait=N`` (reconciler.hub.views)."""
+    hub = _hub(request)
+    org = _org(request)
+    caller = _identify(request, org)
+    name = request.match_info["name"]
+    if caller.device != name:  # a view is what one device may know: its own only
+        hub.metrics.auth_refused.labels("other-device").inc()
+        raise ApiError(403, "forbidden",
+                       f"certificate is for device {caller.device}, not {name[:MAX_NAME]}")
+    serial = _int_param(request, "serial", 0, MAX_INT)
+    revision = _int_param(request, "revision", 0, MAX_INT)
+    if (serial is None) != (revision is None):
+        raise ApiError(400, "bad-parameter", "?serial= and ?revision= go together: the "
+                                             "position of the view the device holds")
+    wait = _int_param(request, "wait", 0, MAX_WAIT) or 0
+    start = (serial, revision) if serial is not None and revision is not None else None
+    try:
+        answer = await hub.view(org.org, name, start, wait if start is not None else 0)
+    except TemporaryError as exc:
+        raise ApiError(503, "store-unavailable", str(exc)) from None
+    if answer is None:
+        pos = hub.views.position(org.org) or (0, 0)
+        return web.Response(status=304, headers={
+            "Cache-Control": "no-cache", "X-Meshops-Serial": str(pos[0]),
+            "X-Meshops-Revision": str(pos[1])})
+    headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding",
+               "X-Meshops-View": answer.kind, "X-Meshops-Serial": str(answer.serial),
+               "X-Meshops-Revision": str(answer.revision)}
+    body = answer.body
+    if answer.body_gz is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
+        body = answer.body_gz
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers, content_type=VIEW_TYPE)
+
+
 async def get_cert(request: web.Request) -> web.Response:
     org = _org(request)
     name = request.match_info["name"]
@@ -554,6 +594,7 @@ def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | 
     app[CRASHES_KEY] = {}  # (route, exception type) -> when its traceback was last logged
     app.router.add_get("/v1/orgs/{org}/manifest", get_manifest)
     app.router.add_get("/v1/orgs/{org}/devices/{name}/cert", get_cert)
+    app.router.add_get("/v1/orgs/{org}/devices/{name}/view", get_view)
     app.router.add_post("/v1/orgs/{org}/endpoints", post_endpoints)
     app.router.add_get("/v1/orgs/{org}/endpoints", get_endpoints)
     app.router.add_get("/v1/orgs/{org}/crl", get_crl)

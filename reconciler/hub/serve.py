@@ -66,8 +66,9 @@ from reconciler.hub.feed import (
 from reconciler.hub.feedstore import FeedStore, Recorded
 from reconciler.hub.metrics import Metrics
 from reconciler.hub.snapshot import OrgSnapshot, Pipeline, Snapshot
+from reconciler.hub.views import Answer, Views
 from reconciler.model.endpoint import IPAddress
-from reconciler.model.endpoints import EndpointReport
+from reconciler.model.endpoints import EndpointFeed, EndpointReport
 from reconciler.pki.envelope import sign_envelope_multi
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class SignedFeed:
     snapshot_serial: int
     changes: int = 0  # the org's change counter it was built at
     next_change: float | None = None  # hub clock: the entries change by time alone then
+    feed: EndpointFeed | None = None  # the entries it signs (per-device views filter them)
 
 
 REFRESH_EVERY = 6 * 3600.0  # re-publish the served commit (renewals, manifest not_after)
@@ -303,6 +305,8 @@ class Hub:
         self._feeds: dict[str, SignedFeed] = {}
         self._feed_locks: dict[str, asyncio.Lock] = {}
         self._reconcile_lock = asyncio.Lock()
+        self.views = Views()
+        self._pumps: dict[str, asyncio.Task[None]] = {}
         self.writer = ReportWriter(self.store, self._db, self.metrics, self._changes_moved)
 
     # -- lifecycle ----------------------------------------------------------
@@ -311,6 +315,8 @@ class Hub:
         await self.poll_store()
 
     async def close(self) -> None:
+        for task in self._pumps.values():
+            task.cancel()
         await self.writer.stop()
         self._pub.shutdown(wait=True, cancel_futures=True)
         self._db.submit(self.store.close).result()
@@ -365,6 +371,10 @@ class Hub:
         finally:
             self.metrics.publish_seconds.observe(time.monotonic() - started)
         self.snapshot = snap
+        for org in snap.orgs.values():
+            if org.org in self.views.history:  # an org with view long-polls: wake them
+                self.views.served(org.org, org.manifest_model)
+        self.views.forget(snap.orgs)
         now = self.now()
         self.status.last_good_at = now
         self.status.refresh_at = now + self.refresh_every
@@ -530,6 +540,8 @@ class Hub:
             built = await self.db(self._build_feed, org, now, changes)
             assert isinstance(built, SignedFeed)
             self._feeds[org.org] = built
+            if built.feed is not None:
+                self.views.feed_built(org.org, built.feed)  # wakes the devices that see it
             self._served(org.org, built.revision)
             return built
 
@@ -543,7 +555,84 @@ class Hub:
         feed = build_feed(org.org, revision, generated_at, entries)
         body = sign_envelope_multi(feed_payload(feed, org.root_version), FEED_PAYLOAD_TYPE,
                                    org.feed_signers)
-        return SignedFeed(revision, body, time.monotonic(), org.serial, changes, next_change)
+        return SignedFeed(revision, body, time.monotonic(), org.serial, changes, next_change,
+                          feed)
+
+    # -- per-device views (reconciler.hub.views) ---------------------------------
+    async def view(self, org_name: str, device: str, start: tuple[int, int] | None,
+                   wait: float) -> Answer | None:
+        """Device ``device``'s view: a snapshot without ``start``; with it, the
+        delta from ``start`` (a snapshot when the history does not cover it) as
+        soon as something in the view changed, or when ``wait`` runs out and only
+        the position moved; None (304) when nothing moved within ``wait``."""
+        deadline = time.monotonic() + wait
+        counted = False
+        try:
+            while True:
+                org = self.org(org_name)
+                if org is None:
+                    raise MeshopsError(f"org {org_name!r} is no longer served")
+                self.views.served(org.org, org.manifest_model)
+                if org.org not in self.views.feeds:
+                    await self._signed_feed(org)
+                self._ensure_pump(org.org)
+                if start is None:
+                    return self.views.snapshot(org.org, device, org.feed_signers)
+                pos = self.views.position(org.org)
+                assert pos is not None
+                remaining = deadline - time.monotonic()
+                ahead = start[0] > pos[0] or (start[0] == pos[0] and start[1] > pos[1])
+                if start == pos or ahead:  # nothing new (or this replica is behind)
+                    if not counted:
+                        self.metrics.long_polls.labels("view").inc()
+                        counted = True
+                    if not await self.views.wait(org.org, device, remaining):
+                        return None
+                    continue
+                answer, relevant = self.views.delta(org.org, device, start, org.feed_signers)
+                if answer is None:
+                    return self.views.snapshot(org.org, device, org.feed_signers)
+                if relevant or remaining <= 0:
+                    return answer
+                # only the position moved: hold the long-poll until something in
+                # the view changes or it ends, then move the position with a delta
+                if not counted:
+                    self.metrics.long_polls.labels("view").inc()
+                    counted = True
+                if not await self.views.wait(org.org, device, remaining):
+                    answer, _ = self.views.delta(org.org, device, start, org.feed_signers)
+                    return answer or self.views.snapshot(org.org, device, org.feed_signers)
+        finally:
+            if counted:
+                self.metrics.long_polls.labels("view").dec()
+
+    def _ensure_pump(self, org: str) -> None:
+        task = self._pumps.get(org)
+        if task is None or task.done():
+            self._pumps[org] = asyncio.get_running_loop().create_task(
+                self._feed_pump(org), name=f"view-feed-{org}")
+
+    async def _feed_pump(self, org_name: str) -> None:
+        """Rebuild the org's feed when reports changed it (rate-limited like the
+        feed long-poll), so view long-polls learn of endpoint moves without
+        anyone polling the whole feed."""
+        while True:
+            org = self.org(org_name)
+            if org is None:
+                return
+            try:
+                signed = await self._signed_feed(org)
+            except TemporaryError as exc:
+                log.warning("org %s: feed not rebuilt for views: %s", org_name, exc)
+                await asyncio.sleep(FEED_MIN_INTERVAL)
+                continue
+            if self.changes.get(org_name, 0) > signed.changes:
+                await asyncio.sleep(FEED_MIN_INTERVAL)  # a build within the rate limit
+                continue
+            wait = FEED_MAX_AGE
+            if signed.next_change is not None:
+                wait = min(wait, max(FEED_MIN_INTERVAL, signed.next_change - self.now()))
+            await self.feed_changed.wait(wait)
 
     # -- status ---------------------------------------------------------------
     async def status_doc(self) -> dict[str, object]:

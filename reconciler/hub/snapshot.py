@@ -12,6 +12,7 @@ request sees either the old or the new publish, never a mix.
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,7 +20,10 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler.errors import PkiError
+from reconciler.model.manifest import Manifest
 from reconciler.pki.ca import OrgKeys
+from reconciler.pki.envelope import parse_envelope
+from reconciler.pki.manifest import manifest_from_dict
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,17 @@ class OrgSnapshot:
     # the keys that sign the feed: the published root's manifest keys (both during
     # a rotation's overlap), like the manifest
     signers: tuple[Ed25519PrivateKey, ...] = field(default=(), repr=False)
+    # the manifest as data (per-device views, reconciler.hub.views); parsed from
+    # ``manifest`` on first use when the pipeline did not pass it
+    model: Manifest | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def manifest_model(self) -> Manifest:
+        if self.model is None:
+            payload = parse_envelope(self.manifest, what="the served manifest").payload
+            object.__setattr__(self, "model", manifest_from_dict(json.loads(payload)))
+        assert self.model is not None
+        return self.model
 
     @property
     def root_version(self) -> int | None:
@@ -110,6 +125,7 @@ class PublisherPipeline:
                 relays=frozenset(d.name for d in pub.manifest.devices if d.relay),
                 roots=pub.roots,
                 signers=signers_of(pub.signer_ids, keys),
+                model=pub.manifest,
             )
         due = [p.next_root_at for p in result.orgs.values() if p.next_root_at is not None]
         return Snapshot(commit=result.commit, orgs=orgs, built_at=now,

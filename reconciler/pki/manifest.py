@@ -225,7 +225,7 @@ def device_to_dict(d: ManifestDevice, used: frozenset[str] = frozenset()) -> dic
     return out
 
 
-def _top_to_dict(m: Manifest) -> dict[str, Any]:
+def top_to_dict(m: Manifest) -> dict[str, Any]:
     out: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "org": m.org,
@@ -255,7 +255,7 @@ def _top_to_dict(m: Manifest) -> dict[str, Any]:
 
 
 def manifest_to_dict(m: Manifest) -> dict[str, Any]:
-    out = _top_to_dict(m)
+    out = top_to_dict(m)
     used = tag_labels_used(m.policy)
     out["devices"] = [device_to_dict(d, used) for d in m.devices]
     return out
@@ -281,7 +281,7 @@ def encode_manifest(m: Manifest, fragments: FragmentCache | None = None) -> byte
         if fragments is not None:
             fragments[d.name] = (used, d, frag)
         frags.append(frag)
-    top = _top_to_dict(m)
+    top = top_to_dict(m)
     top["devices"] = None
     parts = []
     for key in sorted(top):
@@ -469,9 +469,11 @@ def _labels(x: Mapping[str, Any], used: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(set(explicit) | implied))
 
 
-def manifest_from_dict(d: Mapping[str, Any]) -> Manifest:
-    """Check ``d`` against the schema and build the ``Manifest``."""
-    check_manifest_dict(d)
+def manifest_from_dict(d: Mapping[str, Any], *, check: bool = True) -> Manifest:
+    """Check ``d`` against the schema and build the ``Manifest``. ``check=False``
+    only for a dict that passed the check before (the agent's own ``view.json``)."""
+    if check:
+        check_manifest_dict(d)
     used = tag_labels_used(d.get("policy"))
     devices = tuple(
         ManifestDevice(

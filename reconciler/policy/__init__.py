@@ -17,7 +17,13 @@ docs/policy.md describes the semantics.
 from __future__ import annotations
 
 from .access import ALL_ACCESS, NO_ACCESS, Access
-from .compiled import CompiledPolicy, compile_policy, evaluate_compiled, peers_allowed
+from .compiled import (
+    CompiledPolicy,
+    PeerIndex,
+    compile_policy,
+    evaluate_compiled,
+    peers_allowed,
+)
 from .engine import Decision, TestOutcome, evaluate, evaluate_repo, run_tests
 from .reach import Matrix, reachability
 
@@ -28,6 +34,7 @@ __all__ = [
     "CompiledPolicy",
     "Decision",
     "Matrix",
+    "PeerIndex",
     "TestOutcome",
     "compile_policy",
     "evaluate",

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.model.manifest import Manifest
+from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.repo import OrgState, PortRange, Rule
 
 from .engine import (
@@ -169,45 +169,82 @@ def peers_allowed(manifest: Manifest, me: str) -> frozenset[str]:
     between us in either direction. Full mesh when ``manifest.policy`` is None.
     Never ``me`` itself; empty when ``me`` is not in the manifest.
 
-    Cost: O(devices x labels) to index labels, then O(rules x selected devices).
+    Cost: O(devices x labels) to index labels, then O(rules x selected devices);
+    ``PeerIndex`` keeps the index for many devices of one manifest (the hub's views).
     """
-    names = [d.name for d in manifest.devices]
-    if me not in names:
-        return frozenset()
-    if manifest.policy is None:
-        return frozenset(names) - {me}
-    members: dict[str, set[str]] = {}
-    my_labels: frozenset[str] = frozenset()
-    for d in manifest.devices:
-        for label in d.labels:
-            members.setdefault(label, set()).add(d.name)
-        if d.name == me:
-            my_labels = frozenset(d.labels)
-    everyone = frozenset(names)
+    return PeerIndex(manifest).allowed(me)
 
-    def expand(selectors: Iterable[str]) -> set[str] | frozenset[str]:
+
+class PeerIndex:
+    """``peers_allowed`` for many devices of one manifest: the label index, the
+    routers and the exit nodes are built once (O(devices x labels)); each
+    ``allowed(me)`` then costs O(rules x selected devices)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.everyone = frozenset(d.name for d in manifest.devices)
+        self.members: dict[str, set[str]] = {}
+        for d in manifest.devices:
+            for label in d.labels:
+                self.members.setdefault(label, set()).add(d.name)
+        self.routers = [d for d in manifest.devices if d.routes]
+        self.exits = [d.name for d in manifest.devices if d.exit_node]
+
+    def expand(self, selectors: Iterable[str]) -> set[str] | frozenset[str]:
+        """The devices a rule side selects."""
         out: set[str] = set()
         for sel in selectors:
             if sel == "*":
-                return everyone
+                return self.everyone
             if sel.startswith("d:"):
-                if sel[2:] in everyone:
+                if sel[2:] in self.everyone:
                     out.add(sel[2:])
             else:
-                out.update(members.get(sel, ()))
+                out.update(self.members.get(sel, ()))
         return out
 
-    peers: set[str] = set()
-    for raw in manifest.policy.get("rules", ()):
-        if _selects(raw["src"], me, my_labels):
-            peers.update(expand(raw["dst"]))
-        if _selects(raw["dst"], me, my_labels):
-            peers.update(expand(raw["src"]))
-        if len(peers) >= len(everyone):
-            break
-    peers.update(_route_peers(manifest, me, my_labels))
-    peers.discard(me)
-    return frozenset(peers)
+    def allowed(self, me: str) -> frozenset[str]:
+        manifest = self.manifest
+        mine = manifest.device(me)
+        if mine is None:
+            return frozenset()
+        if manifest.policy is None:
+            return self.everyone - {me}
+        my_labels = frozenset(mine.labels)
+        peers: set[str] = set()
+        for raw in manifest.policy.get("rules", ()):
+            if _selects(raw["src"], me, my_labels):
+                peers.update(self.expand(raw["dst"]))
+            if _selects(raw["dst"], me, my_labels):
+                peers.update(self.expand(raw["src"]))
+            if len(peers) >= len(self.everyone):
+                break
+        peers.update(self._route_peers(mine, my_labels))
+        peers.discard(me)
+        return frozenset(peers)
+
+    def _route_peers(self, mine: ManifestDevice, my_labels: frozenset[str]) -> set[str]:
+        """Peers that ``route:`` and ``internet`` rules need: a device a rule lets
+        reach a routed subnet peers with the routers advertising it, and with the
+        exit nodes for ``internet``; routers and exit nodes peer with those sources."""
+        assert self.manifest.policy is not None
+        out: set[str] = set()
+        for raw in self.manifest.policy.get("rules", ()):
+            outside = [s for s in raw["dst"] if s == INTERNET or s.startswith("r:")]
+            if not outside:
+                continue
+            if _selects(raw["src"], mine.name, my_labels):
+                for sel in outside:
+                    if sel == INTERNET:
+                        out.update(self.exits)
+                    else:
+                        out.update(d.name for d in self.routers if _overlaps(sel[2:], d.routes))
+            serves = any((sel == INTERNET and mine.exit_node)
+                         or (sel.startswith("r:") and _overlaps(sel[2:], mine.routes))
+                         for sel in outside)
+            if serves:
+                out.update(self.expand(raw["src"]))
+        return out
 
 
 def _overlaps(cidr: str, routes: Iterable[str]) -> bool:
@@ -220,32 +257,3 @@ def _overlaps(cidr: str, routes: Iterable[str]) -> bool:
         if adv.version == net.version and adv.overlaps(net):  # type: ignore[arg-type]
             return True
     return False
-
-
-def _route_peers(manifest: Manifest, me: str, my_labels: frozenset[str]) -> set[str]:
-    """Peers that ``route:`` and ``internet`` rules need: a device a rule lets
-    reach a routed subnet peers with the routers advertising it, and with the
-    exit nodes for ``internet``; routers and exit nodes peer with those sources."""
-    assert manifest.policy is not None
-    mine = manifest.device(me)
-    assert mine is not None
-    routers = [d for d in manifest.devices if d.routes]
-    exits = [d.name for d in manifest.devices if d.exit_node]
-    out: set[str] = set()
-    for raw in manifest.policy.get("rules", ()):
-        outside = [s for s in raw["dst"] if s == INTERNET or s.startswith("r:")]
-        if not outside:
-            continue
-        if _selects(raw["src"], me, my_labels):
-            for sel in outside:
-                if sel == INTERNET:
-                    out.update(exits)
-                else:
-                    out.update(d.name for d in routers if _overlaps(sel[2:], d.routes))
-        serves = any((sel == INTERNET and mine.exit_node)
-                     or (sel.startswith("r:") and _overlaps(sel[2:], mine.routes))
-                     for sel in outside)
-        if serves:
-            out.update(d.name for d in manifest.devices
-                       if _selects(raw["src"], d.name, frozenset(d.labels)))
-    return out
