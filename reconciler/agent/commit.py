@@ -13,8 +13,8 @@ is called by ``agent.reconcile.reconcile_once`` (never on ``--dry-run``):
 2. re-observe and re-plan what changed: anything left raises
    ``NotConverged`` naming the residual operations, and nothing is persisted
    (the next pass starts from the same floor);
-3. write the state once: the manifest as the new rollback floor (only now,
-   so "last applied" means applied), the feed, the memory, this device's own
+3. write the state once: the manifest (or the view, ``view.json``) as the
+   new rollback floor (only now, so "last applied" means applied), the feed, the memory, this device's own
    endpoints and ``applied.json``; each file is written only when it changed,
    so a no-op pass writes nothing;
 4. post the endpoint report; a failure is a warning, not an error.
@@ -117,11 +117,14 @@ def verify(inputs: Inputs, decision: Decision, effects: Effects, now: float
 
 def persist(state: StateDir, inputs: Inputs, decision: Decision) -> None:
     """Write what the converged pass leaves behind (each file only when changed)."""
-    if decision.record_manifest:
-        manifest, source = inputs.manifest, inputs.source
+    source = inputs.source
+    if decision.record_manifest and source.view is not None:
+        state.save_view(source.view)  # the view holds its own feed entries
+    elif decision.record_manifest:
+        manifest = inputs.manifest
         state.save_manifest(CachedManifest(source.envelope, manifest.serial, manifest.commit,
                                            manifest.not_after, source.etag))
-    if decision.feed is not None:
+    if decision.feed is not None and source.view is None:
         state.save_feed(endpoints_mod.feed_to_dict(decision.feed))
     state.save_peering(decision.memory.to_dict())
     state.save_discovery(decision.own.to_dict())

@@ -106,8 +106,11 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
                                     wait=wait, warnings=warnings)
     if got.warning:
         warnings.append(got.warning)
-    feed = last_feed if got.source == "cache" else \
-        fetch_feed(config, effects.fetch, trust, last_feed, warnings)
+    if got.view is not None:  # a per-device view carries its peers' feed entries
+        feed = got.feed
+    else:
+        feed = last_feed if got.source == "cache" else \
+            fetch_feed(config, effects.fetch, trust, last_feed, warnings)
     private_key, key_switch = choose_private_key(config.private_key, got.manifest, config.name)
     observed = effects.backend.observe(config.interface)
     firewall = effects.firewall.observe() if effects.firewall is not None else None

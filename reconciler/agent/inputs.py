@@ -28,6 +28,11 @@ class VerifiedManifest:
     source: str  # fetched | unchanged (304 / same bytes) | cache (source unreachable)
     warning: str | None = None
     cached_etag: str | None = None  # the ETag the state dir holds for it
+    # a per-device view from the hub (agent.view): the held view to persist as
+    # view.json (a pki.view.HeldView), its endpoint feed, and how it arrived
+    view: Any = None
+    feed: EndpointFeed | None = None
+    view_kind: str | None = None  # snapshot | delta | none
 
 
 @dataclass(frozen=True)

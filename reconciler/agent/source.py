@@ -24,6 +24,7 @@ from reconciler.agent.config import AgentConfig
 from reconciler.agent.fetch import FetchLike
 from reconciler.agent.inputs import VerifiedManifest
 from reconciler.agent.state import DEVICE_CERT, HUB_CA, ROOT, CachedManifest, StateDir
+from reconciler.agent.view import obtain_view
 from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import ConfigError, FetchError, InputRefused, ManifestRefused, PkiError
 from reconciler.model.endpoints import EndpointFeed
@@ -122,6 +123,24 @@ def obtain_manifest(config: AgentConfig, fetch: FetchLike, trust: Trust, state: 
                             cached_etag=cached.etag if cached is not None else None)
 
 
+def obtain(config: AgentConfig, fetch: FetchLike, trust: Trust, state: StateDir, now: float,
+           *, wait: int | None = None, warnings: list[str]) -> VerifiedManifest:
+    """With a hub: this device's view (``agent.view``); the org manifest when the
+    hub has no view endpoint (404), or when it is unreachable and no view is
+    held yet (the manifest path then falls back to its own cache). Without a
+    hub: the manifest at ``source_url``."""
+    if config.hub:
+        try:
+            return obtain_view(config, fetch, trust, state, now, wait=wait, warnings=warnings)
+        except FetchError:
+            if state.load_view(config.org, config.name) is not None:
+                raise  # a held view that cannot be used any more: the error says why
+        except ConfigError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+    return obtain_manifest(config, fetch, trust, state, now, wait=wait, warnings=warnings)
+
+
 def pin_hub_ca(config: AgentConfig, trust: Trust, state: StateDir) -> bool:
     """The org CA(s) of the pinned trust verify the hub's TLS certificate (every
     CA of the trust root during a CA rotation's overlap). True when it changed."""
@@ -181,13 +200,13 @@ def manifest_with_cert(config: AgentConfig, fetch: FetchLike, trust: Trust, stat
     triggers one certificate re-fetch and, if it changed, a retry; a new
     manifest re-fetches the certificate (renewals ship with a publish)."""
     if not config.hub:
-        return obtain_manifest(config, fetch, trust, state, now, wait=wait, warnings=warnings)
+        return obtain(config, fetch, trust, state, now, wait=wait, warnings=warnings)
     if not config.tls_ca and pin_hub_ca(config, trust, state):
         fetch.reset_tls()
     drop_expired_cert(fetch, state, now)
     fresh = fetch_device_cert(config, fetch, state, refresh=False, warnings=warnings)
     try:
-        got = obtain_manifest(config, fetch, trust, state, now, wait=wait, warnings=warnings)
+        got = obtain(config, fetch, trust, state, now, wait=wait, warnings=warnings)
     except ConfigError:
         # the hub refused the request or the TLS handshake: the local certificate
         # may be expired, revoked or from a CA the hub no longer accepts (a CA
@@ -197,7 +216,7 @@ def manifest_with_cert(config: AgentConfig, fetch: FetchLike, trust: Trust, stat
         fetch.reset_tls()
         if not fetch_device_cert(config, fetch, state, refresh=True, warnings=warnings):
             raise
-        return obtain_manifest(config, fetch, trust, state, now, wait=wait, warnings=warnings)
+        return obtain(config, fetch, trust, state, now, wait=wait, warnings=warnings)
     if got.source == "fetched" and not fresh:
         fetch_device_cert(config, fetch, state, refresh=True, warnings=warnings)
     return got

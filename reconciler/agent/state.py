@@ -9,7 +9,11 @@ Files:
 - ``applied.json``: what the last converged pass applied (serial, commit, and
   per peer name / tunnel IPs / path), read by ``agent status``;
 - ``peering.json``: the peering hysteresis state, kept across one-shot runs;
-- ``feed.json``: the last endpoint feed seen;
+- ``feed.json``: the last endpoint feed seen (manifest mode);
+- ``view.json``: with a hub, this device's view (``agent.view``): the verified
+  manifest restricted to what it needs plus those devices' feed entries, as
+  plain JSON after a ``sha256 HEX`` line that detects corruption; its serial
+  is the rollback floor in ``manifest.meta.json`` like a manifest's;
 - ``discovery.json``: this device's own endpoints (STUN, LAN, NAT mapping);
 - ``device.crt``, ``hub-ca.pem``: the device certificate (fetched from the
   hub, public) and the org CA from the pinned trust, for mTLS to the hub.
@@ -31,6 +35,7 @@ Called by ``agent.reconcile``, ``agent.status``, ``agent.render`` and the CLI.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -43,6 +48,7 @@ from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import InputRefused, ManifestRefused
 from reconciler.fsio import atomic_write
 from reconciler.pki.envelope import MAX_ENVELOPE_BYTES, parse_envelope
+from reconciler.pki.view import HeldView
 
 MANIFEST = "manifest.dsse"
 META = "manifest.meta.json"
@@ -52,6 +58,7 @@ FEED = "feed.json"
 DISCOVERY = "discovery.json"
 DEVICE_CERT = "device.crt"
 HUB_CA = "hub-ca.pem"
+VIEW = "view.json"
 ROOT = "root.dsse"  # the newest trust root walked to (pki.root), when the org has roots
 
 MAX_STATE_BYTES = 64 * 1024 * 1024  # feed.json of ~130,000 devices, pretty-printed
@@ -307,6 +314,37 @@ class StateDir:
         self._write_json(META, {"serial": cached.serial, "commit": cached.commit,
                                 "not_after": cached.not_after, "etag": cached.etag})
 
+    # -- the per-device view (agent.view) ------------------------------------
+    def load_view(self, org: str, device: str) -> HeldView | None:
+        """``view.json`` when intact and for this org and device; None (+ a
+        warning when the file exists but is corrupt or someone else's)."""
+        raw = self._read(VIEW, MAX_STATE_BYTES)
+        if raw is None:
+            return None
+        head, _, body = raw.partition(b"\n")
+        if head != b"sha256 " + hashlib.sha256(body).hexdigest().encode():
+            self._warn(VIEW, "its SHA-256 line does not match (corrupt)")
+            return None
+        try:
+            held = HeldView.from_dict(bounded_loads(body, what=VIEW, max_bytes=MAX_STATE_BYTES,
+                                                    max_depth=MAX_STATE_DEPTH))
+        except (InputRefused, TypeError, KeyError, ValueError, AttributeError) as exc:
+            self._warn(VIEW, f"wrong types ({exc})")
+            return None
+        if held.org != org or held.device not in (device, "*"):
+            self._warn(VIEW, f"a view of {held.org}/{held.device}, not of {org}/{device}")
+            return None
+        return held
+
+    def save_view(self, held: HeldView) -> None:
+        """The view (envelope of the floor: ``view.json`` first, then the meta)."""
+        body = json.dumps(held.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        self._write(VIEW, b"sha256 " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body,
+                    0o600)
+        manifest = held.manifest
+        self._write_json(META, {"serial": held.serial, "commit": str(manifest["commit"]),
+                                "not_after": int(manifest["not_after"]), "etag": None})
+
     # -- the applied state, the peering state, the feed revision -------------
     def load_applied(self) -> dict[str, Any] | None:
         return self._json(APPLIED)
@@ -355,7 +393,7 @@ def _regular(fd: int) -> bool:
 
 
 __all__ = ["APPLIED", "DEVICE_CERT", "DISCOVERY", "FEED", "HUB_CA", "MANIFEST", "META",
-           "PEERING", "SCHEMAS", "CachedManifest", "StateDir", "schema_problem"]
+           "PEERING", "SCHEMAS", "VIEW", "CachedManifest", "StateDir", "schema_problem"]
 
 
 def _dump(data: dict[str, Any]) -> bytes:

@@ -309,7 +309,7 @@ class Views:
             cached = self._snapshots.get(key)
             if cached is not None:
                 return cached
-        names = sorted(feed.frags if members is None else members & feed.frags.keys())
+        names = sorted((view.everyone if members is None else members) & feed.frags.keys())
         payload = snapshot_payload(org, EVERYONE if members is None else device,
                                    view.manifest_json(members), feed.revision,
                                    feed.generated_at, (feed.frags[n] for n in names))
@@ -363,8 +363,8 @@ class Views:
             return None, False
         feed_upsert, feed_remove = [], []
         for name in sorted(changed_entries | entered):
-            if members is not None and name not in members:
-                continue
+            if name not in view.everyone or (members is not None and name not in members):
+                continue  # an entry of a device that left the org goes with ``left``
             entry = feed.entries.get(name)
             if entry is not None:
                 feed_upsert.append(json.loads(feed.frags[name]))

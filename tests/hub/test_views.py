@@ -1,0 +1,243 @@
+"""Per-device views and deltas (reconciler.hub.views + reconciler.pki.view).
+
+The central property: for every device, at every step of a random history of
+an org (devices added, removed, changed, relabelled, made relays; feed entries
+moving), the hub's delta from the previous position, verified and applied by
+the agent's code, gives exactly the snapshot the hub would serve now; and no
+view ever holds a device policy does not let its owner reach or be reached by
+(relays and the device itself aside). Signatures are real (Ed25519) and are
+verified on every step.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from reconciler.errors import ManifestRefused
+from reconciler.hub.views import Views
+from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
+from reconciler.model.manifest import Manifest
+from reconciler.pki.envelope import load_trust
+from reconciler.pki.view import (
+    HeldView,
+    ViewMismatch,
+    apply_delta,
+    held_from_snapshot,
+    open_view,
+)
+from reconciler.policy import peers_allowed
+from agent.helpers import Org, device
+
+ORG = Org()
+TRUST = load_trust(ORG.trust)
+SIGNERS = (ORG.key,)
+LABELS = ("g:ops", "g:dev", "t:web", "t:db")
+
+
+def _policy() -> dict:
+    return {"version": 1, "rules": [
+        {"src": ["g:ops"], "dst": ["*"], "proto": "any"},
+        {"src": ["g:dev"], "dst": ["t:web"], "proto": "tcp", "ports": ["443"]},
+        {"src": ["t:web"], "dst": ["t:db"], "proto": "tcp", "ports": ["5432"]},
+    ]}
+
+
+def _devices(rng: random.Random, n: int) -> list:
+    out = []
+    for i in range(n):
+        labels = tuple(sorted(rng.sample(LABELS, rng.randint(0, 2))))
+        out.append(device(f"d{i:03d}", (i % 250) + 1, f"10.77.0.{i + 1}", labels=labels,
+                          relay=(i % 17 == 5)))
+    return out
+
+
+def _feed(revision: int, entries: dict[str, FeedEntry]) -> EndpointFeed:
+    return EndpointFeed(ORG.name, revision, 1_000 + revision,
+                        tuple(entries[k] for k in sorted(entries)))
+
+
+def _entry(name: str, port: int) -> FeedEntry:
+    return FeedEntry(name, (Candidate("stun", f"203.0.113.9:{port}"),), "independent",
+                     "203.0.113.9", port)
+
+
+def _open(body: bytes, me: str):
+    return open_view(body, TRUST, ORG.name, me)
+
+
+def _snapshot(views: Views, me: str) -> HeldView:
+    opened = _open(views.snapshot(ORG.name, me, SIGNERS).body, me)
+    assert opened.kind == "snapshot"
+    return held_from_snapshot(opened.doc)
+
+
+def _members(manifest: Manifest, me: str) -> set[str]:
+    if manifest.device(me) is None:
+        return set()
+    relays = {d.name for d in manifest.devices if d.relay}
+    if manifest.policy is None or me in relays:
+        return {d.name for d in manifest.devices}
+    return set(peers_allowed(manifest, me)) | relays | {me}
+
+
+def _step(rng: random.Random, devices: list, serial: int) -> list:
+    devices = list(devices)
+    kind = rng.choice(["endpoint", "labels", "add", "remove", "relay", "none"])
+    i = rng.randrange(len(devices))
+    if kind == "endpoint":
+        devices[i] = replace(devices[i], endpoint=f"198.51.100.{rng.randint(1, 250)}:51820")
+    elif kind == "labels":
+        devices[i] = replace(devices[i], labels=tuple(sorted(rng.sample(LABELS, 1))))
+    elif kind == "add":
+        n = 500 + serial
+        devices.append(device(f"e{n}", (n % 250) + 1, f"10.77.1.{serial % 250 + 1}",
+                              labels=(rng.choice(LABELS),)))
+    elif kind == "remove" and len(devices) > 5:
+        devices.pop(i)
+    elif kind == "relay":
+        devices[i] = replace(devices[i], relay=not devices[i].relay)
+    return sorted(devices, key=lambda d: d.name)
+
+
+@pytest.mark.parametrize("seed,policy", [(1, True), (2, True), (3, False), (4, True)])
+def test_every_delta_applied_equals_the_snapshot_and_views_follow_policy(seed, policy) -> None:
+    rng = random.Random(seed)
+    devices = _devices(rng, 40)
+    views = Views()
+    serial, revision = 1, 1
+    entries = {d.name: _entry(d.name, 1000 + i) for i, d in enumerate(devices[:30])}
+    manifest = ORG.manifest(devices, serial=serial, policy=_policy() if policy else None)
+    views.served(ORG.name, manifest)
+    views.feed_built(ORG.name, _feed(revision, entries))
+    held = {d.name: _snapshot(views, d.name) for d in devices}
+    deltas = snapshots = 0
+    for step in range(30):
+        if rng.random() < 0.6:  # a publish
+            devices = _step(rng, devices, serial)
+            serial += 1
+            manifest = ORG.manifest(devices, serial=serial, commit=f"{step:040x}",
+                                    policy=_policy() if policy else None)
+            views.served(ORG.name, manifest)
+        if rng.random() < 0.7:  # endpoint reports moved the feed
+            names = [d.name for d in devices]
+            for name in rng.sample(names, 3):
+                entries[name] = _entry(name, rng.randint(1024, 65000))
+            entries.pop(rng.choice(list(entries)), None)
+            entries = {k: v for k, v in entries.items() if k in names}
+            revision += 1
+            views.feed_built(ORG.name, _feed(revision, entries))
+        for me in sorted(set(held) | {d.name for d in devices}):
+            fresh = _snapshot(views, me)
+            old = held.get(me)
+            if old is None:
+                held[me] = fresh
+                continue
+            answer, _ = views.delta(ORG.name, me, old.position, SIGNERS)
+            if answer is None:
+                snapshots += 1
+                new = fresh
+            else:
+                deltas += 1
+                opened = _open(answer.body, me)
+                assert opened.kind == "delta"
+                new = apply_delta(old, opened.doc)
+            assert new.to_dict()["manifest"] == fresh.to_dict()["manifest"], (step, me)
+            assert new.entries == fresh.entries, (step, me)
+            assert new.position == fresh.position == (serial, revision)
+            held[me] = new
+            held_names = {d["name"] for d in new.manifest["devices"]}
+            assert held_names == _members(manifest, me), (step, me)
+            assert set(new.entries) <= held_names
+    assert deltas > 10 * snapshots  # deltas are the rule, snapshots the exception
+
+
+def test_a_one_device_change_is_a_small_delta_for_each_device_that_sees_it() -> None:
+    devices = [device(f"n{i:05d}", (i % 250) + 1, f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+               for i in range(2000)]
+    views = Views()
+    views.served(ORG.name, ORG.manifest(devices, serial=1))
+    views.feed_built(ORG.name, _feed(1, {}))
+    full = views.snapshot(ORG.name, "n00001", SIGNERS).body
+    devices[7] = replace(devices[7], endpoint="198.51.100.7:51820")
+    views.served(ORG.name, ORG.manifest(devices, serial=2))
+    sizes = set()
+    for me in ("n00001", "n00500", "n01999"):
+        answer, relevant = views.delta(ORG.name, me, (1, 1), SIGNERS)
+        assert answer is not None and relevant
+        sizes.add(len(answer.body))
+        doc = _open(answer.body, me).doc
+        assert [d["name"] for d in doc["upsert"]] == ["n00007"] and doc["remove"] == []
+    assert len(sizes) == 1 and sizes.pop() < 2048 < len(full)
+
+
+def test_policy_limits_who_learns_what() -> None:
+    devices = [device("web", 1, "10.77.0.1", labels=("t:web",)),
+               device("db", 2, "10.77.0.2", labels=("t:db",)),
+               device("laptop", 3, "10.77.0.3", labels=("g:dev",)),
+               device("guest", 4, "10.77.0.4"),
+               device("relay", 5, "10.77.0.5", relay=True)]
+    views = Views()
+    views.served(ORG.name, ORG.manifest(devices, policy=_policy()))
+    views.feed_built(ORG.name, _feed(1, {d.name: _entry(d.name, 2000) for d in devices}))
+    seen = {d.name: {x["name"] for x in _snapshot(views, d.name).manifest["devices"]}
+            for d in devices}
+    assert seen["laptop"] == {"laptop", "web", "relay"}
+    assert seen["db"] == {"db", "web", "relay"}
+    assert seen["guest"] == {"guest", "relay"}
+    assert seen["relay"] == {d.name for d in devices}  # a relay forwards for every pair
+    assert set(_snapshot(views, "guest").entries) == {"guest", "relay"}
+    gone = _snapshot(views, "nobody")  # not in the manifest (removed, disabled): no peers
+    assert gone.manifest["devices"] == []
+
+
+def test_refusals() -> None:
+    devices = [device(f"d{i}", i + 1, f"10.77.0.{i + 1}") for i in range(5)]
+    views = Views()
+    views.served(ORG.name, ORG.manifest(devices, serial=1, policy=_policy()))
+    views.feed_built(ORG.name, _feed(1, {}))
+    body = views.snapshot(ORG.name, "d1", SIGNERS).body
+    with pytest.raises(ManifestRefused) as exc:
+        open_view(body, TRUST, ORG.name, "d2")  # d1's view replayed to d2
+    assert exc.value.reason == "wrong-device"
+    other = Org(key_seed=9)
+    with pytest.raises(ManifestRefused) as exc:
+        open_view(body, load_trust(other.trust), ORG.name, "d1")
+    assert exc.value.reason == "unknown-key"
+    with pytest.raises(ManifestRefused) as exc:  # a manifest is not a view
+        open_view(ORG.sign(ORG.manifest(devices)), TRUST, ORG.name, "d1")
+    assert exc.value.reason == "malformed"
+    tampered = body.replace(b'"payload":"', b'"payload":"e', 1)
+    with pytest.raises(ManifestRefused):
+        open_view(tampered, TRUST, ORG.name, "d1")
+    held = held_from_snapshot(open_view(body, TRUST, ORG.name, "d1").doc)
+    views.served(ORG.name, ORG.manifest(devices[:4], serial=2, policy=_policy()))
+    answer, _ = views.delta(ORG.name, "d1", (1, 1), SIGNERS)
+    doc = open_view(answer.body, TRUST, ORG.name, "d1").doc
+    moved = apply_delta(held, doc)
+    with pytest.raises(ViewMismatch, match="does not follow"):  # replayed: no longer chains
+        apply_delta(moved, doc)
+    with pytest.raises(ViewMismatch, match="backwards"):
+        apply_delta(held, {**doc, "to": [0, 1]})
+    with pytest.raises(ViewMismatch, match="does not hold"):
+        apply_delta(held, {**doc, "remove": ["zz"]})
+    with pytest.raises(ViewMismatch, match="may not change"):
+        apply_delta(held, {**doc, "top": {**doc["top"], "policy": None}})
+    with pytest.raises(ManifestRefused):
+        apply_delta(held, {**doc, "upsert": "nope"})
+
+
+def test_history_limits_and_policy_changes_ask_for_a_snapshot() -> None:
+    devices = [device(f"d{i}", i + 1, f"10.77.0.{i + 1}") for i in range(5)]
+    views = Views()
+    views.served(ORG.name, ORG.manifest(devices, serial=1, policy=_policy()))
+    views.feed_built(ORG.name, _feed(1, {}))
+    views.served(ORG.name, ORG.manifest(devices, serial=2, policy=None))
+    assert views.delta(ORG.name, "d1", (1, 1), SIGNERS)[0] is None  # the policy changed
+    for s in range(3, 40):
+        views.served(ORG.name, ORG.manifest(devices, serial=s))
+    assert views.delta(ORG.name, "d1", (2, 1), SIGNERS)[0] is None  # out of history
+    assert views.delta(ORG.name, "d1", (38, 1), SIGNERS)[0] is not None
+    assert views.delta(ORG.name, "d1", (39, 0), SIGNERS)[0] is None  # revision unknown
