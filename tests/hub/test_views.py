@@ -15,6 +15,7 @@ import random
 from dataclasses import replace
 
 import pytest
+from agent.helpers import Org, device
 
 from reconciler.errors import ManifestRefused
 from reconciler.hub.views import Views
@@ -29,7 +30,6 @@ from reconciler.pki.view import (
     open_view,
 )
 from reconciler.policy import peers_allowed
-from agent.helpers import Org, device
 
 ORG = Org()
 TRUST = load_trust(ORG.trust)
