@@ -154,7 +154,7 @@ class FeedState:
     """The feed as views need it: entries by device, their canonical JSON, and
     which devices changed at each of the last ``FEED_HISTORY`` revisions."""
 
-    revision: int = 0
+    revision: int = -1  # none built yet
     generated_at: int = 0
     entries: dict[str, FeedEntry] = field(default_factory=dict)
     frags: dict[str, bytes] = field(default_factory=dict)
@@ -175,9 +175,10 @@ class FeedState:
             else:
                 changed.add(name)
                 frags[name] = canonical_json(entry_to_dict(entry))
-        if not self.history and self.revision == 0 and not self.entries:
-            self.oldest = feed.revision  # nothing before this build is known
-        self.history[feed.revision] = frozenset(changed)
+        if self.revision < 0:
+            self.oldest = feed.revision  # the first build: nothing before it is known
+        else:
+            self.history[feed.revision] = frozenset(changed)
         while len(self.history) > FEED_HISTORY:
             gone, _ = self.history.popitem(last=False)
             self.oldest = gone
@@ -297,24 +298,25 @@ class Views:
         view, feed = self.current(org), self.feeds.get(org)
         if view is None:
             return None
-        return view.serial, feed.revision if feed else 0
+        return view.serial, max(feed.revision, 0) if feed else 0
 
     def snapshot(self, org: str, device: str, signers: Sequence[Any]) -> Answer:
         view = self.current(org)
         assert view is not None
         feed = self.feeds.get(org) or FeedState()
         members = view.members(device)
-        key = (org, view.serial, feed.revision)
+        rev = max(feed.revision, 0)
+        key = (org, view.serial, rev)
         if members is None:
             cached = self._snapshots.get(key)
             if cached is not None:
                 return cached
         names = sorted((view.everyone if members is None else members) & feed.frags.keys())
         payload = snapshot_payload(org, EVERYONE if members is None else device,
-                                   view.manifest_json(members), feed.revision,
+                                   view.manifest_json(members), rev,
                                    feed.generated_at, (feed.frags[n] for n in names))
         body = sign_view(payload, signers)
-        answer = Answer("snapshot", body, view.serial, feed.revision,
+        answer = Answer("snapshot", body, view.serial, rev,
                         gzip.compress(body, 6, mtime=0) if len(body) > 4096 else None)
         if members is None:
             self._snapshots[key] = answer
@@ -373,7 +375,7 @@ class Views:
         feed_remove.extend(n for n in sorted(left) if n not in feed_remove)
         relevant = bool(upsert or remove or top_remove or feed_upsert or feed_remove
                         or set(top) - set(CHANGE_KEYS))
-        end = (view.serial, feed.revision)
+        end = (view.serial, max(feed.revision, 0))
         payload = delta_payload(org, start, end, top, top_remove, upsert, remove,
                                 feed.generated_at, feed_upsert, feed_remove)
         body = self._signed.get(payload)

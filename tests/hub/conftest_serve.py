@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import socket
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from reconciler.errors import FetchError, Problem, ValidationError
 from reconciler.hub.snapshot import OrgSnapshot, Snapshot
+from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.repo import Device, Organization
 from reconciler.pki.ca import init_ca, new_signing_key_pem, org_keys_from_doc, secret_doc
 from reconciler.pki.certs import issue_device_cert
@@ -105,11 +107,36 @@ def make_org(name: str, cidr: str = "10.20.0.0/16") -> OrgFixture:
     return OrgFixture(name, cidr, org_keys_from_doc(doc, name, bundle.cert_pem))
 
 
+def _wg_public(seed: str) -> str:
+    key = X25519PrivateKey.from_private_bytes(hashlib.sha256(seed.encode()).digest())
+    return b64(key.public_key().public_bytes(serialization.Encoding.Raw,
+                                             serialization.PublicFormat.Raw))
+
+
+def manifest_model(org: OrgFixture, serial: int, commit: str,
+                   revoked: frozenset[int] = frozenset(), gone: frozenset[str] = frozenset()
+                   ) -> Manifest:
+    """The manifest as data for per-device views (the fake envelope above is
+    only compared byte for byte): one entry per device, a full mesh."""
+    devices = tuple(
+        ManifestDevice(name=name, wireguard_public_key=_wg_public(f"{org.name}/{name}"),
+                       tunnel_ips=(f"{org.cidr.rsplit('.', 2)[0]}.0.{i + 1}",),
+                       cert_sha256=base64.urlsafe_b64encode(
+                           hashlib.sha256(creds.cert_pem.encode()).digest()).decode()[:43],
+                       relay=name in org.relays)
+        for i, (name, creds) in enumerate(sorted(org.devices.items())) if name not in gone)
+    return Manifest(org=org.name, serial=serial, commit=commit, issued_at=int(NOW),
+                    not_after=int(NOW) + 7 * 86400, cidr_v4=org.cidr, cidr_v6=None,
+                    listen_port=51820, keepalive=25, devices=devices,
+                    revoked=tuple(sorted(revoked)))
+
+
 def org_snapshot(org: OrgFixture, serial: int, commit: str, revoked: frozenset[int] = frozenset()
                  ) -> OrgSnapshot:
     payload = json.dumps({"org": org.name, "serial": serial, "commit": commit,
                           "devices": sorted(org.devices)}, sort_keys=True).encode()
     return OrgSnapshot(
+        model=manifest_model(org, serial, commit, revoked),
         org=org.name, serial=serial,
         manifest=sign_envelope(payload, MANIFEST_TYPE, org.keys.signing_key),
         ca_pem=org.keys.ca_pem,
@@ -163,7 +190,9 @@ class FakePipeline:
         from dataclasses import replace
 
         return replace(snap, devices=snap.devices - gone, relays=snap.relays - gone,
-                       certs={n: p for n, p in snap.certs.items() if n not in gone})
+                       certs={n: p for n, p in snap.certs.items() if n not in gone},
+                       model=manifest_model(org, self.serial, rev, snap.revoked,
+                                            frozenset(gone)))
 
 
 def free_port() -> int:
