@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.test_rotate import FakeFetch, agent_config
 from reconciler.agent.autorotate import RECORD, REFUSED, read_facts, rotate_if_due
 from reconciler.agent.config import config_from_dict
 from reconciler.agent.keyage import (
@@ -25,6 +24,8 @@ from reconciler.agent.keyage import (
 from reconciler.agent.rotate import next_key_path
 from reconciler.converge.keys import public_key
 from reconciler.errors import ConfigError, FetchError
+
+from .test_rotate import FakeFetch, agent_config
 
 T0 = 1_750_000_000.0  # the current key was made then
 CUR, NEW = "C" * 43 + "=", "N" * 43 + "="
