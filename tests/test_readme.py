@@ -13,7 +13,16 @@ re-activates the venv in the directory where the first one ended.
 The root block runs only as root (CI is root), in a network namespace and a
 mount namespace of its own: its wireguard-go gets a private ``/run/wireguard``,
 so it can neither touch this host's interfaces nor collide with another
-``mo-acme``.
+``mo-acme``. Its loopback is brought up first (scaffolding: every real host has
+it up), since the block starts the hub on 127.0.0.1 again.
+
+The quick start enrolls its device with ``meshops agent enroll`` against the
+development OpenID provider (``scripts/dev-oidc``: node, npm, openssl) and
+completes the login with headless Chromium (``scripts/dev-login``: Playwright,
+installed by the quick start, and the system's chromium). Without those tools
+the real run skips with the reason; in CI (``CI=true``, where scripts/test
+installs them) it fails instead. Whatever the quick start leaves running when
+it fails midway (the hub, the provider: their pid files) is stopped by pid.
 
 Not run here: the two commands at the top of the README (``sudo scripts/demo``,
 ``sudo scripts/test``). CI runs ``scripts/test`` itself, and its e2e tests
@@ -28,13 +37,18 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CHROMIUM = "/usr/bin/chromium"  # Debian's, as tests/agent/test_enroll.py uses
+# what the quick start starts in the background, by pid file (relative to out/)
+PID_FILES = ("hub.pid", "oidc/pid")
+SHELL_OPERATORS = (">", ">>", "2>", "&", "&&", ";", "|", "||")
 README = ROOT / "README.md"
 WORKFLOW = ROOT / "example-repo" / ".github" / "workflows" / "meshops.yml"
 PRE_COMMIT = ROOT / "example-repo" / ".pre-commit-config.yaml"
@@ -154,7 +168,11 @@ def test_every_meshops_command_parses():
         for command in commands(block.text):
             if not command.startswith("meshops ") or "$(" in command:
                 continue
-            argv = shlex.split(command.split("|")[0], comments=True)[1:]
+            argv = []
+            for token in shlex.split(command, comments=True)[1:]:
+                if token in SHELL_OPERATORS or token.startswith((">", "2>")):
+                    break  # a redirection or the end of this command
+                argv.append(token)
             if argv == ["--version"]:
                 continue
             try:
@@ -243,6 +261,7 @@ class Run:
     output: str
     env: dict[str, str]
     status_before: str
+    leftovers: list[str] = field(default_factory=list)
 
 
 def status(repo: Path) -> str:
@@ -250,8 +269,39 @@ def status(repo: Path) -> str:
                           capture_output=True, text=True, check=True).stdout  # fmt: skip
 
 
+def missing_tools() -> str | None:
+    """Why the enrollment part of the quick start cannot run here, or None."""
+    for tool in ("node", "npm", "openssl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/test installs it): scripts/dev-oidc needs it"
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is not installed (scripts/test installs it): scripts/dev-login needs it"
+    return None
+
+
+def stop_leftovers(out: Path) -> list[str]:
+    """Stop by pid what the quick start left running (its pid files remain only
+    then), after checking that the pid is still that process; what was stopped."""
+    stopped = []
+    for name, marker in zip(PID_FILES, (b"hub\0serve", b"provider.mjs"), strict=True):
+        try:
+            pid = int((out / name).read_text())
+            if marker not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue  # gone, and the pid is someone else's now
+            os.kill(pid, 15)
+        except (OSError, ValueError):
+            continue
+        stopped.append(f"{name} ({pid})")
+    return stopped
+
+
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
+    why = missing_tools()
+    if why:
+        if IN_CI:
+            pytest.fail(f"CI must run the README quick start: {why}", pytrace=False)
+        pytest.skip(why)
     base = tmp_path_factory.mktemp("readme")
     clone = fresh_clone(base / "meshops")
     env = clean_env(base)
@@ -264,7 +314,9 @@ def quickstart(tmp_path_factory):
     output = proc.stdout + proc.stderr
     run = Run(clone, Path(cwd_file.read_text().strip()) if cwd_file.exists() else clone,
               output, env, before)  # fmt: skip
+    run.leftovers = stop_leftovers(run.cwd)  # nothing, when the quick start cleaned up
     yield run, proc.returncode
+    stop_leftovers(run.cwd)  # the root block's hub, if it failed before its kill
     gnupg = run.cwd / "gnupg"
     if gnupg.is_dir():
         subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"],
@@ -284,14 +336,24 @@ def test_quick_start_runs_as_written_on_a_fresh_clone(quickstart):
     assert re.search(r"^meshops \d+\.\d+", out, re.MULTILINE), "meshops --version"
     assert "example-repo: valid (2 org(s)" in out
     assert re.search(r"^OK org=acme serial=\d+", out, re.MULTILINE), "manifest verify"
-    assert "wrote orgs/acme/devices/laptop-7.yaml" in out
-    assert "| added | `laptop-7` |" in out, "plan shows the new device"
-    # the second publish issues laptop-7's certificate only, and says where the state is
-    assert re.search(r"^acme: serial \d+, 7 devices, 1 certificate\(s\) issued", out, re.MULTILINE)
     assert f"state (issued certificates, serials): {run.cwd / 'hub.db'};" in out
-    assert (run.cwd / "public" / "acme" / "certs" / "laptop-7.pem").is_file()
-    mode = (run.cwd / "device" / "wireguard.key").stat().st_mode & 0o777
-    assert mode == 0o600
+    # agent enroll: the development provider, the headless login, the hub's review branch
+    assert "DEVELOPMENT OpenID provider" in out
+    assert "dev-login: signed in as alice" in out
+    assert re.search(r"enrollment of acme/laptop-7 \(owner alice, 10\.10\.0\.\d+, "
+                     r"fd10:10::\d+\) awaits review: branch enroll/acme/laptop-7", out), \
+        "agent enroll's answer"
+    assert "| added | `laptop-7` |" in out, "plan shows the new device"
+    merged = subprocess.run(["git", "-C", str(run.cwd / "my-mesh"), "log", "-1", "--format=%H"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert f"dev-wait: https://127.0.0.1:8443 serves {merged}" in out, "the hub serves the merge"
+    device = (run.cwd / "my-mesh" / "orgs" / "acme" / "devices" / "laptop-7.yaml").read_text()
+    assert "owner: alice" in device and "enrolled by alice" in device
+    for key in ("wireguard.key", "identity.key"):
+        assert (run.cwd / "device" / key).stat().st_mode & 0o777 == 0o600
+        assert (run.cwd / "device" / key).read_text().strip() not in out  # never printed
+    # it stopped what it started, by pid
+    assert run.leftovers == [], f"the quick start left running: {run.leftovers}"
     # the quick start leaves the checkout clean: all it makes is in git-ignored out/ and .venv/
     assert status(run.clone) == run.status_before
 
@@ -311,7 +373,8 @@ def test_quick_start_root_block_runs_as_root(quickstart):
     os.makedirs("/run/wireguard", exist_ok=True)  # the mount point (wireguard-go makes it too)
     subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
     try:
-        inner = f'mount -t tmpfs tmpfs /run/wireguard && exec bash "{root_script}"'
+        inner = (f'ip link set lo up && mount -t tmpfs tmpfs /run/wireguard && '
+                 f'exec bash "{root_script}"')
         proc = subprocess.run(
             ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
              "sh", "-c", inner],

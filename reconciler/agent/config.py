@@ -71,6 +71,9 @@ class AgentConfig:
     max_clock_skew: float = 300.0  # a manifest issued further in the future is refused
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     hysteresis: Mapping[str, float] = field(default_factory=dict)  # peering timers (lab)
+    # rotate the WireGuard key through the hub once it is this many days old
+    # (agent.keyage decides, agent.autorotate acts); None: only by hand
+    key_rotation_days: int | None = None
 
     def __post_init__(self) -> None:
         if not self.interface:
@@ -121,6 +124,7 @@ _SECONDS = (("interval", 0.0, True, 86400.0), ("timeout", 0.0, True, 300.0),
             ("max_backoff", 1.0, False, 86400.0), ("max_clock_skew", 0.0, False, 86400.0))
 LONG_POLL_MAX = 300  # the hub's longest ?wait= (hub.api.MAX_WAIT)
 MAX_STUN_SERVERS = 16
+KEY_ROTATION_DAYS_MAX = 3650
 # What each backend's constructor takes from JSON (reconciler.backends); netns,
 # links and state_dir are set by the agent itself.
 BACKEND_OPTIONS: Mapping[str, Mapping[str, type]] = {
@@ -289,6 +293,22 @@ def _hysteresis(value: Any) -> list[str]:
     return out
 
 
+def _key_rotation_days(value: Any, hub: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 0 < value <= KEY_ROTATION_DAYS_MAX:
+        hint = " (write it without quotes)" if isinstance(value, str) and value.isdigit() \
+            else f" (use 1-{KEY_ROTATION_DAYS_MAX}, or leave it out to rotate by hand)"
+        return [f"key_rotation_days: {_kind(value)} is not a whole number of days{hint}"]
+    if hub is None:
+        # a static manifest has no hub to commit the new key: the setting could never act
+        return [("key_rotation_days: needs a hub (`hub` in the agent config); with a "
+                 "static manifest, rotate by hand: put the new public key into the device "
+                 "file (remove key_rotation_days)")]
+    return []
+
+
 def problems(data: Mapping[str, Any]) -> list[str]:
     """Every problem of a raw agent config (the JSON object), ``field: what (fix)``;
     empty when the config can work. Pure: no file is opened."""
@@ -346,6 +366,7 @@ def problems(data: Mapping[str, Any]) -> list[str]:
     if not isinstance(data.get("discover", False), bool):
         out.append(f"discover: {_kind(data.get('discover'))} is not true or false")
     out.extend(_stun_servers(data.get("stun_servers")))
+    out.extend(_key_rotation_days(data.get("key_rotation_days"), hub))
     out.extend(_backend_options(backend, data.get("backend_options", {})))
     out.extend(_hysteresis(data.get("hysteresis", {})))
     return out

@@ -19,6 +19,12 @@ Called by the CLI. Everything time-related is injected (``clock``, ``sleep``,
 * a ``PermanentError`` (refused manifest, bad config of one pass) is
   reported and retried at the normal interval: a later commit may fix it,
   and the tunnels stay up;
+* with ``key_rotation_days``, a good pass (not one that asked to be requeued)
+  is followed by ``rotate`` (default: ``agent.autorotate.rotate_if_due``),
+  which starts or re-sends a WireGuard key rotation when the pure
+  ``agent.keyage`` says so; what it did goes to ``on_rotation``, a failure of
+  its own to ``on_error``, and the loop's cadence is unchanged (the long-poll
+  sees the hub's commit at once, and the next pass switches keys);
 * ``stop()`` (SIGTERM, SIGINT) ends the loop after the current step;
   nothing is torn down -- the tunnels stay up.
 """
@@ -30,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from reconciler.agent.autorotate import Rotation, rotate_if_due
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.fetch import FetchLike, Kind
 from reconciler.agent.gather import Firewall, Routing
@@ -86,6 +93,8 @@ class AgentLoop:
         firewall: Firewall | None = None,
         routing: Routing | None = None,
         public_fetch: FetchLike | None = None,
+        rotate: Callable[[float], Rotation] | None = None,
+        on_rotation: Callable[[Rotation], None] | None = None,
     ) -> None:
         self.config = config
         self.fetch = fetch
@@ -99,6 +108,10 @@ class AgentLoop:
         self.public_fetch = public_fetch
         self.on_result = on_result
         self.on_error = on_error
+        self.on_rotation = on_rotation
+        if rotate is None and config.key_rotation_days:
+            rotate = lambda now: rotate_if_due(config, fetch=fetch, now=now)
+        self.rotate = rotate
         self.stats = LoopStats()
         self._stopped = False
         # True while blocked in a sleep or a long-poll: a signal handler may
@@ -153,11 +166,25 @@ class AgentLoop:
             return quick_retry_delay(self.stats.failures, result.requeue_after, cfg, self.rng)
         self.stats.failures = 0
         self.stats.last_error = None
+        self._maybe_rotate()
         if cfg.hub:
             # the next pass long-polls; keep a small gap in case the hub answers at once
             elapsed = self.clock() - started
             return max(0.0, LONG_POLL_MIN_GAP - elapsed) + self.rng.uniform(0, cfg.jitter)
         return jittered(cfg.interval, cfg.jitter, self.rng)
+
+    def _maybe_rotate(self) -> None:
+        """After a good pass: a key rotation when it is due (never fatal)."""
+        if self.rotate is None:
+            return
+        try:
+            rotation = self.rotate(self.clock())
+        except MeshopsError as exc:  # e.g. an unreadable key file: the next pass says more
+            if self.on_error:
+                self.on_error(exc)
+            return
+        if self.on_rotation:
+            self.on_rotation(rotation)
 
     def run(self, max_passes: int | None = None) -> LoopStats:
         while not self._stopped:

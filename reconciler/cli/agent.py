@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--discover", action="store_true",
                    help="run STUN discovery with mesh.yaml's stun_servers from the signed "
                         "manifest (implied by --stun)")
+    _rotation_arg(p)
     p.add_argument("--force", action="store_true", help="replace existing keys and config")
     p.set_defaults(handler=init)
 
@@ -79,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "checked under the name ORG.hub)")
     p.add_argument("--oidc-ca-file", metavar="PEM",
                    help="CA bundle for the identity provider (default: the system store)")
+    _rotation_arg(p)
     p.add_argument("--force", action="store_true",
                    help="replace an existing config and make new keys")
     p.set_defaults(handler=enroll)
@@ -100,8 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = asub.add_parser("apply", help="one reconcile pass (for timers and cron)",
                         description="Fetch and verify the manifest, compute the desired "
-                        "interface, apply the plan, verify. Exit 0 converged, 1 refused or "
-                        "permanent error, 75 temporary failure.")
+                        "interface, apply the plan, verify; then, with key_rotation_days, "
+                        "start a WireGuard key rotation when the key is that old. Exit 0 "
+                        "converged, 1 refused or permanent error, 75 temporary failure.")
     _config_arg(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--format", choices=("text", "json"), default="text")
@@ -126,6 +129,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--private-key", metavar="FILE", help="private key file (default: config's)")
     p.add_argument("--out", metavar="FILE", help="write here (mode 0600) instead of stdout")
     p.set_defaults(handler=render)
+
+
+def _rotation_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-rotation-days", type=int, metavar="N",
+                   help="rotate the WireGuard key through the hub when it is N days old "
+                        "(key_rotation_days; needs --hub)")
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -158,6 +167,7 @@ def _new_config(args: argparse.Namespace) -> tuple[Any, bytes, Any, Any]:
         state_dir=str(Path(args.state_dir).absolute()) if args.state_dir else DEFAULT_STATE_DIR,
         listen_port=args.listen_port, stun_servers=tuple(args.stun) if args.stun else None,
         discover=bool(args.stun) or args.discover,
+        key_rotation_days=args.key_rotation_days,
     ).validate()
     return config_path, trust_bytes, config, key_dir
 
@@ -285,8 +295,9 @@ def apply(args: argparse.Namespace) -> int:
     config = _load(args)
     backend = open_agent_backend(config)
     firewall, routing = make_host(config)
+    fetch = make_fetcher(config)
     try:
-        result = reconcile_once(config, fetch=make_fetcher(config), backend=backend,
+        result = reconcile_once(config, fetch=fetch, backend=backend,
                                 now=time.time(), dry_run=args.dry_run,
                                 discover=make_discover(config), firewall=firewall,
                                 routing=routing, public_fetch=make_public_fetcher(config))
@@ -295,6 +306,8 @@ def apply(args: argparse.Namespace) -> int:
         routing.close()
     for warning in result.warnings:
         print(f"meshops: warning: {warning}", file=sys.stderr)
+    if config.key_rotation_days and not args.dry_run and result.requeue_after is None:
+        _report_rotation(config, fetch, time.time())
     if args.format == "json":
         doc: dict[str, Any] = {"operations": len(result.operations) if args.dry_run
                                else result.applied, "serial": result.serial,
@@ -313,6 +326,24 @@ def apply(args: argparse.Namespace) -> int:
     print(f"{result.applied} operation(s) applied (serial {result.serial}, "
           f"commit {result.commit[:12]})")
     return 0
+
+
+def _report_rotation(config: Any, fetch: Any, now: float) -> None:
+    """``key_rotation_days`` after a good ``agent apply`` pass: one line on stderr
+    when a rotation was started or sent again (a refusal is a warning: the
+    pass converged, and the next run backs off)."""
+    from reconciler.agent.autorotate import rotate_if_due
+
+    _print_rotation(rotate_if_due(config, fetch=fetch, now=now))
+
+
+def _print_rotation(rotation: Any) -> None:
+    if rotation.due.warning:
+        print(f"meshops: warning: {rotation.due.warning}", file=sys.stderr, flush=True)
+    line = rotation.message()
+    if line:
+        prefix = "meshops: warning: " if rotation.error else "meshops: "
+        print(prefix + line, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -352,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
                      sleep=lambda s: stop.wait(s), rng=random.Random(),
                      discover=make_discover(config), on_result=on_result, on_error=on_error,
                      firewall=firewall, routing=routing,
-                     public_fetch=make_public_fetcher(config))
+                     public_fetch=make_public_fetcher(config), on_rotation=_print_rotation)
 
     def handle(signum: int, frame: Any) -> None:  # the tunnels stay up
         loop.stop()

@@ -124,3 +124,47 @@ def test_a_pass_on_the_cached_manifest_retries_quickly_without_long_poll(tmp_pat
     waits = [wait for url, _, wait in fetch.calls if url == loop.config.source_url]
     assert waits == [None, 30]  # a plain GET first, then back to long-polling
     assert loop.stats.failures == 0
+
+
+def test_key_rotation_runs_after_good_passes_only(tmp_path) -> None:
+    """``key_rotation_days``: the loop asks ``rotate(now)`` after each good pass
+    (not after one on the cached manifest), reports it, and a failure of its own
+    is an error report, never the end of the loop."""
+    from reconciler.agent.autorotate import Rotation
+    from reconciler.agent.keyage import Due
+    from reconciler.errors import ConfigError
+
+    loop, fetch, _, _, errors = make(tmp_path, hub="https://hub.example")
+    asked: list[float] = []
+    said: list[Rotation] = []
+
+    def rotate(now: float) -> Rotation:
+        asked.append(now)
+        if len(asked) == 2:
+            raise ConfigError("wireguard.key.next: readable by others")
+        return Rotation(Due("none", "not due"))
+
+    loop.rotate, loop.on_rotation = rotate, said.append
+    loop.run(max_passes=1)
+    good = fetch.bodies[loop.config.source_url]
+    fetch.bodies[loop.config.source_url] = FetchError("timed out")
+    loop.run(max_passes=2)  # on the cached manifest: no rotation
+    fetch.bodies[loop.config.source_url] = good
+    loop.run(max_passes=4)
+    assert len(asked) == 3 and len(said) == 2
+    assert any("readable by others" in str(e) for e in errors)
+    assert loop.stats.passes == 4
+
+
+def test_the_loop_rotates_by_itself_when_configured(tmp_path) -> None:
+    config = write_agent(tmp_path, ORG, hub="https://hub.example")
+    assert config.key_rotation_days is None
+    from dataclasses import replace
+
+    loop = AgentLoop(replace(config, key_rotation_days=30), fetch=FakeFetch({}),
+                     backend=FakeBackend(), clock=Clock().now, sleep=Clock().sleep,
+                     rng=NoJitter())
+    assert loop.rotate is not None
+    plain = AgentLoop(config, fetch=FakeFetch({}), backend=FakeBackend(), clock=Clock().now,
+                      sleep=Clock().sleep, rng=NoJitter())
+    assert plain.rotate is None

@@ -135,3 +135,43 @@ def test_status_checks_the_forward_chain_only_for_relays(enrolled, capsys, monke
     assert main(["agent", "status", "--config", str(config), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["warnings"] == [f"FORWARD chain drops traffic on {checked[0]}"]
+
+
+def test_apply_starts_a_due_key_rotation_after_its_pass(tmp_path, monkeypatch, capsys) -> None:
+    """``key_rotation_days``: `agent init --key-rotation-days` writes it (a static
+    manifest refuses it), and `agent apply` starts the rotation after a good pass,
+    never on --dry-run. The pass and the hub are fakes here; tests/agent/
+    test_autorotate_hub.py runs it against a real hub."""
+    from agent.test_rotate import FakeFetch
+
+    from reconciler.agent.commit import Result
+    from reconciler.agent.rotate import next_key_path
+
+    (tmp_path / "trust-in.json").write_bytes(ORG.trust)
+    config = tmp_path / "etc" / "agent.json"
+    base = ["agent", "init", "--org", "acme", "--name", "alpha", "--trust",
+            str(tmp_path / "trust-in.json"), "--config", str(config), "--state-dir",
+            str(tmp_path / "state"), "--key-rotation-days", "30"]
+    assert main([*base, "--manifest-url", "file:///m.json"]) == 1
+    assert "key_rotation_days: needs a hub" in capsys.readouterr().err
+    assert main([*base, "--hub", "https://hub.example:8443"]) == 0
+    doc = json.loads(config.read_text())
+    assert doc["key_rotation_days"] == 30
+    os.utime(doc["private_key"], (NOW - 31 * 86400, NOW - 31 * 86400))
+    fetch = FakeFetch()
+    monkeypatch.setattr("reconciler.agent.runtime.open_agent_backend", lambda cfg: FakeBackend())
+    monkeypatch.setattr("reconciler.agent.runtime.make_host", lambda cfg: (None, FakeBackend()))
+    monkeypatch.setattr("reconciler.agent.runtime.make_fetcher", lambda cfg: fetch)
+    monkeypatch.setattr("reconciler.agent.reconcile.reconcile_once",
+                        lambda *a, **kw: Result((), 0, 3, "c0ffee" * 6 + "abcd"))
+    monkeypatch.setattr("time.time", lambda: NOW)
+    capsys.readouterr()
+    assert main(["agent", "apply", "--config", str(config), "--dry-run"]) == 0
+    assert fetch.posts == [] and not os.path.exists(next_key_path(doc["private_key"]))
+    assert main(["agent", "apply", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    pending = Path(next_key_path(doc["private_key"])).read_text().strip()
+    assert len(fetch.posts) == 1 and "meshops: key rotation started (the key is 31.0 days" in err
+    assert pending not in err
+    assert main(["agent", "apply", "--config", str(config)]) == 0  # pending: nothing new
+    assert len(fetch.posts) == 1 and "key rotation" not in capsys.readouterr().err

@@ -25,7 +25,8 @@ PURE = ("reconciler.model", "reconciler.converge", "reconciler.policy")
 # The agent pass's pure modules (issue 9): same forbidden list; they may import
 # other agent modules, so the higher-layer rule applies to the packages only.
 PURE_AGENT = ("reconciler.agent.decide", "reconciler.agent.inputs", "reconciler.agent.memory",
-              "reconciler.agent.paths", "reconciler.agent.peering", "reconciler.agent.desired")
+              "reconciler.agent.paths", "reconciler.agent.peering", "reconciler.agent.desired",
+              "reconciler.agent.keyage")
 HIGHER_LAYERS = ("reconciler.config", "reconciler.pki", "reconciler.secrets", "reconciler.hub",
                  "reconciler.agent", "reconciler.backends", "reconciler.net", "reconciler.stun")
 # What the issue (#9, item 6) requires the contract to forbid at the least.
