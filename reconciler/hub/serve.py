@@ -573,8 +573,10 @@ class Hub:
                 if org is None:
                     raise MeshopsError(f"org {org_name!r} is no longer served")
                 self.views.served(org.org, org.manifest_model)
-                if org.org not in self.views.feeds:
-                    await self._signed_feed(org)
+                if org.org not in self.views.feeds:  # the first view request of the org
+                    signed = await self._signed_feed(org)
+                    if signed.feed is not None:
+                        self.views.feed_built(org.org, signed.feed)
                 self._ensure_pump(org.org)
                 if start is None:
                     return self.views.snapshot(org.org, device, org.feed_signers)
