@@ -327,7 +327,8 @@ class StateDir:
             return None
         try:
             held = HeldView.from_dict(bounded_loads(body, what=VIEW, max_bytes=MAX_STATE_BYTES,
-                                                    max_depth=MAX_STATE_DEPTH))
+                                                    max_depth=MAX_STATE_DEPTH), check=False)
+            held.feed_model()  # KeyError/TypeError here too on a file of the wrong shape
         except (InputRefused, TypeError, KeyError, ValueError, AttributeError) as exc:
             self._warn(VIEW, f"wrong types ({exc})")
             return None
