@@ -31,7 +31,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ConfigError
 from reconciler.hub.feedstore import FEED_CHANNEL, FeedListener, FeedStore
@@ -42,6 +42,9 @@ from reconciler.hub.serve import REFRESH_EVERY, RETRY_CAP, Hub
 from reconciler.hub.snapshot import Pipeline, Snapshot
 from reconciler.hub.tls import TlsManager, ip_literal
 from reconciler.model.endpoint import Endpoint, IPAddress
+
+if TYPE_CHECKING:
+    from reconciler.hub.enroll import Enrollment
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,7 @@ class Running:
     tls: TlsManager | None
     guard: ConnectionGuard | None = None
     watch: StoreWatch | None = None
+    enroll: Enrollment | None = None  # the enrollment service, as the API uses it
     _stop: list[Callable[[], Any]] = field(default_factory=list)
 
     async def stop(self) -> None:
@@ -248,6 +252,7 @@ async def start(config: ServeConfig) -> Running:
         served_commit=lambda: hub.snapshot.commit if hub.snapshot else None, now=config.now,
         commit_key=config.commit_key, gnupghome=config.gnupghome,
         transport=UrllibTransport(ca_file=config.oidc_ca_file))
+    running.enroll = enroll
     app = make_app(hub, limits=limits, refusals=refusals, enroll=enroll)
     # keepalive_timeout: a connection must send its next complete request head
     # within idle_timeout (aiohttp arms it at connection start and after each answer)
