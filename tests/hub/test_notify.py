@@ -13,6 +13,7 @@ coalescing and reconnect backoff with fake listeners, and SQLite is unchanged
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -404,6 +405,54 @@ def test_sqlite_has_no_listener_and_polls_at_the_fast_interval(tmp_path: Path) -
             await _woken(feed, view, "203.0.113.23:51820")
         finally:
             await a.stop()
+
+    run(go())
+
+
+def test_a_feed_long_poll_waits_only_the_rest_of_the_rebuild_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change seen 0.4 s after the last build waits ~0.1 s for the next one (the
+    rest of FEED_MIN_INTERVAL), not a whole interval; a change after a quiet spell
+    is built at once. Asserted on the pauses the hub asks for, not on the clock."""
+    from reconciler.hub import serve
+    from reconciler.hub.serve import FEED_MIN_INTERVAL, Hub
+
+    acme = make_org("acme")
+    acme.add_device("laptop")
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float) -> None:
+        pauses.append(delay)
+        await real_sleep(delay)
+
+    async def go() -> None:
+        hub = Hub(pipeline=FakePipeline([acme]), store=FeedStore(f"sqlite:///{tmp_path}/h.db"))
+        await hub.start()
+        try:
+            assert await hub.publish("c1")
+            org = hub.org("acme")
+            assert org is not None
+            first = await hub.feed(org, None, 0)
+            # the last build was 0.4 s ago; a report moves the change counter now
+            hub._feeds["acme"] = dataclasses.replace(first, built_at=first.built_at - 0.4)
+            now = int(time.time())
+            assert await hub.report(_report("laptop", "203.0.113.30:51820", at=now), [])
+            monkeypatch.setattr(serve.asyncio, "sleep", recording_sleep)
+            second = await hub.feed(org, first.revision, 5)
+            monkeypatch.undo()
+            assert second.revision > first.revision
+            assert len(pauses) == 1 and 0 < pauses[0] <= FEED_MIN_INTERVAL - 0.4 + 0.01
+            # long after the last build: rebuilt at once, no pause at all
+            hub._feeds["acme"] = dataclasses.replace(second, built_at=second.built_at - 5)
+            assert await hub.report(_report("laptop", "203.0.113.31:51820", at=now + 1), [])
+            pauses.clear()
+            monkeypatch.setattr(serve.asyncio, "sleep", recording_sleep)
+            third = await hub.feed(org, second.revision, 5)
+            monkeypatch.undo()
+            assert third.revision > second.revision and pauses == []
+        finally:
+            await hub.close()
 
     run(go())
 
