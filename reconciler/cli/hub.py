@@ -148,7 +148,27 @@ def _register_serve(hsub: argparse._SubParsersAction) -> None:
     _gate_options(p, commit_key=False)
     p.add_argument("--oidc-ca-file", metavar="PEM",
                    help="CA bundle for the orgs' OpenID issuers (default: the system store)")
+    p.add_argument("--store-poll", type=_seconds, default=0.5, metavar="SECONDS",
+                   help="how often to read the store for other replicas' feed changes while "
+                        "not listening for them (SQLite, --no-store-listen, or the PostgreSQL "
+                        "listener down; default 0.5)")
+    p.add_argument("--store-poll-listening", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="the same, a safety net, while the PostgreSQL listener is up "
+                        "(default 5)")
+    p.add_argument("--no-store-listen", dest="store_listen", action="store_false",
+                   help="PostgreSQL: do not LISTEN for other replicas' feed changes; learn of "
+                        "them by --store-poll only")
     p.set_defaults(handler=_serve)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.01 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0.01..3600 seconds")
+    return value
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -169,6 +189,9 @@ def _serve(args: argparse.Namespace) -> int:
         commit_key=args.commit_key,
         gate_signers=args.gate_signers,
         oidc_ca_file=args.oidc_ca_file,
+        store_poll=args.store_poll,
+        store_poll_listening=args.store_poll_listening,
+        store_listen=args.store_listen,
     )
     return run(config)
 

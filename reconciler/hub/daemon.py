@@ -7,8 +7,13 @@ builds the ``Hub`` (``reconciler.hub.serve``), follows the branch
 which also schedules retries and the periodic refresh), listens for HTTPS
 (``reconciler.hub.api`` with ``reconciler.hub.tls``, behind the connection
 guard of ``reconciler.hub.limits``), embeds the STUN responder
-(``reconciler.stun.server.create_stun_endpoint``) and polls the store so
-long-polls wake up when another replica accepts a report.
+(``reconciler.stun.server.create_stun_endpoint``) and watches the store so
+long-polls wake up when another replica accepts a report
+(``reconciler.hub.notify``: PostgreSQL LISTEN/NOTIFY, with a periodic poll as
+the safety net, and as the only way while no listener is up or on SQLite).
+
+A local ``--repo`` path is made absolute at start-up: enrollment runs git in
+a temporary worktree, where a relative push URL would name nothing.
 
 The listener is ``loop.create_server`` with aiohttp's protocol factory wrapped
 by ``ConnectionGuard`` (aiohttp's ``TCPSite`` takes neither a wrapped factory
@@ -26,16 +31,20 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import ConfigError, MeshopsError
-from reconciler.hub.feedstore import FeedStore
+from reconciler.errors import ConfigError
+from reconciler.hub.feedstore import FEED_CHANNEL, FeedListener, FeedStore
 from reconciler.hub.follow import Head, LocalFollower, RemoteFollower, is_remote
 from reconciler.hub.limits import ConnectionGuard, Limits, RefusalLog, anonymous_cap
+from reconciler.hub.notify import StoreWatch
 from reconciler.hub.serve import REFRESH_EVERY, RETRY_CAP, Hub
 from reconciler.hub.snapshot import Pipeline, Snapshot
 from reconciler.hub.tls import TlsManager, ip_literal
 from reconciler.model.endpoint import Endpoint, IPAddress
+
+if TYPE_CHECKING:
+    from reconciler.hub.enroll import Enrollment
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +105,9 @@ class ServeConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_names: tuple[str, ...] = ()
-    store_poll: float = 0.5  # how often to look for other replicas' feed revisions
+    store_poll: float = 0.5  # how often to look for other replicas' changes while not listening
+    store_poll_listening: float = 5.0  # the same, a safety net, while LISTEN/NOTIFY is up
+    store_listen: bool = True  # PostgreSQL: LISTEN for other replicas' changes
     refresh: float = REFRESH_EVERY  # re-publish the served commit (renewals, not_after)
     retry_cap: float = RETRY_CAP  # longest wait between attempts of a temporarily failing commit
     plain_http: bool = False  # tests/behind a TLS-terminating proxy only: no mTLS then
@@ -118,6 +129,8 @@ class Running:
     stun_port: int | None
     tls: TlsManager | None
     guard: ConnectionGuard | None = None
+    watch: StoreWatch | None = None
+    enroll: Enrollment | None = None  # the enrollment service, as the API uses it
     _stop: list[Callable[[], Any]] = field(default_factory=list)
 
     async def stop(self) -> None:
@@ -179,6 +192,8 @@ async def start(config: ServeConfig) -> Running:
 
     os.makedirs(config.state_dir, exist_ok=True)
     remote = is_remote(config.repo)
+    # a relative checkout path would break enrollment pushes (run in a temporary worktree)
+    repo = config.repo if remote else os.path.abspath(config.repo)
     poll = config.poll if config.poll is not None else (60.0 if remote else 30.0)
     store = await asyncio.to_thread(FeedStore, config.db_url())
     follower: LocalFollower | RemoteFollower
@@ -189,12 +204,12 @@ async def start(config: ServeConfig) -> Running:
         return await hub_holder[0].reconcile(head.commit)
 
     if remote:
-        follower = RemoteFollower(config.repo, config.branch, on_head,
+        follower = RemoteFollower(repo, config.branch, on_head,
                                   os.path.join(config.state_dir, "git"), poll)
         repo_path = follower.path
     else:
-        follower = LocalFollower(config.repo, config.branch, on_head, poll)
-        repo_path = config.repo
+        follower = LocalFollower(repo, config.branch, on_head, poll)
+        repo_path = repo
     pipeline = config.pipeline or _default_pipeline(config, repo_path)
     tls = None if config.plain_http else TlsManager(
         config.tls_names + ("localhost",), cert_file=config.tls_cert, key_file=config.tls_key)
@@ -216,16 +231,8 @@ async def start(config: ServeConfig) -> Running:
     await follower.start()
     running._stop.append(follower.stop)
 
-    async def store_poller() -> None:
-        while True:
-            await asyncio.sleep(config.store_poll)
-            try:
-                await hub.poll_store()
-            except MeshopsError as exc:  # a flaky database must not stop the hub
-                log.warning("store poll failed: %s", exc)
-
-    poller = asyncio.get_running_loop().create_task(store_poller(), name="store-poller")
-    running._stop.append(poller.cancel)
+    running.watch = await _watch_store(config, hub, store)
+    running._stop.append(running.watch.stop)
 
     gc_task = asyncio.get_running_loop().create_task(tame_gc(), name="gc")
     running._stop.append(gc_task.cancel)
@@ -240,11 +247,12 @@ async def start(config: ServeConfig) -> Running:
     from reconciler.identity.http import UrllibTransport
 
     enroll = Enrollment(
-        repo_path=repo_path, push_url=config.repo,
+        repo_path=repo_path, push_url=repo,
         branch=lambda: hub.status.branch or config.branch,
         served_commit=lambda: hub.snapshot.commit if hub.snapshot else None, now=config.now,
         commit_key=config.commit_key, gnupghome=config.gnupghome,
         transport=UrllibTransport(ca_file=config.oidc_ca_file))
+    running.enroll = enroll
     app = make_app(hub, limits=limits, refusals=refusals, enroll=enroll)
     # keepalive_timeout: a connection must send its next complete request head
     # within idle_timeout (aiohttp arms it at connection start and after each answer)
@@ -286,6 +294,25 @@ async def start(config: ServeConfig) -> Running:
         sockname = transport.get_extra_info("sockname")
         running.stun_port = sockname[1] if sockname else sport
     return running
+
+
+async def _watch_store(config: ServeConfig, hub: Hub, store: FeedStore) -> StoreWatch:
+    """Start the store watch: LISTEN/NOTIFY on PostgreSQL unless
+    ``--no-store-listen``, and the periodic poll in every case."""
+    listen = config.store_listen and store.dialect == "postgresql"
+    own_pid = await hub.db(store.backend_pid) if listen else None
+    assert own_pid is None or isinstance(own_pid, int)
+    url = config.db_url()
+    watch = StoreWatch(hub.poll_store, hub.metrics, fast=config.store_poll,
+                       slow=config.store_poll_listening,
+                       connect=(lambda: FeedListener(url)) if listen else None, own_pid=own_pid)
+    await watch.start()
+    if listen:
+        log.info("store watch: LISTEN %s; periodic poll every %gs (every %gs while not "
+                 "listening)", FEED_CHANNEL, config.store_poll_listening, config.store_poll)
+    else:
+        log.info("store watch: periodic poll every %gs", config.store_poll)
+    return watch
 
 
 def open_files_limit() -> int:

@@ -71,6 +71,7 @@ from reconciler.errors import (
     UsageError,
     ValidationError,
 )
+from reconciler.hub.serve import redact
 from reconciler.identity.http import Transport, UrllibTransport
 from reconciler.identity.request import FIELDS, MAX_AGE, PAYLOAD_TYPE, open_request
 from reconciler.identity.tokens import JwksCache, verify_id_token
@@ -290,6 +291,9 @@ class Enrollment:
                 raise IdentityRefused("enrollment-pending", f"branch {target} exists already: "
                                                             "an enrollment of this name "
                                                             "awaits review") from exc
+            # the API answers 500: the reason must be in the hub's log (tokens redacted)
+            log.warning("%s", redact(f"enrollment push of {target} to {self.push_url} "
+                                     f"failed: {exc}"))
             raise
 
 

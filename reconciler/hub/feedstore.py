@@ -16,7 +16,11 @@ Each org has a row in ``feed_revisions``:
   long-polls and rebuilds when it moves; replicas learn about each other's
   writes by polling ``changes()``. The org's row is locked first
   (``INSERT … ON CONFLICT … DO UPDATE … RETURNING``), so on PostgreSQL
-  concurrent replicas serialise per org.
+  concurrent replicas serialise per org. On PostgreSQL the same transaction
+  sends ``pg_notify('meshops_feed', org)`` (``FEED_CHANNEL``), delivered only
+  when it commits; other replicas hear it through a ``FeedListener`` (driven
+  by ``reconciler.hub.notify``) and poll at once instead of at their next
+  periodic store poll.
 * ``revision``, ``digest``, ``revised_at``: the served revision is the digest
   of the feed's entries (``reconciler.hub.feed``). ``assign_revision`` keeps the
   revision for the same digest and moves it by one for another, so the revision
@@ -44,7 +48,10 @@ from reconciler.errors import TemporaryError
 from reconciler.hub.claims import OWN_FRESH, REFLECTION_TTL, Observation, public_host
 from reconciler.model.endpoints import Candidate, EndpointReport
 
-__all__ = ["FeedStore", "Observation", "Reflection", "StoredReport"]
+__all__ = ["FEED_CHANNEL", "FeedListener", "FeedStore", "Observation", "Reflection",
+           "StoredReport"]
+
+FEED_CHANNEL = "meshops_feed"  # NOTIFY channel; the payload is the org whose changes moved
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS feed_revisions (
@@ -213,6 +220,10 @@ class FeedStore:
                 cur.execute(self._sql("UPDATE feed_revisions SET changes = changes + 1 "
                                       "WHERE org = ? RETURNING changes"), (org,))
                 counters[org] = int(cur.fetchone()[0])
+                if self.dialect == "postgresql":
+                    # queued with the transaction: PostgreSQL delivers it on COMMIT only,
+                    # so a listener never polls before the change is visible
+                    cur.execute("SELECT pg_notify(%s, %s)", (FEED_CHANNEL, org))
             return Recorded(counters, tuple(changed))
 
         if not batch:
@@ -394,8 +405,67 @@ class FeedStore:
         rows = self._query("SELECT COALESCE(SUM(reports), 0) FROM endpoint_reports")
         return int(rows[0][0])
 
+    def backend_pid(self) -> int | None:
+        """PostgreSQL: the server process of this store's connection (its own
+        notifications carry it); None on SQLite."""
+        if self.dialect != "postgresql":
+            return None
+        return int(self._query("SELECT pg_backend_pid()")[0][0])
+
     def close(self) -> None:
         try:
             self._store.close()
         except self._errors():
+            pass
+
+
+class FeedListener:
+    """One dedicated PostgreSQL connection (autocommit) that ``LISTEN``s on
+    ``FEED_CHANNEL``: another replica's committed feed change arrives here as
+    the org's name. Blocking; ``reconciler.hub.notify`` drives it from one
+    thread and reconnects when it fails. Every driver error becomes
+    ``TemporaryError``: the listener is an accelerator, the periodic store
+    poll stays the source of truth. Not for SQLite (one process, no NOTIFY)."""
+
+    APPLICATION_NAME = "meshops-hub-listen"  # visible in pg_stat_activity
+
+    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+        import psycopg
+
+        self._errors: tuple[type[BaseException], ...] = (psycopg.Error, OSError)
+        try:
+            # TCP keepalives: a silently dropped connection (NAT, failover) is
+            # noticed within ~30 s even between pings
+            self._conn = psycopg.connect(
+                url, autocommit=True, connect_timeout=max(1, int(connect_timeout)),
+                application_name=self.APPLICATION_NAME, keepalives=1, keepalives_idle=10,
+                keepalives_interval=5, keepalives_count=3)
+        except self._errors as exc:
+            raise TemporaryError(f"feed listener: cannot connect: {exc}", delay=1.0) from exc
+        try:
+            self._conn.execute(f"LISTEN {FEED_CHANNEL}")
+        except self._errors as exc:
+            self.close()
+            raise TemporaryError(f"feed listener: LISTEN failed: {exc}", delay=1.0) from exc
+
+    def wait(self, timeout: float) -> list[tuple[str, int]]:
+        """(org, sender's backend pid) of the notifications that arrive within
+        ``timeout`` seconds; returns with the first batch ([] on timeout)."""
+        try:
+            return [(n.payload, n.pid)
+                    for n in self._conn.notifies(timeout=timeout, stop_after=1)]
+        except self._errors as exc:
+            raise TemporaryError(f"feed listener: connection lost: {exc}", delay=1.0) from exc
+
+    def ping(self) -> None:
+        """A round trip, so a dead connection is noticed while no one writes."""
+        try:
+            self._conn.execute("SELECT 1")
+        except self._errors as exc:
+            raise TemporaryError(f"feed listener: connection lost: {exc}", delay=1.0) from exc
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except self._errors:
             pass

@@ -118,6 +118,17 @@ class Metrics:
             "observations of other devices not kept (not-a-relay, stale, ...)", ["reason"],
             registry=r
         )
+        self.store_notifications = Counter(
+            "meshops_hub_store_notifications",
+            "PostgreSQL notifications of another replica's feed change (LISTEN meshops_feed)",
+            registry=r,
+        )
+        self.store_listening = Gauge(
+            "meshops_hub_store_listening",
+            "1 while this replica LISTENs for other replicas' feed changes (PostgreSQL); 0: "
+            "it learns of them by the fast periodic store poll only",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -512,7 +512,10 @@ class Hub:
                     self.metrics.long_polls.labels("feed").inc()
                     counted = True
                 if self.changes.get(org.org, 0) > signed.changes:
-                    await asyncio.sleep(min(FEED_MIN_INTERVAL, remaining))  # rate-limited rebuild
+                    # rate-limited rebuild: wait out only what is left of the window
+                    # since the last build (a change after a quiet spell rebuilds now)
+                    pause = signed.built_at + FEED_MIN_INTERVAL - time.monotonic()
+                    await asyncio.sleep(min(max(pause, 0.0), remaining))
                 else:
                     if signed.next_change is not None:  # something expires before then
                         remaining = min(remaining, max(FEED_MIN_INTERVAL,
@@ -629,7 +632,9 @@ class Hub:
                 await asyncio.sleep(FEED_MIN_INTERVAL)
                 continue
             if self.changes.get(org_name, 0) > signed.changes:
-                await asyncio.sleep(FEED_MIN_INTERVAL)  # a build within the rate limit
+                # built within the rate limit: wait out the rest of its window
+                pause = signed.built_at + FEED_MIN_INTERVAL - time.monotonic()
+                await asyncio.sleep(max(pause, 0.0))
                 continue
             wait = FEED_MAX_AGE
             if signed.next_change is not None:
