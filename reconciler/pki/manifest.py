@@ -36,6 +36,7 @@ when true, ``use_exit`` only when the device's file sets ``use_exit_node``,
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -45,6 +46,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler.errors import ManifestRefused, Problem, ValidationError
+from reconciler.model.endpoint import canonical_v4
+from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.repo import Mesh, OrgState
 from reconciler.pki.envelope import (
@@ -77,6 +80,13 @@ _HUB_URL = re.compile(r"https?://[^\s/]+\S*")
 _DEV_REQUIRED = ("name", "wg", "ips", "fp")
 _DEV_OPTIONAL = ("routes", "relay", "endpoint", "tags", "labels", "keepalive", "exit",
                  "use_exit", "keep_sources")
+
+
+@functools.cache
+def _key_sets(required: tuple[str, ...], optional: tuple[str, ...]
+              ) -> tuple[frozenset[str], frozenset[str]]:
+    """``_keys``' sets (the keys needed, the keys allowed), built once per shape."""
+    return frozenset(required), frozenset(required + optional)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -312,6 +322,8 @@ def _str_list(v: Any, path: str, check: Any = None) -> None:
 
 
 def _is_ip(text: str) -> bool:
+    if canonical_v4(text) is not None:  # the common case, without ipaddress
+        return True
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -328,6 +340,9 @@ def _is_cidr(text: str) -> bool:
 
 
 def _keys(d: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    need, allowed = _key_sets(required, optional)
+    if isinstance(d, dict) and need <= d.keys() <= allowed:
+        return  # the common case, in two set operations
     if not isinstance(d, dict):
         _fail(path, "must be an object")
     missing = [k for k in required if k not in d]
@@ -476,21 +491,21 @@ def manifest_from_dict(d: Mapping[str, Any], *, check: bool = True) -> Manifest:
         check_manifest_dict(d)
     used = tag_labels_used(d.get("policy"))
     devices = tuple(
-        ManifestDevice(
-            name=x["name"],
-            wireguard_public_key=x["wg"],
-            tunnel_ips=tuple(x["ips"]),
-            cert_sha256=x["fp"],
-            routes=tuple(x.get("routes", ())),
-            relay=bool(x.get("relay", False)),
-            endpoint=x.get("endpoint"),
-            tags=tuple(x.get("tags", ())),
-            labels=_labels(x, used),
-            keepalive=x.get("keepalive"),
-            exit_node=bool(x.get("exit", False)),
-            use_exit_node=x.get("use_exit"),
-            masquerade_routes=not x.get("keep_sources", False),
-        )
+        make(ManifestDevice, {  # every field; the values were checked above (or before)
+            "name": x["name"],
+            "wireguard_public_key": x["wg"],
+            "tunnel_ips": tuple(x["ips"]),
+            "cert_sha256": x["fp"],
+            "routes": tuple(x.get("routes", ())),
+            "relay": bool(x.get("relay", False)),
+            "endpoint": x.get("endpoint"),
+            "tags": tuple(x.get("tags", ())),
+            "labels": _labels(x, used),
+            "keepalive": x.get("keepalive"),
+            "exit_node": bool(x.get("exit", False)),
+            "use_exit_node": x.get("use_exit"),
+            "masquerade_routes": not x.get("keep_sources", False),
+        })
         for x in d["devices"]
     )
     return Manifest(
