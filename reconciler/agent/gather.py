@@ -95,7 +95,7 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
            wait: int | None = None) -> Inputs:
     state = StateDir(config.state_dir)
     warnings: list[str] = []
-    memory, last_feed = read_memory_and_feed(state, warnings)
+    memory, last_feed, memory_stored = read_memory_and_feed(state, warnings)
     own = SelfEndpoints.from_dict(state.load_discovery())
     here = (effects.local_ip or (lambda: hub_local_ip(config)))() if config.hub else None
     moved = own.moved_from(here)
@@ -132,12 +132,13 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
         resolved=resolve_static(got.manifest, effects.resolve or resolve_host),
         firewall=firewall, routing=routing, key_switch=key_switch,
         bypass=bypass_addresses(config.hub, servers),
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), memory_stored=memory_stored,
+        feed_stored=feed is not None and feed is last_feed,
     )
 
 
 def read_memory_and_feed(state: StateDir, warnings: list[str]
-                         ) -> tuple[Memory, EndpointFeed | None]:
+                         ) -> tuple[Memory, EndpointFeed | None, bool]:
     """``peering.json`` and ``feed.json`` through their typed readers (the state
     dir checks only their size and nesting: at 10,000 peers a generic schema
     walk costs half a second); a file they refuse counts as absent, named in a
@@ -149,7 +150,7 @@ def read_memory_and_feed(state: StateDir, warnings: list[str]
         if raw and parsed is None:
             warnings.append(f"{state.path / name}: wrong types; treated as absent (the "
                             "next pass rewrites it)")
-    return memory or Memory(), feed
+    return memory or Memory(), feed, memory is not None and bool(raw_memory)
 
 
 def discover_own(me: str, own: SelfEndpoints, discover: Callable[[int], Any] | None,
