@@ -25,6 +25,7 @@ from reconciler.agent.endpoints import SelfEndpoints
 from reconciler.agent.memory import Heard, Memory, Situation
 from reconciler.model.endpoint import Endpoint, parse_or_none
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
+from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import ObservedInterface
 
@@ -55,18 +56,18 @@ def literal_endpoint(endpoint: str | None, resolved: Resolved) -> str | None:
 
 def peer_info(dev: ManifestDevice, entry: FeedEntry | None, resolved: Resolved) -> \
         peering.PeerInfo:
-    static = literal_endpoint(dev.endpoint, resolved)
+    static = literal_endpoint(dev.endpoint, resolved) if dev.endpoint else None
     candidates = [Candidate("static", static)] if static else []
     if entry is not None:
         candidates.extend(c for c in entry.candidates if c.kind != "static")
-    return peering.PeerInfo(
-        name=dev.name,
-        relay=dev.relay,
-        public=static is not None,
-        mapping=entry.mapping if entry is not None else peering.UNKNOWN,
-        public_ip=entry.public_ip if entry is not None else None,
-        candidates=tuple(candidates),
-    )
+    return make(peering.PeerInfo, {  # every field (model.frozen): 10,000 a pass
+        "name": dev.name,
+        "relay": dev.relay,
+        "public": static is not None,
+        "mapping": entry.mapping if entry is not None else peering.UNKNOWN,
+        "public_ip": entry.public_ip if entry is not None else None,
+        "candidates": tuple(candidates),
+    })
 
 
 def hysteresis_config(options: Mapping[str, Any] | None) -> peering.HysteresisConfig:
@@ -157,17 +158,19 @@ def last_seen(
     that went down (the interface was re-created) counts as progress.
     """
     seen: dict[str, Heard] = {}
+    name_of, before_of = names_by_key.get, previous.get
     for key, peer in observed.peers.items():
-        name = names_by_key.get(key)
+        name = name_of(key)
         if name is None:
             continue
         handshake = peer.last_handshake or 0.0
-        before = previous.get(name)
+        before = before_of(name)
         if before is None:
             at = handshake
         elif peer.rx_bytes != before.rx_bytes:
             at = now
         else:
             at = before.at
-        seen[name] = Heard(peer.rx_bytes, max(at, handshake))
+        seen[name] = make(Heard, {"rx_bytes": peer.rx_bytes,
+                                  "at": at if at > handshake else handshake})
     return seen
