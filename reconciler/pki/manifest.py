@@ -541,7 +541,7 @@ DEFAULT_MAX_SKEW = 300.0  # seconds a manifest may be issued in the verifier's f
 
 def verify_manifest(
     data: bytes, trust: Trust, org: str, last_serial: int | None, now: float,
-    max_skew: float | None = DEFAULT_MAX_SKEW,
+    max_skew: float | None = DEFAULT_MAX_SKEW, *, schema_checked: bool = False,
 ) -> Manifest:
     """Verify an envelope for ``org``; refuse with ``ManifestRefused(reason)``.
 
@@ -552,14 +552,19 @@ def verify_manifest(
     ``last_serial``: a replay or an older manifest). A refusal never moves the
     caller's rollback floor. Hostile input (an envelope or payload too large,
     nested too deep, not UTF-8 or not JSON) is ``malformed`` (envelope) or
-    ``schema`` (payload), never a ``RecursionError``."""
+    ``schema`` (payload), never a ``RecursionError``.
+
+    ``schema_checked``: these exact bytes passed this whole verification
+    before (the agent's own cache of the manifest it applied, compared byte
+    for byte): the schema check, a pure function of the signed payload, is
+    not repeated. Everything else is (signature, org, expiry, skew, floor)."""
     if org not in trust.orgs:
         raise ManifestRefused("wrong-org", f"no trust anchor for org {org!r}")
     opened = open_envelope(data, trust, MANIFEST_TYPE, org=org)
     doc = opened.json("signed manifest payload")  # bounded: ManifestRefused("schema")
     try:
-        manifest = manifest_from_dict(doc)
-    except (ValueError, TypeError) as exc:  # SchemaViolation is a ValueError
+        manifest = manifest_from_dict(doc, check=not schema_checked)
+    except (ValueError, TypeError, KeyError) as exc:  # SchemaViolation is a ValueError
         raise ManifestRefused("schema", f"signed payload is not a valid manifest: {exc}") from exc
     if manifest.org != org:
         raise ManifestRefused("wrong-org", f"manifest is for org {manifest.org!r}, not {org!r}")
