@@ -172,5 +172,5 @@ def last_seen(
         else:
             at = before.at
         seen[name] = make(Heard, {"rx_bytes": peer.rx_bytes,
-                                  "at": at if at > handshake else handshake})
+                                  "at": max(at, handshake)})
     return seen

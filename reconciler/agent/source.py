@@ -29,7 +29,6 @@ from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import ConfigError, FetchError, InputRefused, ManifestRefused, PkiError
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.manifest import Manifest
-from reconciler.pki.certs import load_cert
 from reconciler.pki.envelope import Trust, load_trust
 from reconciler.pki.manifest import DEFAULT_MAX_SKEW, verify_manifest
 from reconciler.pki.root import TrustRoot, verify_initial, verify_next
@@ -158,6 +157,10 @@ def drop_expired_cert(fetch: FetchLike, state: StateDir, now: float) -> bool:
     expired client certificate outright, so the renewed one must be fetched
     without any (the certificate endpoint is public). True when dropped."""
     path = state.path / DEVICE_CERT
+    if not path.exists():
+        return False  # none yet: nothing to drop (and no x509 to import)
+    from reconciler.pki.certs import load_cert  # cryptography.x509: ~25 ms to import
+
     try:
         not_after = load_cert(path.read_bytes()).not_valid_after_utc.timestamp()
     except (OSError, PkiError):

@@ -192,8 +192,8 @@ def check_errno(code: int, what: str) -> None:
     raise BackendError(f"{what}: wireguard-go answered errno -{code}")
 
 
-_FIELD = re.compile(r"^([^=\n]*)=(.*)$", re.M)  # key=value, as line.partition("=")
-_ALLOWED_IP = re.compile(r"^allowed_ip=(.*)$", re.M)
+_FIELD = re.compile(r"^([^=\n]*)=(.*)$", re.MULTILINE)  # key=value, as line.partition("=")
+_ALLOWED_IP = re.compile(r"^allowed_ip=(.*)$", re.MULTILINE)
 _NO_EQUALS = re.compile(r"\n[^=\n]+\n")  # a non-empty line without "=" (after a "\n")
 # One peer as wireguard-go (device/uapi.go, IpcGetOperation) prints it, in its order.
 _PEER = re.compile(
