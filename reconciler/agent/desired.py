@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 from reconciler.converge.keys import public_key
 from reconciler.errors import ConfigError
-from reconciler.model.endpoint import canonical_v4, parse_or_none
+from reconciler.model.endpoint import canonical_v4, is_canonical_v4_endpoint, parse_or_none
 from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import DesiredInterface, DesiredPeer
@@ -122,6 +122,8 @@ def interface_addresses(manifest: Manifest, device: ManifestDevice) -> tuple[str
 
 def _literal(endpoint: str | None) -> str | None:
     """A static ``ip:port`` endpoint; host names were resolved by ``agent.paths``."""
+    if is_canonical_v4_endpoint(endpoint):
+        return endpoint
     parsed = parse_or_none(endpoint)
     return str(parsed) if parsed is not None else None
 

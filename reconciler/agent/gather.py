@@ -50,7 +50,7 @@ from reconciler.agent.state import FEED, PEERING, StateDir
 from reconciler.backends.base import Backend
 from reconciler.converge import Operation, public_key
 from reconciler.errors import ConfigError, FetchError
-from reconciler.model.endpoint import Endpoint, parse_or_none
+from reconciler.model.endpoint import Endpoint, is_canonical_v4_endpoint, parse_or_none
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.firewall import Ruleset
 from reconciler.model.manifest import Manifest
@@ -233,6 +233,8 @@ def resolve_static(manifest: Manifest, resolve: Callable[[str], str | None]) \
     """Host name -> address for every static endpoint written as a name."""
     out: dict[str, str | None] = {}
     for dev in manifest.devices:
+        if not dev.endpoint or is_canonical_v4_endpoint(dev.endpoint):
+            continue  # nothing to resolve (the common case, without parsing)
         parsed = parse_or_none(dev.endpoint, allow_names=True)
         if parsed is not None and not parsed.is_literal and parsed.host not in out:
             address = resolve(parsed.host)

@@ -23,7 +23,7 @@ from reconciler.agent import peering
 from reconciler.agent.desired import PeerPath
 from reconciler.agent.endpoints import SelfEndpoints
 from reconciler.agent.memory import Heard, Memory, Situation
-from reconciler.model.endpoint import Endpoint, parse_or_none
+from reconciler.model.endpoint import Endpoint, is_canonical_v4_endpoint, parse_or_none
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
 from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
@@ -45,6 +45,8 @@ class PathDecision:
 def literal_endpoint(endpoint: str | None, resolved: Resolved) -> str | None:
     """A static endpoint as ``ip:port`` (``[v6]:port``); host names through
     ``resolved``; None when it cannot be used."""
+    if is_canonical_v4_endpoint(endpoint):
+        return endpoint
     parsed = parse_or_none(endpoint, allow_names=True)
     if parsed is None:
         return None

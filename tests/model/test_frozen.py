@@ -26,3 +26,4 @@ def test_manifest_from_dict_gives_every_device_field():
     assert set(vars(dev)) == field_names(ManifestDevice)
     assert dev == ManifestDevice("a", "A" * 43 + "=", ("10.0.0.1",), "A" * 43, relay=True,
                                  endpoint="1.2.3.4:5")
+
