@@ -266,14 +266,19 @@ def decide(
     down = frozenset(r for r, s in relay_states.items() if s.down_until > now)
     path_states: dict[str, PathState] = {}
     out: dict[str, PathChoice] = {}
-    for peer in sorted(peers, key=lambda p: p.name):
+    state_of, handshake_of = state.paths.get, handshakes.get
+    # without relays (or all of them down the same way) each relayed pair's
+    # relay is computed once per key; with none at all it is None
+    relay_of = (lambda _key: None) if not relays else \
+        (lambda key: choose_relay(key, relays, down))
+    for peer in sorted(peers, key=lambda p: p.name):  # 10,000 times a pass
+        name = peer.name
         choice = choose_path(me, peer, relays, down)
         if choice.kind != RELAY and not (me.relay or peer.relay):
-            path = step_path(state.paths.get(peer.name), handshakes.get(peer.name, 0.0), now, cfg)
-            path_states[peer.name] = path
+            path = step_path(state_of(name), handshake_of(name, 0.0), now, cfg)
+            path_states[name] = path
             if path.mode == RELAY:
-                choice = PathChoice(RELAY, choice.endpoint,
-                                    choose_relay(pair_key(me.name, peer.name), relays, down))
-        out[peer.name] = choice
+                choice = PathChoice(RELAY, choice.endpoint, relay_of(pair_key(me.name, name)))
+        out[name] = choice
     my_relay = None if me.relay else choose_relay(me.name, relays, down)
     return Decision(out, my_relay, PeeringState(path_states, relay_states))
