@@ -59,7 +59,7 @@ def literal_endpoint(endpoint: str | None, resolved: Resolved) -> str | None:
 def peer_info(dev: ManifestDevice, entry: FeedEntry | None, resolved: Resolved) -> \
         peering.PeerInfo:
     static = literal_endpoint(dev.endpoint, resolved) if dev.endpoint else None
-    candidates = [Candidate("static", static)] if static else []
+    candidates = [make(Candidate, {"kind": "static", "address": static})] if static else []
     if entry is not None:
         candidates.extend(c for c in entry.candidates if c.kind != "static")
     return make(peering.PeerInfo, {  # every field (model.frozen): 10,000 a pass
@@ -128,7 +128,8 @@ def decide_paths(
                                               if k not in changed})
     out = peering.decide(me_info, others, relays, handshakes, now, previous,
                          hysteresis_config(hysteresis))
-    paths = {name: PeerPath(name, c.kind, c.endpoint, c.via)
+    paths = {name: make(PeerPath, {"peer": name, "path": c.kind, "endpoint": c.endpoint,
+                                   "via": c.via})  # every field (model.frozen)
              for name, c in sorted(out.paths.items())}
     # until the peer is heard from again, its endpoint follows the decision (a
     # reflection of the new address may arrive a pass or two after the move)

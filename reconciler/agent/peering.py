@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 
 from reconciler.model.endpoint import host_of
 from reconciler.model.endpoints import Candidate
+from reconciler.model.frozen import make
 
 DIRECT, LAN, RELAY = "direct", "lan", "relay"
 INDEPENDENT, DEPENDENT, UNKNOWN = "independent", "dependent", "unknown"
@@ -108,7 +109,8 @@ def choose_path(me: PeerInfo, peer: PeerInfo, relays: Sequence[str] = (),
     """Kind, endpoint and relay for ``peer`` as seen from ``me``."""
     kind = path_kind(me, peer)
     if kind == DIRECT:
-        return PathChoice(DIRECT, _first(peer.candidates, PUBLIC_KINDS), None)
+        return make(PathChoice, {"kind": DIRECT,  # every field (model.frozen): the hot path
+                                 "endpoint": _first(peer.candidates, PUBLIC_KINDS), "via": None})
     if kind == LAN:
         return PathChoice(LAN, _lan_endpoint(me, peer), None)
     return PathChoice(RELAY, None, choose_relay(pair_key(me.name, peer.name), relays, down))
