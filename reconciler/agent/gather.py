@@ -134,6 +134,7 @@ def _gather_rest(config: AgentConfig, effects: Effects, state: StateDir, warning
         feed = last_feed if got.source == "cache" else \
             fetch_feed(config, effects.fetch, trust, last_feed, warnings)
     private_key, key_switch = choose_private_key(config.private_key, got.manifest, config.name)
+    resolved = resolve_static(got.manifest, effects.resolve or resolve_host)  # may wait on DNS
     observed, firewall, routing = early.result()
     listen_port = config.listen_port or got.manifest.listen_port
     servers = effective_endpoints(config.hub, config.stun_servers, got.manifest).stun_servers
@@ -148,7 +149,7 @@ def _gather_rest(config: AgentConfig, effects: Effects, state: StateDir, warning
         manifest=got.manifest, source=got, feed=feed, observed=observed, memory=memory,
         own=own, private_key=private_key, here=here, moved=moved,
         was_member=observed.exists or bool((state.load_applied() or {}).get("member")),
-        resolved=resolve_static(got.manifest, effects.resolve or resolve_host),
+        resolved=resolved,
         firewall=firewall, routing=routing, key_switch=key_switch,
         bypass=bypass_addresses(config.hub, servers),
         warnings=tuple(warnings), memory_stored=memory_stored,
