@@ -132,4 +132,4 @@ def persist(state: StateDir, inputs: Inputs, decision: Decision) -> None:
     if not (inputs.memory_stored and decision.memory == inputs.memory):
         state.save_peering(decision.memory.to_dict())
     state.save_discovery(decision.own.to_dict())
-    state.save_applied(dict(decision.applied))
+    state.save_applied(dict(decision.applied), presorted=True)  # decide.applied_summary
