@@ -59,7 +59,7 @@ def literal_endpoint(endpoint: str | None, resolved: Resolved) -> str | None:
 def peer_info(dev: ManifestDevice, entry: FeedEntry | None, resolved: Resolved) -> \
         peering.PeerInfo:
     static = literal_endpoint(dev.endpoint, resolved) if dev.endpoint else None
-    candidates = [make(Candidate, {"kind": "static", "address": static})] if static else []
+    candidates = [Candidate("static", static)] if static else []
     if entry is not None:
         candidates.extend(c for c in entry.candidates if c.kind != "static")
     return make(peering.PeerInfo, {  # every field (model.frozen): 10,000 a pass
@@ -174,6 +174,5 @@ def last_seen(
             at = now
         else:
             at = before.at
-        seen[name] = make(Heard, {"rx_bytes": peer.rx_bytes,
-                                  "at": max(at, handshake)})
+        seen[name] = Heard(peer.rx_bytes, max(at, handshake))
     return seen

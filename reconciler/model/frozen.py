@@ -7,7 +7,8 @@ fills the instance's ``__dict__`` in one call instead. It runs no
 ``__post_init__`` and applies no defaults, so it is only for classes without
 a ``__post_init__``, with every field given, by code that built the values
 from data it has just checked (``pki.manifest.manifest_from_dict``).
-Equality, hashing and ``repr`` are the dataclass's own. Stdlib only.
+Equality, hashing and ``repr`` are the dataclass's own. It pays from about
+four fields on (with two, ``__init__`` is as fast). Stdlib only.
 """
 
 from __future__ import annotations
