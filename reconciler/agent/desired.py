@@ -195,17 +195,19 @@ def compute_desired(
     endpoints: dict[str, str | None] = {}
     summaries = []
     routes: set[str] = set()
-    device = manifest.device
+    device, path_of = manifest.device, paths.get
     for name in sorted(names):  # the per-peer loop: 10,000 times a pass, kept lean
         dev = device(name)
         assert dev is not None  # peer_names keeps only present devices
-        choice = paths.get(name) or PeerPath(name, endpoint=_literal(dev.endpoint))
-        via = choice.via if choice.path == "relay" else None
-        if choice.path == "relay" and (via is None or via == me or dev.relay or mine.relay
-                                       or device(via) is None):
-            # no usable relay (or one side is a relay itself): try direct
-            choice, via = PeerPath(name, "direct", choice.endpoint), None
-        own = {host_network(ip) for ip in dev.tunnel_ips}
+        choice = path_of(name) or PeerPath(name, endpoint=_literal(dev.endpoint))
+        via = None
+        if choice.path == "relay":
+            via = choice.via
+            if via is None or via == me or dev.relay or mine.relay or device(via) is None:
+                # no usable relay (or one side is a relay itself): try direct
+                choice, via = PeerPath(name, "direct", choice.endpoint), None
+        ips = dev.tunnel_ips
+        own = {host_network(ips[0])} if len(ips) == 1 else {host_network(ip) for ip in ips}
         if dev.routes:
             advertised = {canonical(r) for r in dev.routes}
             own |= advertised
