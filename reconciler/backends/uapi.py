@@ -30,7 +30,7 @@ Quirks handled here (checked against Debian's wireguard-go 0.0.20220316):
 
 from __future__ import annotations
 
-import base64
+import binascii
 import re
 import socket
 from collections.abc import Sequence
@@ -71,7 +71,7 @@ def key_from_hex(key_hex: str) -> str:
         raw = bytes.fromhex(key_hex)
     except ValueError as exc:
         raise BackendError("UAPI returned a key that is not hex") from exc
-    return base64.b64encode(raw).decode("ascii")
+    return binascii.b2a_base64(raw, newline=False).decode("ascii")
 
 
 def uapi_endpoint(endpoint: str) -> str:

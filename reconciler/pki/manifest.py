@@ -478,7 +478,9 @@ def check_manifest_dict(d: Any) -> None:
 
 def _labels(x: Mapping[str, Any], used: frozenset[str]) -> tuple[str, ...]:
     explicit = x.get("labels", [])
-    implied = _implied(x.get("tags", ()), used)
+    if not used or "tags" not in x:
+        return tuple(explicit)  # no tag label to put back (the common case)
+    implied = _implied(x["tags"], used)
     if not implied:
         return tuple(explicit)
     return tuple(sorted(set(explicit) | implied))
