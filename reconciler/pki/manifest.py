@@ -486,30 +486,38 @@ def _labels(x: Mapping[str, Any], used: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(set(explicit) | implied))
 
 
+# ManifestDevice fields a device dict leaves out, and how each optional key maps
+_DEVICE_DEFAULTS: dict[str, Any] = {
+    "routes": (), "relay": False, "endpoint": None, "tags": (), "labels": (),
+    "keepalive": None, "exit_node": False, "use_exit_node": None, "masquerade_routes": True}
+_OPTIONAL_FIELD: dict[str, tuple[str, Any]] = {
+    "routes": ("routes", tuple), "relay": ("relay", bool), "endpoint": ("endpoint", None),
+    "tags": ("tags", tuple), "keepalive": ("keepalive", None), "exit": ("exit_node", bool),
+    "use_exit": ("use_exit_node", None),
+    "keep_sources": ("masquerade_routes", lambda keep: not keep)}
+
+
+def _device(x: Mapping[str, Any], used: frozenset[str]) -> ManifestDevice:
+    """One device dict (schema-checked) as a ``ManifestDevice``: the defaults,
+    then only the keys the dict has (10,000 devices a pass)."""
+    values = {**_DEVICE_DEFAULTS, "name": x["name"], "wireguard_public_key": x["wg"],
+              "tunnel_ips": tuple(x["ips"]), "cert_sha256": x["fp"]}
+    if len(x) > 4:  # beyond name, wg, ips and fp
+        for key, value in x.items():
+            mapped = _OPTIONAL_FIELD.get(key)
+            if mapped is not None:
+                values[mapped[0]] = value if mapped[1] is None else mapped[1](value)
+        values["labels"] = _labels(x, used)
+    return make(ManifestDevice, values)  # every field (model.frozen)
+
+
 def manifest_from_dict(d: Mapping[str, Any], *, check: bool = True) -> Manifest:
     """Check ``d`` against the schema and build the ``Manifest``. ``check=False``
     only for a dict that passed the check before (the agent's own ``view.json``)."""
     if check:
         check_manifest_dict(d)
     used = tag_labels_used(d.get("policy"))
-    devices = tuple(
-        make(ManifestDevice, {  # every field; the values were checked above (or before)
-            "name": x["name"],
-            "wireguard_public_key": x["wg"],
-            "tunnel_ips": tuple(x["ips"]),
-            "cert_sha256": x["fp"],
-            "routes": tuple(x.get("routes", ())),
-            "relay": bool(x.get("relay", False)),
-            "endpoint": x.get("endpoint"),
-            "tags": tuple(x.get("tags", ())),
-            "labels": _labels(x, used),
-            "keepalive": x.get("keepalive"),
-            "exit_node": bool(x.get("exit", False)),
-            "use_exit_node": x.get("use_exit"),
-            "masquerade_routes": not x.get("keep_sources", False),
-        })
-        for x in d["devices"]
-    )
+    devices = tuple(_device(x, used) for x in d["devices"])
     return Manifest(
         org=d["org"],
         serial=d["serial"],
