@@ -1,7 +1,8 @@
 """A pass where nothing changed does nothing, against real wireguard-go (root).
 
 Issue 13: with ~300 peers on a real wireguard-go interface in a throwaway
-network namespace (real ``ip``, real ``nft``), from a ``file://`` manifest:
+network namespace (real ``ip``, real ``nft``), from a ``file://`` manifest,
+as a plain device and as a relay:
 
 * passes 2, 3 and 4 send only ``get=1`` over UAPI (no ``set``) and run no
   ``nft -f``; passes 3 and 4 write nothing in the state dir (every file keeps
@@ -58,8 +59,8 @@ def _public(i: int) -> str:
                                                           PublicFormat.Raw)).decode()
 
 
-def _devices(peers: int) -> list[Any]:
-    me = device("alpha", 1, "10.77.0.1")
+def _devices(peers: int, relay: bool = False) -> list[Any]:
+    me = device("alpha", 1, "10.77.0.1", relay=relay)
     # no endpoints: wireguard-go sends nothing (and logs nothing) for these peers
     return [me, *(replace(device(f"p{i}", 2, f"10.77.{i // 250}.{i % 250 + 2}"),
                           wireguard_public_key=_public(i)) for i in range(peers))]
@@ -136,8 +137,9 @@ def _peer_keys(request: str) -> list[str]:
     return [line for line in request.splitlines() if line.startswith("public_key=")]
 
 
-def test_noop_passes_read_only_and_one_peer_change_is_one_peer(world) -> None:
-    devices = _devices(PEERS)
+@pytest.mark.parametrize("relay", [False, True], ids=["plain", "relay"])
+def test_noop_passes_read_only_and_one_peer_change_is_one_peer(world, relay) -> None:
+    devices = _devices(PEERS, relay)
     _publish(world, devices, serial=1)
     first = _pass(world)
     assert first.applied > PEERS  # created: the interface, every peer, the table
