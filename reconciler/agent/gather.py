@@ -14,8 +14,8 @@ in this order, and nothing twice:
    long-poll skipped;
 3. the verified manifest and its source, with the hub credentials it needs
    (``agent.source.manifest_with_cert``);
-4. the state dir's memory (``peering.json``), the last endpoint feed and the
-   endpoint feed (a pass on the cached manifest keeps the last one);
+4. the state dir's memory (``peering.json``) and last feed, then the endpoint
+   feed (a pass on the cached manifest keeps the last one);
 5. the local private key, the observed interface (``effects.backend``), the
    ``inet meshops`` table (``effects.firewall``) and the exit-node policy
    routing (``effects.routing``): these host reads start in a thread
