@@ -125,7 +125,8 @@ def decide_paths(
         else:
             handshakes[name] = 0.0
     previous = replace(memory.peering, paths={k: v for k, v in memory.peering.paths.items()
-                                              if k not in changed})
+                                              if k not in changed}) \
+        if changed else memory.peering
     out = peering.decide(me_info, others, relays, handshakes, now, previous,
                          hysteresis_config(hysteresis))
     paths = {name: make(PeerPath, {"peer": name, "path": c.kind, "endpoint": c.endpoint,

@@ -18,20 +18,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.fetch import FetchLike
 from reconciler.agent.inputs import VerifiedManifest
 from reconciler.agent.state import DEVICE_CERT, HUB_CA, ROOT, CachedManifest, StateDir
-from reconciler.agent.view import obtain_view
 from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import ConfigError, FetchError, InputRefused, ManifestRefused, PkiError
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.manifest import Manifest
 from reconciler.pki.envelope import Trust, load_trust
 from reconciler.pki.manifest import DEFAULT_MAX_SKEW, verify_manifest
-from reconciler.pki.root import TrustRoot, verify_initial, verify_next
+
+if TYPE_CHECKING:  # pki.root is imported where a trust root is used
+    from reconciler.pki.root import TrustRoot
 
 
 def read_pinned_trust(config: AgentConfig) -> bytes:
@@ -132,6 +134,8 @@ def obtain(config: AgentConfig, fetch: FetchLike, trust: Trust, state: StateDir,
     held yet (the manifest path then falls back to its own cache). Without a
     hub: the manifest at ``source_url``."""
     if config.hub:
+        from reconciler.agent.view import obtain_view  # hub only (pki.view with it)
+
         try:
             return obtain_view(config, fetch, trust, state, now, wait=wait, warnings=warnings)
         except FetchError:
@@ -277,14 +281,21 @@ def load_pinned(config: AgentConfig, state: StateDir, warnings: list[str]) -> Pi
     except (KeyError, TypeError, AttributeError, InputRefused):
         pinned = None
     if isinstance(pinned, str):
+        from reconciler.pki.root import verify_initial  # only for an org with a trust root
+
         root = verify_initial(pinned.encode(), config.org)  # refused: a broken pin is an error
+    walked = None
     try:
-        walked = verify_initial((state.path / ROOT).read_bytes(), config.org)
+        walked_bytes = (state.path / ROOT).read_bytes()
     except OSError:
-        walked = None
-    except ManifestRefused as exc:
-        warnings.append(f"{state.path / ROOT}: ignored ({exc}); walking again from the pin")
-        walked = None
+        walked_bytes = None  # no root walked to yet
+    if walked_bytes is not None:
+        from reconciler.pki.root import verify_initial
+
+        try:
+            walked = verify_initial(walked_bytes, config.org)
+        except ManifestRefused as exc:
+            warnings.append(f"{state.path / ROOT}: ignored ({exc}); walking again from the pin")
     if walked is not None and (root is None or walked.version > root.version):
         root = walked
     return Pinned(trust, None).with_root(root) if root is not None else Pinned(trust)
@@ -315,6 +326,8 @@ def walk_roots(config: AgentConfig, fetch: FetchLike, public_fetch: FetchLike | 
                 warnings.append(f"trust root {current.version + 1} not fetched: {exc}")
             break
         try:
+            from reconciler.pki.root import verify_next
+
             current = verify_next(current, body)
         except ManifestRefused as exc:
             warnings.append(f"trust root from {url} refused: {exc}")

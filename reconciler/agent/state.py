@@ -42,13 +42,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import InputRefused, ManifestRefused
 from reconciler.fsio import atomic_write
 from reconciler.pki.envelope import MAX_ENVELOPE_BYTES, parse_envelope
-from reconciler.pki.view import HeldView
+
+if TYPE_CHECKING:  # pki.view is imported where a view is read
+    from reconciler.pki.view import HeldView
 
 MANIFEST = "manifest.dsse"
 META = "manifest.meta.json"
@@ -327,6 +329,8 @@ class StateDir:
         if head != b"sha256 " + hashlib.sha256(body).hexdigest().encode():
             self._warn(VIEW, "its SHA-256 line does not match (corrupt)")
             return None
+        from reconciler.pki.view import HeldView  # views come with a hub only
+
         try:
             held = HeldView.from_dict(bounded_loads(body, what=VIEW, max_bytes=MAX_STATE_BYTES,
                                                     max_depth=MAX_STATE_DEPTH), check=False)
