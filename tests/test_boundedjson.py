@@ -54,3 +54,48 @@ def test_depth_limit_is_inclusive():
     assert loads(data, what="t", max_bytes=1000) is not None
     with pytest.raises(InputRefused):
         loads(data, what="t", max_bytes=1000, max_depth=63)
+
+
+def _reference_depth(data: bytes) -> int:
+    """The obvious scan: strings skipped byte by byte, brackets counted."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
+
+
+def test_nesting_depth_matches_a_byte_by_byte_scan() -> None:
+    """The fast passes (escapes dropped, quotes paired, pairs peeled) agree with
+    the obvious scan on documents full of brackets, quotes and backslashes."""
+    import random
+
+    rng = random.Random(13)
+    texts = ["", "a[b", '\\"[', "x\\\\", '"{}"', "\\\\\\\"", "]]", "{", "[]"]
+
+    def gen(depth: int = 0) -> object:
+        r = rng.random()
+        if depth > 8 or r < 0.3:
+            return rng.choice([1, None, *texts])
+        if r < 0.6:
+            return [gen(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(texts) + str(i): gen(depth + 1) for i in range(rng.randint(0, 3))}
+
+    for _ in range(5000):
+        data = json.dumps(gen()).encode()
+        assert nesting_depth(data) == _reference_depth(data), data
+    deep = b"[" * 100 + b"{}" + b"]" * 100  # deeper than the peeling rounds
+    assert nesting_depth(deep) == _reference_depth(deep) == 101

@@ -46,7 +46,8 @@ from dataclasses import dataclass
 
 from reconciler.converge.keys import public_key
 from reconciler.errors import ConfigError
-from reconciler.model.endpoint import canonical_v4, parse_or_none
+from reconciler.model.endpoint import canonical_v4, is_canonical_v4_endpoint, parse_or_none
+from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import DesiredInterface, DesiredPeer
 
@@ -86,7 +87,7 @@ def host_network(ip: str) -> str:
     """``10.0.0.3`` -> ``10.0.0.3/32``; ``fd00::3`` -> ``fd00::3/128``."""
     bare = ip.partition("/")[0]
     if canonical_v4(bare) is not None:
-        return f"{bare}/32"
+        return bare + "/32"
     addr = ipaddress.ip_address(bare)  # far cheaper than ip_interface
     return f"{addr}/{addr.max_prefixlen}"
 
@@ -106,7 +107,7 @@ def _sort_canonical(cidrs: set[str]) -> tuple[str, ...]:
     """``sort_cidrs`` for entries already canonical (``host_network``,
     ``canonical``): one entry, the common case at 10,000 peers, is not parsed
     again."""
-    return (next(iter(cidrs)),) if len(cidrs) == 1 else sort_cidrs(cidrs)
+    return tuple(cidrs) if len(cidrs) == 1 else sort_cidrs(cidrs)
 
 
 def interface_addresses(manifest: Manifest, device: ManifestDevice) -> tuple[str, ...]:
@@ -121,6 +122,8 @@ def interface_addresses(manifest: Manifest, device: ManifestDevice) -> tuple[str
 
 def _literal(endpoint: str | None) -> str | None:
     """A static ``ip:port`` endpoint; host names were resolved by ``agent.paths``."""
+    if is_canonical_v4_endpoint(endpoint):
+        return endpoint
     parsed = parse_or_none(endpoint)
     return str(parsed) if parsed is not None else None
 
@@ -133,12 +136,13 @@ def peer_names(manifest: Manifest, me: str, allowed: Iterable[str]) -> tuple[str
     """The peers this device keeps: policy-allowed ones, plus every relay (and,
     on a relay, every device)."""
     mine = manifest.device(me)
-    names = set(allowed)
-    for dev in manifest.devices:
-        if dev.relay or (mine is not None and mine.relay):
-            names.add(dev.name)
-    names.discard(me)
-    return tuple(sorted(n for n in names if manifest.device(n) is not None))
+    present = {dev.name for dev in manifest.devices}
+    names = set(allowed) & present  # set operations: 10,000 names a pass
+    if mine is not None and mine.relay:
+        names = present
+    else:
+        names.update(dev.name for dev in manifest.devices if dev.relay)
+    return tuple(sorted(names - {me}))
 
 
 def check_own_key(manifest: Manifest, device: ManifestDevice, private_key: str) -> None:
@@ -184,7 +188,7 @@ def compute_desired(
         return Desired(empty, (), member=False)
     check_own_key(manifest, mine, private_key)
     keepalive = mine.keepalive if mine.keepalive is not None else manifest.keepalive
-    names = set(peer_names(manifest, me, allowed))
+    names = peer_names(manifest, me, allowed)  # sorted, unique
     if my_relay is not None and (mine.relay or my_relay == me or
                                  manifest.device(my_relay) is None):
         my_relay = None
@@ -192,25 +196,39 @@ def compute_desired(
     endpoints: dict[str, str | None] = {}
     summaries = []
     routes: set[str] = set()
-    for name in sorted(names):
-        dev = manifest.device(name)
+    device, path_of = manifest.device, paths.get
+    for name in names:  # the per-peer loop: 10,000 times a pass, kept lean
+        dev = device(name)
         assert dev is not None  # peer_names keeps only present devices
-        choice = paths.get(name) or PeerPath(name, endpoint=_literal(dev.endpoint))
-        via = choice.via if choice.path == "relay" else None
-        if choice.path == "relay" and (via is None or via == me or dev.relay or mine.relay
-                                       or manifest.device(via) is None):
-            # no usable relay (or one side is a relay itself): try direct
-            choice, via = PeerPath(name, "direct", choice.endpoint), None
-        own = {host_network(ip) for ip in dev.tunnel_ips} | {canonical(r) for r in dev.routes}
-        routes.update(canonical(r) for r in dev.routes)
-        layout.setdefault(name, set())
+        choice = path_of(name) or PeerPath(name, endpoint=_literal(dev.endpoint))
+        via = None
+        if choice.path == "relay":
+            via = choice.via
+            if via is None or via == me or dev.relay or mine.relay or device(via) is None:
+                # no usable relay (or one side is a relay itself): try direct
+                choice, via = PeerPath(name, "direct", choice.endpoint), None
+        ips = dev.tunnel_ips
+        if len(ips) == 1 and canonical_v4(ips[0]) is not None:
+            own = {ips[0] + "/32"}  # host_network's common case, inline
+        else:
+            own = {host_network(ip) for ip in ips}
+        if dev.routes:
+            advertised = {canonical(r) for r in dev.routes}
+            own |= advertised
+            routes |= advertised
         endpoints[name] = choice.endpoint
         if via is None:
-            layout[name].update(own)
+            if name in layout:
+                layout[name] |= own
+            else:
+                layout[name] = own
         else:  # sent through its relay; the peer entry stays (no allowed IPs) for probing
+            layout.setdefault(name, set())
             layout.setdefault(via, set()).update(own)
-        summaries.append(PeerSummary(name, dev.wireguard_public_key, tuple(dev.tunnel_ips),
-                                     choice.path, via, choice.endpoint))
+        summaries.append(make(PeerSummary, {  # every field (model.frozen)
+            "name": name, "public_key": dev.wireguard_public_key,
+            "tunnel_ips": tuple(dev.tunnel_ips), "path": choice.path, "via": via,
+            "endpoint": choice.endpoint}))
     if my_relay is not None:  # relayed traffic from anyone reaches me through my relay
         layout.setdefault(my_relay, set()).update(org_cidrs(manifest))
     if exit_node is not None and exit_node in layout:
@@ -218,19 +236,16 @@ def compute_desired(
         # everything unmarked into the tunnel; longer prefixes still win)
         layout[exit_node].update(("0.0.0.0/0", "::/0"))
     peers: dict[str, DesiredPeer] = {}
-    for name, ips in sorted(layout.items()):
-        dev = manifest.device(name)
+    for name in sorted(layout):
+        dev = device(name)
         assert dev is not None
         if name not in endpoints:
             relay_path = paths.get(name)
             endpoints[name] = relay_path.endpoint if relay_path else _literal(dev.endpoint)
-        peers[dev.wireguard_public_key] = DesiredPeer(
-            public_key=dev.wireguard_public_key,
-            allowed_ips=_sort_canonical(ips),
-            endpoint=endpoints[name],
-            keepalive=keepalive,
-            name=name,
-        )
+        key = dev.wireguard_public_key
+        peers[key] = make(DesiredPeer, {  # every field (model.frozen)
+            "public_key": key, "allowed_ips": _sort_canonical(layout[name]),
+            "endpoint": endpoints[name], "keepalive": keepalive, "name": name})
     addresses = interface_addresses(manifest, mine)
     on_link = {str(ipaddress.ip_interface(a).network) for a in addresses}
     desired = DesiredInterface(

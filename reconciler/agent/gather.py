@@ -6,18 +6,21 @@ in this order, and nothing twice:
 
 1. the pinned trust (and the org's trust root, walked in band when the
    manifest says a newer one exists or a rotation explains a refusal:
-   ``agent.source.manifest_and_trust``), the state dir's memory (``peering.json``), this
-   device's own endpoints (``discovery.json``) and the last endpoint feed;
+   ``agent.source.manifest_and_trust``) and this device's own endpoints
+   (``discovery.json``);
 2. the source address towards the hub (``effects.local_ip``): another one
    than discovery ran from means the device moved, and the fetcher's TLS
    state is dropped (its connections died with the old network) and the
    long-poll skipped;
 3. the verified manifest and its source, with the hub credentials it needs
    (``agent.source.manifest_with_cert``);
-4. the endpoint feed (a pass on the cached manifest keeps the last one);
+4. the state dir's memory (``peering.json``) and last feed, then the endpoint
+   feed (a pass on the cached manifest keeps the last one);
 5. the local private key, the observed interface (``effects.backend``), the
    ``inet meshops`` table (``effects.firewall``) and the exit-node policy
-   routing (``effects.routing``);
+   routing (``effects.routing``): these host reads start in a thread
+   (``Early``) as soon as the manifest is verified, and overlap the memory,
+   feed and key reads (at 10,000 peers wireguard-go takes a while to answer);
 6. STUN discovery against the config's servers, else the signed manifest's
    (mesh.yaml ``stun_servers``, ``agent.meshconfig``), only while the listen
    port is free (no interface yet), after a move, or when others see this
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -41,7 +45,7 @@ from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent.config import AgentConfig, read_private_key
 from reconciler.agent.endpoints import SelfEndpoints
 from reconciler.agent.fetch import FetchLike, route_source
-from reconciler.agent.inputs import Inputs
+from reconciler.agent.inputs import Inputs, VerifiedManifest
 from reconciler.agent.memory import Memory
 from reconciler.agent.meshconfig import effective_endpoints
 from reconciler.agent.rotate import next_key_path
@@ -50,12 +54,13 @@ from reconciler.agent.state import FEED, PEERING, StateDir
 from reconciler.backends.base import Backend
 from reconciler.converge import Operation, public_key
 from reconciler.errors import ConfigError, FetchError
-from reconciler.model.endpoint import Endpoint, parse_or_none
+from reconciler.model.endpoint import Endpoint, is_canonical_v4_endpoint, parse_or_none
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.firewall import Ruleset
 from reconciler.model.manifest import Manifest
 from reconciler.model.routing import EXIT_TABLE, PolicyRouting
 from reconciler.model.wg import ObservedInterface
+from reconciler.pki.envelope import Trust
 
 Discover = Callable[[int, Sequence[str]], Any]  # (listen port, servers) -> Discovery
 
@@ -95,7 +100,6 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
            wait: int | None = None) -> Inputs:
     state = StateDir(config.state_dir)
     warnings: list[str] = []
-    memory, last_feed = read_memory_and_feed(state, warnings)
     own = SelfEndpoints.from_dict(state.load_discovery())
     here = (effects.local_ip or (lambda: hub_local_ip(config)))() if config.hub else None
     moved = own.moved_from(here)
@@ -104,6 +108,24 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
         effects.fetch.reset_tls()
     got, trust = manifest_and_trust(config, effects.fetch, effects.public_fetch, state, now,
                                     wait=wait, warnings=warnings)
+    # The host reads (step 5) wait on wireguard-go (a 10,000-peer get=1 reply
+    # is megabytes), ip and nft: they start now, in a thread, and overlap the
+    # memory, feed and key reads. Now: after any long-poll (fresh), and after
+    # the manifest verified (a refused one leaves the interface unasked).
+    early = Early(observe_host, config, effects)
+    try:
+        return _gather_rest(config, effects, state, warnings, own, here, moved, got, trust,
+                            early)
+    finally:
+        early.join()
+
+
+def _gather_rest(config: AgentConfig, effects: Effects, state: StateDir, warnings: list[str],
+                 own: SelfEndpoints, here: str | None, moved: bool, got: VerifiedManifest,
+                 trust: Trust, early: Early) -> Inputs:
+    read_first: list[str] = []  # the state files' warnings come first, as read first
+    memory, last_feed, memory_stored = read_memory_and_feed(state, read_first)
+    warnings[:0] = read_first
     if got.warning:
         warnings.append(got.warning)
     if got.view is not None:  # a per-device view carries its peers' feed entries
@@ -112,10 +134,8 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
         feed = last_feed if got.source == "cache" else \
             fetch_feed(config, effects.fetch, trust, last_feed, warnings)
     private_key, key_switch = choose_private_key(config.private_key, got.manifest, config.name)
-    observed = effects.backend.observe(config.interface)
-    firewall = effects.firewall.observe() if effects.firewall is not None else None
-    routing = effects.routing.observe_routing(EXIT_TABLE) if effects.routing is not None \
-        else None
+    resolved = resolve_static(got.manifest, effects.resolve or resolve_host)  # may wait on DNS
+    observed, firewall, routing = early.result()
     listen_port = config.listen_port or got.manifest.listen_port
     servers = effective_endpoints(config.hub, config.stun_servers, got.manifest).stun_servers
     stun = effects.discover
@@ -129,15 +149,54 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
         manifest=got.manifest, source=got, feed=feed, observed=observed, memory=memory,
         own=own, private_key=private_key, here=here, moved=moved,
         was_member=observed.exists or bool((state.load_applied() or {}).get("member")),
-        resolved=resolve_static(got.manifest, effects.resolve or resolve_host),
+        resolved=resolved,
         firewall=firewall, routing=routing, key_switch=key_switch,
         bypass=bypass_addresses(config.hub, servers),
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), memory_stored=memory_stored,
+        feed_stored=feed is not None and feed is last_feed,
     )
 
 
+def observe_host(config: AgentConfig, effects: Effects
+                 ) -> tuple[ObservedInterface, Ruleset | None, PolicyRouting | None]:
+    """The interface (``effects.backend``), the ``inet meshops`` table and the
+    exit-node policy routing, as they are now (read only)."""
+    observed = effects.backend.observe(config.interface)
+    firewall = effects.firewall.observe() if effects.firewall is not None else None
+    routing = effects.routing.observe_routing(EXIT_TABLE) if effects.routing is not None \
+        else None
+    return observed, firewall, routing
+
+
+class Early:
+    """``fn(*args)`` started at once in a thread; ``result()`` waits for it and
+    returns its value or raises its exception (reads only: nothing to undo)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 -- re-raised by result(), in the caller's thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="meshops-observe", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def read_memory_and_feed(state: StateDir, warnings: list[str]
-                         ) -> tuple[Memory, EndpointFeed | None]:
+                         ) -> tuple[Memory, EndpointFeed | None, bool]:
     """``peering.json`` and ``feed.json`` through their typed readers (the state
     dir checks only their size and nesting: at 10,000 peers a generic schema
     walk costs half a second); a file they refuse counts as absent, named in a
@@ -149,7 +208,7 @@ def read_memory_and_feed(state: StateDir, warnings: list[str]
         if raw and parsed is None:
             warnings.append(f"{state.path / name}: wrong types; treated as absent (the "
                             "next pass rewrites it)")
-    return memory or Memory(), feed
+    return memory or Memory(), feed, memory is not None and bool(raw_memory)
 
 
 def discover_own(me: str, own: SelfEndpoints, discover: Callable[[int], Any] | None,
@@ -232,6 +291,8 @@ def resolve_static(manifest: Manifest, resolve: Callable[[str], str | None]) \
     """Host name -> address for every static endpoint written as a name."""
     out: dict[str, str | None] = {}
     for dev in manifest.devices:
+        if not dev.endpoint or is_canonical_v4_endpoint(dev.endpoint):
+            continue  # nothing to resolve (the common case, without parsing)
         parsed = parse_or_none(dev.endpoint, allow_names=True)
         if parsed is not None and not parsed.is_literal and parsed.host not in out:
             address = resolve(parsed.host)

@@ -63,3 +63,7 @@ class Inputs:
     bypass: tuple[str, ...] = ()  # hub and STUN addresses that keep the host's routes
     key_switch: bool = False  # private_key is the pending rotated key the manifest now has
     warnings: tuple[str, ...] = ()
+    # ``memory`` / ``feed`` are exactly what peering.json / feed.json hold (read
+    # intact): agent.commit skips rewriting them when the pass leaves them equal
+    memory_stored: bool = False
+    feed_stored: bool = False

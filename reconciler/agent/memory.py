@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.agent.peering import PathState, PeeringState, RelayState
+from reconciler.model.frozen import make
 
 VERSION = 1
 Situation = tuple[str | None, str, str | None, str]  # my ip, my mapping, peer ip, peer mapping
@@ -73,14 +74,15 @@ class Memory:
         """``peering.json`` as a ``Memory``, or None when anything in it is malformed."""
         if not isinstance(doc, Mapping):
             return None
-        try:
-            paths = {str(k): PathState(str(v["mode"]), _num(v["since"]), int(v["failures"]),
-                                       _num(v["retry_at"]))
+        try:  # model.frozen.make: every field, each checked here (10,000 peers a pass)
+            paths = {str(k): make(PathState, {"mode": str(v["mode"]), "since": _num(v["since"]),
+                                              "failures": int(v["failures"]),
+                                              "retry_at": _num(v["retry_at"])})
                      for k, v in doc.get("paths", {}).items()}
             relays = {str(k): RelayState(_num(v["since"]), int(v["failures"]),
                                          _num(v["down_until"]))
                       for k, v in doc.get("relays", {}).items()}
-            heard = {str(k): Heard(int(v[0]), _num(v[1]))
+            heard = {str(k): Heard(int(v[0]), _num(v[1]))  # two fields: __init__ is as fast
                      for k, v in doc.get("liveness", {}).items()}
             situations = {str(k): _situation(v) for k, v in doc.get("situation", {}).items()}
             changed = {str(k): _num(v) for k, v in doc.get("changed_at", {}).items()}
@@ -90,14 +92,14 @@ class Memory:
 
 
 def _num(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"not a finite number: {value!r}")
-    return float(value)
+    kind = type(value)  # JSON gives exactly int or float (bool is its own type)
+    if (kind is float and math.isfinite(value)) or kind is int:
+        return float(value)
+    raise ValueError(f"not a finite number: {value!r}")
 
 
 def _situation(value: Any) -> Situation:
     my_ip, my_map, peer_ip, peer_map = value
-    for ip in (my_ip, peer_ip):
-        if ip is not None and not isinstance(ip, str):
-            raise ValueError("public ip must be a string or null")
+    if not ((my_ip is None or type(my_ip) is str) and (peer_ip is None or type(peer_ip) is str)):
+        raise ValueError("public ip must be a string or null")
     return (my_ip, str(my_map), peer_ip, str(peer_map))

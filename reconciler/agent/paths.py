@@ -23,8 +23,9 @@ from reconciler.agent import peering
 from reconciler.agent.desired import PeerPath
 from reconciler.agent.endpoints import SelfEndpoints
 from reconciler.agent.memory import Heard, Memory, Situation
-from reconciler.model.endpoint import Endpoint, parse_or_none
+from reconciler.model.endpoint import Endpoint, is_canonical_v4_endpoint, parse_or_none
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
+from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import ObservedInterface
 
@@ -44,6 +45,8 @@ class PathDecision:
 def literal_endpoint(endpoint: str | None, resolved: Resolved) -> str | None:
     """A static endpoint as ``ip:port`` (``[v6]:port``); host names through
     ``resolved``; None when it cannot be used."""
+    if is_canonical_v4_endpoint(endpoint):
+        return endpoint
     parsed = parse_or_none(endpoint, allow_names=True)
     if parsed is None:
         return None
@@ -55,18 +58,18 @@ def literal_endpoint(endpoint: str | None, resolved: Resolved) -> str | None:
 
 def peer_info(dev: ManifestDevice, entry: FeedEntry | None, resolved: Resolved) -> \
         peering.PeerInfo:
-    static = literal_endpoint(dev.endpoint, resolved)
+    static = literal_endpoint(dev.endpoint, resolved) if dev.endpoint else None
     candidates = [Candidate("static", static)] if static else []
     if entry is not None:
         candidates.extend(c for c in entry.candidates if c.kind != "static")
-    return peering.PeerInfo(
-        name=dev.name,
-        relay=dev.relay,
-        public=static is not None,
-        mapping=entry.mapping if entry is not None else peering.UNKNOWN,
-        public_ip=entry.public_ip if entry is not None else None,
-        candidates=tuple(candidates),
-    )
+    return make(peering.PeerInfo, {  # every field (model.frozen): 10,000 a pass
+        "name": dev.name,
+        "relay": dev.relay,
+        "public": static is not None,
+        "mapping": entry.mapping if entry is not None else peering.UNKNOWN,
+        "public_ip": entry.public_ip if entry is not None else None,
+        "candidates": tuple(candidates),
+    })
 
 
 def hysteresis_config(options: Mapping[str, Any] | None) -> peering.HysteresisConfig:
@@ -122,10 +125,12 @@ def decide_paths(
         else:
             handshakes[name] = 0.0
     previous = replace(memory.peering, paths={k: v for k, v in memory.peering.paths.items()
-                                              if k not in changed})
+                                              if k not in changed}) \
+        if changed else memory.peering
     out = peering.decide(me_info, others, relays, handshakes, now, previous,
                          hysteresis_config(hysteresis))
-    paths = {name: PeerPath(name, c.kind, c.endpoint, c.via)
+    paths = {name: make(PeerPath, {"peer": name, "path": c.kind, "endpoint": c.endpoint,
+                                   "via": c.via})  # every field (model.frozen)
              for name, c in sorted(out.paths.items())}
     # until the peer is heard from again, its endpoint follows the decision (a
     # reflection of the new address may arrive a pass or two after the move)
@@ -157,12 +162,13 @@ def last_seen(
     that went down (the interface was re-created) counts as progress.
     """
     seen: dict[str, Heard] = {}
+    name_of, before_of = names_by_key.get, previous.get
     for key, peer in observed.peers.items():
-        name = names_by_key.get(key)
+        name = name_of(key)
         if name is None:
             continue
         handshake = peer.last_handshake or 0.0
-        before = previous.get(name)
+        before = before_of(name)
         if before is None:
             at = handshake
         elif peer.rx_bytes != before.rx_bytes:

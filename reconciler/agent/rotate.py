@@ -42,8 +42,6 @@ from reconciler.agent.fetch import FetchLike
 from reconciler.agent.keys import sign_with_identity
 from reconciler.errors import ConfigError, FetchError, UsageError
 from reconciler.fsio import atomic_write
-from reconciler.identity.request import canonical
-from reconciler.identity.rotation import PAYLOAD_TYPE, make_body
 
 NEXT_SUFFIX = ".next"
 
@@ -99,6 +97,8 @@ def prepare_next_key(private_key: str, *, force: bool = False, resend: bool = Fa
 def sign_request(identity_key_path: str, payload: bytes) -> bytes:
     """A DSSE envelope of type ``identity.rotation.PAYLOAD_TYPE`` over
     ``payload``, signed with the device's identity key."""
+    from reconciler.identity.rotation import PAYLOAD_TYPE  # only when rotating
+
     return sign_with_identity(identity_key_path, payload, PAYLOAD_TYPE)
 
 
@@ -111,6 +111,9 @@ def rotate_url(config: AgentConfig) -> str:
 
 def rotate_key(config: AgentConfig, *, fetch: FetchLike, now: Callable[[], float],
                force: bool = False, resend: bool = False) -> Rotated:
+    from reconciler.identity.request import canonical  # imported only when rotating
+    from reconciler.identity.rotation import make_body
+
     url = rotate_url(config)
     path, public = prepare_next_key(config.private_key, force=force, resend=resend)
     body = make_body(org=config.org, device=config.name, new_wireguard_public_key=public,

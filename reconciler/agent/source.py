@@ -18,21 +18,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.agent import endpoints as endpoints_mod
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.fetch import FetchLike
 from reconciler.agent.inputs import VerifiedManifest
 from reconciler.agent.state import DEVICE_CERT, HUB_CA, ROOT, CachedManifest, StateDir
-from reconciler.agent.view import obtain_view
 from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import ConfigError, FetchError, InputRefused, ManifestRefused, PkiError
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.manifest import Manifest
-from reconciler.pki.certs import load_cert
 from reconciler.pki.envelope import Trust, load_trust
 from reconciler.pki.manifest import DEFAULT_MAX_SKEW, verify_manifest
-from reconciler.pki.root import TrustRoot, verify_initial, verify_next
+
+if TYPE_CHECKING:  # pki.root is imported where a trust root is used
+    from reconciler.pki.root import TrustRoot
 
 
 def read_pinned_trust(config: AgentConfig) -> bytes:
@@ -64,7 +65,10 @@ def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: Cached
     has to clear the floor, with a warning.
     """
     if cached is not None and envelope == cached.envelope:
-        manifest = verify_manifest(envelope, trust, org, None, now, max_skew)
+        # the bytes this device verified and applied before: signature, org and
+        # expiry are checked again, the schema check is not (docs/security.md)
+        manifest = verify_manifest(envelope, trust, org, None, now, max_skew,
+                                   schema_checked=True)
         if manifest.serial < last_serial:
             raise ManifestRefused("rollback", f"cached serial {manifest.serial} is below the "
                                               f"last applied serial {last_serial}")
@@ -130,6 +134,8 @@ def obtain(config: AgentConfig, fetch: FetchLike, trust: Trust, state: StateDir,
     held yet (the manifest path then falls back to its own cache). Without a
     hub: the manifest at ``source_url``."""
     if config.hub:
+        from reconciler.agent.view import obtain_view  # hub only (pki.view with it)
+
         try:
             return obtain_view(config, fetch, trust, state, now, wait=wait, warnings=warnings)
         except FetchError:
@@ -155,6 +161,10 @@ def drop_expired_cert(fetch: FetchLike, state: StateDir, now: float) -> bool:
     expired client certificate outright, so the renewed one must be fetched
     without any (the certificate endpoint is public). True when dropped."""
     path = state.path / DEVICE_CERT
+    if not path.exists():
+        return False  # none yet: nothing to drop (and no x509 to import)
+    from reconciler.pki.certs import load_cert  # cryptography.x509: ~25 ms to import
+
     try:
         not_after = load_cert(path.read_bytes()).not_valid_after_utc.timestamp()
     except (OSError, PkiError):
@@ -271,14 +281,21 @@ def load_pinned(config: AgentConfig, state: StateDir, warnings: list[str]) -> Pi
     except (KeyError, TypeError, AttributeError, InputRefused):
         pinned = None
     if isinstance(pinned, str):
+        from reconciler.pki.root import verify_initial  # only for an org with a trust root
+
         root = verify_initial(pinned.encode(), config.org)  # refused: a broken pin is an error
+    walked = None
     try:
-        walked = verify_initial((state.path / ROOT).read_bytes(), config.org)
+        walked_bytes = (state.path / ROOT).read_bytes()
     except OSError:
-        walked = None
-    except ManifestRefused as exc:
-        warnings.append(f"{state.path / ROOT}: ignored ({exc}); walking again from the pin")
-        walked = None
+        walked_bytes = None  # no root walked to yet
+    if walked_bytes is not None:
+        from reconciler.pki.root import verify_initial
+
+        try:
+            walked = verify_initial(walked_bytes, config.org)
+        except ManifestRefused as exc:
+            warnings.append(f"{state.path / ROOT}: ignored ({exc}); walking again from the pin")
     if walked is not None and (root is None or walked.version > root.version):
         root = walked
     return Pinned(trust, None).with_root(root) if root is not None else Pinned(trust)
@@ -309,6 +326,8 @@ def walk_roots(config: AgentConfig, fetch: FetchLike, public_fetch: FetchLike | 
                 warnings.append(f"trust root {current.version + 1} not fetched: {exc}")
             break
         try:
+            from reconciler.pki.root import verify_next
+
             current = verify_next(current, body)
         except ManifestRefused as exc:
             warnings.append(f"trust root from {url} refused: {exc}")

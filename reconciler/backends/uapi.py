@@ -30,7 +30,8 @@ Quirks handled here (checked against Debian's wireguard-go 0.0.20220316):
 
 from __future__ import annotations
 
-import base64
+import binascii
+import re
 import socket
 from collections.abc import Sequence
 
@@ -48,6 +49,7 @@ from reconciler.converge.ops import (
 )
 from reconciler.errors import BackendError, BackendUnavailable
 from reconciler.model.endpoint import Endpoint
+from reconciler.model.frozen import make
 from reconciler.model.wg import ObservedInterface, ObservedPeer
 
 EADDRINUSE = 98
@@ -69,7 +71,7 @@ def key_from_hex(key_hex: str) -> str:
         raw = bytes.fromhex(key_hex)
     except ValueError as exc:
         raise BackendError("UAPI returned a key that is not hex") from exc
-    return base64.b64encode(raw).decode("ascii")
+    return binascii.b2a_base64(raw, newline=False).decode("ascii")
 
 
 def uapi_endpoint(endpoint: str) -> str:
@@ -157,7 +159,14 @@ def encode_set(lines: Sequence[str]) -> bytes:
 
 def reply_errno(reply: str) -> int:
     """The ``errno=N`` of a reply (0 = success); ``BackendError`` if missing."""
-    for line in reversed(reply.splitlines()):
+    at = reply.rfind("errno=")  # the last line of a reply: found from the end
+    if at == 0 or (at > 0 and reply[at - 1] == "\n"):
+        line = reply[at + 6:].partition("\n")[0].strip()
+        try:
+            return int(line)
+        except ValueError:
+            pass
+    for line in reversed(reply.splitlines()):  # the same, line by line
         if line.startswith("errno="):
             try:
                 return int(line[6:])
@@ -183,45 +192,37 @@ def check_errno(code: int, what: str) -> None:
     raise BackendError(f"{what}: wireguard-go answered errno -{code}")
 
 
+_FIELD = re.compile(r"^([^=\n]*)=(.*)$", re.MULTILINE)  # key=value, as line.partition("=")
+_ALLOWED_IP = re.compile(r"^allowed_ip=(.*)$", re.MULTILINE)
+_NO_EQUALS = re.compile(r"\n[^=\n]+\n")  # a non-empty line without "=" (after a "\n")
+# One peer as wireguard-go (device/uapi.go, IpcGetOperation) prints it, in its order.
+_PEER = re.compile(
+    r"public_key=([0-9a-f]{64})\n(?:preshared_key=[0-9a-f]{64}\n)?"
+    r"(?:protocol_version=[0-9]+\n)?(?:endpoint=([^\n]*)\n)?"
+    r"last_handshake_time_sec=([0-9]+)\nlast_handshake_time_nsec=([0-9]+)\n"
+    r"tx_bytes=([0-9]+)\nrx_bytes=([0-9]+)\npersistent_keepalive_interval=([0-9]+)\n"
+    r"((?:allowed_ip=[^\n]*\n)*)")
+
+
 def decode_get(name: str, reply: str) -> ObservedInterface:
-    """Parse a ``get=1`` reply into the WireGuard part of an ``ObservedInterface``."""
+    """Parse a ``get=1`` reply into the WireGuard part of an ``ObservedInterface``.
+
+    At 10,000 peers the reply is ~3 MB, so it is not read line by line in
+    Python: the peers are matched by one regex in wireguard-go's own order
+    (``_PEER``), and only when those matches do not cover the peer section
+    exactly (another implementation, another order) is each peer's block
+    read key by key."""
     check_errno(reply_errno(reply), f"get {name}")
-    device: dict[str, str] = {}
-    peers: dict[str, ObservedPeer] = {}
-    current: dict[str, object] | None = None
-
-    def flush() -> None:
-        if current is None:
-            return
-        sec = int(current.get("last_handshake_time_sec", 0))  # type: ignore[call-overload]
-        nsec = int(current.get("last_handshake_time_nsec", 0))  # type: ignore[call-overload]
-        key = str(current["public_key"])
-        peers[key] = ObservedPeer(
-            public_key=key,
-            allowed_ips=tuple(sorted(current.get("allowed_ip", []))),  # type: ignore[call-overload]
-            endpoint=current.get("endpoint"),  # type: ignore[arg-type]
-            keepalive=int(current.get("persistent_keepalive_interval", 0)),  # type: ignore[call-overload]
-            last_handshake=(sec + nsec / 1e9) if (sec or nsec) else None,
-            rx_bytes=int(current.get("rx_bytes", 0)),  # type: ignore[call-overload]
-            tx_bytes=int(current.get("tx_bytes", 0)),  # type: ignore[call-overload]
-        )
-
-    for line in reply.splitlines():
-        if not line or line.startswith("errno="):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise BackendError(f"get {name}: malformed UAPI line")
-        if key == "public_key":
-            flush()
-            current = {"public_key": key_from_hex(value)}
-        elif current is None:
-            device[key] = value
-        elif key == "allowed_ip":
-            current.setdefault("allowed_ip", []).append(value)  # type: ignore[union-attr]
-        else:
-            current[key] = value
-    flush()
+    first = reply.find("public_key=")
+    first = len(reply) if first < 0 else first
+    if first and reply[first - 1] != "\n":
+        first = reply.find("\npublic_key=") + 1 or len(reply)
+    peers = _peers_in_order(reply, first)  # every line it covers has the right shape
+    if _NO_EQUALS.search("\n" + (reply[:first] if peers is not None else reply)):
+        raise BackendError(f"get {name}: malformed UAPI line")
+    if peers is None:
+        peers = _peers_any_order(reply[first:])
+    device = dict(_FIELD.findall(reply, 0, first))
     private_hex = device.get("private_key")
     return ObservedInterface(
         name=name,
@@ -231,6 +232,55 @@ def decode_get(name: str, reply: str) -> ObservedInterface:
         fwmark=int(device.get("fwmark", 0)),
         peers=peers,
     )
+
+
+def _peers_in_order(reply: str, start: int) -> dict[str, ObservedPeer] | None:
+    """The peers from ``start`` on, when ``_PEER`` matches them back to back up
+    to the ``errno=`` line; None otherwise."""
+    peers: dict[str, ObservedPeer] = {}
+    pos = start
+    for m in _PEER.finditer(reply, start):
+        if m.start() != pos:
+            return None
+        pos = m.end()
+        key_hex, endpoint, sec, nsec, tx, rx, keepalive, ips = m.groups()
+        key = key_from_hex(key_hex)
+        peers[key] = make(ObservedPeer, {  # every field (model.frozen)
+            "public_key": key,
+            "allowed_ips": tuple(sorted(ips[11:-1].split("\nallowed_ip="))) if ips else (),
+            "endpoint": endpoint,
+            "keepalive": int(keepalive),
+            "last_handshake": _handshake(int(sec), int(nsec)),
+            "rx_bytes": int(rx),
+            "tx_bytes": int(tx),
+        })
+    return peers if reply.startswith("errno=", pos) else None
+
+
+def _handshake(sec: int, nsec: int) -> float | None:
+    return (sec + nsec / 1e9) if (sec or nsec) else None  # 0/0: never
+
+
+def _peers_any_order(section: str) -> dict[str, ObservedPeer]:
+    """The peers of ``section`` (from the first ``public_key=`` line), each
+    block read key by key in any order; unknown keys are ignored."""
+    peers: dict[str, ObservedPeer] = {}
+    for block in ("\n" + section).split("\npublic_key=")[1:]:
+        key_hex, _, rest = block.partition("\n")
+        key = key_from_hex(key_hex)
+        fields = dict(_FIELD.findall(rest))
+        sec = int(fields.get("last_handshake_time_sec", 0))
+        nsec = int(fields.get("last_handshake_time_nsec", 0))
+        peers[key] = ObservedPeer(
+            public_key=key,
+            allowed_ips=tuple(sorted(_ALLOWED_IP.findall(rest))),
+            endpoint=fields.get("endpoint"),
+            keepalive=int(fields.get("persistent_keepalive_interval", 0)),
+            last_handshake=_handshake(sec, nsec),
+            rx_bytes=int(fields.get("rx_bytes", 0)),
+            tx_bytes=int(fields.get("tx_bytes", 0)),
+        )
+    return peers
 
 
 class UapiClient:
@@ -260,7 +310,7 @@ class UapiClient:
                 chunks: list[bytes] = []
                 tail = b""
                 while True:
-                    chunk = sock.recv(1 << 16)
+                    chunk = sock.recv(1 << 20)
                     if not chunk:
                         break
                     chunks.append(chunk)

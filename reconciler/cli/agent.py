@@ -281,6 +281,18 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def apply(args: argparse.Namespace) -> int:
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()  # the imports and the pass make no cycles worth collecting (agent.reconcile)
+    try:
+        return _apply(args)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _apply(args: argparse.Namespace) -> int:
     import time
 
     from reconciler.agent.reconcile import reconcile_once

@@ -177,3 +177,13 @@ def test_decide_simulate_decide_gives_nothing(drop, mapping, handshake, stale) -
     after = simulate(observed, d.operations)
     again = decide(replace(first, observed=after, memory=d.memory), NOW)
     assert again.operations == ()
+
+
+def test_applied_summary_is_built_in_sorted_key_order() -> None:
+    """agent.state writes applied.json without re-sorting its keys: the summary
+    must come out exactly as ``sort_keys`` would write it."""
+    import json
+
+    d = decide(inputs(), NOW)
+    assert d.applied["peers"]
+    assert json.dumps(dict(d.applied)) == json.dumps(dict(d.applied), sort_keys=True)

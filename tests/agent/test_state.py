@@ -92,7 +92,7 @@ def test_wrong_types_count_as_absent_with_a_warning(tmp_path, name, doc) -> None
         from reconciler.agent.memory import Memory
 
         warnings: list[str] = []
-        memory, feed = read_memory_and_feed(state, warnings)
+        memory, feed, _ = read_memory_and_feed(state, warnings)
         assert (memory, feed) == (Memory(), None)
         found = warnings + state.warnings
     else:

@@ -145,3 +145,34 @@ def test_client_against_fake_socket(tmp_path: Path) -> None:
     assert not uapi.UapiClient(fake.path).alive()
     with pytest.raises(BackendUnavailable):
         uapi.UapiClient(fake.path).get("wg0")
+
+
+def _reorder(reply: str) -> str:
+    """The same peers with each block's lines in another order (not wireguard-go's)."""
+    head, *blocks = reply.split("public_key=")
+    out = [head]
+    for block in blocks:
+        lines = block.rstrip("\n").split("\n")
+        tail = [ln for ln in lines[1:] if ln.startswith("errno=") or not ln]
+        body = [ln for ln in lines[1:] if ln not in tail]
+        out.append("\n".join([lines[0], *reversed(body), *tail]) + "\n")
+    return "public_key=".join(out) + ("\n" if reply.endswith("\n\n") else "")
+
+
+def test_decode_any_order_equals_wireguard_go_order() -> None:
+    reply = (DATA / "get_reply.txt").read_text()
+    reply = reply.replace("last_handshake_time_sec=0\nlast_handshake_time_nsec=0",
+                          "last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5", 1)
+    reply = reply.replace("rx_bytes=0", "rx_bytes=123", 1)
+    fast, slow = uapi.decode_get("wg0", reply), uapi.decode_get("wg0", _reorder(reply))
+    assert _reorder(reply) != reply
+    assert fast == slow
+    assert fast.peers[key(2)].rx_bytes == 123
+    assert fast.peers[key(2)].last_handshake == pytest.approx(1_700_000_000.000000005)
+
+
+def test_decode_malformed_line_is_refused() -> None:
+    reply = (DATA / "get_reply.txt").read_text().replace("protocol_version=1\n",
+                                                         "protocol_version=1\ngarbage\n", 1)
+    with pytest.raises(BackendError, match="malformed"):
+        uapi.decode_get("wg0", reply)

@@ -154,3 +154,19 @@ def test_canonical_v4_fast_path_agrees_with_ipaddress(text, ok) -> None:
 def test_the_fast_path_parses_like_the_slow_one(ip, port) -> None:
     ep = Endpoint.parse(f"{ip}:{port}")
     assert ep == Endpoint.of(ip, port) and ep.ip == ip
+
+
+def test_canonical_v4_endpoint_is_exactly_what_endpoint_writes():
+    import random
+
+    from reconciler.model.endpoint import is_canonical_v4_endpoint, parse_or_none
+
+    parts = ["0", "00", "1", "01", "9", "99", "199", "255", "256", "a", ""]
+    ports = ["0", "1", "01", "80", "65535", "65536", "99999", "", "1x"]
+    rng = random.Random(7)
+    for _ in range(20_000):
+        text = ".".join(rng.choice(parts) for _ in range(rng.choice((3, 4, 4)))) + ":" + \
+            rng.choice(ports)
+        parsed = parse_or_none(text)
+        assert is_canonical_v4_endpoint(text) == (parsed is not None and str(parsed) == text)
+    assert not is_canonical_v4_endpoint(None)
