@@ -584,24 +584,24 @@ class Hub:
                 assert pos is not None
                 remaining = deadline - time.monotonic()
                 ahead = start[0] > pos[0] or (start[0] == pos[0] and start[1] > pos[1])
-                if start == pos or ahead:  # nothing new (or this replica is behind)
-                    if not counted:
-                        self.metrics.long_polls.labels("view").inc()
-                        counted = True
-                    if not await self.views.wait(org.org, device, remaining):
-                        return None
-                    continue
-                answer, relevant = self.views.delta(org.org, device, start, org.feed_signers)
-                if answer is None:
-                    return self.views.snapshot(org.org, device, org.feed_signers)
-                if relevant or remaining <= 0:
-                    return answer
-                # only the position moved: hold the long-poll until something in
-                # the view changes or it ends, then move the position with a delta
+                if not (start == pos or ahead):
+                    answer, relevant = self.views.delta(org.org, device, start,
+                                                        org.feed_signers)
+                    if answer is None:
+                        return self.views.snapshot(org.org, device, org.feed_signers)
+                    if relevant or remaining <= 0:
+                        return answer
+                # nothing new in this view (or this replica is behind): hold the
+                # long-poll until something the device sees changes; when it
+                # ends, a position that moved is answered with a delta
                 if not counted:
                     self.metrics.long_polls.labels("view").inc()
                     counted = True
                 if not await self.views.wait(org.org, device, remaining):
+                    pos = self.views.position(org.org)
+                    if pos is None or pos == start or start[0] > pos[0] or (
+                            start[0] == pos[0] and start[1] > pos[1]):
+                        return None
                     answer, _ = self.views.delta(org.org, device, start, org.feed_signers)
                     return answer or self.views.snapshot(org.org, device, org.feed_signers)
         finally:

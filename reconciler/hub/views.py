@@ -22,14 +22,23 @@ filtered the same way. Outside the history, or when the policy changed or the
 device's own entry changed (its view may be different), it gets a snapshot.
 
 Cost at 10,000 devices: the org diff is computed once per pair of serials;
-each device's members once per served serial; a delta of a few devices is a
-few set lookups and one small JSON document, and identical deltas (a full
-mesh: every device gets the same one) are signed once.
+each device's members once per served serial, and not even that when a publish
+left everything membership depends on alone (the policy, the device set, each
+changed device's labels, routes, exit and relay flags: the new view inherits
+the old one's members). A delta is keyed by what the device sees change
+(``DeltaKey``: the start and end positions, the changed devices in its view
+before and after, the changed feed entries in its view); each distinct key is
+built and signed once and its bytes are shared by every device with that key
+(in a full mesh, or for devices whose policy shows the same changed entries,
+that is one delta for thousands of devices).
 
-Waking: long-polls wait on one event per device. A swap wakes every device of
-the org (its serial moved; those with nothing relevant wait on until their
-long-poll ends and then get a delta that only moves their position); a feed
-build wakes only the viewers of the entries that changed.
+Waking: long-polls wait on one event per device. A swap wakes the viewers of
+the devices that changed (everyone when the policy, the device set or a
+non-serial top-level field changed); a feed build wakes only the viewers of
+the entries that changed. Wake-ups are rate-limited per org (at most one
+round per ``WAKE_MIN_INTERVAL``; the first after a quiet period goes at once)
+and set in batches of ``WAKE_BATCH`` with a yield to the event loop between
+batches, so thousands of woken long-polls do not hold up report POSTs.
 """
 
 from __future__ import annotations
@@ -56,7 +65,9 @@ from reconciler.policy import PeerIndex
 
 MANIFEST_HISTORY = 16  # served serials per org a delta can start from
 FEED_HISTORY = 4096  # feed revisions per org a delta can start from (~30 min at 2 builds/s)
-SIGNED_CACHE = 4096  # signed deltas kept (identical deltas are signed once)
+SIGNED_CACHE = 4096  # signed deltas kept (each distinct delta is built and signed once)
+WAKE_MIN_INTERVAL = 0.5  # seconds between two wake-up rounds of one org (like FEED_MIN_INTERVAL)
+WAKE_BATCH = 256  # events set before yielding to the event loop
 CHANGE_KEYS = ("serial", "commit", "issued_at", "not_after")  # move with every publish
 
 
@@ -76,6 +87,21 @@ class OrgView:
         self._index: PeerIndex | None = None
         self._members: dict[str, frozenset[str] | None] = {}
         self._manifest_json: bytes | None = None
+
+    def inherit(self, old: OrgView, diff: OrgDiff) -> bool:
+        """Take ``old``'s members when nothing they depend on changed between
+        the two (``PeerIndex``: the policy, the device set, labels, routes, exit
+        nodes; relays see and are seen by everyone). True when inherited."""
+        if diff.policy_changed or old.everyone != self.everyone or old.relays != self.relays:
+            return False
+        new_by, old_by = self.manifest.device, old.manifest.device
+        for name in diff.changed:
+            a, b = new_by(name), old_by(name)
+            if a is None or b is None or (a.labels, a.routes, a.exit_node) != \
+                    (b.labels, b.routes, b.exit_node):
+                return False
+        self._members, self._index = old._members, old._index  # same answers: share them
+        return True
 
     @property
     def index(self) -> PeerIndex:
@@ -149,6 +175,12 @@ def diff_views(old: OrgView, new: OrgView) -> OrgDiff:
 _MISSING = object()
 
 
+def _seen(names: Iterable[str], everyone: frozenset[str],
+          members: frozenset[str] | None) -> frozenset[str]:
+    """Those of ``names`` in a view of ``members`` (None: all of ``everyone``)."""
+    return frozenset(n for n in names if n in everyone and (members is None or n in members))
+
+
 @dataclass
 class FeedState:
     """The feed as views need it: entries by device, their canonical JSON, and
@@ -213,29 +245,62 @@ class Answer:
     body_gz: bytes | None = None
 
 
+# What a delta depends on besides the org's state at its end: its positions, the
+# changed devices the recipient sees at the end and saw at the start, and the
+# changed feed entries it sees. Devices with equal keys get the same bytes.
+DeltaKey = tuple[str, tuple[int, int], tuple[int, int], frozenset[str], frozenset[str],
+                 frozenset[str]]
+
+
 class Views:
     """Every org's view state, owned by the ``Hub`` (one event loop thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake_interval: float = WAKE_MIN_INTERVAL) -> None:
         self.history: dict[str, OrderedDict[int, OrgView]] = {}
         self.feeds: dict[str, FeedState] = {}
         self._diffs: OrderedDict[tuple[str, int, int], OrgDiff] = OrderedDict()
-        self._signed: OrderedDict[bytes, bytes] = OrderedDict()
+        self._deltas: OrderedDict[DeltaKey, tuple[Answer, bool]] = OrderedDict()
         self._snapshots: OrderedDict[tuple[str, int, int], Answer] = OrderedDict()
         self._waiting: dict[tuple[str, str], set[asyncio.Event]] = {}
+        self.wake_interval = wake_interval
+        self._pending: dict[str, set[str] | None] = {}  # org -> devices to wake (None: all)
+        self._last_wake: dict[str, float] = {}
+        self._wakers: dict[str, asyncio.Task[None]] = {}
+        self.stats = {"deltas_built": 0, "deltas_shared": 0, "members_inherited": 0,
+                      "wake_rounds": 0}
 
     # -- inputs: swaps and feed builds ----------------------------------------------
     def served(self, org: str, manifest: Manifest) -> OrgView:
-        """The manifest ``org`` now serves (idempotent per serial); wakes the org."""
+        """The manifest ``org`` now serves (idempotent per serial); wakes the
+        devices that see what changed."""
         hist = self.history.setdefault(org, OrderedDict())
         view = hist.get(manifest.serial)
         if view is None:
+            prev = self.current(org)
             view = OrgView(manifest)
+            targets: set[str] | None = None
+            if prev is not None and prev.serial < view.serial:
+                diff = self._diff(org, prev, view)
+                if view.inherit(prev, diff):
+                    self.stats["members_inherited"] += 1
+                    if not set(diff.top) - set(CHANGE_KEYS) and not diff.top_remove:
+                        targets = self._viewers_of(view, diff.changed)
             hist[manifest.serial] = view
             while len(hist) > MANIFEST_HISTORY:
                 hist.popitem(last=False)
-            self.wake(org, None)
+            self.wake(org, targets)
         return view
+
+    @staticmethod
+    def _viewers_of(view: OrgView, names: Iterable[str]) -> set[str] | None:
+        """The devices that see any of ``names`` (None: every device)."""
+        targets: set[str] = set()
+        for name in names:
+            seen_by = view.viewers(name)
+            if seen_by is None:
+                return None
+            targets |= seen_by
+        return targets
 
     def current(self, org: str) -> OrgView | None:
         hist = self.history.get(org)
@@ -248,25 +313,55 @@ class Views:
         if not changed:
             return
         view = self.current(org)
-        if view is None or view.full:
-            self.wake(org, None)
-            return
-        targets: set[str] = set()
-        for name in changed:
-            seen_by = view.viewers(name)
-            if seen_by is None:
-                self.wake(org, None)
-                return
-            targets |= seen_by
-        self.wake(org, targets)
+        self.wake(org, None if view is None or view.full else self._viewers_of(view, changed))
 
     # -- waiting -----------------------------------------------------------------------
     def wake(self, org: str, devices: Iterable[str] | None) -> None:
-        if devices is None:
-            keys: Iterable[tuple[str, str]] = [k for k in self._waiting if k[0] == org]
+        """Wake the long-polls of ``devices`` (None: all of the org's), at most
+        one round per ``wake_interval``: a wake within it joins the next round."""
+        if org in self._pending:
+            pending = self._pending[org]
+            if pending is not None:
+                if devices is None:
+                    self._pending[org] = None
+                else:
+                    pending.update(devices)
         else:
-            keys = [(org, d) for d in devices if (org, d) in self._waiting]
-        for key in keys:
+            self._pending[org] = None if devices is None else set(devices)
+        task = self._wakers.get(org)
+        if task is not None and not task.done():
+            return  # the running round's next pass takes it
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (unit tests): wake at once
+            self._wake_now(org, self._pending.pop(org))
+            return
+        self._wakers[org] = loop.create_task(self._waker(org), name=f"view-wake-{org}")
+
+    async def _waker(self, org: str) -> None:
+        loop = asyncio.get_running_loop()
+        while org in self._pending:
+            delay = self._last_wake.get(org, float("-inf")) + self.wake_interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            devices = self._pending.pop(org, set())
+            self._last_wake[org] = loop.time()
+            self.stats["wake_rounds"] += 1
+            keys = self._keys(org, devices)
+            for start in range(0, len(keys), WAKE_BATCH):
+                if start:
+                    await asyncio.sleep(0)  # let report POSTs and other I/O in between
+                for key in keys[start:start + WAKE_BATCH]:
+                    for event in self._waiting.get(key, ()):
+                        event.set()
+
+    def _keys(self, org: str, devices: Iterable[str] | None) -> list[tuple[str, str]]:
+        if devices is None:
+            return [k for k in self._waiting if k[0] == org]
+        return [(org, d) for d in devices if (org, d) in self._waiting]
+
+    def _wake_now(self, org: str, devices: Iterable[str] | None) -> None:
+        for key in self._keys(org, devices):
             for event in self._waiting.get(key, ()):
                 event.set()
 
@@ -328,7 +423,11 @@ class Views:
               signers: Sequence[Any]) -> tuple[Answer | None, bool]:
         """The delta from ``start`` for ``device``: ``(None, _)`` when only a
         snapshot will do; else ``(answer, relevant)``, ``relevant`` False when
-        it only moves the device's position (nothing in its view changed)."""
+        it only moves the device's position (nothing in its view changed).
+
+        Per device this costs a few set lookups (which of the changed devices
+        and entries it sees); the delta itself is built and signed once per
+        distinct ``DeltaKey`` and shared."""
         hist = self.history.get(org)
         view = self.current(org)
         feed = self.feeds.get(org) or FeedState()
@@ -338,55 +437,56 @@ class Views:
         if old is None:
             return None, False
         members = view.members(device)
-        upsert: list[dict[str, Any]] = []
-        remove: list[str] = []
-        top: Mapping[str, Any] = {}
-        top_remove: tuple[str, ...] = ()
-        entered: set[str] = set()
-        left: set[str] = set()
+        seen_now: frozenset[str] = frozenset()
+        seen_before: frozenset[str] = frozenset()
         if old is not view:
             diff = self._diff(org, old, view)
             if diff.policy_changed or device in diff.changed:
                 return None, False
             old_members = old.members(device)
-            top, top_remove = diff.top, diff.top_remove
-            for name in diff.changed:
-                now_in = name in view.everyone and (members is None or name in members)
-                was_in = name in old.everyone and (old_members is None or name in old_members)
-                if now_in:
-                    upsert.append(view.dicts[name])
-                    if not was_in:
-                        entered.add(name)
-                elif was_in:
-                    remove.append(name)
-                    left.add(name)
+            seen_now = _seen(diff.changed, view.everyone, members)
+            seen_before = _seen(diff.changed, old.everyone, old_members)
         changed_entries = feed.changed_since(start[1])
         if changed_entries is None:
             return None, False
+        end = (view.serial, max(feed.revision, 0))
+        key: DeltaKey = (org, start, end, seen_now, seen_before,
+                         _seen(changed_entries, view.everyone, members))
+        cached = self._deltas.get(key)
+        if cached is not None:
+            self._deltas.move_to_end(key)
+            self.stats["deltas_shared"] += 1
+            return cached
+        built = self._build_delta(key, old, view, feed, signers)
+        self._deltas[key] = built
+        while len(self._deltas) > SIGNED_CACHE:
+            self._deltas.popitem(last=False)
+        self.stats["deltas_built"] += 1
+        return built
+
+    def _build_delta(self, key: DeltaKey, old: OrgView, view: OrgView, feed: FeedState,
+                     signers: Sequence[Any]) -> tuple[Answer, bool]:
+        org, start, end, seen_now, seen_before, entries_seen = key
+        top: Mapping[str, Any] = {}
+        top_remove: tuple[str, ...] = ()
+        if old is not view:
+            diff = self._diff(org, old, view)
+            top, top_remove = diff.top, diff.top_remove
+        upsert = [view.dicts[n] for n in sorted(seen_now)]
+        left = seen_before - seen_now
+        remove = sorted(left)
         feed_upsert, feed_remove = [], []
-        for name in sorted(changed_entries | entered):
-            if name not in view.everyone or (members is not None and name not in members):
-                continue  # an entry of a device that left the org goes with ``left``
-            entry = feed.entries.get(name)
-            if entry is not None:
+        for name in sorted(entries_seen | (seen_now - seen_before)):
+            if name in feed.entries:
                 feed_upsert.append(json.loads(feed.frags[name]))
-            elif name in changed_entries:
+            elif name in entries_seen:
                 feed_remove.append(name)
         feed_remove.extend(n for n in sorted(left) if n not in feed_remove)
         relevant = bool(upsert or remove or top_remove or feed_upsert or feed_remove
                         or set(top) - set(CHANGE_KEYS))
-        end = (view.serial, max(feed.revision, 0))
         payload = delta_payload(org, start, end, top, top_remove, upsert, remove,
                                 feed.generated_at, feed_upsert, feed_remove)
-        body = self._signed.get(payload)
-        if body is None:
-            body = sign_view(payload, signers)
-            self._signed[payload] = body
-            while len(self._signed) > SIGNED_CACHE:
-                self._signed.popitem(last=False)
-        else:
-            self._signed.move_to_end(payload)
-        return Answer("delta", body, end[0], end[1]), relevant
+        return Answer("delta", sign_view(payload, signers), end[0], end[1]), relevant
 
     def _diff(self, org: str, old: OrgView, new: OrgView) -> OrgDiff:
         key = (org, old.serial, new.serial)
