@@ -36,7 +36,8 @@ Waking: long-polls wait on one event per device. A swap wakes the viewers of
 the devices that changed (everyone when the policy, the device set or a
 non-serial top-level field changed); a feed build wakes only the viewers of
 the entries that changed. Wake-ups are rate-limited per org (at most one
-round per ``WAKE_MIN_INTERVAL``; the first after a quiet period goes at once)
+round per ``WAKE_MIN_INTERVAL``, longer after a round that woke more than
+``WAKE_RATE`` per second of it; the first after a quiet period goes at once)
 and set in batches of ``WAKE_BATCH`` with a yield to the event loop between
 batches, so thousands of woken long-polls do not hold up report POSTs.
 """
@@ -68,6 +69,7 @@ FEED_HISTORY = 4096  # feed revisions per org a delta can start from (~30 min at
 SIGNED_CACHE = 4096  # signed deltas kept (each distinct delta is built and signed once)
 WAKE_MIN_INTERVAL = 0.5  # seconds between two wake-up rounds of one org (like FEED_MIN_INTERVAL)
 WAKE_BATCH = 256  # events set before yielding to the event loop
+WAKE_RATE = 2000.0  # long-polls woken per second and org at most, on average (see _waker)
 CHANGE_KEYS = ("serial", "commit", "issued_at", "not_after")  # move with every publish
 
 
@@ -102,6 +104,10 @@ class OrgView:
                 return False
         self._members, self._index = old._members, old._index  # same answers: share them
         return True
+
+    def shares_members(self, other: OrgView) -> bool:
+        """Whether every device's members are the same in both (inherited)."""
+        return self._members is other._members
 
     @property
     def index(self) -> PeerIndex:
@@ -345,9 +351,12 @@ class Views:
             if delay > 0:
                 await asyncio.sleep(delay)
             devices = self._pending.pop(org, set())
-            self._last_wake[org] = loop.time()
-            self.stats["wake_rounds"] += 1
             keys = self._keys(org, devices)
+            # the next round waits longer after a large one: every woken long-poll
+            # costs a delta and an answer, and report POSTs must keep their share
+            self._last_wake[org] = loop.time() + max(0.0, len(keys) / WAKE_RATE
+                                                     - self.wake_interval)
+            self.stats["wake_rounds"] += 1
             for start in range(0, len(keys), WAKE_BATCH):
                 if start:
                     await asyncio.sleep(0)  # let report POSTs and other I/O in between
@@ -441,8 +450,9 @@ class Views:
         seen_before: frozenset[str] = frozenset()
         if old is not view:
             diff = self._diff(org, old, view)
-            if diff.policy_changed or device in diff.changed:
-                return None, False
+            if diff.policy_changed or (device in diff.changed
+                                       and not view.shares_members(old)):
+                return None, False  # its own entry changed and its view may have too
             old_members = old.members(device)
             seen_now = _seen(diff.changed, view.everyone, members)
             seen_before = _seen(diff.changed, old.everyone, old_members)
