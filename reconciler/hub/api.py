@@ -394,12 +394,15 @@ async def send_body(request: web.Request, body: bytes, headers: dict[str, str],
     resp = web.StreamResponse(headers=headers)
     resp.content_type = content_type
     resp.content_length = len(body)
-    await resp.prepare(request)
     view = memoryview(body)
-    for at in range(0, len(body), CHUNK):
-        await resp.write(view[at:at + CHUNK])
-        await request.writer.drain()  # backpressure: the piece left before the next
-    await resp.write_eof()
+    try:
+        await resp.prepare(request)
+        for at in range(0, len(body), CHUNK):
+            await resp.write(view[at:at + CHUNK])
+            await request.writer.drain()  # backpressure: the piece left before the next
+        await resp.write_eof()
+    except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError)
+        resp.force_close()
     return resp
 
 

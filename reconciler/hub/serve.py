@@ -269,6 +269,12 @@ class ReportWriter:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            except Exception as exc:  # a bug: fail this batch (503), keep the writer running
+                log.error("report batch of %d not stored", len(items), exc_info=exc)
+                for _, _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(TemporaryError(f"report not stored: {exc}", 1.0))
+                continue
             self._metrics.store_commit.observe(time.monotonic() - started)
             self._metrics.reports.inc(len(items))
             self._metrics.report_batches.observe(len(items))

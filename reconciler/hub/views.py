@@ -88,6 +88,7 @@ class OrgView:
         self.full = manifest.policy is None
         self._index: PeerIndex | None = None
         self._members: dict[str, frozenset[str] | None] = {}
+        self._viewers: dict[str, frozenset[str]] = {}
         self._manifest_json: bytes | None = None
 
     def inherit(self, old: OrgView, diff: OrgDiff) -> bool:
@@ -102,7 +103,8 @@ class OrgView:
             if a is None or b is None or (a.labels, a.routes, a.exit_node) != \
                     (b.labels, b.routes, b.exit_node):
                 return False
-        self._members, self._index = old._members, old._index  # same answers: share them
+        # same answers: share them
+        self._members, self._viewers, self._index = old._members, old._viewers, old._index
         return True
 
     def shares_members(self, other: OrgView) -> bool:
@@ -133,10 +135,21 @@ class OrgView:
     def viewers(self, name: str) -> frozenset[str] | None:
         """The devices whose view holds ``name`` (None: all). The peer relation
         is symmetric (``policy.PeerIndex``: a rule accepting traffic either way);
-        relays see everyone and everyone sees relays."""
+        relays see and are seen by everyone. Cached per view."""
         if self.full or name in self.relays or name not in self.everyone:
             return None
-        return self.index.allowed(name) | self.relays | {name}
+        if name not in self._viewers:
+            self._viewers[name] = self.index.allowed(name) | self.relays | {name}
+        return self._viewers[name]
+
+    def sees(self, device: str, name: str) -> bool:
+        """Whether ``name`` is in ``device``'s view: ``device in viewers(name)``,
+        so a delta costs one ``allowed()`` per changed device, not one per
+        recipient (``members`` is needed for snapshots only)."""
+        if name not in self.everyone or device not in self.everyone:
+            return False
+        seen_by = self.viewers(name)
+        return seen_by is None or device in seen_by
 
     def manifest_json(self, members: frozenset[str] | None) -> bytes:
         """Canonical JSON of the manifest restricted to ``members`` (None: all)."""
@@ -181,10 +194,9 @@ def diff_views(old: OrgView, new: OrgView) -> OrgDiff:
 _MISSING = object()
 
 
-def _seen(names: Iterable[str], everyone: frozenset[str],
-          members: frozenset[str] | None) -> frozenset[str]:
-    """Those of ``names`` in a view of ``members`` (None: all of ``everyone``)."""
-    return frozenset(n for n in names if n in everyone and (members is None or n in members))
+def _seen(view: OrgView, device: str, names: Iterable[str]) -> frozenset[str]:
+    """Those of ``names`` in ``device``'s view."""
+    return frozenset(n for n in names if view.sees(device, n))
 
 
 @dataclass
@@ -445,7 +457,6 @@ class Views:
         old = hist.get(start[0])
         if old is None:
             return None, False
-        members = view.members(device)
         seen_now: frozenset[str] = frozenset()
         seen_before: frozenset[str] = frozenset()
         if old is not view:
@@ -453,15 +464,14 @@ class Views:
             if diff.policy_changed or (device in diff.changed
                                        and not view.shares_members(old)):
                 return None, False  # its own entry changed and its view may have too
-            old_members = old.members(device)
-            seen_now = _seen(diff.changed, view.everyone, members)
-            seen_before = _seen(diff.changed, old.everyone, old_members)
+            seen_now = _seen(view, device, diff.changed)
+            seen_before = _seen(old, device, diff.changed)
         changed_entries = feed.changed_since(start[1])
         if changed_entries is None:
             return None, False
         end = (view.serial, max(feed.revision, 0))
         key: DeltaKey = (org, start, end, seen_now, seen_before,
-                         _seen(changed_entries, view.everyone, members))
+                         _seen(view, device, changed_entries))
         cached = self._deltas.get(key)
         if cached is not None:
             self._deltas.move_to_end(key)

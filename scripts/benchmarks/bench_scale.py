@@ -71,6 +71,10 @@ ORG = "org-00"
 HUB_NAME = f"{ORG}.hub"
 
 
+def _say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 def _env(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
@@ -262,6 +266,7 @@ class Client:
         self.errors: dict[str, int] = {}
         self.verified = 0
         self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = False
         self.trust: Any = None
         if cfg.get("verify"):
             from reconciler.pki.envelope import load_trust
@@ -328,7 +333,7 @@ class Client:
         return {"started": len(self.tasks)}
 
     async def _view_loop(self, agent: Agent, wait: int) -> None:
-        while True:
+        while not self.stopping:
             path = (f"{self.base}/devices/{agent.name}/view?serial={agent.serial}"
                     f"&revision={agent.revision}&wait={wait}")
             try:
@@ -381,7 +386,7 @@ class Client:
                     self.observed.append([now, agent.name, *key])
 
     async def _manifest_loop(self, agent: Agent, wait: int) -> None:
-        while True:
+        while not self.stopping:
             try:
                 status, headers, body = await asyncio.wait_for(agent.conn.request(
                     "GET", f"{self.base}/manifest?wait={wait}",
@@ -410,7 +415,7 @@ class Client:
             agent.serial = serial
 
     async def _feed_loop(self, agent: Agent, wait: int) -> None:
-        while True:
+        while not self.stopping:
             try:
                 status, headers, body = await asyncio.wait_for(agent.feed_conn.request(
                     "GET", f"{self.base}/endpoints?since={agent.revision}&wait={wait}",
@@ -498,9 +503,11 @@ class Client:
         return out
 
     async def stop(self, _: dict[str, Any]) -> dict[str, Any]:
+        self.stopping = True
         for t in self.tasks:
             t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:  # 3.11's wait_for can swallow a cancellation: do not wait forever
+            await asyncio.wait(self.tasks, timeout=5)
         self.tasks = []
         for a in self.agents.values():
             a.conn.close()
@@ -523,13 +530,18 @@ async def client_main(cfg_path: str) -> None:
     reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     print(json.dumps({"ready": len(client.agents)}), flush=True)
+    _say(f"client {os.getpid()}: ready with {len(client.agents)} agents")
     while line := await reader.readline():
         cmd = json.loads(line)
+        t0 = time.monotonic()
         answer = await getattr(client, cmd["cmd"])(cmd)
+        if cmd["cmd"] not in ("count", "collect"):
+            _say(f"client {os.getpid()}: {cmd['cmd']} took {time.monotonic() - t0:.1f} s")
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
         if cmd["cmd"] == "stop":
             return
+    _say(f"client {os.getpid()}: stdin closed, leaving")
 
 
 class Clients:
@@ -616,7 +628,7 @@ class HubProcess:
         self.log = (directory / "hub.log").open("w")
         self.db = f"sqlite:///{directory}/hub.db"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "hub", "serve", "--repo", str(world.repo),
+            [sys.executable, "-m", "reconciler", "-v", "hub", "serve", "--repo", str(world.repo),
              "--listen", f"127.0.0.1:{self.port}", "--db", self.db,
              "--state-dir", str(directory / "state"), "--gnupghome", world.home],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
@@ -705,7 +717,9 @@ def run_mode(world: World, mode: str, p: Params, label: str) -> dict[str, Any]:
         me = client_ctx(world.ca_pem, world.certs / f"{world.names[0]}.pem")
         clients = Clients(world, hub.port, pollers, movers, p.clients, p.observers, p.verify,
                           directory)
+        _say(f"{mode}: hub up (pid {hub.pid}), clients ready")
         reported = clients.all("report_all")
+        _say(f"{mode}: initial reports {reported}")
         accepted_initial = sum(r["accepted"] for r in reported)
         # where the pollers start: the served serial and the feed revision once settled
         _, headers, body = sync_get(hub.port, f"/v1/orgs/{ORG}/manifest", me)
@@ -729,7 +743,9 @@ def run_mode(world: World, mode: str, p: Params, label: str) -> dict[str, Any]:
 
         def held() -> float:
             return sum(hub.metric("meshops_hub_long_polls", f'kind="{k}"') for k in kinds)
+        _say(f"{mode}: pollers started at serial {serial} revision {revision}")
         _wait_until(lambda: held() >= expected_polls, 300, 1.0)
+        _say(f"{mode}: {held()} long-polls held, hub RSS {_mem(hub.pid)[0] / 1e6:.0f} MB")
         out["long_polls_held"] = held()
         time.sleep(2)
         out["setup_s"] = time.monotonic() - t_setup
@@ -750,6 +766,7 @@ def run_mode(world: World, mode: str, p: Params, label: str) -> dict[str, Any]:
             return sum(r["n"] for r in clients.all("count", serial=serial))
         _wait_until(lambda: delivered() >= len(expected), 180, 0.25)
         t_all = time.time()
+        _say(f"{mode}: (a) delivered to {delivered()} of {len(expected)} in {t_all - t0:.2f} s")
         time.sleep(1.0)
         cpu1 = _cpu_seconds(hub.pid)
         rss, hwm = _mem(hub.pid)
@@ -797,6 +814,7 @@ def run_mode(world: World, mode: str, p: Params, label: str) -> dict[str, Any]:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         load_during = []
+        _say(f"{mode}: (b) moves start")
         sent = sum(r["sent"] for r in clients.all("move", rate=p.moves_per_s / p.clients,
                                                   seconds=p.seconds, start_at=start_at))
         load_during.append(_loadavg())
@@ -874,6 +892,7 @@ def run_scale(p: Params, modes: tuple[str, ...] = ("view", "full"),
                 prefix="meshops-bench-scale-")))
         t0 = time.monotonic()
         world = make_world(base, p.devices)
+        _say(f"world of {p.devices} devices made in {time.monotonic() - t0:.0f} s")
         result: dict[str, Any] = {"params": p.__dict__, "world_s": time.monotonic() - t0,
                                   "machine": machine(), "modes": {}}
         try:
