@@ -709,6 +709,7 @@ def run_mode(world: World, mode: str, p: Params, label: str) -> dict[str, Any]:
     out: dict[str, Any] = {"mode": mode, "load_start": _loadavg()}
     t_setup = time.monotonic()
     hub = HubProcess(world, directory)
+    out["rss_start_bytes"] = _mem(hub.pid)[0]  # published, no agent connected yet
     pollers = world.names[:p.pollers]
     movers = [n for n in reversed(world.names) if n not in set(pollers[:1])][:p.movers]
     clients = None
@@ -955,7 +956,9 @@ def table(result: dict[str, Any]) -> str:
             ratio = f"{vals[1] / vals[0]:.1f}x"
         lines.append(f"{label:46} {shown[0]:>14} {shown[1]:>14} {ratio:>10}")
     for name, m in modes.items():
-        lines.append(f"{name}: long-polls held {m.get('long_polls_held')}, RSS with them held "
+        lines.append(f"{name}: hub RSS after its first publish "
+                     f"{m.get('rss_start_bytes', 0) / 1e6:,.0f} MB, long-polls held "
+                     f"{m.get('long_polls_held')}, RSS with them held "
                      f"{m.get('rss_held_bytes', 0) / 1e6:,.0f} MB, set-up {m.get('setup_s', 0):.0f} s, "
                      f"load {m['load_start']} -> {m['a']['load']} -> {m['b']['load']}, "
                      f"errors a={m['a']['errors']} b={m['b']['errors']}")
