@@ -163,17 +163,25 @@ class Conn:
     """One keep-alive HTTP/1.1 connection over TLS (bare asyncio streams: a
     fraction of aiohttp's client CPU, which shares the cores with the hub)."""
 
-    def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
-        self.port, self.ctx = port, ctx
+    def __init__(self, port: int, ctx: ssl.SSLContext,
+                 gate: asyncio.Semaphore | None = None) -> None:
+        self.port, self.ctx, self.gate = port, ctx, gate
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+
+    async def _open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=self.ctx, server_hostname=HUB_NAME,
+            ssl_handshake_timeout=60, limit=1 << 20)
 
     async def request(self, method: str, path: str, body: bytes = b"",
                       headers: str = "") -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(
-                "127.0.0.1", self.port, ssl=self.ctx, server_hostname=HUB_NAME,
-                ssl_handshake_timeout=30, limit=1 << 20)
+            if self.gate is None:
+                await self._open()
+            else:  # a few handshakes at a time: 10,000 at once time out
+                async with self.gate:
+                    await self._open()
         assert self.reader is not None and self.writer is not None
         head = (f"{method} {path} HTTP/1.1\r\nHost: {HUB_NAME}\r\n{headers}"
                 f"Content-Length: {len(body)}\r\n\r\n")
@@ -236,10 +244,11 @@ def payload_of(headers: dict[str, str], body: bytes) -> Any:
 
 # -- the client process -------------------------------------------------------------------------
 class Agent:
-    def __init__(self, name: str, ctx: ssl.SSLContext, port: int, observer: bool) -> None:
+    def __init__(self, name: str, ctx: ssl.SSLContext, port: int, observer: bool,
+                 gate: asyncio.Semaphore) -> None:
         self.name, self.ctx, self.observer = name, ctx, observer
-        self.conn = Conn(port, ctx)
-        self.feed_conn = Conn(port, ctx)
+        self.conn = Conn(port, ctx, gate)
+        self.feed_conn = Conn(port, ctx, gate)
         self.serial = 0  # the manifest serial held (view: the position's serial)
         self.revision = 0
         self.held: Any = None  # verify mode: the HeldView
@@ -255,10 +264,12 @@ class Client:
         base = f"/v1/orgs/{ORG}"
         self.base = base
         certs = Path(cfg["certs"])
+        self.gate = asyncio.Semaphore(32)  # TLS handshakes in flight
         self.agents = {n: Agent(n, client_ctx(cfg["ca"], certs / f"{n}.pem"), self.port,
-                                k < cfg["observers"]) for k, n in enumerate(cfg["names"])}
+                                k < cfg["observers"], self.gate)
+                       for k, n in enumerate(cfg["names"])}
         self.movers = {n: Conn(self.port, self.agents[n].ctx if n in self.agents else
-                               client_ctx(cfg["ca"], certs / f"{n}.pem"))
+                               client_ctx(cfg["ca"], certs / f"{n}.pem"), self.gate)
                        for n in cfg["movers"]}
         self.events: list[list[Any]] = []  # [t, name, what, kind, serial, revision, bytes]
         self.observed: list[list[Any]] = []  # [t, observer, device, address]
@@ -357,7 +368,7 @@ class Client:
             self.events.append([now, agent.name, "view", kind, serial, revision, len(body)])
             if agent.held is not None:
                 self._verify(agent, headers, body)
-            elif agent.observer:
+            if agent.observer:
                 doc = payload_of(headers, body)
                 entries = (doc["feed"]["upsert"] if doc["type"] == "delta"
                            else doc["feed"]["entries"])
@@ -652,7 +663,12 @@ class HubProcess:
         return self.proc.pid
 
     def metric(self, name: str, labels: str = "") -> float:
-        _, _, body = sync_get(self.port, "/metrics", self.anon)
+        """A summed metric of the hub; NaN when it does not answer (busy)."""
+        try:
+            _, _, body = sync_get(self.port, "/metrics", self.anon)
+        except (OSError, ssl.SSLError, TimeoutError, ValueError,
+                asyncio.IncompleteReadError):
+            return float("nan")
         total = 0.0
         for line in body.decode().splitlines():
             if line.startswith(name) and labels in line and not line.startswith("#"):
@@ -899,6 +915,9 @@ def run_scale(p: Params, modes: tuple[str, ...] = ("view", "full"),
         try:
             for mode in modes:
                 result["modes"][mode] = run_mode(world, mode, p, label=str(time.time_ns()))
+                out = os.environ.get("MESHOPS_SCALE_JSON")
+                if out:  # what was measured so far survives a later failure
+                    Path(out).write_text(json.dumps(result, indent=2, default=str))
         finally:
             subprocess.run(["gpgconf", "--homedir", world.home, "--kill", "gpg-agent"],
                            capture_output=True, check=False)
