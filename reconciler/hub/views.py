@@ -48,7 +48,7 @@ import asyncio
 import gzip
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,10 @@ FEED_HISTORY = 4096  # feed revisions per org a delta can start from (~30 min at
 SIGNED_CACHE = 4096  # signed deltas kept (each distinct delta is built and signed once)
 WAKE_MIN_INTERVAL = 0.5  # seconds between two wake-up rounds of one org (like FEED_MIN_INTERVAL)
 WAKE_BATCH = 256  # events set before yielding to the event loop
+WAKE_ALL_ABOVE = 256  # more changed devices than this wake the whole org
+# Per view, the member sets kept: each can hold every device of the org
+# (10,000 sets of 10,000 names would be gigabytes), "everyone" is kept as None.
+SETS_CACHED = 1024
 WAKE_RATE = 2000.0  # long-polls woken per second and org at most, on average (see _waker)
 CHANGE_KEYS = ("serial", "commit", "issued_at", "not_after")  # move with every publish
 
@@ -101,7 +105,6 @@ class OrgView:
         self.full = manifest.policy is None
         self._index: PeerIndex | None = None
         self._members: dict[str, frozenset[str] | None] = {}
-        self._viewers: dict[str, frozenset[str]] = {}
         self._manifest_json: bytes | None = None
 
     def inherit(self, old: OrgView, diff: OrgDiff) -> bool:
@@ -117,7 +120,7 @@ class OrgView:
                     (b.labels, b.routes, b.exit_node):
                 return False
         # same answers: share them
-        self._members, self._viewers, self._index = old._members, old._viewers, old._index
+        self._members, self._index = old._members, old._index
         return True
 
     def shares_members(self, other: OrgView) -> bool:
@@ -142,18 +145,14 @@ class OrgView:
         else:
             found = self.index.allowed(name) | self.relays | {name}
             out = None if len(found) == len(self.everyone) else frozenset(found)
-        self._members[name] = out
+        _bounded_put(self._members, name, out)
         return out
 
     def viewers(self, name: str) -> frozenset[str] | None:
         """The devices whose view holds ``name`` (None: all). The peer relation
-        is symmetric (``policy.PeerIndex``: a rule accepting traffic either way);
-        relays see and are seen by everyone. Cached per view."""
-        if self.full or name in self.relays or name not in self.everyone:
-            return None
-        if name not in self._viewers:
-            self._viewers[name] = self.index.allowed(name) | self.relays | {name}
-        return self._viewers[name]
+        is symmetric (``policy.PeerIndex``: a rule accepting traffic either way),
+        and relays see and are seen by everyone: the same set as ``members``."""
+        return None if name not in self.everyone else self.members(name)
 
     def sees(self, device: str, name: str) -> bool:
         """Whether ``name`` is in ``device``'s view: ``device in viewers(name)``,
@@ -205,6 +204,14 @@ def diff_views(old: OrgView, new: OrgView) -> OrgDiff:
 
 
 _MISSING = object()
+
+
+def _bounded_put(cache: dict[str, frozenset[str] | None], key: str,
+                 value: frozenset[str] | None) -> None:
+    """Insert, dropping the oldest entries beyond ``SETS_CACHED``."""
+    cache[key] = value
+    while len(cache) > SETS_CACHED:
+        del cache[next(iter(cache))]
 
 
 def _seen(view: OrgView, device: str, names: Iterable[str]) -> frozenset[str]:
@@ -323,8 +330,11 @@ class Views:
         return view
 
     @staticmethod
-    def _viewers_of(view: OrgView, names: Iterable[str]) -> set[str] | None:
-        """The devices that see any of ``names`` (None: every device)."""
+    def _viewers_of(view: OrgView, names: Collection[str]) -> set[str] | None:
+        """The devices that see any of ``names`` (None: every device, also when
+        ``names`` are many: waking everyone is then cheaper than finding out)."""
+        if len(names) > WAKE_ALL_ABOVE:
+            return None
         targets: set[str] = set()
         for name in names:
             seen_by = view.viewers(name)
