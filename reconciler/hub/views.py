@@ -71,7 +71,7 @@ WAKE_MIN_INTERVAL = 0.5  # seconds between two wake-up rounds of one org (like F
 WAKE_BATCH = 256  # events set before yielding to the event loop
 WAKE_ALL_ABOVE = 256  # more changed devices than this wake the whole org
 # Per view, the member sets kept: each can hold every device of the org
-# (10,000 sets of 10,000 names would be gigabytes), "everyone" is kept as None.
+# (10,000 sets of 10,000 names would be gigabytes); "sees everyone" is a set of names.
 SETS_CACHED = 1024
 WAKE_RATE = 2000.0  # long-polls woken per second and org at most, on average (see _waker)
 CHANGE_KEYS = ("serial", "commit", "issued_at", "not_after")  # move with every publish
@@ -104,7 +104,10 @@ class OrgView:
         self.relays = frozenset(d.name for d in manifest.devices if d.relay)
         self.full = manifest.policy is None
         self._index: PeerIndex | None = None
-        self._members: dict[str, frozenset[str] | None] = {}
+        # members: the devices that see everyone (small), and bounded explicit sets
+        self._everyone_seers: set[str] = set()
+        self._members: dict[str, frozenset[str]] = {}
+        self._splits: dict[frozenset[str], tuple[frozenset[str], tuple[str, ...]]] = {}
         self._manifest_json: bytes | None = None
 
     def inherit(self, old: OrgView, diff: OrgDiff) -> bool:
@@ -121,6 +124,7 @@ class OrgView:
                 return False
         # same answers: share them
         self._members, self._index = old._members, old._index
+        self._everyone_seers, self._splits = old._everyone_seers, old._splits
         return True
 
     def shares_members(self, other: OrgView) -> bool:
@@ -136,17 +140,37 @@ class OrgView:
     def members(self, name: str) -> frozenset[str] | None:
         """The devices in ``name``'s view; None: the whole org. A device that is
         not in the manifest sees nothing (its view has no devices: it tears down)."""
+        if name in self._everyone_seers:
+            return None
         if name in self._members:
             return self._members[name]
         if name not in self.everyone:
-            out: frozenset[str] | None = frozenset()
-        elif self.full or name in self.relays:
-            out = None
-        else:
-            found = self.index.allowed(name) | self.relays | {name}
-            out = None if len(found) == len(self.everyone) else frozenset(found)
+            return frozenset()
+        if self.full or name in self.relays:
+            return None
+        found = self.index.allowed(name) | self.relays | {name}
+        if len(found) == len(self.everyone):
+            self._everyone_seers.add(name)
+            return None
+        out = frozenset(found)
         _bounded_put(self._members, name, out)
         return out
+
+    def split(self, names: frozenset[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+        """``names`` in this org as (seen by every device, seen by some): a
+        delta's per-device work is then a lookup per name of the second part
+        only (none in a full mesh or when everyone sees the changed devices)."""
+        got = self._splits.get(names)
+        if got is None:
+            always, partial = [], []
+            for n in names:
+                if n in self.everyone:
+                    (always if self.viewers(n) is None else partial).append(n)
+            got = (frozenset(always), tuple(sorted(partial)))
+            self._splits[names] = got
+            while len(self._splits) > SETS_CACHED:
+                del self._splits[next(iter(self._splits))]
+        return got
 
     def viewers(self, name: str) -> frozenset[str] | None:
         """The devices whose view holds ``name`` (None: all). The peer relation
@@ -206,17 +230,22 @@ def diff_views(old: OrgView, new: OrgView) -> OrgDiff:
 _MISSING = object()
 
 
-def _bounded_put(cache: dict[str, frozenset[str] | None], key: str,
-                 value: frozenset[str] | None) -> None:
+def _bounded_put(cache: dict[str, frozenset[str]], key: str, value: frozenset[str]) -> None:
     """Insert, dropping the oldest entries beyond ``SETS_CACHED``."""
     cache[key] = value
     while len(cache) > SETS_CACHED:
         del cache[next(iter(cache))]
 
 
-def _seen(view: OrgView, device: str, names: Iterable[str]) -> frozenset[str]:
-    """Those of ``names`` in ``device``'s view."""
-    return frozenset(n for n in names if view.sees(device, n))
+def _seen(view: OrgView, device: str, names: frozenset[str]) -> frozenset[str]:
+    """Those of ``names`` in ``device``'s view (the same object for every device
+    when each name is seen by everyone or by no one, so its hash is computed once)."""
+    if device not in view.everyone:
+        return frozenset()
+    always, partial = view.split(names)
+    if not partial:
+        return always
+    return always | {n for n in partial if view.sees(device, n)}
 
 
 @dataclass
@@ -230,6 +259,7 @@ class FeedState:
     frags: dict[str, bytes] = field(default_factory=dict)
     history: OrderedDict[int, frozenset[str]] = field(default_factory=OrderedDict)
     oldest: int = 0  # the oldest revision a delta can start from
+    _since: dict[int, frozenset[str]] = field(default_factory=dict)  # changed_since, this rev
 
     def update(self, feed: EndpointFeed) -> frozenset[str]:
         """Take a newly built feed; the devices whose entries changed."""
@@ -253,6 +283,7 @@ class FeedState:
             gone, _ = self.history.popitem(last=False)
             self.oldest = gone
         self.revision, self.generated_at = feed.revision, feed.generated_at
+        self._since = {}
         self.entries, self.frags = entries, frags
         return frozenset(changed)
 
@@ -263,12 +294,16 @@ class FeedState:
             return frozenset()
         if revision > self.revision or revision < self.oldest:
             return None
+        memo = self._since.get(revision)
+        if memo is not None:
+            return memo
         out: set[str] = set()
         for rev in reversed(self.history):
             if rev <= revision:
                 break
             out.update(self.history[rev])
-        return frozenset(out)
+        self._since[revision] = found = frozenset(out)
+        return found
 
 
 @dataclass(frozen=True)

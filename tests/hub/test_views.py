@@ -275,8 +275,15 @@ def test_member_sets_are_bounded_and_everyone_is_kept_as_none(monkeypatch) -> No
     import reconciler.hub.views as hv
 
     monkeypatch.setattr(hv, "SETS_CACHED", 8)
-    devices = [device(f"d{i:03d}", i + 1, f"10.77.0.{i + 1}", labels=("g:ops",))
-               for i in range(40)]
-    view = hv.OrgView(ORG.manifest(devices, serial=1, policy=_policy()))
-    assert all(view.members(d.name) is None for d in devices)  # ops reach everyone
-    assert len(view._members) == 8
+    ops = [device(f"o{i:03d}", i + 1, f"10.77.0.{i + 1}", labels=("g:ops",))
+           for i in range(40)]
+    dbs = [device(f"d{i:03d}", i + 101, f"10.77.1.{i + 1}", labels=("t:db",))
+           for i in range(40)]
+    view = hv.OrgView(ORG.manifest(ops + dbs, serial=1, policy=_policy()))
+    assert all(view.members(d.name) is None for d in ops)  # ops reach everyone
+    for d in dbs:  # a db is reached by the ops only
+        assert view.members(d.name) == {d.name} | {o.name for o in ops}
+    assert len(view._members) == 8 and len(view._everyone_seers) == 40
+    assert view.members(dbs[0].name) == {dbs[0].name} | {o.name for o in ops}  # recomputed
+    always, partial = view.split(frozenset({"o001", "d001", "nobody"}))
+    assert always == {"o001"} and partial == ("d001",)
