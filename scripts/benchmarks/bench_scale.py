@@ -903,6 +903,7 @@ def run_scale(p: Params, modes: tuple[str, ...] = ("view", "full"),
               base: Path | None = None) -> dict[str, Any]:
     """Both modes on one repository; returns every figure (``table`` prints them)."""
     sys.path.insert(0, str(ROOT))
+    _raise_nofile(4 * p.pollers + 1024)  # full mode: 2 connections per agent on each side
     with contextlib.ExitStack() as stack:
         if base is None:
             base = Path(stack.enter_context(tempfile.TemporaryDirectory(
@@ -922,6 +923,21 @@ def run_scale(p: Params, modes: tuple[str, ...] = ("view", "full"),
             subprocess.run(["gpgconf", "--homedir", world.home, "--kill", "gpg-agent"],
                            capture_output=True, check=False)
     return result
+
+
+def _raise_nofile(want: int) -> None:
+    """The hub and the clients inherit this limit (hard limits rise as root only)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        _say(f"open files limited to {hard}: full mode needs {want} (run as root, or raise "
+             "the hard limit)")
 
 
 def machine() -> str:
