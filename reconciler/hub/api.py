@@ -56,6 +56,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -171,9 +172,21 @@ def error_response(status: int, code: str, message: str,
                              status=status)
 
 
+_PEER_PEMS: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+
+
 def tls_peer_cert(request: web.Request) -> str | None:
+    """The connection's client certificate (PEM), converted once per connection:
+    a kept-open agent connection carries thousands of long-polls."""
     transport = request.transport
-    return peer_certificate_pem(transport.get_extra_info("ssl_object") if transport else None)
+    ssl_object = transport.get_extra_info("ssl_object") if transport else None
+    if ssl_object is None:
+        return None
+    try:
+        return _PEER_PEMS[ssl_object]
+    except KeyError:
+        pem = _PEER_PEMS[ssl_object] = peer_certificate_pem(ssl_object)
+        return pem
 
 
 @dataclass(frozen=True)
@@ -636,7 +649,10 @@ _REFUSED = {"too-large": (413, "too-large"), "too-deep": (400, "too-deep"),
 def _anonymous_tls(request: web.Request) -> bool:
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport else None
-    return ssl_object is not None and not ssl_object.getpeercert(binary_form=True)
+    if ssl_object is None:
+        return False
+    pem = _PEER_PEMS.get(ssl_object)
+    return not (pem or ssl_object.getpeercert(binary_form=True))
 
 
 def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | None = None,

@@ -639,8 +639,11 @@ class HubProcess:
         directory.mkdir(parents=True, exist_ok=True)
         self.log = (directory / "hub.log").open("w")
         self.db = f"sqlite:///{directory}/hub.db"
+        profile = os.environ.get("MESHOPS_SCALE_PROFILE")  # cProfile the hub into this file
+        prefix = ["-m", "cProfile", "-o", f"{profile}.{directory.name}"] if profile else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "-v", "hub", "serve", "--repo", str(world.repo),
+            [sys.executable, *prefix, "-m", "reconciler", "-v", "hub", "serve",
+             "--repo", str(world.repo),
              "--listen", f"127.0.0.1:{self.port}", "--db", self.db,
              "--state-dir", str(directory / "state"), "--gnupghome", world.home],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
@@ -1014,7 +1017,7 @@ def table(result: dict[str, Any]) -> str:
 
 def scale() -> dict[str, Any]:
     p = params_from_env()
-    result = run_scale(p)
+    result = run_scale(p, tuple(os.environ.get("MESHOPS_SCALE_MODES", "view,full").split(",")))
     print(table(result), file=sys.stderr)
     view = result["modes"]["view"]
     return {"value": view["a"]["p99_s"], "unit": "s", "goal": 2.0, **result}
@@ -1028,7 +1031,8 @@ if __name__ == "__main__":
         sys.path.insert(0, str(ROOT))
         asyncio.run(client_main(sys.argv[2]))
     else:
-        res = run_scale(params_from_env())
+        modes = tuple(os.environ.get("MESHOPS_SCALE_MODES", "view,full").split(","))
+        res = run_scale(params_from_env(), modes)
         print(table(res))
         out = os.environ.get("MESHOPS_SCALE_JSON")
         if out:
