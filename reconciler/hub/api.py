@@ -38,8 +38,10 @@ Large bodies (a manifest, a view snapshot, a feed) are written as a
 ``StreamResponse`` in ``CHUNK``-sized pieces, each drained into the TLS
 transport before the next: written at once, a 1.8 MB body grew each
 keep-alive connection's TLS buffers to the body's size and they kept that
-memory afterwards (about 1 MB per held connection, >8 GB at 10,000 agents,
-measured by ``scripts/bench scale``). Compressed forms are built once per
+memory afterwards (about 1 MB per held connection, >8 GB at 10,000 agents;
+a bare asyncio TLS server sending 1.8 MB to 500 kept-open connections keeps
+1,837 KB per connection written at once, 123 KB in 64 KiB pieces, 80 KB in
+16 KiB pieces; docs/bench-scale.md). Compressed forms are built once per
 document and shared by every connection (the manifest's and a whole-org
 view's by their owners, the feed's here, ``_FeedGzip``), never per request.
 
@@ -123,7 +125,8 @@ def _max_body() -> int:
 
 
 MAX_BODY = _max_body()  # 200 KiB with the limits above
-CHUNK = 64 * 1024  # larger bodies are streamed in pieces of this size (see the docstring)
+CHUNK = 16 * 1024  # larger bodies are streamed in pieces of this size (see the docstring)
+BIG_SENDS = 64  # large bodies being written at once; the others wait their turn
 GZIP_MIN = 4096  # smaller feeds are sent as they are
 MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
 FEED_TYPE = "application/vnd.meshops.feed+json"
@@ -152,6 +155,7 @@ class _FeedGzip:
 
 
 FEED_GZ_KEY: web.AppKey[_FeedGzip] = web.AppKey("feed_gzip", object)  # type: ignore[arg-type]
+SENDS_KEY: web.AppKey[asyncio.Semaphore] = web.AppKey("big_sends", asyncio.Semaphore)
 
 _DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
 _SIGNED_DIGITS = re.compile(rf"-?[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
@@ -401,16 +405,24 @@ def parse_report(doc: Any, org: str, now: int, observed: str | None,
 async def send_body(request: web.Request, body: bytes, headers: dict[str, str],
                     content_type: str) -> web.StreamResponse:
     """``body`` as the answer; above ``CHUNK`` bytes streamed piece by piece with
-    backpressure, so no connection's buffers grow to the body's size."""
+    backpressure, so no connection's buffers grow to the body's size, and at
+    most ``BIG_SENDS`` such bodies at once, so 10,000 woken long-polls do not
+    all hold their in-flight pieces at the same time."""
     if len(body) <= CHUNK:
         return web.Response(body=body, headers=headers, content_type=content_type)
     resp = web.StreamResponse(headers=headers)
     resp.content_type = content_type
     resp.content_length = len(body)
     view = memoryview(body)
+    async with request.app[SENDS_KEY]:
+        return await _stream(request, resp, view)
+
+
+async def _stream(request: web.Request, resp: web.StreamResponse,
+                  view: memoryview) -> web.StreamResponse:
     try:
         await resp.prepare(request)
-        for at in range(0, len(body), CHUNK):
+        for at in range(0, len(view), CHUNK):
             await resp.write(view[at:at + CHUNK])
             await request.writer.drain()  # backpressure: the piece left before the next
         await resp.write_eof()
@@ -665,6 +677,7 @@ def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | 
     app[REFUSALS_KEY] = refusals or RefusalLog(hub.metrics)
     app[CRASHES_KEY] = {}  # (route, exception type) -> when its traceback was last logged
     app[FEED_GZ_KEY] = _FeedGzip()
+    app[SENDS_KEY] = asyncio.Semaphore(BIG_SENDS)
     app.router.add_get("/v1/orgs/{org}/manifest", get_manifest)
     app.router.add_get("/v1/orgs/{org}/devices/{name}/cert", get_cert)
     app.router.add_get("/v1/orgs/{org}/devices/{name}/view", get_view)
