@@ -69,6 +69,7 @@ FEED_HISTORY = 4096  # feed revisions per org a delta can start from (~30 min at
 SIGNED_CACHE = 4096  # signed deltas kept (each distinct delta is built and signed once)
 WAKE_MIN_INTERVAL = 0.5  # seconds between two wake-up rounds of one org (like FEED_MIN_INTERVAL)
 WAKE_BATCH = 256  # events set before yielding to the event loop
+GZIP_ABOVE = 4096  # answers larger than this are also kept gzipped
 WAKE_ALL_ABOVE = 256  # more changed devices than this wake the whole org
 # Per view, the member sets kept: each can hold every device of the org
 # (10,000 sets of 10,000 names would be gigabytes); "sees everyone" is a set of names.
@@ -230,6 +231,11 @@ def diff_views(old: OrgView, new: OrgView) -> OrgDiff:
 
 
 _MISSING = object()
+
+
+def _gz(body: bytes) -> bytes | None:
+    """The gzip form of an answer over 4 KiB, built once and shared with it."""
+    return gzip.compress(body, 6, mtime=0) if len(body) > GZIP_ABOVE else None
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -501,8 +507,7 @@ class Views:
                                    view.manifest_json(members), rev,
                                    feed.generated_at, (feed.frags[n] for n in names))
         body = sign_view(payload, signers)
-        answer = Answer("snapshot", body, view.serial, rev,
-                        gzip.compress(body, 6, mtime=0) if len(body) > 4096 else None)
+        answer = Answer("snapshot", body, view.serial, rev, _gz(body))
         if members is None:
             self._snapshots[key] = answer
             while len(self._snapshots) > 2:
@@ -575,7 +580,8 @@ class Views:
                         or set(top) - set(CHANGE_KEYS))
         payload = delta_payload(org, start, end, top, top_remove, upsert, remove,
                                 feed.generated_at, feed_upsert, feed_remove)
-        return Answer("delta", sign_view(payload, signers), end[0], end[1]), relevant
+        body = sign_view(payload, signers)
+        return Answer("delta", body, end[0], end[1], _gz(body)), relevant
 
     def _diff(self, org: str, old: OrgView, new: OrgView) -> OrgDiff:
         key = (org, old.serial, new.serial)
