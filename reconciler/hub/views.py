@@ -32,7 +32,7 @@ built and signed once and its bytes are shared by every device with that key
 (in a full mesh, or for devices whose policy shows the same changed entries,
 that is one delta for thousands of devices).
 
-Waking: long-polls wait on one event per device. A swap wakes the viewers of
+Waking: each long-poll waits on a future of its device. A swap wakes the viewers of
 the devices that changed (everyone when the policy, the device set or a
 non-serial top-level field changed); a feed build wakes only the viewers of
 the entries that changed. Wake-ups are rate-limited per org (at most one
