@@ -34,6 +34,17 @@ checked (``claims.check_address``), and the first refused one answers 400
 are kept only from relays of the served snapshot, and the answer says how many
 were dropped and why.
 
+Large bodies (a manifest, a view snapshot, a feed) are written as a
+``StreamResponse`` in ``CHUNK``-sized pieces, each drained into the TLS
+transport before the next: written at once, a 1.8 MB body grew each
+keep-alive connection's TLS buffers to the body's size and they kept that
+memory afterwards (about 1 MB per held connection, >8 GB at 10,000 agents;
+a bare asyncio TLS server sending 1.8 MB to 500 kept-open connections keeps
+1,837 KB per connection written at once, 123 KB in 64 KiB pieces, 80 KB in
+16 KiB pieces; docs/bench-scale.md). Compressed forms are built once per
+document and shared by every connection (the manifest's and a whole-org
+view's by their owners, the feed's here, ``_FeedGzip``), never per request.
+
 Every error is JSON ``{"error": CODE, "message": TEXT}`` (plus the fields
 above for ``bad-candidate``); unexpected exceptions become 500 with the same
 shape and are logged, the server keeps running.
@@ -42,10 +53,12 @@ shape and are logged, the server keeps running.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import re
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -112,6 +125,9 @@ def _max_body() -> int:
 
 
 MAX_BODY = _max_body()  # 200 KiB with the limits above
+CHUNK = 16 * 1024  # larger bodies are streamed in pieces of this size (see the docstring)
+BIG_SENDS = 64  # large bodies being written at once; the others wait their turn
+GZIP_MIN = 4096  # smaller feeds are sent as they are
 MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
 FEED_TYPE = "application/vnd.meshops.feed+json"
 
@@ -121,6 +137,26 @@ PEER_KEY: web.AppKey[PeerCert] = web.AppKey("peer_cert", object)  # type: ignore
 LIMITS_KEY: web.AppKey[Limits] = web.AppKey("limits", Limits)
 REFUSALS_KEY: web.AppKey[RefusalLog] = web.AppKey("refusals", RefusalLog)
 CRASHES_KEY: web.AppKey[dict[tuple[str, str], float]] = web.AppKey("crashes", dict)
+
+
+class _FeedGzip:
+    """The gzip form of the latest signed feed per org, built once per revision."""
+
+    def __init__(self) -> None:
+        self._by_org: dict[str, tuple[int, bytes, bytes]] = {}
+
+    def get(self, org: str, revision: int, body: bytes) -> bytes:
+        held = self._by_org.get(org)
+        if held is not None and held[0] == revision and held[1] is body:
+            return held[2]
+        packed = gzip.compress(body, 6, mtime=0)
+        self._by_org[org] = (revision, body, packed)
+        return packed
+
+
+FEED_GZ_KEY: web.AppKey[_FeedGzip] = web.AppKey("feed_gzip", object)  # type: ignore[arg-type]
+SENDS_KEY: web.AppKey[asyncio.Semaphore] = web.AppKey("big_sends", asyncio.Semaphore)
+
 _DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
 _SIGNED_DIGITS = re.compile(rf"-?[0-9]{{1,{MAX_DIGITS}}}", re.ASCII)
 
@@ -140,9 +176,21 @@ def error_response(status: int, code: str, message: str,
                              status=status)
 
 
+_PEER_PEMS: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+
+
 def tls_peer_cert(request: web.Request) -> str | None:
+    """The connection's client certificate (PEM), converted once per connection:
+    a kept-open agent connection carries thousands of long-polls."""
     transport = request.transport
-    return peer_certificate_pem(transport.get_extra_info("ssl_object") if transport else None)
+    ssl_object = transport.get_extra_info("ssl_object") if transport else None
+    if ssl_object is None:
+        return None
+    try:
+        return _PEER_PEMS[ssl_object]
+    except KeyError:
+        pem = _PEER_PEMS[ssl_object] = peer_certificate_pem(ssl_object)
+        return pem
 
 
 @dataclass(frozen=True)
@@ -354,6 +402,35 @@ def parse_report(doc: Any, org: str, now: int, observed: str | None,
     return report, observations
 
 
+async def send_body(request: web.Request, body: bytes, headers: dict[str, str],
+                    content_type: str) -> web.StreamResponse:
+    """``body`` as the answer; above ``CHUNK`` bytes streamed piece by piece with
+    backpressure, so no connection's buffers grow to the body's size, and at
+    most ``BIG_SENDS`` such bodies at once, so 10,000 woken long-polls do not
+    all hold their in-flight pieces at the same time."""
+    if len(body) <= CHUNK:
+        return web.Response(body=body, headers=headers, content_type=content_type)
+    resp = web.StreamResponse(headers=headers)
+    resp.content_type = content_type
+    resp.content_length = len(body)
+    view = memoryview(body)
+    async with request.app[SENDS_KEY]:
+        return await _stream(request, resp, view)
+
+
+async def _stream(request: web.Request, resp: web.StreamResponse,
+                  view: memoryview) -> web.StreamResponse:
+    try:
+        await resp.prepare(request)
+        for at in range(0, len(view), CHUNK):
+            await resp.write(view[at:at + CHUNK])
+            await request.writer.drain()  # backpressure: the piece left before the next
+        await resp.write_eof()
+    except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError)
+        resp.force_close()
+    return resp
+
+
 # -- handlers ----------------------------------------------------------------------
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     org = _org(request)
@@ -370,7 +447,7 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         body = current.manifest_gz
         headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers, content_type=MANIFEST_TYPE)
+    return await send_body(request, body, headers, MANIFEST_TYPE)
 
 
 VIEW_TYPE = "application/vnd.meshops.view+json"
@@ -410,7 +487,7 @@ async def get_view(request: web.Request) -> web.StreamResponse:
     if answer.body_gz is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
         body = answer.body_gz
         headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers, content_type=VIEW_TYPE)
+    return await send_body(request, body, headers, VIEW_TYPE)
 
 
 async def get_cert(request: web.Request) -> web.Response:
@@ -477,7 +554,7 @@ async def post_endpoints(request: web.Request) -> web.Response:
     })
 
 
-async def get_endpoints(request: web.Request) -> web.Response:
+async def get_endpoints(request: web.Request) -> web.StreamResponse:
     hub = _hub(request)
     org = _org(request)
     _identify(request, org)  # reading the feed needs a device of this org; any device may
@@ -488,10 +565,14 @@ async def get_endpoints(request: web.Request) -> web.Response:
     except TemporaryError as exc:
         raise ApiError(503, "store-unavailable", str(exc)) from None
     headers = {"ETag": f'"{signed.revision}"', "Cache-Control": "no-cache",
-               "X-Feed-Revision": str(signed.revision)}
+               "X-Feed-Revision": str(signed.revision), "Vary": "Accept-Encoding"}
     if since is not None and signed.revision <= since:
         return web.Response(status=304, headers=headers)
-    return web.Response(body=signed.body, headers=headers, content_type=FEED_TYPE)
+    body = signed.body
+    if len(body) > GZIP_MIN and "gzip" in request.headers.get("Accept-Encoding", ""):
+        body = request.app[FEED_GZ_KEY].get(org.org, signed.revision, body)
+        headers["Content-Encoding"] = "gzip"
+    return await send_body(request, body, headers, FEED_TYPE)
 
 
 async def get_crl(request: web.Request) -> web.Response:
@@ -580,7 +661,10 @@ _REFUSED = {"too-large": (413, "too-large"), "too-deep": (400, "too-deep"),
 def _anonymous_tls(request: web.Request) -> bool:
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport else None
-    return ssl_object is not None and not ssl_object.getpeercert(binary_form=True)
+    if ssl_object is None:
+        return False
+    pem = _PEER_PEMS.get(ssl_object)
+    return not (pem or ssl_object.getpeercert(binary_form=True))
 
 
 def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | None = None,
@@ -592,6 +676,8 @@ def make_app(hub: Hub, *, peer_cert: PeerCert = tls_peer_cert, limits: Limits | 
     app[LIMITS_KEY] = limits or Limits()
     app[REFUSALS_KEY] = refusals or RefusalLog(hub.metrics)
     app[CRASHES_KEY] = {}  # (route, exception type) -> when its traceback was last logged
+    app[FEED_GZ_KEY] = _FeedGzip()
+    app[SENDS_KEY] = asyncio.Semaphore(BIG_SENDS)
     app.router.add_get("/v1/orgs/{org}/manifest", get_manifest)
     app.router.add_get("/v1/orgs/{org}/devices/{name}/cert", get_cert)
     app.router.add_get("/v1/orgs/{org}/devices/{name}/view", get_view)

@@ -92,6 +92,7 @@ def redact(text: str) -> str:
 
 FEED_MAX_AGE = 30.0  # rebuild a feed at least this often (a safety net: same digest, same revision)
 FEED_MIN_INTERVAL = 0.5  # and at most this often per org under a stream of reports
+FEED_BUILD_SHARE = 3.0  # and at most once per this many build durations (10,000 entries: ~0.5 s)
 
 
 def authority(org: OrgSnapshot) -> Authority:
@@ -128,6 +129,7 @@ class SignedFeed:
     changes: int = 0  # the org's change counter it was built at
     next_change: float | None = None  # hub clock: the entries change by time alone then
     feed: EndpointFeed | None = None  # the entries it signs (per-device views filter them)
+    build_s: float = 0.0  # how long building it took (wall clock, worker thread)
 
 
 REFRESH_EVERY = 6 * 3600.0  # re-publish the served commit (renewals, manifest not_after)
@@ -269,6 +271,12 @@ class ReportWriter:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            except Exception as exc:  # a bug: fail this batch (503), keep the writer running
+                log.error("report batch of %d not stored", len(items), exc_info=exc)
+                for _, _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(TemporaryError(f"report not stored: {exc}", 1.0))
+                continue
             self._metrics.store_commit.observe(time.monotonic() - started)
             self._metrics.reports.inc(len(items))
             self._metrics.report_batches.observe(len(items))
@@ -300,6 +308,9 @@ class Hub:
         # One thread for the store (SQLite/psycopg connection), one for publishing.
         self._db = ThreadPoolExecutor(1, thread_name_prefix="hub-db")
         self._pub = ThreadPoolExecutor(1, thread_name_prefix="hub-publish")
+        # Feed builds read every row of an org; on their own connection and thread
+        # (from ``start``) report commits never queue behind them.
+        self._feed_store, self._feed_exec = self.store, self._db
         self.manifest_changed = Signal()
         self.feed_changed = Signal()
         self._feeds: dict[str, SignedFeed] = {}
@@ -311,6 +322,11 @@ class Hub:
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
+        url = getattr(self.store, "url", "")
+        if isinstance(self.store, FeedStore) and url.startswith(("sqlite:///", "postgres")) \
+                and ":memory:" not in url:
+            self._feed_store = await asyncio.to_thread(FeedStore, url)
+            self._feed_exec = ThreadPoolExecutor(1, thread_name_prefix="hub-feed")
         self.writer.start()
         await self.poll_store()
 
@@ -318,6 +334,9 @@ class Hub:
         for task in self._pumps.values():
             task.cancel()
         await self.writer.stop()
+        if self._feed_exec is not self._db:
+            self._feed_exec.submit(self._feed_store.close).result()
+            self._feed_exec.shutdown(wait=True)
         self._pub.shutdown(wait=True, cancel_futures=True)
         self._db.submit(self.store.close).result()
         self._db.shutdown(wait=True)
@@ -538,9 +557,14 @@ class Hub:
                 # moving it. Writes (``changes``), expiry and swaps are the triggers.
                 current = cached.changes >= changes and (
                     cached.next_change is None or now < cached.next_change)
-                if (current and age < FEED_MAX_AGE) or age < FEED_MIN_INTERVAL:
+                # under a stream of reports, rebuilding at most once per
+                # FEED_BUILD_SHARE build durations leaves the store and the
+                # interpreter to the reports and the answers
+                if (current and age < FEED_MAX_AGE) or age < max(
+                        FEED_MIN_INTERVAL, FEED_BUILD_SHARE * cached.build_s):
                     return cached
-            built = await self.db(self._build_feed, org, now, changes)
+            built = await asyncio.get_running_loop().run_in_executor(
+                self._feed_exec, self._build_feed, org, now, changes)
             assert isinstance(built, SignedFeed)
             self._feeds[org.org] = built
             if built.feed is not None:
@@ -551,15 +575,18 @@ class Hub:
     def _build_feed(self, org: OrgSnapshot, now: float, changes: int) -> SignedFeed:
         """Worker thread: read the org's rows, merge, take the revision of the
         entries' digest, sign."""
+        started = time.monotonic()
+        store = self._feed_store
         entries, next_change = build_entries(
-            self.store.reports(org.org), self.store.reflections(org.org), authority(org), now)
-        revision, generated_at = self.store.assign_revision(
+            store.reports(org.org), store.reflections(org.org), authority(org), now)
+        revision, generated_at = store.assign_revision(
             org.org, entries_digest(org.org, entries), int(now))
         feed = build_feed(org.org, revision, generated_at, entries)
         body = sign_envelope_multi(feed_payload(feed, org.root_version), FEED_PAYLOAD_TYPE,
                                    org.feed_signers)
-        return SignedFeed(revision, body, time.monotonic(), org.serial, changes, next_change,
-                          feed)
+        done = time.monotonic()
+        return SignedFeed(revision, body, done, org.serial, changes, next_change, feed,
+                          done - started)
 
     # -- per-device views (reconciler.hub.views) ---------------------------------
     async def view(self, org_name: str, device: str, start: tuple[int, int] | None,
@@ -587,24 +614,24 @@ class Hub:
                 assert pos is not None
                 remaining = deadline - time.monotonic()
                 ahead = start[0] > pos[0] or (start[0] == pos[0] and start[1] > pos[1])
-                if start == pos or ahead:  # nothing new (or this replica is behind)
-                    if not counted:
-                        self.metrics.long_polls.labels("view").inc()
-                        counted = True
-                    if not await self.views.wait(org.org, device, remaining):
-                        return None
-                    continue
-                answer, relevant = self.views.delta(org.org, device, start, org.feed_signers)
-                if answer is None:
-                    return self.views.snapshot(org.org, device, org.feed_signers)
-                if relevant or remaining <= 0:
-                    return answer
-                # only the position moved: hold the long-poll until something in
-                # the view changes or it ends, then move the position with a delta
+                if not (start == pos or ahead):
+                    answer, relevant = self.views.delta(org.org, device, start,
+                                                        org.feed_signers)
+                    if answer is None:
+                        return self.views.snapshot(org.org, device, org.feed_signers)
+                    if relevant or remaining <= 0:
+                        return answer
+                # nothing new in this view (or this replica is behind): hold the
+                # long-poll until something the device sees changes; when it
+                # ends, a position that moved is answered with a delta
                 if not counted:
                     self.metrics.long_polls.labels("view").inc()
                     counted = True
                 if not await self.views.wait(org.org, device, remaining):
+                    pos = self.views.position(org.org)
+                    if pos is None or pos == start or start[0] > pos[0] or (
+                            start[0] == pos[0] and start[1] > pos[1]):
+                        return None
                     answer, _ = self.views.delta(org.org, device, start, org.feed_signers)
                     return answer or self.views.snapshot(org.org, device, org.feed_signers)
         finally:

@@ -241,3 +241,49 @@ def test_history_limits_and_policy_changes_ask_for_a_snapshot() -> None:
     assert views.delta(ORG.name, "d1", (2, 1), SIGNERS)[0] is None  # out of history
     assert views.delta(ORG.name, "d1", (38, 1), SIGNERS)[0] is not None
     assert views.delta(ORG.name, "d1", (39, 0), SIGNERS)[0] is None  # revision unknown
+
+
+def test_deltas_are_built_once_per_what_the_recipient_sees_and_shared() -> None:
+    devices = [device("web", 1, "10.77.0.1", labels=("t:web",)),
+               device("db", 2, "10.77.0.2", labels=("t:db",)),
+               device("laptop", 3, "10.77.0.3", labels=("g:dev",)),
+               device("laptop2", 4, "10.77.0.4", labels=("g:dev",)),
+               device("guest", 5, "10.77.0.5"),
+               device("relay", 6, "10.77.0.6", relay=True)]
+    views = Views()
+    views.served(ORG.name, ORG.manifest(devices, serial=1, policy=_policy()))
+    views.feed_built(ORG.name, _feed(1, {d.name: _entry(d.name, 2000) for d in devices}))
+    held = {d.name: _snapshot(views, d.name) for d in devices}
+    changed = [replace(d, endpoint="198.51.100.1:51820") if d.name == "web" else d
+               for d in devices]
+    views.served(ORG.name, ORG.manifest(changed, serial=2, policy=_policy()))
+    answers = {d.name: views.delta(ORG.name, d.name, (1, 1), SIGNERS) for d in devices}
+    # web's own entry changed but nothing its view depends on: a delta, not a snapshot
+    assert all(a is not None and a.kind == "delta" for a, _ in answers.values())
+    # laptop, laptop2, db, relay and web itself see web: one delta, the same bytes
+    seeing = ["laptop", "laptop2", "db", "relay", "web"]
+    assert len({id(answers[n][0].body) for n in seeing}) == 1
+    assert all(answers[n][1] for n in seeing) and not answers["guest"][1]
+    assert views.stats["deltas_built"] == 2  # the one above, and guest's position move
+    for name, (answer, _) in answers.items():
+        moved = apply_delta(held[name], _open(answer.body, name).doc)
+        assert moved.manifest == _snapshot(views, name).manifest
+    assert "web" not in {d["name"] for d in held["guest"].manifest["devices"]}
+
+
+def test_member_sets_are_bounded_and_everyone_is_kept_as_none(monkeypatch) -> None:
+    import reconciler.hub.views as hv
+
+    monkeypatch.setattr(hv, "SETS_CACHED", 8)
+    ops = [device(f"o{i:03d}", i + 1, f"10.77.0.{i + 1}", labels=("g:ops",))
+           for i in range(40)]
+    dbs = [device(f"d{i:03d}", i + 101, f"10.77.1.{i + 1}", labels=("t:db",))
+           for i in range(40)]
+    view = hv.OrgView(ORG.manifest(ops + dbs, serial=1, policy=_policy()))
+    assert all(view.members(d.name) is None for d in ops)  # ops reach everyone
+    for d in dbs:  # a db is reached by the ops only
+        assert view.members(d.name) == {d.name} | {o.name for o in ops}
+    assert len(view._members) == 8 and len(view._everyone_seers) == 40
+    assert view.members(dbs[0].name) == {dbs[0].name} | {o.name for o in ops}  # recomputed
+    always, partial = view.split(frozenset({"o001", "d001", "nobody"}))
+    assert always == {"o001"} and partial == ("d001",)
