@@ -41,7 +41,7 @@ keep-alive connection's TLS buffers to the body's size and they kept that
 memory afterwards (about 1 MB per held connection, >8 GB at 10,000 agents;
 a bare asyncio TLS server sending 1.8 MB to 500 kept-open connections keeps
 1,837 KB per connection written at once, 123 KB in 64 KiB pieces, 80 KB in
-16 KiB pieces; docs/bench-scale.md). Compressed forms are built once per
+16 KiB pieces; docs/benchmarks.md, "scale"). Compressed forms are built once per
 document and shared by every connection (the manifest's and a whole-org
 view's by their owners, the feed's here, ``_FeedGzip``), never per request.
 
