@@ -344,26 +344,35 @@ class Client:
                     self.tasks.append(asyncio.create_task(self._feed_loop(agent, wait)))
         return {"started": len(self.tasks)}
 
+    async def _long_poll(self, conn: Conn, path: str, headers: str, wait: int, what: str
+                         ) -> tuple[float, dict[str, str], bytes] | None:
+        """One long-poll GET: (receipt time, headers, body) on 200; None on 304
+        or after an error (counted as ``what``-..., then a 1 s pause)."""
+        try:
+            status, got, body = await asyncio.wait_for(
+                conn.request("GET", path, headers=headers), wait + 60)
+        except (OSError, ssl.SSLError, TimeoutError, ValueError,
+                asyncio.IncompleteReadError) as exc:
+            conn.close()
+            self.err(f"{what}-{type(exc).__name__}")
+            await asyncio.sleep(1)
+            return None
+        if status == 200:
+            return time.time(), got, body
+        if status != 304:
+            self.err(f"{what}-http-{status}")
+            await asyncio.sleep(1)
+        return None
+
     async def _view_loop(self, agent: Agent, wait: int) -> None:
         while not self.stopping:
             path = (f"{self.base}/devices/{agent.name}/view?serial={agent.serial}"
                     f"&revision={agent.revision}&wait={wait}")
-            try:
-                status, headers, body = await asyncio.wait_for(agent.conn.request(
-                    "GET", path, headers="Accept-Encoding: gzip\r\n"), wait + 60)
-            except (OSError, ssl.SSLError, TimeoutError, ValueError,
-                    asyncio.IncompleteReadError) as exc:
-                agent.conn.close()
-                self.err(f"view-{type(exc).__name__}")
-                await asyncio.sleep(1)
+            got = await self._long_poll(agent.conn, path, "Accept-Encoding: gzip\r\n",
+                                        wait, "view")
+            if got is None:
                 continue
-            now = time.time()
-            if status == 304:
-                continue
-            if status != 200:
-                self.err(f"view-http-{status}")
-                await asyncio.sleep(1)
-                continue
+            now, headers, body = got
             kind = headers.get("x-meshops-view", "?")
             serial, revision = int(headers["x-meshops-serial"]), int(headers["x-meshops-revision"])
             self.events.append([now, agent.name, "view", kind, serial, revision, len(body)])
@@ -399,26 +408,15 @@ class Client:
 
     async def _manifest_loop(self, agent: Agent, wait: int) -> None:
         while not self.stopping:
-            try:
-                status, headers, body = await asyncio.wait_for(agent.conn.request(
-                    "GET", f"{self.base}/manifest?wait={wait}",
-                    headers=f'If-None-Match: "{agent.serial}"\r\nAccept-Encoding: gzip\r\n'),
-                    wait + 60)
-            except (OSError, ssl.SSLError, TimeoutError, ValueError,
-                    asyncio.IncompleteReadError) as exc:
-                agent.conn.close()
-                self.err(f"manifest-{type(exc).__name__}")
-                await asyncio.sleep(1)
+            got = await self._long_poll(
+                agent.conn, f"{self.base}/manifest?wait={wait}",
+                f'If-None-Match: "{agent.serial}"\r\nAccept-Encoding: gzip\r\n', wait,
+                "manifest")
+            if got is None:
                 continue
-            if status == 304:
-                continue
-            if status != 200:
-                self.err(f"manifest-http-{status}")
-                await asyncio.sleep(1)
-                continue
+            now, headers, body = got
             serial = int(headers["etag"].strip('"'))
-            self.events.append([time.time(), agent.name, "manifest", "full", serial, 0,
-                                len(body)])
+            self.events.append([now, agent.name, "manifest", "full", serial, 0, len(body)])
             if self.trust is not None:
                 from reconciler.pki.manifest import verify_manifest
 
@@ -428,23 +426,12 @@ class Client:
 
     async def _feed_loop(self, agent: Agent, wait: int) -> None:
         while not self.stopping:
-            try:
-                status, headers, body = await asyncio.wait_for(agent.feed_conn.request(
-                    "GET", f"{self.base}/endpoints?since={agent.revision}&wait={wait}",
-                    headers="Accept-Encoding: gzip\r\n"), wait + 60)
-            except (OSError, ssl.SSLError, TimeoutError, ValueError,
-                    asyncio.IncompleteReadError) as exc:
-                agent.feed_conn.close()
-                self.err(f"feed-{type(exc).__name__}")
-                await asyncio.sleep(1)
+            got = await self._long_poll(
+                agent.feed_conn, f"{self.base}/endpoints?since={agent.revision}&wait={wait}",
+                "Accept-Encoding: gzip\r\n", wait, "feed")
+            if got is None:
                 continue
-            now = time.time()
-            if status == 304:
-                continue
-            if status != 200:
-                self.err(f"feed-http-{status}")
-                await asyncio.sleep(1)
-                continue
+            now, headers, body = got
             revision = int(headers["x-feed-revision"])
             self.events.append([now, agent.name, "feed", "full", agent.serial, revision,
                                 len(body)])
