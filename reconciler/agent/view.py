@@ -65,6 +65,9 @@ def check_manifest(held: HeldView, now: float, floor: int, *, max_skew: float | 
         manifest = held.manifest_model(check=checked)
     except (SchemaViolation, TypeError, KeyError, ValueError) as exc:
         raise ManifestRefused("schema", f"the view is not a valid manifest: {exc}") from exc
+    if manifest.org != held.org:
+        raise ManifestRefused("wrong-org", f"the view of org {held.org!r} holds a manifest "
+                                           f"of org {manifest.org!r}")
     if now > manifest.not_after:
         raise ManifestRefused("expired", f"view serial {manifest.serial} expired at "
                                          f"{manifest.not_after}")
@@ -125,7 +128,7 @@ def _fetch(config: AgentConfig, fetch: FetchLike, trust: Trust, held: HeldView |
                 raise
             warnings.append(f"view delta not applied ({exc}); fetched a snapshot")
         else:
-            new = held_from_snapshot(opened.doc)
+            new = _newer_snapshot(held, held_from_snapshot(opened.doc))
             manifest = check_manifest(new, now, floor, max_skew=skew, checked=True)
             return Got(new, manifest, "fetched", "snapshot")
     resp = fetch.get(url, kind="manifest")
@@ -135,6 +138,16 @@ def _fetch(config: AgentConfig, fetch: FetchLike, trust: Trust, held: HeldView |
     new = held_from_snapshot(opened.doc)
     manifest = check_manifest(new, now, floor, max_skew=skew, checked=True)
     return Got(new, manifest, "fetched", "snapshot")
+
+
+def _newer_snapshot(held: HeldView, new: HeldView) -> HeldView:
+    """A snapshot may not move the position back: an older serial is refused by
+    the floor (``check_manifest``), an older feed revision at the same serial
+    here (as ``agent.source`` refuses an older feed)."""
+    if new.serial == held.serial and new.revision < held.revision:
+        raise ManifestRefused("rollback", f"view snapshot at feed revision {new.revision} is "
+                                          f"older than the held revision {held.revision}")
+    return new
 
 
 def _verified(got: Got, warning: str | None) -> VerifiedManifest:

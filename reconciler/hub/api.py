@@ -127,6 +127,8 @@ def _max_body() -> int:
 MAX_BODY = _max_body()  # 200 KiB with the limits above
 CHUNK = 16 * 1024  # larger bodies are streamed in pieces of this size (see the docstring)
 BIG_SENDS = 64  # large bodies being written at once; the others wait their turn
+SEND_DEADLINE_MIN = 30.0  # seconds any client may take to read a streamed body
+SEND_MIN_RATE = 16 * 1024  # bytes/s: below this a large body's reader is cut off
 GZIP_MIN = 4096  # smaller feeds are sent as they are
 MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
 FEED_TYPE = "application/vnd.meshops.feed+json"
@@ -408,7 +410,7 @@ async def send_body(request: web.Request, body: bytes, headers: dict[str, str],
     backpressure, so no connection's buffers grow to the body's size, and at
     most ``BIG_SENDS`` such bodies at once, so 10,000 woken long-polls do not
     all hold their in-flight pieces at the same time."""
-    if len(body) <= CHUNK:
+    if len(body) <= CHUNK or request.method == "HEAD":  # aiohttp sends no body on HEAD
         return web.Response(body=body, headers=headers, content_type=content_type)
     resp = web.StreamResponse(headers=headers)
     resp.content_type = content_type
@@ -418,16 +420,30 @@ async def send_body(request: web.Request, body: bytes, headers: dict[str, str],
         return await _stream(request, resp, view)
 
 
+def send_deadline(size: int) -> float:
+    """How long a client may take to read a streamed body: SEND_DEADLINE_MIN, or
+    the body at SEND_MIN_RATE bytes/s. A client that reads slower (or not at all)
+    is cut off, so it cannot hold one of the BIG_SENDS slots for ever."""
+    return max(SEND_DEADLINE_MIN, size / SEND_MIN_RATE)
+
+
 async def _stream(request: web.Request, resp: web.StreamResponse,
                   view: memoryview) -> web.StreamResponse:
     try:
-        await resp.prepare(request)
-        for at in range(0, len(view), CHUNK):
-            await resp.write(view[at:at + CHUNK])
-            await request.writer.drain()  # backpressure: the piece left before the next
-        await resp.write_eof()
-    except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError)
+        async with asyncio.timeout(send_deadline(len(view))):
+            await resp.prepare(request)
+            for at in range(0, len(view), CHUNK):
+                await resp.write(view[at:at + CHUNK])
+                await request.writer.drain()  # backpressure: the piece left before the next
+            await resp.write_eof()
+    except ConnectionError:  # the client went away (reset, or lost while paused)
         resp.force_close()
+    except TimeoutError:
+        log.info("%s: a client read %d bytes too slowly; connection closed",
+                 request.path, len(view))
+        resp.force_close()
+        if request.transport is not None:
+            request.transport.abort()  # its buffered pieces go with it
     return resp
 
 

@@ -92,6 +92,7 @@ def redact(text: str) -> str:
 
 FEED_MAX_AGE = 30.0  # rebuild a feed at least this often (a safety net: same digest, same revision)
 FEED_MIN_INTERVAL = 0.5  # and at most this often per org under a stream of reports
+PAUSE_MIN = 0.01  # the shortest sleep of a feed waiter that found a rebuild due
 FEED_BUILD_SHARE = 3.0  # and at most once per this many build durations (10,000 entries: ~0.5 s)
 
 
@@ -130,6 +131,17 @@ class SignedFeed:
     next_change: float | None = None  # hub clock: the entries change by time alone then
     feed: EndpointFeed | None = None  # the entries it signs (per-device views filter them)
     build_s: float = 0.0  # how long building it took (wall clock, worker thread)
+
+    @property
+    def window(self) -> float:
+        """The least time between this build and the next one while reports
+        stream in: FEED_MIN_INTERVAL, or FEED_BUILD_SHARE build durations."""
+        return max(FEED_MIN_INTERVAL, FEED_BUILD_SHARE * self.build_s)
+
+    def rebuild_pause(self, mono: float) -> float:
+        """Seconds until a rebuild is allowed (``_signed_feed``'s rule), at least
+        PAUSE_MIN: waiters sleep this long, never spin on the cached build."""
+        return max(self.built_at + self.window - mono, PAUSE_MIN)
 
 
 REFRESH_EVERY = 6 * 3600.0  # re-publish the served commit (renewals, manifest not_after)
@@ -533,8 +545,7 @@ class Hub:
                 if self.changes.get(org.org, 0) > signed.changes:
                     # rate-limited rebuild: wait out only what is left of the window
                     # since the last build (a change after a quiet spell rebuilds now)
-                    pause = signed.built_at + FEED_MIN_INTERVAL - time.monotonic()
-                    await asyncio.sleep(min(max(pause, 0.0), remaining))
+                    await asyncio.sleep(min(signed.rebuild_pause(time.monotonic()), remaining))
                 else:
                     if signed.next_change is not None:  # something expires before then
                         remaining = min(remaining, max(FEED_MIN_INTERVAL,
@@ -560,8 +571,7 @@ class Hub:
                 # under a stream of reports, rebuilding at most once per
                 # FEED_BUILD_SHARE build durations leaves the store and the
                 # interpreter to the reports and the answers
-                if (current and age < FEED_MAX_AGE) or age < max(
-                        FEED_MIN_INTERVAL, FEED_BUILD_SHARE * cached.build_s):
+                if (current and age < FEED_MAX_AGE) or age < cached.window:
                     return cached
             built = await asyncio.get_running_loop().run_in_executor(
                 self._feed_exec, self._build_feed, org, now, changes)
@@ -660,8 +670,7 @@ class Hub:
                 continue
             if self.changes.get(org_name, 0) > signed.changes:
                 # built within the rate limit: wait out the rest of its window
-                pause = signed.built_at + FEED_MIN_INTERVAL - time.monotonic()
-                await asyncio.sleep(max(pause, 0.0))
+                await asyncio.sleep(signed.rebuild_pause(time.monotonic()))
                 continue
             wait = FEED_MAX_AGE
             if signed.next_change is not None:

@@ -67,6 +67,8 @@ from reconciler.policy import PeerIndex
 MANIFEST_HISTORY = 16  # served serials per org a delta can start from
 FEED_HISTORY = 4096  # feed revisions per org a delta can start from (~30 min at 2 builds/s)
 SIGNED_CACHE = 4096  # signed deltas kept (each distinct delta is built and signed once)
+SIGNED_CACHE_BYTES = 256 << 20  # and their bytes at most (a delta can be a whole view)
+SNAPSHOTS_PER_ORG = 2  # whole-org snapshots kept per org (the current one and the last)
 WAKE_MIN_INTERVAL = 0.5  # seconds between two wake-up rounds of one org (like FEED_MIN_INTERVAL)
 WAKE_BATCH = 256  # events set before yielding to the event loop
 GZIP_ABOVE = 4096  # answers larger than this are also kept gzipped
@@ -243,6 +245,10 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
         waiter.set_result(False)
 
 
+def _size(answer: Answer) -> int:
+    return len(answer.body) + len(answer.body_gz or b"")
+
+
 def _bounded_put(cache: dict[str, frozenset[str]], key: str, value: frozenset[str]) -> None:
     """Insert, dropping the oldest entries beyond ``SETS_CACHED``."""
     cache[key] = value
@@ -302,10 +308,12 @@ class FeedState:
 
     def changed_since(self, revision: int) -> frozenset[str] | None:
         """Devices whose entries changed after ``revision``; None when the
-        history does not reach back that far (or ``revision`` is in the future)."""
+        history does not reach back that far, or when this replica never built
+        ``revision`` (another replica did, or it is made up): what changed at a
+        revision it did not see is unknown, so the device gets a snapshot."""
         if revision == self.revision:
             return frozenset()
-        if revision > self.revision or revision < self.oldest:
+        if revision != self.oldest and revision not in self.history:
             return None
         memo = self._since.get(revision)
         if memo is not None:
@@ -346,6 +354,7 @@ class Views:
         self.feeds: dict[str, FeedState] = {}
         self._diffs: OrderedDict[tuple[str, int, int], OrgDiff] = OrderedDict()
         self._deltas: OrderedDict[DeltaKey, tuple[Answer, bool]] = OrderedDict()
+        self._delta_bytes = 0  # the cached deltas' bodies, plain and gzipped
         self._snapshots: OrderedDict[tuple[str, int, int], Answer] = OrderedDict()
         self._waiting: dict[tuple[str, str], set[asyncio.Future[bool]]] = {}
         self.wake_interval = wake_interval
@@ -510,8 +519,9 @@ class Views:
         answer = Answer("snapshot", body, view.serial, rev, _gz(body))
         if members is None:
             self._snapshots[key] = answer
-            while len(self._snapshots) > 2:
-                self._snapshots.popitem(last=False)
+            mine = [k for k in self._snapshots if k[0] == org]
+            for old_key in mine[:-SNAPSHOTS_PER_ORG]:
+                del self._snapshots[old_key]
         return answer
 
     def delta(self, org: str, device: str, start: tuple[int, int],
@@ -553,8 +563,10 @@ class Views:
             return cached
         built = self._build_delta(key, old, view, feed, signers)
         self._deltas[key] = built
-        while len(self._deltas) > SIGNED_CACHE:
-            self._deltas.popitem(last=False)
+        self._delta_bytes += _size(built[0])
+        while len(self._deltas) > SIGNED_CACHE or self._delta_bytes > SIGNED_CACHE_BYTES:
+            _, (gone, _) = self._deltas.popitem(last=False)
+            self._delta_bytes -= _size(gone)
         self.stats["deltas_built"] += 1
         return built
 

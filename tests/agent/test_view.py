@@ -11,7 +11,7 @@ import pytest
 from reconciler.agent.reconcile import reconcile_once
 from reconciler.agent.state import StateDir
 from reconciler.converge import AddPeer, RemovePeer, UpdatePeer
-from reconciler.errors import FetchError
+from reconciler.errors import FetchError, ManifestRefused
 from reconciler.hub.views import Views
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.pki.view import HeldView
@@ -156,3 +156,35 @@ def test_a_view_for_another_device_or_org_in_the_state_dir_is_ignored(world, tmp
     assert state.load_view("acme", "alpha") is None
     assert any("not of acme/alpha" in w for w in state.warnings)
     assert os.path.exists(tmp_path / "state" / "view.json")
+
+
+def test_a_snapshot_that_moves_the_feed_back_is_refused(world, tmp_path) -> None:
+    """A hub (or a replayed answer) that offers a snapshot at the held serial but
+    an older feed revision is refused like an older feed, and the held view stays."""
+    config, views, hub, devices = world
+    views.feed_built("acme", EndpointFeed("acme", 5, int(NOW), ()))
+    run(config, hub, FakeBackend())
+    held = StateDir(tmp_path / "state").load_view("acme", "alpha")
+    assert held is not None and held.position == (1, 5)
+    old = Views()  # what the hub served at revision 1
+    old.served("acme", ORG.manifest(devices, serial=1))
+    old.feed_built("acme", EndpointFeed("acme", 1, int(NOW), ()))
+    stale = ViewHub(old)
+    stale.force_start = (9, 9)  # no delta from there: every answer is the old snapshot
+    with pytest.raises(ManifestRefused) as info:
+        run(config, stale, FakeBackend())
+    assert info.value.reason == "rollback"
+    assert StateDir(tmp_path / "state").load_view("acme", "alpha").position == (1, 5)
+
+
+def test_a_view_whose_manifest_names_another_org_is_refused(world, tmp_path) -> None:
+    from reconciler.agent.view import check_manifest
+
+    config, _views, hub, _devices = world
+    run(config, hub, FakeBackend())
+    held = StateDir(tmp_path / "state").load_view("acme", "alpha")
+    assert held is not None
+    other = replace(held, manifest={**held.manifest, "org": "beta"})
+    with pytest.raises(ManifestRefused) as info:
+        check_manifest(other, NOW, 0, max_skew=None, checked=False)
+    assert info.value.reason == "wrong-org"

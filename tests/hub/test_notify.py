@@ -457,5 +457,52 @@ def test_a_feed_long_poll_waits_only_the_rest_of_the_rebuild_window(
     run(go())
 
 
+def test_feed_waiters_sleep_until_a_rebuild_is_allowed_and_never_spin(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow build (0.5 s) allows the next only after FEED_BUILD_SHARE build
+    durations; a long-poll that sees a change 0.6 s after it sleeps until then in
+    one pause, instead of waking every FEED_MIN_INTERVAL (or at once) to find the
+    cached feed again."""
+    from reconciler.hub import serve
+    from reconciler.hub.serve import FEED_BUILD_SHARE, PAUSE_MIN, Hub, SignedFeed
+
+    feed = SignedFeed(1, b"", built_at=100.0, snapshot_serial=1, build_s=0.5)
+    assert feed.rebuild_pause(100.6) == pytest.approx(FEED_BUILD_SHARE * 0.5 - 0.6)
+    assert feed.rebuild_pause(200.0) == PAUSE_MIN  # due: a short sleep, not sleep(0)
+
+    acme = make_org("acme")
+    acme.add_device("laptop")
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float) -> None:
+        pauses.append(delay)
+        await real_sleep(delay)
+
+    async def go() -> None:
+        hub = Hub(pipeline=FakePipeline([acme]), store=FeedStore(f"sqlite:///{tmp_path}/h.db"))
+        await hub.start()
+        try:
+            assert await hub.publish("c1")
+            org = hub.org("acme")
+            assert org is not None
+            first = await hub.feed(org, None, 0)
+            hub._feeds["acme"] = dataclasses.replace(
+                first, built_at=first.built_at - 0.6, build_s=0.5)
+            now = int(time.time())
+            assert await hub.report(_report("laptop", "203.0.113.40:51820", at=now), [])
+            monkeypatch.setattr(serve.asyncio, "sleep", recording_sleep)
+            second = await hub.feed(org, first.revision, 5)
+            monkeypatch.undo()
+            assert second.revision > first.revision
+            # one pause of ~0.9 s (3 x 0.5 s - 0.6 s), then the rebuild: no loop
+            # over the cached build in between
+            assert len(pauses) == 1 and 0.8 < pauses[0] <= 0.9
+        finally:
+            await hub.close()
+
+    run(go())
+
+
 def test_feedstore_channel_name() -> None:
     assert FEED_CHANNEL == "meshops_feed"  # docs/operations.md names it

@@ -287,3 +287,61 @@ def test_member_sets_are_bounded_and_everyone_is_kept_as_none(monkeypatch) -> No
     assert view.members(dbs[0].name) == {dbs[0].name} | {o.name for o in ops}  # recomputed
     always, partial = view.split(frozenset({"o001", "d001", "nobody"}))
     assert always == {"o001"} and partial == ("d001",)
+
+
+def test_a_delta_starts_only_from_a_revision_this_replica_built() -> None:
+    """Revisions are shared by replicas: a device may hold one this replica never
+    built (another built it), or a made-up one. What changed at it is unknown
+    here, so no delta starts from it: the device gets a snapshot."""
+    from reconciler.hub.views import FeedState
+
+    def entry(dev: str, addr: str) -> FeedEntry:
+        return FeedEntry(dev, (Candidate("stun", addr),), "independent", None, 1)
+
+    state = FeedState()
+    state.update(EndpointFeed("o", 10, 100, (entry("a", "203.0.113.1:1"),
+                                             entry("b", "203.0.113.2:1"))))
+    # another replica built 11 (a moved and, at 12, came back); this one built 12
+    state.update(EndpointFeed("o", 12, 120, (entry("a", "203.0.113.1:1"),
+                                             entry("b", "203.0.113.2:2"))))
+    assert state.changed_since(10) == {"b"}
+    assert state.changed_since(12) == frozenset()
+    assert state.changed_since(11) is None  # not {"b"}: a's move back would be missed
+    assert state.changed_since(13) is None and state.changed_since(9) is None
+
+
+def test_signed_deltas_kept_are_bounded_by_bytes_and_snapshots_per_org(monkeypatch) -> None:
+    """Many distinct deltas (each device changed, each recipient seeing its own
+    share) stay within SIGNED_CACHE_BYTES; every one still applies. Whole-org
+    snapshots are kept per org, so orgs do not evict each other's."""
+    import reconciler.hub.views as hv
+
+    monkeypatch.setattr(hv, "SIGNED_CACHE_BYTES", 6_000)
+    rng = random.Random(7)
+    devices = _devices(rng, 40)
+    views = Views()
+    views.served(ORG.name, ORG.manifest(devices, serial=1, policy=_policy()))
+    views.feed_built(ORG.name, _feed(1, {d.name: _entry(d.name, 2000) for d in devices}))
+    held = {d.name: _snapshot(views, d.name) for d in devices}
+    moved = [replace(d, endpoint=f"198.51.100.{i + 1}:51820") for i, d in enumerate(devices)]
+    views.served(ORG.name, ORG.manifest(moved, serial=2, policy=_policy()))
+    for d in devices:
+        answer, _ = views.delta(ORG.name, d.name, (1, 1), SIGNERS)
+        if answer is None:  # its own view changed with it: a snapshot
+            continue
+        assert views._delta_bytes <= 6_000 + hv._size(answer)
+        assert views._delta_bytes == sum(hv._size(a) for a, _ in views._deltas.values())
+        after = apply_delta(held[d.name], _open(answer.body, d.name).doc)
+        assert after.manifest == _snapshot(views, d.name).manifest
+    assert views.stats["deltas_built"] > len(views._deltas)  # some were dropped
+
+    # another org's cached whole-org snapshots survive this org's new serials
+    other = views.snapshot(ORG.name, "d000", SIGNERS)
+    views._snapshots[("other", 1, 1)] = views._snapshots[("other", 2, 1)] = other
+    sees_all = next(d.name for d in moved if d.relay)  # a relay sees everyone
+    for serial in (3, 4, 5):
+        views.served(ORG.name, ORG.manifest(moved, serial=serial, policy=_policy()))
+        views.snapshot(ORG.name, sees_all, SIGNERS)
+    assert [k for k in views._snapshots if k[0] == ORG.name] == [
+        (ORG.name, 4, 1), (ORG.name, 5, 1)]
+    assert ("other", 1, 1) in views._snapshots and ("other", 2, 1) in views._snapshots
