@@ -28,6 +28,7 @@ from reconciler.hub.daemon import Running, ServeConfig, start
 from reconciler.hub.feedstore import FEED_CHANNEL, FeedListener, FeedStore
 from reconciler.hub.metrics import Metrics
 from reconciler.hub.notify import StoreWatch, backoff_delay, poll_interval
+from reconciler.hub.serve import Hub
 from reconciler.model.endpoints import Candidate, EndpointReport
 
 from .conftest_serve import FakePipeline, OrgFixture, make_org, run, write_pem_files
@@ -409,16 +410,26 @@ def test_sqlite_has_no_listener_and_polls_at_the_fast_interval(tmp_path: Path) -
     run(go())
 
 
-def test_a_feed_long_poll_waits_only_the_rest_of_the_rebuild_window(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A change seen 0.4 s after the last build waits ~0.1 s for the next one (the
-    rest of FEED_MIN_INTERVAL), not a whole interval; a change after a quiet spell
-    is built at once. Asserted on the pauses the hub asks for, not on the clock."""
-    from reconciler.hub import serve
-    from reconciler.hub.serve import FEED_MIN_INTERVAL, Hub
-
+async def _laptop_hub(tmp_path: Path) -> tuple[Hub, Any]:
+    """A started hub serving org acme (one device, laptop), published, and its
+    first signed feed."""
     acme = make_org("acme")
     acme.add_device("laptop")
+    hub = Hub(pipeline=FakePipeline([acme]), store=FeedStore(f"sqlite:///{tmp_path}/h.db"))
+    await hub.start()
+    assert await hub.publish("c1")
+    org = hub.org("acme")
+    assert org is not None
+    return hub, await hub.feed(org, None, 0)
+
+
+async def _report_and_long_poll(hub: Hub, monkeypatch: pytest.MonkeyPatch, since: int,
+                                address: str, at: int) -> tuple[Any, list[float]]:
+    """laptop reports ``address``; then a feed long-poll from ``since``: the feed
+    it returns and the pauses (``asyncio.sleep``) the hub asked for meanwhile."""
+    from reconciler.hub import serve
+
+    assert await hub.report(_report("laptop", address, at=at), [])
     pauses: list[float] = []
     real_sleep = asyncio.sleep
 
@@ -426,31 +437,38 @@ def test_a_feed_long_poll_waits_only_the_rest_of_the_rebuild_window(
         pauses.append(delay)
         await real_sleep(delay)
 
+    org = hub.org("acme")
+    assert org is not None
+    monkeypatch.setattr(serve.asyncio, "sleep", recording_sleep)
+    try:
+        got = await hub.feed(org, since, 5)
+    finally:
+        monkeypatch.undo()
+    assert got.revision > since
+    return got, pauses
+
+
+def test_a_feed_long_poll_waits_only_the_rest_of_the_rebuild_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change seen 0.4 s after the last build waits ~0.1 s for the next one (the
+    rest of FEED_MIN_INTERVAL), not a whole interval; a change after a quiet spell
+    is built at once. Asserted on the pauses the hub asks for, not on the clock."""
+    from reconciler.hub.serve import FEED_MIN_INTERVAL
+
     async def go() -> None:
-        hub = Hub(pipeline=FakePipeline([acme]), store=FeedStore(f"sqlite:///{tmp_path}/h.db"))
-        await hub.start()
+        hub, first = await _laptop_hub(tmp_path)
         try:
-            assert await hub.publish("c1")
-            org = hub.org("acme")
-            assert org is not None
-            first = await hub.feed(org, None, 0)
             # the last build was 0.4 s ago; a report moves the change counter now
             hub._feeds["acme"] = dataclasses.replace(first, built_at=first.built_at - 0.4)
             now = int(time.time())
-            assert await hub.report(_report("laptop", "203.0.113.30:51820", at=now), [])
-            monkeypatch.setattr(serve.asyncio, "sleep", recording_sleep)
-            second = await hub.feed(org, first.revision, 5)
-            monkeypatch.undo()
-            assert second.revision > first.revision
+            second, pauses = await _report_and_long_poll(
+                hub, monkeypatch, first.revision, "203.0.113.30:51820", now)
             assert len(pauses) == 1 and 0 < pauses[0] <= FEED_MIN_INTERVAL - 0.4 + 0.01
             # long after the last build: rebuilt at once, no pause at all
             hub._feeds["acme"] = dataclasses.replace(second, built_at=second.built_at - 5)
-            assert await hub.report(_report("laptop", "203.0.113.31:51820", at=now + 1), [])
-            pauses.clear()
-            monkeypatch.setattr(serve.asyncio, "sleep", recording_sleep)
-            third = await hub.feed(org, second.revision, 5)
-            monkeypatch.undo()
-            assert third.revision > second.revision and pauses == []
+            _, pauses = await _report_and_long_poll(
+                hub, monkeypatch, second.revision, "203.0.113.31:51820", now + 1)
+            assert pauses == []
         finally:
             await hub.close()
 
@@ -463,38 +481,19 @@ def test_feed_waiters_sleep_until_a_rebuild_is_allowed_and_never_spin(
     durations; a long-poll that sees a change 0.6 s after it sleeps until then in
     one pause, instead of waking every FEED_MIN_INTERVAL (or at once) to find the
     cached feed again."""
-    from reconciler.hub import serve
-    from reconciler.hub.serve import FEED_BUILD_SHARE, PAUSE_MIN, Hub, SignedFeed
+    from reconciler.hub.serve import FEED_BUILD_SHARE, PAUSE_MIN, SignedFeed
 
     feed = SignedFeed(1, b"", built_at=100.0, snapshot_serial=1, build_s=0.5)
     assert feed.rebuild_pause(100.6) == pytest.approx(FEED_BUILD_SHARE * 0.5 - 0.6)
     assert feed.rebuild_pause(200.0) == PAUSE_MIN  # due: a short sleep, not sleep(0)
 
-    acme = make_org("acme")
-    acme.add_device("laptop")
-    pauses: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def recording_sleep(delay: float) -> None:
-        pauses.append(delay)
-        await real_sleep(delay)
-
     async def go() -> None:
-        hub = Hub(pipeline=FakePipeline([acme]), store=FeedStore(f"sqlite:///{tmp_path}/h.db"))
-        await hub.start()
+        hub, first = await _laptop_hub(tmp_path)
         try:
-            assert await hub.publish("c1")
-            org = hub.org("acme")
-            assert org is not None
-            first = await hub.feed(org, None, 0)
             hub._feeds["acme"] = dataclasses.replace(
                 first, built_at=first.built_at - 0.6, build_s=0.5)
-            now = int(time.time())
-            assert await hub.report(_report("laptop", "203.0.113.40:51820", at=now), [])
-            monkeypatch.setattr(serve.asyncio, "sleep", recording_sleep)
-            second = await hub.feed(org, first.revision, 5)
-            monkeypatch.undo()
-            assert second.revision > first.revision
+            _, pauses = await _report_and_long_poll(
+                hub, monkeypatch, first.revision, "203.0.113.40:51820", int(time.time()))
             # one pause of ~0.9 s (3 x 0.5 s - 0.6 s), then the rebuild: no loop
             # over the cached build in between
             assert len(pauses) == 1 and 0.8 < pauses[0] <= 0.9
