@@ -13,10 +13,12 @@ coalescing and reconnect backoff with fake listeners, and SQLite is unchanged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -252,12 +254,19 @@ class Replicas:
                            state_dir=str(self.tmp / name), pipeline=FakePipeline([self.acme]),
                            **options)
 
-    async def start(self) -> tuple[Running, Running]:
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[tuple[Running, Running]]:
+        """Both replicas started, serving and listening; stopped afterwards."""
         a, b = await start(self.config("a")), await start(self.config("b"))
-        await wait_for(lambda: a.hub.snapshot is not None and b.hub.snapshot is not None)
-        await wait_for(lambda: a.watch is not None and a.watch.listening
-                       and b.watch is not None and b.watch.listening)
-        return a, b
+        try:
+            await wait_for(lambda: a.hub.snapshot is not None and b.hub.snapshot is not None)
+            await wait_for(lambda: a.watch is not None and a.watch.listening
+                           and b.watch is not None and b.watch.listening)
+            assert b.watch is not None
+            yield a, b
+        finally:
+            await a.stop()
+            await b.stop()
 
     async def report(self, a: Running, address: str) -> None:
         status, _, body = await _get(a.port, "/v1/orgs/acme/endpoints", self.laptop, "POST", {
@@ -304,9 +313,7 @@ def test_a_report_on_one_replica_wakes_long_polls_on_the_other(
     world = Replicas(tmp_path, fresh_postgres_url)
 
     async def go() -> None:
-        a, b = await world.start()
-        try:
-            assert b.watch is not None
+        async with world.running() as (a, b):
             polls_before = b.watch.polls
             feed, view = await world.held_polls(b)
             await world.report(a, "203.0.113.21:51820")
@@ -316,9 +323,6 @@ def test_a_report_on_one_replica_wakes_long_polls_on_the_other(
             assert b.watch.polls > polls_before
             # A's own commit woke A directly: its listener ignored its own notification
             assert _metric(a.hub.metrics, "meshops_hub_store_notifications_total") == 0
-        finally:
-            await a.stop()
-            await b.stop()
 
     run(go())
 
@@ -332,9 +336,7 @@ def test_the_listener_reconnects_after_its_backend_is_terminated(
     world = Replicas(tmp_path, fresh_postgres_url)
 
     async def go() -> None:
-        a, b = await world.start()
-        try:
-            assert b.watch is not None
+        async with world.running() as (a, b):
             seen_down: list[bool] = []
 
             def down_then_up() -> bool:
@@ -353,9 +355,6 @@ def test_the_listener_reconnects_after_its_backend_is_terminated(
             feed, view = await world.held_polls(b)
             await world.report(a, "203.0.113.22:51820")
             await _woken(feed, view, "203.0.113.22:51820")
-        finally:
-            await a.stop()
-            await b.stop()
 
     run(go())
 
