@@ -35,6 +35,7 @@ Pure except for the signature checks (``cryptography`` through ``pki.envelope``)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -130,7 +131,13 @@ class HeldView:
 
     def feed_model(self) -> EndpointFeed:
         """The feed entries as model objects (their shapes were checked when the
-        view was verified: ``from_dict``, ``apply_delta``)."""
+        view was verified: ``from_dict``, ``apply_delta``); built once per held
+        view (``agent.state.load_view`` builds it to check the file's shape, the
+        pass then uses it)."""
+        return self._feed_model
+
+    @functools.cached_property
+    def _feed_model(self) -> EndpointFeed:
         entries = self.entries
         return EndpointFeed(self.org, self.revision, self.generated_at, tuple(
             FeedEntry(e["device"], tuple(Candidate(c["kind"], c["address"])
