@@ -160,12 +160,20 @@ def _gather_rest(config: AgentConfig, effects: Effects, state: StateDir, warning
 def observe_host(config: AgentConfig, effects: Effects
                  ) -> tuple[ObservedInterface, Ruleset | None, PolicyRouting | None]:
     """The interface (``effects.backend``), the ``inet meshops`` table and the
-    exit-node policy routing, as they are now (read only)."""
-    observed = effects.backend.observe(config.interface)
-    firewall = effects.firewall.observe() if effects.firewall is not None else None
-    routing = effects.routing.observe_routing(EXIT_TABLE) if effects.routing is not None \
-        else None
-    return observed, firewall, routing
+    exit-node policy routing, as they are now (read only). The table and the
+    routing are read in threads of their own, side by side with the interface:
+    each read mostly waits on another process (``nft``, ``ip``, wireguard-go)."""
+    firewall = Early(effects.firewall.observe) if effects.firewall is not None else None
+    routing = Early(effects.routing.observe_routing, EXIT_TABLE) \
+        if effects.routing is not None else None
+    try:
+        observed = effects.backend.observe(config.interface)
+    finally:
+        for early in (firewall, routing):
+            if early is not None:
+                early.join()
+    return (observed, firewall.result() if firewall is not None else None,
+            routing.result() if routing is not None else None)
 
 
 class Early:

@@ -242,8 +242,11 @@ class IPRouteLinks:
         ``fwmark`` is echoed back: the mark lives on the WireGuard interface."""
         rules: set[PolicyRule] = set()
         routes: set[TableRoute] = set()
-        for family in (4, 6):
-            res = self._run(self._ip(f"-{family}", "rule", "show"))
+        cmds = [self._ip(f"-{family}", "rule", "show") for family in (4, 6)]
+        # both families' rules at once (one process start-up to wait for, not two);
+        # an injected runner (tests) is called one command at a time, as needed
+        ruled = _run_many(cmds) if self._run is _run else (self._run(cmd) for cmd in cmds)
+        for family, res in zip((4, 6), ruled, strict=True):
             if res.returncode != 0:
                 raise BackendUnavailable(f"cannot read ip rules: {res.stderr.strip()}")
             found = parse_rule_json(family, res.stdout)
