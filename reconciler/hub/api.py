@@ -496,6 +496,10 @@ async def get_view(request: web.Request) -> web.StreamResponse:
         return web.Response(status=304, headers={
             "Cache-Control": "no-cache", "X-Meshops-Serial": str(pos[0]),
             "X-Meshops-Revision": str(pos[1])})
+    transport = request.transport
+    if transport is not None and hub.views.hold_until_answered(org.org,
+                                                               transport.resume_reading):
+        transport.pause_reading()  # its next request waits until the round is answered
     headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding",
                "X-Meshops-View": answer.kind, "X-Meshops-Serial": str(answer.serial),
                "X-Meshops-Revision": str(answer.revision)}
@@ -584,7 +588,7 @@ async def get_endpoints(request: web.Request) -> web.StreamResponse:
                "X-Feed-Revision": str(signed.revision), "Vary": "Accept-Encoding"}
     if since is not None and signed.revision <= since:
         return web.Response(status=304, headers=headers)
-    body = signed.body
+    body = await hub.feed_body(signed)
     if len(body) > GZIP_MIN and "gzip" in request.headers.get("Accept-Encoding", ""):
         body = request.app[FEED_GZ_KEY].get(org.org, signed.revision, body)
         headers["Content-Encoding"] = "gzip"

@@ -40,6 +40,16 @@ round per ``WAKE_MIN_INTERVAL``, longer after a round that woke more than
 ``WAKE_RATE`` per second of it; the first after a quiet period goes at once)
 and set in batches of ``WAKE_BATCH`` with a yield to the event loop between
 batches, so thousands of woken long-polls do not hold up report POSTs.
+
+Answers before re-polls: while a round is answering, a connection that got
+its answer is not read again until the round is over
+(``hold_until_answered``: the API pauses reading it, and the round's end
+resumes those connections in batches). An agent on a kept-open connection
+asks again at once; without the hold, the event loop would take each of
+those next requests in between the answers still owed to the rest of the
+round, and the last device would get the change about twice as late
+(measured at 10,000 devices: docs/benchmarks.md, "scale"). Report POSTs
+and new connections are not held.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ import asyncio
 import gzip
 import json
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +90,14 @@ SETS_CACHED = 1024
 # ~0.5 ms of the event loop (answer + the next request), so half a core at most
 WAKE_RATE = 1000.0
 CHANGE_KEYS = ("serial", "commit", "issued_at", "not_after")  # move with every publish
+
+
+def _quietly(resume: Callable[[], None]) -> None:
+    """Resume one held connection; one that closed meanwhile does not matter."""
+    try:
+        resume()
+    except (OSError, RuntimeError, AttributeError):
+        pass
 
 
 class OrgView:
@@ -361,8 +379,11 @@ class Views:
         self._pending: dict[str, set[str] | None] = {}  # org -> devices to wake (None: all)
         self._last_wake: dict[str, float] = {}
         self._wakers: dict[str, asyncio.Task[None]] = {}
+        # org -> resume callbacks of the connections its running round answered
+        self._answering: dict[str, list[Callable[[], None]]] = {}
+        self._round_over: dict[str, asyncio.Event] = {}  # set when that round is over
         self.stats = {"deltas_built": 0, "deltas_shared": 0, "members_inherited": 0,
-                      "wake_rounds": 0}
+                      "wake_rounds": 0, "held": 0}
 
     # -- inputs: swaps and feed builds ----------------------------------------------
     def served(self, org: str, manifest: Manifest) -> OrgView:
@@ -449,13 +470,46 @@ class Views:
             self._last_wake[org] = loop.time() + max(0.0, len(keys) / WAKE_RATE
                                                      - self.wake_interval)
             self.stats["wake_rounds"] += 1
-            for start in range(0, len(keys), WAKE_BATCH):
-                if start:
-                    await asyncio.sleep(0)  # let report POSTs and other I/O in between
-                for key in keys[start:start + WAKE_BATCH]:
-                    for waiter in self._waiting.get(key, ()):
-                        if not waiter.done():
-                            waiter.set_result(True)
+            held = self._answering.setdefault(org, [])
+            over = self._round_over[org] = asyncio.Event()
+            try:
+                for start in range(0, len(keys), WAKE_BATCH):
+                    if start:
+                        await asyncio.sleep(0)  # let report POSTs and other I/O in between
+                    for key in keys[start:start + WAKE_BATCH]:
+                        for waiter in self._waiting.get(key, ()):
+                            if not waiter.done():
+                                waiter.set_result(True)
+                await asyncio.sleep(0)  # the last batch answers in this iteration
+            finally:
+                del self._answering[org]
+                del self._round_over[org]
+                over.set()
+                self.stats["held"] += len(held)
+                for start in range(0, len(held), WAKE_BATCH):
+                    for resume in held[start:start + WAKE_BATCH]:
+                        _quietly(resume)
+                    if start + WAKE_BATCH < len(held):
+                        await asyncio.sleep(0)
+
+    async def answered(self, org: str) -> None:
+        """Return once no wake round of ``org`` is answering. The hub's feed
+        pump waits for it: a feed build's thread would take the interpreter
+        from the round's answers (a publish wakes the round and a feed build
+        at the same moment)."""
+        over = self._round_over.get(org)
+        if over is not None:
+            await over.wait()
+
+    def hold_until_answered(self, org: str, resume: Callable[[], None]) -> bool:
+        """While a wake round of ``org`` is answering: keep ``resume`` (the
+        connection's resume-reading) until the round is over, and return True
+        (the caller pauses reading that connection). False otherwise."""
+        held = self._answering.get(org)
+        if held is None:
+            return False
+        held.append(resume)
+        return True
 
     def _keys(self, org: str, devices: Iterable[str] | None) -> list[tuple[str, str]]:
         if devices is None:

@@ -595,6 +595,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of every core since boot (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
 def _mem(pid: int) -> tuple[int, int]:
     rss = hwm = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -636,6 +644,15 @@ class HubProcess:
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONPATH=str(ROOT)))
         self.anon = client_ctx(world.ca_pem, None)
+        try:
+            self._wait_published(directory)
+        except BaseException:
+            self.proc.kill()  # it is ours: never leave a hub running after a failed start
+            self.proc.wait()
+            self.log.close()
+            raise
+
+    def _wait_published(self, directory: Path) -> None:
         deadline = time.monotonic() + 300
         while True:
             if self.proc.poll() is not None:
@@ -775,6 +792,8 @@ def run_mode(world: World, mode: str, p: Params, label: str) -> dict[str, Any]:
         expected = [n for n in pollers if mode == "full" or seen_by is None or n in seen_by]
         _reset_hwm(hub.pid)
         cpu0 = _cpu_seconds(hub.pid)
+        client_cpu0 = sum(_cpu_seconds(p.pid) for p in clients.procs)
+        busy0, total0 = _machine_ticks()
         change_device(world, target, f"{label}-{mode}")
         t0 = time.time()
 
@@ -782,6 +801,8 @@ def run_mode(world: World, mode: str, p: Params, label: str) -> dict[str, Any]:
             return sum(r["n"] for r in clients.all("count", serial=serial))
         _wait_until(lambda: delivered() >= len(expected), 180, 0.25)
         t_all = time.time()
+        busy1, total1 = _machine_ticks()
+        client_cpu = sum(_cpu_seconds(p.pid) for p in clients.procs) - client_cpu0
         _say(f"{mode}: (a) delivered to {delivered()} of {len(expected)} in {t_all - t0:.2f} s")
         time.sleep(1.0)
         cpu1 = _cpu_seconds(hub.pid)
@@ -801,12 +822,17 @@ def run_mode(world: World, mode: str, p: Params, label: str) -> dict[str, Any]:
             "missing": sorted(set(expected) - set(first))[:10],
             "unexpected": sorted(set(first) - set(expected))[:10],
             "unexpected_count": len(set(first) - set(expected)),
-            "p50_s": _pct(lat, 0.5), "p99_s": _pct(lat, 0.99), "max_s": max(lat, default=0),
+            "min_s": min(lat, default=0), "p50_s": _pct(lat, 0.5), "p99_s": _pct(lat, 0.99), "max_s": max(lat, default=0),
             "all_delivered_s": t_all - t0,
             "bytes_per_agent_mean": sum(got) / max(1, len(got)),
             "bytes_per_agent_max": max(got, default=0),
             "bytes_total": sum(nbytes.values()),
+            "answers": sum(1 for e in events if e[2] in ("view", "manifest")),
             "hub_cpu_s": cpu1 - cpu0, "rss_bytes": rss, "hwm_bytes": hwm,
+            # until the last agent had it: the client processes' CPU and how busy
+            # the whole machine was (1.0 = every core busy the whole time)
+            "client_cpu_s": client_cpu,
+            "machine_busy": (busy1 - busy0) / max(1, total1 - total0),
             "verified": sum(c["verified"] for c in collected),
             "errors": _merge(c["errors"] for c in collected),
             "load": _loadavg(),
@@ -956,11 +982,15 @@ ROWS = (
     ("a", "expected", "(a) pollers that see the changed device", "{:.0f}"),
     ("a", "delivered", "(a) of them that got it", "{:.0f}"),
     ("a", "unexpected_count", "(a) other pollers woken with an answer", "{:.0f}"),
+    ("a", "min_s", "(a) first delivery from git commit, s", "{:.3f}"),
     ("a", "p50_s", "(a) delivery p50 from git commit, s", "{:.3f}"),
     ("a", "p99_s", "(a) delivery p99, s", "{:.3f}"),
     ("a", "bytes_per_agent_mean", "(a) bytes per affected agent (mean)", "{:,.0f}"),
     ("a", "bytes_per_agent_max", "(a) bytes per affected agent (max)", "{:,.0f}"),
+    ("a", "answers", "(a) answers sent (all agents, until 1 s after the last had it)", "{:,.0f}"),
     ("a", "hub_cpu_s", "(a) hub CPU s for the change", "{:.2f}"),
+    ("a", "client_cpu_s", "(a) client processes' CPU s until all had it", "{:.2f}"),
+    ("a", "machine_busy", "(a) whole machine busy until all had it (1 = 2 cores)", "{:.2f}"),
     ("a", "hwm_bytes", "(a) hub peak RSS during the change, MB", "{:,.0f}"),
     ("b", "moves_accepted", "(b) moves accepted", "{:.0f}"),
     ("b", "lost_reports", "(b) lost reports", "{:.0f}"),
@@ -1016,7 +1046,11 @@ BENCHMARKS = {"scale": scale}
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--client":
         sys.path.insert(0, str(ROOT))
-        asyncio.run(client_main(sys.argv[2]))
+        if os.environ.get("MESHOPS_UVLOOP_CLIENT"):
+            import uvloop
+            uvloop.run(client_main(sys.argv[2]))
+        else:
+            asyncio.run(client_main(sys.argv[2]))
     else:
         modes = tuple(os.environ.get("MESHOPS_SCALE_MODES", "view,full").split(","))
         res = run_scale(params_from_env(), modes)

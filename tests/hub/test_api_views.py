@@ -92,3 +92,58 @@ def test_long_polls_wake_with_deltas_on_publish_and_on_reports(tmp_path: Path) -
             r = await c.get(f"{base}?serial=0&revision=0", headers=dev)
             assert r.headers["X-Meshops-View"] == "snapshot"
     run(go())
+
+
+def test_a_woken_round_answers_everyone_before_reading_next_requests(tmp_path: Path) -> None:
+    """Answers before re-polls (hub.views.hold_until_answered): each connection
+    a wake round answered stops being read until the round is over, then is
+    read again: its next long-poll, on the same kept-open connection, is held
+    and woken like any other."""
+    import aiohttp
+
+    async def go() -> None:
+        w = World(tmp_path)
+        trust = _trust(w)
+        opened: list[object] = []
+        trace = aiohttp.TraceConfig()
+
+        async def on_open(_session: object, _ctx: object, params: object) -> None:
+            opened.append(params)
+        trace.on_connection_create_end.append(on_open)
+        async with client(w) as (c, hub), aiohttp.ClientSession(
+                str(c.make_url("")), trace_configs=[trace]) as s:
+            dev = as_device(w.laptop)
+            base = "/v1/orgs/acme/devices/laptop/view"
+            r = await s.get(base, headers=dev)
+            held = held_from_snapshot(open_view(await r.read(), trust, "acme", "laptop").doc)
+            url = f"{base}?serial={held.serial}&revision={held.revision}&wait=20"
+            polls = [asyncio.create_task(s.get(url, headers=dev)) for _ in range(12)]
+            await asyncio.sleep(0.5)
+            assert hub.views.waiting == 12 and not any(p.done() for p in polls)
+            w.pipeline.removed["acme"] = {"server"}
+            assert await hub.publish("c2")
+            serials = set()
+            for r in await asyncio.wait_for(asyncio.gather(*polls), 5):
+                assert r.status == 200 and r.headers["X-Meshops-View"] == "delta"
+                doc = open_view(await r.read(), trust, "acme", "laptop").doc
+                assert doc["remove"] == ["server"]
+                serials.add(int(r.headers["X-Meshops-Serial"]))
+            assert hub.views.stats["held"] == 12  # every answered connection was held
+            connections = len(opened)
+            assert connections == 12
+            # the held connections are read again: the next long-polls go over the
+            # same 12 connections, wait, and the next publish wakes every one
+            (serial,) = serials
+            after = f"{base}?serial={serial}&revision={held.revision}&wait=20"
+            polls = [asyncio.create_task(s.get(after, headers=dev)) for _ in range(12)]
+            await asyncio.sleep(0.5)
+            assert hub.views.waiting == 12 and not any(p.done() for p in polls)
+            w.pipeline.removed["acme"] = {"server", "relay-1"}
+            assert await hub.publish("c3")
+            for r in await asyncio.wait_for(asyncio.gather(*polls), 5):
+                assert r.status == 200
+                doc = open_view(await r.read(), trust, "acme", "laptop").doc
+                assert doc["remove"] == ["relay-1"]
+            assert len(opened) == connections  # no new connection: the held ones were read
+            assert hub.views.stats["held"] == 24
+    run(go())

@@ -345,3 +345,54 @@ def test_signed_deltas_kept_are_bounded_by_bytes_and_snapshots_per_org(monkeypat
     assert [k for k in views._snapshots if k[0] == ORG.name] == [
         (ORG.name, 4, 1), (ORG.name, 5, 1)]
     assert ("other", 1, 1) in views._snapshots and ("other", 2, 1) in views._snapshots
+
+
+def test_a_round_holds_the_connections_it_answered_until_every_one_is_answered() -> None:
+    """More long-polls than one batch (WAKE_BATCH): each answered one is held
+    (``hold_until_answered``), and no held connection is resumed before the
+    last long-poll of the round has its answer; ``answered`` returns after."""
+    import asyncio
+
+    from reconciler.hub.views import WAKE_BATCH
+
+    async def go() -> None:
+        views = Views(wake_interval=0.0)
+        count = WAKE_BATCH * 2 + 7
+        woken: list[int] = []
+        resumed: list[int] = []
+        order: list[str] = []
+
+        async def poll(i: int) -> None:
+            assert await views.wait(ORG.name, f"d{i:03d}", 30)
+            woken.append(i)
+            order.append("answer")
+
+            def resume(i: int = i) -> None:
+                resumed.append(i)
+                order.append("resume")
+            assert views.hold_until_answered(ORG.name, resume)
+
+        polls = [asyncio.create_task(poll(i)) for i in range(count)]
+        await asyncio.sleep(0)
+        assert views.waiting == count
+        assert not views.hold_until_answered(ORG.name, lambda: None)  # no round yet
+        views.wake(ORG.name, None)
+        await asyncio.sleep(0)  # the round has started
+
+        async def feed_build() -> None:
+            await views.answered(ORG.name)
+            order.append("feed build")
+        feed_built = asyncio.create_task(feed_build())
+        await asyncio.gather(*polls)
+        await asyncio.wait_for(feed_built, 5)
+        while len(resumed) < count:
+            await asyncio.sleep(0)
+        assert sorted(woken) == sorted(resumed) == list(range(count))
+        assert order.index("feed build") > count - 1  # after every answer
+        order.remove("feed build")
+        assert order == ["answer"] * count + ["resume"] * count
+        assert views.stats["held"] == count
+        assert not views.hold_until_answered(ORG.name, lambda: None)  # the round is over
+        await views.answered(ORG.name)  # no round: returns at once
+
+    asyncio.run(go())
