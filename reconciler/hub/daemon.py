@@ -149,12 +149,14 @@ def _default_pipeline(config: ServeConfig, repo_path: str) -> Pipeline:
     return PublisherPipeline(repo_path, config.db_url(), config.gnupghome, gate=gate)
 
 
-def small_tls_buffers(size: int = 16 * 1024) -> None:
+def small_tls_buffers(size: int = 8 * 1024) -> None:
     """asyncio's TLS transport gives every connection a 256 KiB read buffer
     (``asyncio.sslproto.SSLProtocol.max_size``, CPython 3.11+): 10,000 agent
-    connections would pin 2.5 GiB. What agents send is small (reports, GETs); a
-    record larger than one read is simply read in two. Measured per idle
-    connection: 58 KB at 32 KiB, 42 KB at 16 KiB (docs/benchmarks.md, "scale")."""
+    connections would pin 2.5 GiB. What agents send is small (GETs of a few
+    hundred bytes, reports of a few KiB); a TLS record larger than one read
+    (at most 16 KiB) is simply read in two or three. Measured per idle
+    connection: 58 KB at 32 KiB, 42 KB at 16 KiB, 34 KB at 8 KiB
+    (docs/benchmarks.md, "scale")."""
     import asyncio.sslproto
 
     if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > size:
