@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
 
+# PortRange and Rule live in model.rules (the agent imports them alone), re-exported here
+from reconciler.model.rules import PortRange, Rule  # noqa: F401
+
 
 @dataclass(frozen=True)
 class Source:
@@ -139,15 +142,6 @@ def parse_expiry(text: str) -> float | None:
     return when.timestamp() if when.tzinfo is not None else None
 
 
-@dataclass(frozen=True)
-class PortRange:
-    lo: int
-    hi: int
-
-    def __str__(self) -> str:
-        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
-
-
 PROTOS = ("tcp", "udp", "icmp", "any")
 
 
@@ -157,24 +151,6 @@ class Group:
     users: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Accept traffic from any ``src`` selector to any ``dst`` selector.
-
-    Selectors: ``"*"``, ``"group:NAME"``, ``"tag:NAME"``, ``"device:NAME"``,
-    ``"user:NAME"`` (the user's devices); destination only: ``"route:CIDR"``
-    (addresses inside an advertised subnet route) and ``"internet"`` (addresses
-    outside the org's CIDRs and routes, through an exit node). Empty ``ports``
-    means all ports."""
-
-    src: tuple[str, ...]
-    dst: tuple[str, ...]
-    proto: str = "any"
-    ports: tuple[PortRange, ...] = ()
-    name: str = ""
-    index: int = 0
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -49,7 +49,6 @@ from reconciler.errors import ManifestRefused, Problem, ValidationError
 from reconciler.model.endpoint import canonical_v4
 from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
-from reconciler.model.repo import Mesh, OrgState
 from reconciler.pki.envelope import (
     OrgTrust,
     Trust,
@@ -58,6 +57,9 @@ from reconciler.pki.envelope import (
     sign_envelope,
     sign_envelope_multi,
 )
+
+if TYPE_CHECKING:  # the hub builds manifests from the repository model; agents only verify
+    from reconciler.model.repo import Mesh, OrgState
 
 MANIFEST_TYPE = "application/vnd.meshops.manifest+json"
 FORMAT_VERSION = 1

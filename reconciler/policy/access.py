@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from reconciler.model.repo import PortRange, Rule
+from reconciler.model.rules import PortRange, Rule
 
 PORT_MIN = 1
 PORT_MAX = 65535

@@ -24,10 +24,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.model.manifest import Manifest, ManifestDevice
-from reconciler.model.repo import OrgState, PortRange, Rule
+from reconciler.model.rules import PortRange, Rule
 
 from .engine import (
     ACCEPT,
@@ -40,6 +40,9 @@ from .engine import (
     rule_label,
 )
 from .selectors import INTERNET, Network, Resolver, from_label, parse_address, to_label
+
+if TYPE_CHECKING:  # annotations only: the repository model is not loaded on the agent's path
+    from reconciler.model.repo import OrgState
 
 VERSION = 1
 

@@ -29,8 +29,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from reconciler.model.repo import Device, OrgState, Policy, PolicyTest, Repo, Rule
+from reconciler.model.rules import Rule
+
+if TYPE_CHECKING:  # annotations only: the repository model is not loaded on the agent's path
+    from reconciler.model.repo import Device, OrgState, Policy, PolicyTest, Repo
 
 from .access import ranges_contain
 from .selectors import Address, Network, matches, parse_address, selects_address

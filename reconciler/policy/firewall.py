@@ -39,7 +39,7 @@ from typing import Any
 from reconciler.errors import ConfigError
 from reconciler.model.firewall import EMPTY, Chain, Match, NamedSet, Rule, Ruleset
 from reconciler.model.manifest import Manifest, ManifestDevice
-from reconciler.model.repo import PortRange
+from reconciler.model.rules import PortRange
 
 from .access import merge_ranges
 from .selectors import INTERNET

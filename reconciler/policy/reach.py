@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from reconciler.model.repo import OrgState, Rule
+from reconciler.model.rules import Rule
+
+if TYPE_CHECKING:  # annotations only: the repository model is not loaded on the agent's path
+    from reconciler.model.repo import OrgState
 
 from .access import ALL_ACCESS, NO_ACCESS, Access
 from .selectors import Resolver

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from reconciler.model.repo import Device, Policy
+if TYPE_CHECKING:  # annotations only: the repository model is not loaded on the agent's path
+    from reconciler.model.repo import Device, Policy
 
 # Selector kind -> compiled label prefix (labels look like "g:eng").
 LABEL_PREFIX = {"group": "g", "tag": "t", "user": "u", "device": "d", "route": "r"}
