@@ -500,6 +500,7 @@ async def get_view(request: web.Request) -> web.StreamResponse:
     if transport is not None and hub.views.hold_until_answered(org.org,
                                                                transport.resume_reading):
         transport.pause_reading()  # its next request waits until the round is answered
+        hub.metrics.view_held.inc()
     headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding",
                "X-Meshops-View": answer.kind, "X-Meshops-Serial": str(answer.serial),
                "X-Meshops-Revision": str(answer.revision)}

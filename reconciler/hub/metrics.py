@@ -106,6 +106,11 @@ class Metrics:
         self.long_polls = Gauge(
             "meshops_hub_long_polls", "long-poll requests waiting", ["kind"], registry=r
         )
+        self.view_held = Counter(
+            "meshops_hub_view_answers_held",
+            "view answers whose connection was not read again until their wake round was over",
+            registry=r,
+        )
         self.auth_refused = Counter(
             "meshops_hub_auth_refused", "requests refused by authorization", ["reason"], registry=r
         )

@@ -807,6 +807,7 @@ def run_mode(world: World, mode: str, p: Params, label: str) -> dict[str, Any]:
         time.sleep(1.0)
         cpu1 = _cpu_seconds(hub.pid)
         rss, hwm = _mem(hub.pid)
+        held_answers = hub.metric("meshops_hub_view_answers_held_total")
         collected = clients.all("collect")
         events = [e for c in collected for e in c["events"]]
         first: dict[str, float] = {}
@@ -828,6 +829,8 @@ def run_mode(world: World, mode: str, p: Params, label: str) -> dict[str, Any]:
             "bytes_per_agent_max": max(got, default=0),
             "bytes_total": sum(nbytes.values()),
             "answers": sum(1 for e in events if e[2] in ("view", "manifest")),
+            # answers whose connection was read again only after their round (views)
+            "held": held_answers,
             "hub_cpu_s": cpu1 - cpu0, "rss_bytes": rss, "hwm_bytes": hwm,
             # until the last agent had it: the client processes' CPU and how busy
             # the whole machine was (1.0 = every core busy the whole time)

@@ -47,6 +47,10 @@ def test_small_scale_both_modes(tmp_path: Path) -> None:
         assert b["delivery_samples"] > 0  # observers saw moves arrive
     # views: only the devices that see the change are answered, each with a small delta
     assert view["a"]["unexpected_count"] == 0
+    # answers before re-polls, over real mTLS: the round's answered connections were
+    # held, then read again (the moves of (b) reached the observers over them)
+    assert view["a"]["held"] >= view["a"]["delivered"] * 0.9
+    assert full["a"]["held"] == 0
     assert view["a"]["bytes_per_agent_max"] < 2048
     assert view["a"]["bytes_per_agent_max"] < full["a"]["bytes_per_agent_mean"]
     # every view answer (snapshots at the start, then the deltas) was verified by the
