@@ -68,7 +68,7 @@ def verify_against_cache(envelope: bytes, trust: Trust, org: str, cached: Cached
         # the bytes this device verified and applied before: signature, org and
         # expiry are checked again, the schema check is not (docs/security.md)
         manifest = verify_manifest(envelope, trust, org, None, now, max_skew,
-                                   schema_checked=True)
+                                   schema_checked=True, parsed=cached.parsed)
         if manifest.serial < last_serial:
             raise ManifestRefused("rollback", f"cached serial {manifest.serial} is below the "
                                               f"last applied serial {last_serial}")

@@ -40,14 +40,14 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import InputRefused, ManifestRefused
 from reconciler.fsio import atomic_write
-from reconciler.pki.envelope import MAX_ENVELOPE_BYTES, parse_envelope
+from reconciler.pki.envelope import MAX_ENVELOPE_BYTES, Envelope, parse_envelope
 
 if TYPE_CHECKING:  # pki.view is imported where a view is read
     from reconciler.pki.view import HeldView
@@ -165,6 +165,9 @@ class CachedManifest:
     commit: str
     not_after: int
     etag: str | None = None
+    # ``parse_envelope(envelope)``, as the state dir checked it on reading (None
+    # when built elsewhere): verifying these bytes again need not re-parse them
+    parsed: Envelope | None = field(default=None, compare=False, repr=False)
 
 
 class StateDir:
@@ -277,25 +280,25 @@ class StateDir:
             self.warnings.append(text)
         return floor
 
-    def _envelope(self) -> bytes | None:
-        """``manifest.dsse`` when it is a DSSE envelope; None (+ warning) otherwise."""
+    def _envelope(self) -> tuple[bytes, Envelope] | None:
+        """``manifest.dsse`` and its parse when it is a DSSE envelope; None (+
+        warning) otherwise."""
         envelope = self._read(MANIFEST, MAX_ENVELOPE_BYTES)
         if envelope is None:
             return None
         try:
-            parse_envelope(envelope, what=MANIFEST)
+            return envelope, parse_envelope(envelope, what=MANIFEST)
         except ManifestRefused as exc:
             self._warn(MANIFEST, f"not a DSSE envelope ({exc})")
             return None
-        return envelope
 
     def _envelope_serial(self) -> int:
         """The serial inside the cached envelope (it verified when it was saved)."""
-        envelope = self._envelope()
-        if envelope is None:
+        read = self._envelope()
+        if read is None:
             return 0
         try:
-            payload = parse_envelope(envelope).payload
+            payload = read[1].payload
             serial = bounded_loads(payload, what=MANIFEST,
                                    max_bytes=len(payload) or 1).get("serial", 0)
         except (ManifestRefused, InputRefused, AttributeError):
@@ -306,11 +309,11 @@ class StateDir:
         """The cached envelope and its meta; None when either is missing or corrupt
         (a corrupt envelope must not pose as the content of the floor's serial)."""
         meta = self._json(META)
-        envelope = self._envelope()
-        if meta is None or envelope is None:
+        read = self._envelope()
+        if meta is None or read is None:
             return None
-        return CachedManifest(envelope, int(meta["serial"]), str(meta.get("commit", "")),
-                              int(meta.get("not_after", 0)), meta.get("etag"))
+        return CachedManifest(read[0], int(meta["serial"]), str(meta.get("commit", "")),
+                              int(meta.get("not_after", 0)), meta.get("etag"), parsed=read[1])
 
     def save_manifest(self, cached: CachedManifest) -> None:
         # envelope first: the meta (serial) must never point at an older envelope

@@ -214,7 +214,7 @@ class Opened:
 
 def open_envelope(
     data: bytes, trust: Trust | OrgTrust, payload_type: str, *, org: str | None = None,
-    max_bytes: int = MAX_ENVELOPE_BYTES,
+    max_bytes: int = MAX_ENVELOPE_BYTES, parsed: Envelope | None = None,
 ) -> Opened:
     """Verify a DSSE envelope against pinned keys; return the payload.
 
@@ -222,9 +222,13 @@ def open_envelope(
     org's key is reported as ``wrong-org`` (when ``org`` is given) rather than
     ``unknown-key``. Refusals: ``malformed``, ``unknown-key``, ``bad-signature``,
     ``wrong-org``. An envelope over ``max_bytes``, nested too deep or not JSON
-    is ``malformed`` too, and so is one whose signature list is absurdly long."""
-    parsed_env = parse_envelope(data, what=f"DSSE envelope ({payload_type})",
-                                max_bytes=max_bytes)
+    is ``malformed`` too, and so is one whose signature list is absurdly long.
+
+    ``parsed``: ``parse_envelope(data)``, when the caller holds it (the agent's
+    state dir parsed its cached envelope on reading it); it is not parsed
+    again. The signatures are checked over its payload all the same."""
+    parsed_env = parsed or parse_envelope(data, what=f"DSSE envelope ({payload_type})",
+                                          max_bytes=max_bytes)
     ptype, payload, parsed = parsed_env.payload_type, parsed_env.payload, parsed_env.signatures
     if ptype != payload_type:
         raise ManifestRefused("malformed", f"payloadType {ptype!r}, expected {payload_type!r}")

@@ -50,6 +50,7 @@ from reconciler.model.endpoint import canonical_v4
 from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.pki.envelope import (
+    Envelope,
     OrgTrust,
     Trust,
     load_trust,
@@ -554,6 +555,7 @@ DEFAULT_MAX_SKEW = 300.0  # seconds a manifest may be issued in the verifier's f
 def verify_manifest(
     data: bytes, trust: Trust, org: str, last_serial: int | None, now: float,
     max_skew: float | None = DEFAULT_MAX_SKEW, *, schema_checked: bool = False,
+    parsed: Envelope | None = None,
 ) -> Manifest:
     """Verify an envelope for ``org``; refuse with ``ManifestRefused(reason)``.
 
@@ -569,10 +571,11 @@ def verify_manifest(
     ``schema_checked``: these exact bytes passed this whole verification
     before (the agent's own cache of the manifest it applied, compared byte
     for byte): the schema check, a pure function of the signed payload, is
-    not repeated. Everything else is (signature, org, expiry, skew, floor)."""
+    not repeated. Everything else is (signature, org, expiry, skew, floor).
+    ``parsed``: ``parse_envelope(data)`` when the caller holds it (``open_envelope``)."""
     if org not in trust.orgs:
         raise ManifestRefused("wrong-org", f"no trust anchor for org {org!r}")
-    opened = open_envelope(data, trust, MANIFEST_TYPE, org=org)
+    opened = open_envelope(data, trust, MANIFEST_TYPE, org=org, parsed=parsed)
     doc = opened.json("signed manifest payload")  # bounded: ManifestRefused("schema")
     try:
         manifest = manifest_from_dict(doc, check=not schema_checked)
