@@ -1,0 +1,60 @@
+"""``reconciler.cli.main``: ``meshops agent ...`` builds only the agent group's
+parser (every device runs it every pass), and that parser is the same as in the
+whole tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import ALONE, build_parser, command_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["agent", "apply"], "agent"), (["-v", "agent", "run"], "agent"),
+    (["-vv", "hub", "serve"], "hub"), (["--version"], None), ([], None),
+    (["--", "agent"], None), (["validate", "agent"], "validate"),
+])
+def test_command_of(argv: list[str], command: str | None) -> None:
+    assert command_of(argv) == command
+
+
+def _choices(parser) -> set[str]:
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    return set(sub.choices)
+
+
+def _help(parser, *path: str) -> str:
+    for name in path:
+        (sub,) = [a for a in parser._actions if hasattr(a, "choices") and
+                  isinstance(a.choices, dict) and name in a.choices]
+        parser = sub.choices[name]
+    return parser.format_help()
+
+
+def test_agent_commands_build_only_the_agent_group_and_the_same_parser() -> None:
+    whole = build_parser()
+    assert {"validate", "plan", "hub", "agent", "lab"} <= _choices(whole)
+    assert _choices(build_parser(["agent", "apply"])) == {"agent"} == set(ALONE)
+    assert _choices(build_parser(["hub", "serve"])) == _choices(whole)
+    assert _choices(build_parser(["agentx"])) == _choices(whole)  # its error lists all
+    for path in (("agent",), ("agent", "apply"), ("agent", "run"), ("agent", "init")):
+        assert _help(build_parser(["-v", *path]), *path) == _help(whole, *path)
+    args = build_parser(["agent", "apply"]).parse_args(
+        ["-v", "agent", "apply", "--config", "x.json", "--dry-run"])
+    assert (args.verbose, args.command, args.agent_command, args.config, args.dry_run) == \
+        (1, "agent", "apply", "x.json", True)
+
+
+def test_agent_apply_loads_no_other_command_group() -> None:
+    code = ("import sys\nfrom reconciler.cli import main\ntry:\n    main(['agent', 'apply', "
+            "'--help'])\nexcept SystemExit:\n    pass\nprint(sorted(m for m in sys.modules "
+            "if m.startswith('reconciler.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip().splitlines()[-1]
+    assert out == "['reconciler.cli.agent']"
