@@ -18,9 +18,9 @@ in this order, and nothing twice:
    feed (a pass on the cached manifest keeps the last one);
 5. the local private key, the observed interface (``effects.backend``), the
    ``inet meshops`` table (``effects.firewall``) and the exit-node policy
-   routing (``effects.routing``): these host reads start in a thread
-   (``Early``) as soon as the manifest is verified, and overlap the memory,
-   feed and key reads (at 10,000 peers wireguard-go takes a while to answer);
+   routing (``effects.routing``): these host reads start in threads
+   (``reconciler.background``) as soon as the manifest is verified, and
+   overlap the memory, feed and key reads (at 10,000 peers wireguard-go takes a while to answer);
 6. STUN discovery against the config's servers, else the signed manifest's
    (mesh.yaml ``stun_servers``, ``agent.meshconfig``), only while the listen
    port is free (no interface yet), after a move, or when others see this
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -52,6 +51,7 @@ from reconciler.agent.rotate import next_key_path
 from reconciler.agent.source import fetch_feed, manifest_and_trust
 from reconciler.agent.state import FEED, PEERING, StateDir
 from reconciler.backends.base import Backend
+from reconciler.background import Background
 from reconciler.converge import Operation, public_key
 from reconciler.errors import ConfigError, FetchError
 from reconciler.model.endpoint import Endpoint, is_canonical_v4_endpoint, parse_or_none
@@ -112,7 +112,7 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
     # is megabytes), ip and nft: they start now, in a thread, and overlap the
     # memory, feed and key reads. Now: after any long-poll (fresh), and after
     # the manifest verified (a refused one leaves the interface unasked).
-    early = Early(observe_host, config, effects)
+    early = Background(observe_host, config, effects, name="meshops-observe")
     try:
         return _gather_rest(config, effects, state, warnings, own, here, moved, got, trust,
                             early)
@@ -122,7 +122,7 @@ def gather(config: AgentConfig, effects: Effects, now: float, *,
 
 def _gather_rest(config: AgentConfig, effects: Effects, state: StateDir, warnings: list[str],
                  own: SelfEndpoints, here: str | None, moved: bool, got: VerifiedManifest,
-                 trust: Trust, early: Early) -> Inputs:
+                 trust: Trust, early: Background) -> Inputs:
     read_first: list[str] = []  # the state files' warnings come first, as read first
     memory, last_feed, memory_stored = read_memory_and_feed(state, read_first)
     warnings[:0] = read_first
@@ -163,8 +163,8 @@ def observe_host(config: AgentConfig, effects: Effects
     exit-node policy routing, as they are now (read only). The table and the
     routing are read in threads of their own, side by side with the interface:
     each read mostly waits on another process (``nft``, ``ip``, wireguard-go)."""
-    firewall = Early(effects.firewall.observe) if effects.firewall is not None else None
-    routing = Early(effects.routing.observe_routing, EXIT_TABLE) \
+    firewall = Background(effects.firewall.observe) if effects.firewall is not None else None
+    routing = Background(effects.routing.observe_routing, EXIT_TABLE) \
         if effects.routing is not None else None
     try:
         observed = effects.backend.observe(config.interface)
@@ -174,33 +174,6 @@ def observe_host(config: AgentConfig, effects: Effects
                 early.join()
     return (observed, firewall.result() if firewall is not None else None,
             routing.result() if routing is not None else None)
-
-
-class Early:
-    """``fn(*args)`` started at once in a thread; ``result()`` waits for it and
-    returns its value or raises its exception (reads only: nothing to undo)."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                self._value = fn(*args)
-            except BaseException as exc:  # noqa: BLE001 -- re-raised by result(), in the caller's thread
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name="meshops-observe", daemon=True)
-        self._thread.start()
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def read_memory_and_feed(state: StateDir, warnings: list[str]

@@ -310,7 +310,7 @@ class UapiClient:
         call that returns when the chunk is full or at end-of-file. A ``get``
         reply at 10,000 peers is ~3.4 MB and reaches the socket ~200 KB at a
         time: read piece by piece, the reading thread (``agent.gather``'s
-        ``Early``) had to win the GIL back from the busy main thread for every
+        ``Background``) had to win the GIL back from the busy main thread for every
         piece (5 ms each, ``sys.getswitchinterval``), and the read took 3-5x
         as long as wireguard-go needs to answer. ``timeout`` bounds the connect
         and the send, and each wait for data (``SO_RCVTIMEO``)."""

@@ -36,14 +36,13 @@ import logging
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from reconciler.backends.base import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, LinkControl
 from reconciler.backends.uapi import UapiClient, set_lines, transactions
+from reconciler.background import Background
 from reconciler.converge.ops import LINK_OPS, ROUTING_OPS, WG_OPS, CreateInterface, Operation
 from reconciler.errors import BackendError, BackendUnavailable, ConfigError
 from reconciler.model.wg import ObservedInterface
@@ -51,33 +50,6 @@ from reconciler.model.wg import ObservedInterface
 IFNAMSIZ = 15
 LOG_ROTATE_BYTES = 1 << 20
 _log = logging.getLogger(__name__)
-
-
-class _Background:
-    """``fn(*args)`` started at once in a thread; ``result()`` waits for it and
-    returns its value or raises its exception; ``join()`` only waits."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._out: list[tuple[bool, Any]] = []
-
-        def run() -> None:
-            try:
-                self._out.append((True, fn(*args)))
-            except BaseException as exc:  # noqa: BLE001 -- re-raised by result(), in the caller's thread
-                self._out.append((False, exc))
-
-        self._thread = threading.Thread(target=run, name="meshops-link", daemon=True)
-        self._thread.start()
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def result(self) -> Any:
-        self._thread.join()
-        ok, value = self._out[0]
-        if not ok:
-            raise value
-        return value
 
 
 def check_ifname(name: str) -> None:
@@ -292,7 +264,7 @@ class UserspaceBackend:
                     f"{self.socket_path(name)}"
                 )
             return ObservedInterface(name=name, exists=False)
-        reading = _Background(self.links.observe, name)  # ``ip``, while wireguard-go answers
+        reading = Background(self.links.observe, name, name="meshops-link")  # ``ip``, while wireguard-go answers
         try:
             wg = client.get(name)
         except BackendUnavailable:
