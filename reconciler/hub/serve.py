@@ -140,6 +140,11 @@ class SignedFeed:
     sign: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
     _made: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
+    @property
+    def made(self) -> bool:
+        """The envelope exists: ``signed_body`` returns it without work."""
+        return self.body is not None or bool(self._made)
+
     def signed_body(self) -> bytes:
         """The signed envelope, made once (called on the feed thread: one worker,
         so two requests never make it twice)."""
@@ -623,10 +628,8 @@ class Hub:
     async def feed_body(self, signed: SignedFeed) -> bytes:
         """``signed``'s envelope, serialized and signed on the feed thread the
         first time a whole-feed request needs it."""
-        if signed.body is not None:
-            return signed.body
-        if signed._made:
-            return signed._made[0]
+        if signed.made:
+            return signed.signed_body()
         body = await asyncio.get_running_loop().run_in_executor(self._feed_exec,
                                                                 signed.signed_body)
         assert isinstance(body, bytes)
