@@ -29,7 +29,8 @@ TemporaryError -> 75. Messages must never contain secrets.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from reconciler.structs import Record
 
 
 class MeshopsError(Exception):
@@ -58,8 +59,7 @@ class UsageError(PermanentError):
     exit_code = 2
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(Record):
     """One validation finding: where, a stable code, what, and how to fix it."""
 
     file: str

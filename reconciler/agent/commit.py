@@ -23,7 +23,6 @@ is called by ``agent.reconcile.reconcile_once`` (never on ``--dry-run``):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from reconciler.agent import desired as desired_mod
 from reconciler.agent import endpoints as endpoints_mod
@@ -36,10 +35,10 @@ from reconciler.converge import Operation, phases, plan, plan_firewall, plan_rou
 from reconciler.converge.ops import ROUTING_OPS, ReplaceFirewall
 from reconciler.errors import ConfigError, FetchError, InputRefused, NotConverged
 from reconciler.model.routing import EXIT_TABLE
+from reconciler.structs import Record, repr_without
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(Record):
     """What one pass did. ``operations`` is the plan (applied unless dry-run)."""
 
     operations: tuple[Operation, ...]
@@ -49,9 +48,11 @@ class Result:
     source: str = "fetched"  # fetched | unchanged (304 / same bytes) | cache (hub unreachable)
     member: bool = True  # False: this device is not in the manifest; it got no peers
     warnings: tuple[str, ...] = ()
-    peers: tuple[desired_mod.PeerSummary, ...] = field(default=(), repr=False)
+    peers: tuple[desired_mod.PeerSummary, ...] = ()  # left out of ``repr``
     feed_revision: int | None = None
     requeue_after: float | None = None  # None: the normal cadence
+
+    __repr__ = repr_without("peers")
 
     @classmethod
     def of(cls, inputs: Inputs, decision: Decision, applied: int,

@@ -17,7 +17,6 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import ConfigError, InputRefused
 from reconciler.fsio import atomic_write
+from reconciler.structs import Record, as_dict, field, field_names, force_setattr
 
 DEFAULT_CONFIG_PATH = "/etc/meshops/agent.json"
 DEFAULT_STATE_DIR = "/var/lib/meshops"
@@ -42,8 +42,7 @@ def default_interface(org: str) -> str:
     return f"mo-{org}"[:IFNAME_MAX]
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(Record):
     """Everything one agent needs to know; paths are absolute."""
 
     org: str
@@ -77,7 +76,7 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         if not self.interface:
-            object.__setattr__(self, "interface", default_interface(self.org))
+            force_setattr(self, "interface", default_interface(self.org))
 
     @property
     def source_url(self) -> str:
@@ -103,7 +102,7 @@ class AgentConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = as_dict(self)
         data["backend_options"] = dict(self.backend_options)
         data["hysteresis"] = dict(self.hysteresis)
         if self.stun_servers is not None:
@@ -312,7 +311,7 @@ def _key_rotation_days(value: Any, hub: Any) -> list[str]:
 def problems(data: Mapping[str, Any]) -> list[str]:
     """Every problem of a raw agent config (the JSON object), ``field: what (fix)``;
     empty when the config can work. Pure: no file is opened."""
-    known = {f.name for f in fields(AgentConfig)}
+    known = set(field_names(AgentConfig))
     out = [f"{str(k)[:40]!r}: unknown field (remove it; known fields are in "
            "docs/operations.md)" for k in sorted(set(data) - known, key=str)]
     for name in _REQUIRED:

@@ -29,7 +29,6 @@ interface with no peers: cut off, fail-closed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from reconciler.agent import desired as desired_mod
@@ -47,12 +46,12 @@ from reconciler.model.routing import NO_ROUTING, PolicyRouting
 from reconciler.policy import peers_allowed
 from reconciler.policy.exitroute import exit_node_of, exit_routing
 from reconciler.policy.firewall import desired_ruleset
+from reconciler.structs import Record
 
 QUICK_RETRY = 0.25  # after a pass on the cached manifest: the hub was unreachable
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Record):
     operations: tuple[Operation, ...]
     desired: desired_mod.Desired
     firewall: Ruleset | None  # the inet meshops table; None: not managed

@@ -42,20 +42,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from reconciler.converge.keys import public_key
 from reconciler.errors import ConfigError
 from reconciler.model.endpoint import canonical_v4, is_canonical_v4_endpoint, parse_or_none
-from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import DesiredInterface, DesiredPeer
+from reconciler.structs import Record
 
 PATHS = ("direct", "lan", "relay")
 
 
-@dataclass(frozen=True)
-class PeerPath:
+class PeerPath(Record):
     """How this device reaches one peer: ``direct``, ``lan`` or ``relay`` (``via``)."""
 
     peer: str
@@ -64,8 +62,7 @@ class PeerPath:
     via: str | None = None  # relay device name when path == "relay"
 
 
-@dataclass(frozen=True)
-class PeerSummary:
+class PeerSummary(Record):
     """Per-peer facts ``agent status`` shows (not WireGuard state)."""
 
     name: str
@@ -76,8 +73,7 @@ class PeerSummary:
     endpoint: str | None = None
 
 
-@dataclass(frozen=True)
-class Desired:
+class Desired(Record):
     interface: DesiredInterface
     peers: tuple[PeerSummary, ...]  # every allowed peer, also those reached via a relay
     member: bool  # False: this device is not in the manifest (cut off)
@@ -225,10 +221,9 @@ def compute_desired(
         else:  # sent through its relay; the peer entry stays (no allowed IPs) for probing
             layout.setdefault(name, set())
             layout.setdefault(via, set()).update(own)
-        summaries.append(make(PeerSummary, {  # every field (model.frozen)
-            "name": name, "public_key": dev.wireguard_public_key,
-            "tunnel_ips": tuple(dev.tunnel_ips), "path": choice.path, "via": via,
-            "endpoint": choice.endpoint}))
+        summaries.append(PeerSummary(
+            name=name, public_key=dev.wireguard_public_key, tunnel_ips=tuple(dev.tunnel_ips),
+            path=choice.path, via=via, endpoint=choice.endpoint))
     if my_relay is not None:  # relayed traffic from anyone reaches me through my relay
         layout.setdefault(my_relay, set()).update(org_cidrs(manifest))
     if exit_node is not None and exit_node in layout:
@@ -243,9 +238,8 @@ def compute_desired(
             relay_path = paths.get(name)
             endpoints[name] = relay_path.endpoint if relay_path else _literal(dev.endpoint)
         key = dev.wireguard_public_key
-        peers[key] = make(DesiredPeer, {  # every field (model.frozen)
-            "public_key": key, "allowed_ips": _sort_canonical(layout[name]),
-            "endpoint": endpoints[name], "keepalive": keepalive, "name": name})
+        peers[key] = DesiredPeer(key, _sort_canonical(layout[name]), endpoints[name],
+                                 keepalive, name)
     addresses = interface_addresses(manifest, mine)
     on_link = {str(ipaddress.ip_interface(a).network) for a in addresses}
     desired = DesiredInterface(

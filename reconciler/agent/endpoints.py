@@ -15,7 +15,6 @@ Called by ``agent.gather`` (parse, own endpoints) and ``agent.decide`` (the repo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import ManifestRefused
@@ -30,6 +29,7 @@ from reconciler.model.endpoints import (
 from reconciler.model.manifest import Manifest
 from reconciler.model.wg import ObservedInterface
 from reconciler.pki.envelope import Trust, open_envelope
+from reconciler.structs import Record
 
 FEED_PAYLOAD_TYPE = "application/vnd.meshops.feed+json"
 
@@ -98,8 +98,7 @@ def feed_from_dict(doc: Any) -> EndpointFeed | None:
         return None
 
 
-@dataclass(frozen=True)
-class SelfEndpoints:
+class SelfEndpoints(Record):
     """What this device knows of its own endpoints (``discovery.json``).
 
     ``local_ip`` is the source address towards the hub when discovery last
@@ -143,6 +142,9 @@ class SelfEndpoints:
         return bool(self.local_hosts()) and here not in self.local_hosts()
 
 
+NO_SELF_ENDPOINTS = SelfEndpoints()  # nothing discovered yet
+
+
 def foreign_ips(entry: FeedEntry | None, own: SelfEndpoints) -> tuple[str, ...]:
     """Public IPs others attribute to this device (the hub's view of the report
     connection, the reflections of live WireGuard sessions) that are neither the
@@ -176,7 +178,7 @@ def build_report(
     *,
     names_by_key: Mapping[str, str],
     listen_port: int,
-    own: SelfEndpoints = SelfEndpoints(),
+    own: SelfEndpoints = NO_SELF_ENDPOINTS,
     local: str | None = None,
     heard: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:

@@ -68,13 +68,13 @@ import stat
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self
 from urllib.parse import unquote, urlencode, urlsplit
 
 from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import ConfigError, FetchError, InputRefused
+from reconciler.structs import Record
 
 USER_AGENT = "meshops-agent/0.1"
 CONNECT_TIMEOUT = 2.0  # TCP connect + TLS handshake
@@ -105,8 +105,7 @@ _GENERIC_TYPES = frozenset({"application/json", "text/json", "application/octet-
                             "binary/octet-stream", "text/plain"})
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(Record):
     status: int  # 200, or 304 when If-None-Match matched
     body: bytes  # decompressed, at most the kind's limit
     etag: str | None = None
@@ -119,8 +118,7 @@ class Response:
                              max_bytes=max(len(self.body), 1))
 
 
-@dataclass(frozen=True)
-class TlsConfig:
+class TlsConfig(Record):
     cert: str | None = None  # client certificate (PEM) for mTLS; used once the file exists
     key: str | None = None
     ca: str | None = None  # CA bundle for the server; None = system store

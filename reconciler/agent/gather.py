@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from reconciler.agent import endpoints as endpoints_mod
@@ -61,6 +60,7 @@ from reconciler.model.manifest import Manifest
 from reconciler.model.routing import EXIT_TABLE, PolicyRouting
 from reconciler.model.wg import ObservedInterface
 from reconciler.pki.envelope import Trust
+from reconciler.structs import Record, replace
 
 Discover = Callable[[int, Sequence[str]], Any]  # (listen port, servers) -> Discovery
 
@@ -81,8 +81,7 @@ class Routing(Protocol):
     def apply(self, ops: Sequence[Operation]) -> None: ...
 
 
-@dataclass(frozen=True)
-class Effects:
+class Effects(Record):
     """Everything a pass does to the world, injected (tests pass fakes)."""
 
     fetch: FetchLike

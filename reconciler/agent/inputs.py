@@ -8,7 +8,6 @@ frozen data: this module imports no I/O and sits under the purity contract.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.agent.endpoints import SelfEndpoints
@@ -18,10 +17,10 @@ from reconciler.model.firewall import Ruleset
 from reconciler.model.manifest import Manifest
 from reconciler.model.routing import PolicyRouting
 from reconciler.model.wg import ObservedInterface
+from reconciler.structs import Record, field, repr_without
 
 
-@dataclass(frozen=True)
-class VerifiedManifest:
+class VerifiedManifest(Record):
     manifest: Manifest
     envelope: bytes
     etag: str | None
@@ -35,8 +34,7 @@ class VerifiedManifest:
     view_kind: str | None = None  # snapshot | delta | none
 
 
-@dataclass(frozen=True)
-class Inputs:
+class Inputs(Record):
     """One pass's whole view of the world (see the module docstring)."""
 
     me: str
@@ -51,7 +49,7 @@ class Inputs:
     observed: ObservedInterface
     memory: Memory
     own: SelfEndpoints
-    private_key: str = field(repr=False)
+    private_key: str  # never logged (``__repr__``)
     here: str | None = None  # source address towards the hub
     moved: bool = False
     was_member: bool = False  # an earlier pass applied a membership, or the interface exists
@@ -67,3 +65,5 @@ class Inputs:
     # intact): agent.commit skips rewriting them when the pass leaves them equal
     memory_stored: bool = False
     feed_stored: bool = False
+
+    __repr__ = repr_without("private_key")  # never logged

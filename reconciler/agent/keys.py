@@ -12,15 +12,14 @@ not pay for it.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import ConfigError, PkiError, UsageError
 from reconciler.fsio import atomic_write
+from reconciler.structs import Record
 
 
-@dataclass(frozen=True)
-class DeviceKeys:
+class DeviceKeys(Record):
     wireguard_public_key: str  # base64, as `wg pubkey` prints it
     identity_public_key: str  # base64 of the raw 32-byte Ed25519 public key
 

@@ -16,7 +16,6 @@ Pure: static endpoints that are host names were resolved by ``agent.gather``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from reconciler.agent import peering
@@ -25,15 +24,14 @@ from reconciler.agent.endpoints import SelfEndpoints
 from reconciler.agent.memory import Heard, Memory, Situation
 from reconciler.model.endpoint import Endpoint, is_canonical_v4_endpoint, parse_or_none
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
-from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import ObservedInterface
+from reconciler.structs import Record, field_names, replace
 
 Resolved = Mapping[str, str | None]  # static endpoint host name -> IP literal (or None)
 
 
-@dataclass(frozen=True)
-class PathDecision:
+class PathDecision(Record):
     paths: Mapping[str, PeerPath]
     my_relay: str | None
     memory: Memory
@@ -62,19 +60,19 @@ def peer_info(dev: ManifestDevice, entry: FeedEntry | None, resolved: Resolved) 
     candidates = [Candidate("static", static)] if static else []
     if entry is not None:
         candidates.extend(c for c in entry.candidates if c.kind != "static")
-    return make(peering.PeerInfo, {  # every field (model.frozen): 10,000 a pass
-        "name": dev.name,
-        "relay": dev.relay,
-        "public": static is not None,
-        "mapping": entry.mapping if entry is not None else peering.UNKNOWN,
-        "public_ip": entry.public_ip if entry is not None else None,
-        "candidates": tuple(candidates),
-    })
+    return peering.PeerInfo(  # 10,000 a pass
+        name=dev.name,
+        relay=dev.relay,
+        public=static is not None,
+        mapping=entry.mapping if entry is not None else peering.UNKNOWN,
+        public_ip=entry.public_ip if entry is not None else None,
+        candidates=tuple(candidates),
+    )
 
 
 def hysteresis_config(options: Mapping[str, Any] | None) -> peering.HysteresisConfig:
     """``AgentConfig.hysteresis`` (seconds, by field name) over the defaults."""
-    known = {f.name for f in fields(peering.HysteresisConfig)}
+    known = set(field_names(peering.HysteresisConfig))
     values = {k: float(v) for k, v in (options or {}).items() if k in known}
     return peering.HysteresisConfig(**values)
 
@@ -129,8 +127,7 @@ def decide_paths(
         if changed else memory.peering
     out = peering.decide(me_info, others, relays, handshakes, now, previous,
                          hysteresis_config(hysteresis))
-    paths = {name: make(PeerPath, {"peer": name, "path": c.kind, "endpoint": c.endpoint,
-                                   "via": c.via})  # every field (model.frozen)
+    paths = {name: PeerPath(name, c.kind, c.endpoint, c.via)
              for name, c in sorted(out.paths.items())}
     # until the peer is heard from again, its endpoint follows the decision (a
     # reflection of the new address may arrive a pass or two after the move)

@@ -28,11 +28,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 
 from reconciler.model.endpoint import host_of
 from reconciler.model.endpoints import Candidate
-from reconciler.model.frozen import make
+from reconciler.structs import Record, field, replace
 
 DIRECT, LAN, RELAY = "direct", "lan", "relay"
 INDEPENDENT, DEPENDENT, UNKNOWN = "independent", "dependent", "unknown"
@@ -41,8 +40,7 @@ INDEPENDENT, DEPENDENT, UNKNOWN = "independent", "dependent", "unknown"
 PUBLIC_KINDS = ("static", "reflected", "observed", "stun")
 
 
-@dataclass(frozen=True)
-class PeerInfo:
+class PeerInfo(Record):
     """One side of a pair, as the manifest and the endpoint feed describe it."""
 
     name: str
@@ -53,8 +51,7 @@ class PeerInfo:
     candidates: tuple[Candidate, ...] = ()
 
 
-@dataclass(frozen=True)
-class PathChoice:
+class PathChoice(Record):
     kind: str  # direct | lan | relay
     endpoint: str | None  # where to send to this peer (direct/lan); None = learn by roaming
     via: str | None  # the relay device for kind "relay"; None if no relay is available
@@ -109,8 +106,7 @@ def choose_path(me: PeerInfo, peer: PeerInfo, relays: Sequence[str] = (),
     """Kind, endpoint and relay for ``peer`` as seen from ``me``."""
     kind = path_kind(me, peer)
     if kind == DIRECT:
-        return make(PathChoice, {"kind": DIRECT,  # every field (model.frozen): the hot path
-                                 "endpoint": _first(peer.candidates, PUBLIC_KINDS), "via": None})
+        return PathChoice(DIRECT, _first(peer.candidates, PUBLIC_KINDS), None)  # the hot path
     if kind == LAN:
         return PathChoice(LAN, _lan_endpoint(me, peer), None)
     return PathChoice(RELAY, None, choose_relay(pair_key(me.name, peer.name), relays, down))
@@ -151,8 +147,7 @@ def choose_relay(device: str, relays: Sequence[str],
 # -- hysteresis ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HysteresisConfig:
+class HysteresisConfig(Record):
     """Timers, in seconds. Defaults suit WireGuard's own timers; the lab shortens them.
 
     ``stale_after`` is 180 s, WireGuard's REJECT_AFTER_TIME: an idle but healthy
@@ -169,23 +164,23 @@ class HysteresisConfig:
     stable_after: float = 600.0  # direct healthy this long forgets past failures
 
 
-@dataclass(frozen=True)
-class PathState:
+DEFAULT_HYSTERESIS = HysteresisConfig()
+
+
+class PathState(Record):
     mode: str  # direct | relay (what the hysteresis currently allows)
     since: float  # when this mode was entered
     failures: int = 0  # consecutive failed direct attempts
     retry_at: float = 0.0  # mode relay: when to try direct again
 
 
-@dataclass(frozen=True)
-class RelayState:
+class RelayState(Record):
     since: float  # when this relay became the one in use
     failures: int = 0
     down_until: float = 0.0  # skipped by choose_relay until then
 
 
-@dataclass(frozen=True)
-class PeeringState:
+class PeeringState(Record):
     """Everything the hysteresis remembers (persisted by ``agent.memory``)."""
 
     paths: Mapping[str, PathState] = field(default_factory=dict)
@@ -197,7 +192,7 @@ def _backoff(failures: int, cfg: HysteresisConfig) -> float:
 
 
 def step_path(state: PathState | None, last_handshake: float, now: float,
-              cfg: HysteresisConfig = HysteresisConfig()) -> PathState:
+              cfg: HysteresisConfig = DEFAULT_HYSTERESIS) -> PathState:
     """Advance one peer's direct/relay hysteresis. ``last_handshake`` is unix seconds
     (0 = never) of the latest handshake on the *direct* WireGuard peer."""
     if state is None:
@@ -222,7 +217,7 @@ def step_path(state: PathState | None, last_handshake: float, now: float,
 
 
 def step_relay(state: RelayState | None, last_handshake: float, now: float,
-               cfg: HysteresisConfig = HysteresisConfig()) -> RelayState:
+               cfg: HysteresisConfig = DEFAULT_HYSTERESIS) -> RelayState:
     """Advance one relay's health: it goes down when its handshake goes stale."""
     if state is None:
         return RelayState(now)
@@ -238,8 +233,7 @@ def step_relay(state: RelayState | None, last_handshake: float, now: float,
     return RelayState(state.since, failures, now + _backoff(failures, cfg))
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Record):
     paths: Mapping[str, PathChoice]  # peer name -> path
     my_relay: str | None  # where this device's org-CIDR catch-all goes
     state: PeeringState
@@ -252,7 +246,7 @@ def decide(
     handshakes: Mapping[str, float],
     now: float,
     state: PeeringState | None = None,
-    cfg: HysteresisConfig = HysteresisConfig(),
+    cfg: HysteresisConfig = DEFAULT_HYSTERESIS,
 ) -> Decision:
     """One reconcile pass: the static rule, then the hysteresis on top of it.
 

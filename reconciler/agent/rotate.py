@@ -34,7 +34,6 @@ import base64
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.agent.config import AgentConfig
@@ -42,12 +41,12 @@ from reconciler.agent.fetch import FetchLike
 from reconciler.agent.keys import sign_with_identity
 from reconciler.errors import ConfigError, FetchError, UsageError
 from reconciler.fsio import atomic_write
+from reconciler.structs import Record
 
 NEXT_SUFFIX = ".next"
 
 
-@dataclass(frozen=True)
-class Rotated:
+class Rotated(Record):
     new_public_key: str  # base64, what `wg pubkey` prints
     commit: str
     branch: str

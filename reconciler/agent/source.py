@@ -16,7 +16,6 @@ renewed by the hub), because the hub serves manifests over mTLS only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ from reconciler.model.endpoints import EndpointFeed
 from reconciler.model.manifest import Manifest
 from reconciler.pki.envelope import Trust, load_trust
 from reconciler.pki.manifest import DEFAULT_MAX_SKEW, verify_manifest
+from reconciler.structs import Record
 
 if TYPE_CHECKING:  # pki.root is imported where a trust root is used
     from reconciler.pki.root import TrustRoot
@@ -257,8 +257,7 @@ def fetch_feed(config: AgentConfig, fetch: FetchLike, trust: Trust,
 MAX_WALK = 32  # root versions followed in one pass
 
 
-@dataclass(frozen=True)
-class Pinned:
+class Pinned(Record):
     """What this pass trusts: the pinned trust file, and the org's trust root
     when the org has one (then its manifest keys and CAs replace the file's)."""
 

@@ -22,11 +22,11 @@ pointing at ``--backend userspace``.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import errno
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from reconciler import structs
 from reconciler.backends.base import LinkControl
 from reconciler.backends.uapi import uapi_endpoint
 from reconciler.converge.keys import public_key as derive_public_key
@@ -111,7 +111,7 @@ def decode_info(name: str, msgs: Iterable[Any]) -> ObservedInterface:
             decoded = _decode_peer(peer)
             old = peers.get(decoded.public_key)
             if old is not None:
-                decoded = dataclasses.replace(
+                decoded = structs.replace(
                     old, allowed_ips=tuple(sorted(old.allowed_ips + decoded.allowed_ips))
                 )
             peers[decoded.public_key] = decoded
@@ -231,7 +231,7 @@ class KernelBackend:
                 return ObservedInterface(name=name, exists=False)
             raise _translate(exc, f"read {name}") from exc
         state = decode_info(name, msgs)
-        return dataclasses.replace(
+        return structs.replace(
             state, up=link.up, mtu=link.mtu, addresses=link.addresses, routes=link.routes,
             forwarding=link.forwarding,
         )

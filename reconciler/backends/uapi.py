@@ -50,7 +50,6 @@ from reconciler.converge.ops import (
 )
 from reconciler.errors import BackendError, BackendUnavailable
 from reconciler.model.endpoint import Endpoint
-from reconciler.model.frozen import make
 from reconciler.model.wg import ObservedInterface, ObservedPeer
 
 EADDRINUSE = 98
@@ -246,15 +245,15 @@ def _peers_in_order(reply: str, start: int) -> dict[str, ObservedPeer] | None:
         pos = m.end()
         key_hex, endpoint, sec, nsec, tx, rx, keepalive, ips = m.groups()
         key = key_from_hex(key_hex)
-        peers[key] = make(ObservedPeer, {  # every field (model.frozen)
-            "public_key": key,
-            "allowed_ips": tuple(sorted(ips[11:-1].split("\nallowed_ip="))) if ips else (),
-            "endpoint": endpoint,
-            "keepalive": int(keepalive),
-            "last_handshake": _handshake(int(sec), int(nsec)),
-            "rx_bytes": int(rx),
-            "tx_bytes": int(tx),
-        })
+        peers[key] = ObservedPeer(
+            public_key=key,
+            allowed_ips=tuple(sorted(ips[11:-1].split("\nallowed_ip="))) if ips else (),
+            endpoint=endpoint,
+            keepalive=int(keepalive),
+            last_handshake=_handshake(int(sec), int(nsec)),
+            rx_bytes=int(rx),
+            tx_bytes=int(tx),
+        )
     return peers if reply.startswith("errno=", pos) else None
 
 

@@ -31,7 +31,6 @@ agent. What it does:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -40,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from reconciler import structs
 from reconciler.backends.base import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, LinkControl
 from reconciler.backends.uapi import UapiClient, set_lines, transactions
 from reconciler.background import Background
@@ -274,7 +274,7 @@ class UserspaceBackend:
                 return ObservedInterface(name=name, exists=False)
             raise
         link = reading.result()
-        return dataclasses.replace(
+        return structs.replace(
             wg,
             up=link.up,
             mtu=link.mtu,

@@ -15,13 +15,14 @@ a shallow clone, a repository without commits, a path that did not exist yet.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from reconciler import structs
 
 if TYPE_CHECKING:
     from reconciler.config.loader import LoadResult
@@ -204,7 +205,7 @@ def gather_git(path: str, rev: str | None) -> GitFacts:
         repo_at_rev = at_rev and any(
             _git(path, "cat-file", "-e", f"{here}{name}").returncode == 0
             for name in ("mesh.yaml", "orgs"))
-        return dataclasses.replace(facts, rev_ok=ok, path_at_rev=at_rev,
+        return structs.replace(facts, rev_ok=ok, path_at_rev=at_rev,
                                    repo_at_rev=repo_at_rev)  # fmt: skip
     except (OSError, subprocess.SubprocessError):  # no git binary, or it hung
         return GitFacts()

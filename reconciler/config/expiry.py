@@ -17,8 +17,7 @@ certificates. ``now`` is always a parameter.
 
 from __future__ import annotations
 
-import dataclasses
-
+from reconciler import structs
 from reconciler.errors import Problem
 from reconciler.model.repo import Repo
 from reconciler.policy.review import WARN_DAYS, expiring
@@ -31,10 +30,10 @@ def without_expired(repo: Repo, now: float) -> Repo:
         gone = {n: d for n, d in state.devices.items() if not d.disabled and d.expired(now)}
         if gone:
             devices = dict(state.devices)
-            devices.update({n: dataclasses.replace(d, disabled=True) for n, d in gone.items()})
-            orgs[name] = dataclasses.replace(state, devices=devices)
+            devices.update({n: structs.replace(d, disabled=True) for n, d in gone.items()})
+            orgs[name] = structs.replace(state, devices=devices)
             changed = True
-    return dataclasses.replace(repo, orgs=orgs) if changed else repo
+    return structs.replace(repo, orgs=orgs) if changed else repo
 
 
 def expiry_warnings(repo: Repo, now: float, within_days: int = WARN_DAYS) -> tuple[Problem, ...]:

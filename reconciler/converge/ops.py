@@ -17,12 +17,11 @@ client's policy routing) by ``reconciler.net.iproute.IPRouteLinks``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from reconciler.converge.keys import public_key, short
 from reconciler.model.firewall import Ruleset
 from reconciler.model.routing import PolicyRule, TableRoute
 from reconciler.model.wg import DesiredPeer
+from reconciler.structs import Record, repr_without
 
 
 def _peer_label(public_key_b64: str, name: str) -> str:
@@ -37,13 +36,14 @@ def _ips(allowed_ips: tuple[str, ...]) -> str:
     return ",".join(allowed_ips) if allowed_ips else "(none)"
 
 
-@dataclass(frozen=True)
-class CreateInterface:
+class CreateInterface(Record):
     """Create the WireGuard interface with its key and listen port."""
 
     interface: str
     listen_port: int
-    private_key: str = field(repr=False)
+    private_key: str
+
+    __repr__ = repr_without("private_key")  # never logged
 
     def __str__(self) -> str:
         return (
@@ -52,17 +52,17 @@ class CreateInterface:
         )
 
 
-@dataclass(frozen=True)
-class SetPrivateKey:
+class SetPrivateKey(Record):
     interface: str
-    private_key: str = field(repr=False)
+    private_key: str
+
+    __repr__ = repr_without("private_key")  # never logged
 
     def __str__(self) -> str:
         return f"set private key (public {short(public_key(self.private_key))})"
 
 
-@dataclass(frozen=True)
-class SetListenPort:
+class SetListenPort(Record):
     interface: str
     listen_port: int
 
@@ -70,8 +70,7 @@ class SetListenPort:
         return f"set listen-port {self.listen_port}"
 
 
-@dataclass(frozen=True)
-class SetFwmark:
+class SetFwmark(Record):
     """The mark WireGuard puts on its own UDP packets (``fwmark=``; 0 clears it):
     the exit-node client's policy routing sends unmarked traffic into the
     tunnel and lets marked traffic (the tunnel itself) use the main table."""
@@ -83,8 +82,7 @@ class SetFwmark:
         return f"set fwmark {self.fwmark:#x}" if self.fwmark else "clear fwmark"
 
 
-@dataclass(frozen=True)
-class SetMtu:
+class SetMtu(Record):
     interface: str
     mtu: int
 
@@ -92,16 +90,14 @@ class SetMtu:
         return f"set mtu {self.mtu}"
 
 
-@dataclass(frozen=True)
-class SetLinkUp:
+class SetLinkUp(Record):
     interface: str
 
     def __str__(self) -> str:
         return "set link up"
 
 
-@dataclass(frozen=True)
-class SetForwarding:
+class SetForwarding(Record):
     """Turn IP forwarding on (or off) in the interface's network namespace.
 
     The planner only ever emits ``enabled=True`` (a relay); it never turns
@@ -115,8 +111,7 @@ class SetForwarding:
         return f"set ip forwarding {'on' if self.enabled else 'off'}"
 
 
-@dataclass(frozen=True)
-class AddAddress:
+class AddAddress(Record):
     interface: str
     address: str  # interface form, "10.0.0.1/24"
 
@@ -124,8 +119,7 @@ class AddAddress:
         return f"add address {self.address}"
 
 
-@dataclass(frozen=True)
-class RemoveAddress:
+class RemoveAddress(Record):
     interface: str
     address: str
 
@@ -133,8 +127,7 @@ class RemoveAddress:
         return f"remove address {self.address}"
 
 
-@dataclass(frozen=True)
-class AddRoute:
+class AddRoute(Record):
     interface: str
     route: str  # network form, "192.168.5.0/24"
 
@@ -142,8 +135,7 @@ class AddRoute:
         return f"add route {self.route}"
 
 
-@dataclass(frozen=True)
-class RemoveRoute:
+class RemoveRoute(Record):
     interface: str
     route: str
 
@@ -151,8 +143,7 @@ class RemoveRoute:
         return f"remove route {self.route}"
 
 
-@dataclass(frozen=True)
-class AddPeer:
+class AddPeer(Record):
     """Add a peer with all its desired fields."""
 
     interface: str
@@ -168,8 +159,7 @@ class AddPeer:
         return text
 
 
-@dataclass(frozen=True)
-class RemovePeer:
+class RemovePeer(Record):
     interface: str
     public_key: str
     name: str = ""
@@ -178,8 +168,7 @@ class RemovePeer:
         return f"remove peer {_peer_label(self.public_key, self.name)}"
 
 
-@dataclass(frozen=True)
-class UpdatePeer:
+class UpdatePeer(Record):
     """Change only the fields that differ; ``None`` means leave as is.
 
     ``allowed_ips`` is the complete new list (backends replace, never patch).
@@ -203,8 +192,7 @@ class UpdatePeer:
         return " ".join(parts)
 
 
-@dataclass(frozen=True)
-class ReplaceFirewall:
+class ReplaceFirewall(Record):
     """Replace the ``inet meshops`` nftables table with ``ruleset`` in one
     transaction (``EMPTY`` deletes it). ``why`` says what differed."""
 
@@ -222,8 +210,7 @@ class ReplaceFirewall:
         return f"{text}: {self.why}" if self.why else text
 
 
-@dataclass(frozen=True)
-class AddPolicyRule:
+class AddPolicyRule(Record):
     interface: str
     rule: PolicyRule
 
@@ -231,8 +218,7 @@ class AddPolicyRule:
         return f"add {self.rule}"
 
 
-@dataclass(frozen=True)
-class RemovePolicyRule:
+class RemovePolicyRule(Record):
     interface: str
     rule: PolicyRule
 
@@ -240,8 +226,7 @@ class RemovePolicyRule:
         return f"remove {self.rule}"
 
 
-@dataclass(frozen=True)
-class AddTableRoute:
+class AddTableRoute(Record):
     interface: str
     route: TableRoute
 
@@ -249,8 +234,7 @@ class AddTableRoute:
         return f"add {self.route}"
 
 
-@dataclass(frozen=True)
-class RemoveTableRoute:
+class RemoveTableRoute(Record):
     interface: str
     route: TableRoute
 

@@ -10,7 +10,6 @@ keeps its state as a file, not a device).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 
 from reconciler.converge.keys import public_key
@@ -32,6 +31,7 @@ from reconciler.converge.ops import (
     UpdatePeer,
 )
 from reconciler.model.wg import ObservedInterface, ObservedPeer
+from reconciler.structs import replace
 
 # wireguard-go creates its TUN with this MTU (device.DefaultMTU).
 DEFAULT_MTU = 1420
@@ -55,17 +55,17 @@ def simulate(observed: ObservedInterface, ops: Iterable[Operation]) -> ObservedI
             )
             peers, addresses, routes = {}, [], []
         elif isinstance(op, SetPrivateKey):
-            state = dataclasses.replace(state, public_key=public_key(op.private_key))
+            state = replace(state, public_key=public_key(op.private_key))
         elif isinstance(op, SetListenPort):
-            state = dataclasses.replace(state, listen_port=op.listen_port)
+            state = replace(state, listen_port=op.listen_port)
         elif isinstance(op, SetFwmark):
-            state = dataclasses.replace(state, fwmark=op.fwmark)
+            state = replace(state, fwmark=op.fwmark)
         elif isinstance(op, SetMtu):
-            state = dataclasses.replace(state, mtu=op.mtu)
+            state = replace(state, mtu=op.mtu)
         elif isinstance(op, SetLinkUp):
-            state = dataclasses.replace(state, up=True)
+            state = replace(state, up=True)
         elif isinstance(op, SetForwarding):
-            state = dataclasses.replace(state, forwarding=op.enabled)
+            state = replace(state, forwarding=op.enabled)
         elif isinstance(op, AddAddress):
             if op.address not in addresses:
                 addresses.append(op.address)
@@ -88,7 +88,7 @@ def simulate(observed: ObservedInterface, ops: Iterable[Operation]) -> ObservedI
             peers.pop(op.public_key, None)
         elif isinstance(op, UpdatePeer):
             old = peers.get(op.public_key) or ObservedPeer(op.public_key, ())
-            peers[op.public_key] = dataclasses.replace(
+            peers[op.public_key] = replace(
                 old,
                 allowed_ips=old.allowed_ips if op.allowed_ips is None else tuple(op.allowed_ips),
                 endpoint=old.endpoint if op.endpoint is None else op.endpoint,
@@ -96,6 +96,6 @@ def simulate(observed: ObservedInterface, ops: Iterable[Operation]) -> ObservedI
             )
         else:  # pragma: no cover - exhaustive over Operation
             raise TypeError(f"unknown operation {op!r}")
-    return dataclasses.replace(
+    return replace(
         state, peers=peers, addresses=tuple(addresses), routes=tuple(routes)
     )

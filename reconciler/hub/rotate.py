@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import hashlib
 import json
 import logging
@@ -63,6 +62,7 @@ from typing import Any
 
 from aiohttp import web
 
+from reconciler import structs
 from reconciler.errors import IdentityRefused, ManifestRefused, PkiError
 from reconciler.hub.enroll import HUB_AUTHOR, Enrollment, GitFailed
 from reconciler.identity.request import open_request
@@ -282,7 +282,7 @@ def check_tree(tree: str, device: Device, new_key: str) -> None:
                                              f"new key: {problems}")
     state = result.repo.orgs.get(device.org)
     edited = state.devices.get(device.name) if state is not None else None
-    if edited != dataclasses.replace(device, wireguard_public_key=new_key):
+    if edited != structs.replace(device, wireguard_public_key=new_key):
         raise IdentityRefused("bad-request", f"{device.source.file}: the edit changed more "
                                              "than wireguard.public_key; edit it by hand")
 

@@ -51,7 +51,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from dataclasses import dataclass
+
+from reconciler.structs import Record
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -67,8 +68,7 @@ class EndpointError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, order=True)
-class Endpoint:
+class Endpoint(Record, order=True):
     host: str  # canonical IP literal, or a DNS name
     port: int
 

@@ -6,7 +6,7 @@ merges reflected observations, and serves a signed ``EndpointFeed``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from reconciler.structs import Record
 
 CANDIDATE_KINDS = ("stun", "local", "static", "reflected", "observed")
 # The report limits both sides agree on: agents send at most this many, the hub
@@ -16,14 +16,12 @@ MAX_OBSERVATIONS = 1024
 MAPPINGS = ("independent", "dependent", "unknown")
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(Record):
     kind: str  # one of CANDIDATE_KINDS
     address: str  # "ip:port"
 
 
-@dataclass(frozen=True)
-class EndpointReport:
+class EndpointReport(Record):
     org: str
     device: str
     candidates: tuple[Candidate, ...]
@@ -35,8 +33,7 @@ class EndpointReport:
     cert_serial: int = 0  # filled in by the hub: the serial of the certificate that sent it
 
 
-@dataclass(frozen=True)
-class FeedEntry:
+class FeedEntry(Record):
     device: str
     candidates: tuple[Candidate, ...]
     mapping: str
@@ -44,8 +41,7 @@ class FeedEntry:
     updated_at: int  # when this entry's content last changed (not when it was last confirmed)
 
 
-@dataclass(frozen=True)
-class EndpointFeed:
+class EndpointFeed(Record):
     org: str
     revision: int  # monotonic, moves only when the entries change; long-poll with ?since=REV
     generated_at: int  # when this revision was first built

@@ -27,7 +27,7 @@ Stdlib only, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from reconciler.structs import Record
 
 TABLE = "meshops"  # family inet; meshops never touches another table
 
@@ -41,8 +41,7 @@ FIELDS = (
 VERDICTS = ("accept", "drop", "return", "masquerade")  # plus "jump CHAIN"
 
 
-@dataclass(frozen=True)
-class NamedSet:
+class NamedSet(Record):
     """``set NAME { type TYPE; [flags interval;] elements = {...} }``: an interval
     set when it holds a network, else a plain hash set (half the cost to load
     and list, measured with 20,000 addresses)."""
@@ -53,8 +52,7 @@ class NamedSet:
     interval: bool = False
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(Record):
     """``FIELD [!=] VALUE``; ``value`` items are canonical strings, ``@NAME``
     refers to a named set."""
 
@@ -63,15 +61,21 @@ class Match:
     negate: bool = False
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Record):
     matches: tuple[Match, ...]
     verdict: str  # "accept" | "drop" | "return" | "masquerade" | "jump CHAIN"
-    comment: str = field(default="", compare=False)  # for humans (golden files); not compared
+    comment: str = ""  # for humans (golden files); not compared
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Rule:
+            return NotImplemented
+        return self.matches == other.matches and self.verdict == other.verdict
+
+    def __hash__(self) -> int:
+        return hash((self.matches, self.verdict))
 
 
-@dataclass(frozen=True)
-class Chain:
+class Chain(Record):
     """A chain; ``hook`` set makes it a base chain (``type``, ``priority``, ``policy``)."""
 
     name: str
@@ -82,8 +86,7 @@ class Chain:
     policy: str = "accept"
 
 
-@dataclass(frozen=True)
-class Ruleset:
+class Ruleset(Record):
     """The whole ``inet meshops`` table. Build with ``Ruleset.of`` to sort."""
 
     sets: tuple[NamedSet, ...] = ()

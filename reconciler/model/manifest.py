@@ -7,13 +7,13 @@ as canonical JSON (see ``schemas/manifest.schema.json``), verified by agents.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from reconciler.structs import Record, field
 
-@dataclass(frozen=True)
-class ManifestDevice:
+
+class ManifestDevice(Record):
     name: str
     wireguard_public_key: str
     tunnel_ips: tuple[str, ...]
@@ -29,8 +29,7 @@ class ManifestDevice:
     masquerade_routes: bool = True  # a subnet router masquerades towards its routes
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Record, dict=True):
     org: str
     serial: int
     commit: str
@@ -55,7 +54,7 @@ class Manifest:
 
     @cached_property
     def _by_name(self) -> Mapping[str, ManifestDevice]:
-        # built once per manifest (frozen: cached_property writes __dict__ directly)
+        # built once per manifest (``dict=True``: cached_property keeps it in __dict__)
         return {d.name: d for d in self.devices}
 
     def device(self, name: str) -> ManifestDevice | None:

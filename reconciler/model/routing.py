@@ -23,7 +23,7 @@ host's own default route is used again. Stdlib only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from reconciler.structs import Record
 
 EXIT_TABLE = 51820  # as wg-quick: the listen port's number
 EXIT_FWMARK = 0xCA6C  # 51820
@@ -33,8 +33,7 @@ PRIO_TUNNEL = 5220
 PRIORITIES = (PRIO_BYPASS, PRIO_SUPPRESS, PRIO_TUNNEL)
 
 
-@dataclass(frozen=True, order=True)
-class PolicyRule:
+class PolicyRule(Record, order=True):
     """One ``ip rule``: ``[not] [fwmark F] [to DST] lookup TABLE [suppress_prefixlength N]``."""
 
     family: int  # 4 | 6
@@ -59,8 +58,7 @@ class PolicyRule:
         return " ".join(parts)
 
 
-@dataclass(frozen=True, order=True)
-class TableRoute:
+class TableRoute(Record, order=True):
     """A route in a policy-routing table: ``ROUTE dev INTERFACE table TABLE``."""
 
     route: str  # canonical CIDR, "0.0.0.0/0" / "::/0"
@@ -71,8 +69,7 @@ class TableRoute:
         return f"route {self.route} dev {self.interface} table {self.table}"
 
 
-@dataclass(frozen=True)
-class PolicyRouting:
+class PolicyRouting(Record):
     """meshops' rules (at ``PRIORITIES``) and the routes of its table."""
 
     rules: frozenset[PolicyRule] = frozenset()

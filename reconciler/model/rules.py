@@ -9,11 +9,10 @@ frozen dataclasses, ~10 ms of start-up for every ``meshops agent apply``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from reconciler.structs import Record
 
 
-@dataclass(frozen=True)
-class PortRange:
+class PortRange(Record):
     lo: int
     hi: int
 
@@ -21,8 +20,7 @@ class PortRange:
         return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Record):
     """Accept traffic from any ``src`` selector to any ``dst`` selector.
 
     Selectors: ``"*"``, ``"group:NAME"``, ``"tag:NAME"``, ``"device:NAME"``,

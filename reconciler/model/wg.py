@@ -12,11 +12,11 @@ not of the link: a relay wants it on; the planner never turns it off.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+
+from reconciler.structs import Record, field, repr_without
 
 
-@dataclass(frozen=True)
-class DesiredPeer:
+class DesiredPeer(Record):
     public_key: str
     allowed_ips: tuple[str, ...]  # sorted, canonical
     endpoint: str | None = None  # "ip:port" / "[v6]:port"; None = leave to roaming
@@ -24,10 +24,9 @@ class DesiredPeer:
     name: str = ""  # for humans; not part of the WireGuard state
 
 
-@dataclass(frozen=True)
-class DesiredInterface:
+class DesiredInterface(Record):
     name: str
-    private_key: str = field(repr=False)  # base64; never logged
+    private_key: str  # base64; never logged (``__repr__``)
     listen_port: int
     addresses: tuple[str, ...]  # "10.0.0.1/24" style interface addresses
     peers: Mapping[str, DesiredPeer]  # by public key
@@ -36,9 +35,10 @@ class DesiredInterface:
     forwarding: bool = False  # relay: IP forwarding on in the interface's namespace
     fwmark: int = 0  # mark on WireGuard's own packets (exit-node routing); 0 = none
 
+    __repr__ = repr_without("private_key")  # never logged
 
-@dataclass(frozen=True)
-class ObservedPeer:
+
+class ObservedPeer(Record):
     public_key: str
     allowed_ips: tuple[str, ...]
     endpoint: str | None = None
@@ -48,8 +48,7 @@ class ObservedPeer:
     tx_bytes: int = 0
 
 
-@dataclass(frozen=True)
-class ObservedInterface:
+class ObservedInterface(Record):
     name: str
     exists: bool
     public_key: str | None = None  # derived from the configured private key

@@ -27,7 +27,6 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -37,6 +36,7 @@ from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import ConfigError, InputRefused, ManifestRefused
 from reconciler.pki.keys import keyid as _keyid
 from reconciler.pki.keys import public_b64, raw_public
+from reconciler.structs import Record, field
 
 # The largest envelope accepted; reconciler.agent.fetch.LIMITS["manifest"] is the
 # same number (a test keeps them in agreement). ~130,000 devices per manifest.
@@ -81,16 +81,14 @@ def sign_envelope_multi(payload: bytes, payload_type: str,
     return json.dumps(env, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-@dataclass(frozen=True)
-class OrgTrust:
+class OrgTrust(Record):
     """What an agent pins for one org: signing keys by key id, and the CA PEM."""
 
     keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
     ca_pem: str | None = None
 
 
-@dataclass(frozen=True)
-class Trust:
+class Trust(Record):
     """Parsed trust.json: ``{"orgs": {ORG: {"keys": [{"keyid", "public_key"}], "ca": PEM}}}``.
 
     With trust roots (reconciler.pki.root) the hub adds ``"root"`` per org, the
@@ -158,8 +156,7 @@ def trust_entry(public_keys: Sequence[Ed25519PublicKey], ca_pem: str | None,
     return entry
 
 
-@dataclass(frozen=True)
-class Envelope:
+class Envelope(Record):
     """A DSSE envelope's fields, parsed but not verified."""
 
     payload_type: str
@@ -193,8 +190,7 @@ def parse_envelope(data: bytes, *, what: str = "DSSE envelope",
     return Envelope(ptype, payload, parsed)
 
 
-@dataclass(frozen=True)
-class Opened:
+class Opened(Record):
     """A verified envelope: the payload and the org whose key signed it."""
 
     payload: bytes

@@ -47,7 +47,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler.errors import ManifestRefused, Problem, ValidationError
 from reconciler.model.endpoint import canonical_v4
-from reconciler.model.frozen import make
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.pki.envelope import (
     Envelope,
@@ -511,7 +510,7 @@ def _device(x: Mapping[str, Any], used: frozenset[str]) -> ManifestDevice:
             if mapped is not None:
                 values[mapped[0]] = value if mapped[1] is None else mapped[1](value)
         values["labels"] = _labels(x, used)
-    return make(ManifestDevice, values)  # every field (model.frozen)
+    return ManifestDevice(**values)
 
 
 def manifest_from_dict(d: Mapping[str, Any], *, check: bool = True) -> Manifest:

@@ -9,9 +9,9 @@ renders as ``"all"`` or ``"tcp 22,443; udp 53; icmp"``. Pure and stdlib-only.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from reconciler.model.rules import PortRange, Rule
+from reconciler.structs import Record
 
 PORT_MIN = 1
 PORT_MAX = 65535
@@ -62,8 +62,7 @@ def format_ranges(ranges: Ranges) -> str:
     return ",".join(str(r) for r in ranges)
 
 
-@dataclass(frozen=True)
-class Access:
+class Access(Record):
     """Accepted traffic from one device to another. Ranges are merged and sorted."""
 
     tcp: Ranges = ()

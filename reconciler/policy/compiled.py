@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.rules import PortRange, Rule
+from reconciler.structs import Record
 
 from .engine import (
     ACCEPT,
@@ -47,8 +47,7 @@ if TYPE_CHECKING:  # annotations only: the repository model is not loaded on the
 VERSION = 1
 
 
-@dataclass(frozen=True)
-class CompiledPolicy:
+class CompiledPolicy(Record):
     """Compiled rules plus the per-device labels they need; ``rules is None`` = full mesh."""
 
     rules: tuple[Mapping[str, Any], ...] | None

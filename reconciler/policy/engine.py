@@ -28,10 +28,10 @@ Semantics (docs/policy.md has the long form):
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from reconciler.model.rules import Rule
+from reconciler.structs import Record
 
 if TYPE_CHECKING:  # annotations only: the repository model is not loaded on the agent's path
     from reconciler.model.repo import Device, OrgState, Policy, PolicyTest, Repo
@@ -43,8 +43,7 @@ ACCEPT = "accept"
 DENY = "deny"
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Record):
     action: str  # "accept" | "deny"
     rule: Rule | None
     reason: str
@@ -54,8 +53,7 @@ class Decision:
         return self.action == ACCEPT
 
 
-@dataclass(frozen=True)
-class TestOutcome:
+class TestOutcome(Record):
     test: PolicyTest
     decision: Decision
     passed: bool

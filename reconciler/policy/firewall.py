@@ -33,13 +33,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import ConfigError
 from reconciler.model.firewall import EMPTY, Chain, Match, NamedSet, Rule, Ruleset
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.rules import PortRange
+from reconciler.structs import Record
 
 from .access import merge_ranges
 from .selectors import INTERNET
@@ -57,8 +57,7 @@ INVALID = Rule((Match("ct state", ("invalid",)),), "drop")
 DROP = Rule((), "drop")
 
 
-@dataclass(frozen=True)
-class Role:
+class Role(Record):
     """What this device does besides receiving: derived from its manifest entry."""
 
     relay: bool = False

@@ -10,10 +10,11 @@ demand. Pure and stdlib-only.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from reconciler.model.rules import Rule
+from reconciler.structs import Record
 
 if TYPE_CHECKING:  # annotations only: the repository model is not loaded on the agent's path
     from reconciler.model.repo import OrgState
@@ -26,8 +27,7 @@ Signature = tuple[frozenset[int], frozenset[int]]
 FULL_MESH: Signature = (frozenset({-1}), frozenset({-1}))
 
 
-@dataclass(frozen=True)
-class Matrix:
+class Matrix(Record, dict=True):
     """Accepted traffic between the enabled devices of one org (self pairs excluded)."""
 
     org: str
@@ -35,7 +35,10 @@ class Matrix:
     signature: Mapping[str, Signature]
     rules: tuple[Rule, ...]
     full_mesh: bool
-    _memo: dict[frozenset[int], Access] = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def _memo(self) -> dict[frozenset[int], Access]:
+        return {}  # in the instance's ``__dict__``: not a field, not compared
 
     def access_between(self, src_sig: Signature, dst_sig: Signature) -> Access:
         """Access from any device of class ``src_sig`` to any device of class ``dst_sig``."""

@@ -57,9 +57,8 @@ _PUBLISHED: dict[Path, tuple[object, object]] = {}  # setup dir -> (manifest, si
 def _republish_one_peer_changed(tmp: Path, serial: int) -> str:
     """Sign ``serial`` with one peer's endpoint moved (a different peer each
     time); the public key of that peer."""
-    from dataclasses import replace
-
     from reconciler.pki.manifest import encode_manifest, sign_manifest
+    from reconciler.structs import replace
 
     manifest, signer = _PUBLISHED[tmp]
     devices = list(manifest.devices)  # type: ignore[attr-defined]

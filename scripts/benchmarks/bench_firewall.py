@@ -288,9 +288,8 @@ def bench_relay_overhead() -> dict[str, Any]:
 def _allow_iperf(rs: Any) -> Any:
     """The benchmark ruleset plus iperf3's port (5201) in the forward chain's rules:
     the full 10,000-device sets and 20 rules stay, iperf's flow matches the last."""
-    from dataclasses import replace
-
     from reconciler.model.firewall import Match, Rule
+    from reconciler.structs import replace
 
     fwd = rs.chain("mesh_fwd")
     first = next(r for r in fwd.rules if r.matches and r.matches[0].field == "ip saddr")

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 import signal
 import statistics
@@ -24,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from reconciler import structs
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -114,11 +115,11 @@ def bench_apply_1000() -> dict:
     try:
         for rnd in range(7):
             if_ours, if_wg = f"mob{os.getpid() % 10000}o{rnd}", f"mob{os.getpid() % 10000}w{rnd}"
-            want = dataclasses.replace(
+            want = structs.replace(
                 _desired(if_ours, 1000), addresses=(), mtu=0, listen_port=51820 + 2 * rnd
             )
             # wg syncconf gets its own port: a busy port (-98) aborts its transaction.
-            want_wg = dataclasses.replace(want, listen_port=51821 + 2 * rnd)
+            want_wg = structs.replace(want, listen_port=51821 + 2 * rnd)
             round_pids: list[int] = []
             for ifname in (if_ours, if_wg):  # fresh daemons, link up, no config yet
                 pid = backend.ensure_daemon(ifname)

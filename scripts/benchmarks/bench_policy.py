@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import statistics
@@ -20,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from reconciler import structs
 from reconciler.config.allocate import next_free
 from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.repo import (
@@ -117,13 +117,13 @@ def bench_plan_diff() -> dict[str, Any]:
     base_org = synthetic_org(10_000)
     assert base_org.policy is not None
     rules = list(base_org.policy.rules)
-    rules[3] = dataclasses.replace(rules[3], ports=(PortRange(22, 22),))
+    rules[3] = structs.replace(rules[3], ports=(PortRange(22, 22),))
     devices = dict(base_org.devices)
-    devices["dev-00007"] = dataclasses.replace(devices["dev-00007"], disabled=True)
-    devices["new-1"] = dataclasses.replace(devices["dev-00001"], name="new-1",
+    devices["dev-00007"] = structs.replace(devices["dev-00007"], disabled=True)
+    devices["new-1"] = structs.replace(devices["dev-00001"], name="new-1",
                                            tunnel_ips=("10.0.200.1",))
-    head_org = dataclasses.replace(base_org, devices=devices,
-                                   policy=dataclasses.replace(base_org.policy,
+    head_org = structs.replace(base_org, devices=devices,
+                                   policy=structs.replace(base_org.policy,
                                                               rules=tuple(rules)))
     mesh = Mesh(hub_url="https://hub.example.com")
     base, head = Repo(mesh, {"bench": base_org}, "a"), Repo(mesh, {"bench": head_org}, "b")

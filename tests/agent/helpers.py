@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from reconciler.model.manifest import Manifest, ManifestDevice
 from reconciler.model.wg import ABSENT, ObservedInterface
 from reconciler.pki.envelope import trust_entry
 from reconciler.pki.manifest import encode_manifest, sign_manifest
+from reconciler.structs import replace
 
 NOW = 1_763_800_000.0
 FP = "A" * 43

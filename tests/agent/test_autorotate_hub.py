@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from reconciler.agent.rotate import next_key_path
 from reconciler.agent.runtime import make_fetcher, make_public_fetcher
 from reconciler.cli import main
 from reconciler.converge.keys import public_key
+from reconciler.structs import replace
 
 from .helpers import FakeBackend
 from .test_enroll import DaemonThread

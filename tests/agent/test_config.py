@@ -132,12 +132,11 @@ def test_good_configs_load(change) -> None:
 
 
 def test_the_hysteresis_timers_are_the_peering_ones() -> None:
-    from dataclasses import fields
-
     from reconciler.agent.config import HYSTERESIS_FIELDS
     from reconciler.agent.peering import HysteresisConfig
+    from reconciler.structs import field_names
 
-    assert set(HYSTERESIS_FIELDS) == {f.name for f in fields(HysteresisConfig)}
+    assert set(HYSTERESIS_FIELDS) == set(field_names(HysteresisConfig))
 
 
 def test_the_backend_options_are_the_constructor_ones() -> None:

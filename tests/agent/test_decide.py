@@ -5,7 +5,6 @@ nothing" as a property."""
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from reconciler.converge import simulate
 from reconciler.errors import ConfigError
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
 from reconciler.model.wg import ObservedInterface, ObservedPeer
+from reconciler.structs import replace
 
 from .helpers import NOW, Org, device, wg_keypair
 

@@ -141,7 +141,7 @@ def test_the_config_takes_whole_days_and_needs_a_hub():
 
 def _old(tmp: Path, days: int = 30):
     config = agent_config(tmp, "https://hub.example:8443")
-    from dataclasses import replace
+    from reconciler.structs import replace
 
     config = replace(config, key_rotation_days=days)
     os.utime(config.private_key, (T0, T0))

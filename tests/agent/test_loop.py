@@ -159,7 +159,7 @@ def test_key_rotation_runs_after_good_passes_only(tmp_path) -> None:
 def test_the_loop_rotates_by_itself_when_configured(tmp_path) -> None:
     config = write_agent(tmp_path, ORG, hub="https://hub.example")
     assert config.key_rotation_days is None
-    from dataclasses import replace
+    from reconciler.structs import replace
 
     loop = AgentLoop(replace(config, key_rotation_days=30), fetch=FakeFetch({}),
                      backend=FakeBackend(), clock=Clock().now, sleep=Clock().sleep,

@@ -29,7 +29,6 @@ import os
 import shutil
 import signal
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from reconciler.agent.runtime import make_fetcher, open_agent_backend
 from reconciler.backends import uapi
 from reconciler.net import nftables
 from reconciler.net.iproute import IPRouteLinks
+from reconciler.structs import replace
 
 from .helpers import NOW, Org, device, write_agent
 

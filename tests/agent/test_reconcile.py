@@ -14,6 +14,7 @@ from reconciler.errors import FetchError, ManifestRefused, NotConverged
 from reconciler.model.endpoints import Candidate, EndpointFeed, FeedEntry
 from reconciler.model.wg import ObservedInterface
 from reconciler.pki.envelope import sign_envelope
+from reconciler.structs import replace
 
 from .helpers import NOW, FakeBackend, FakeFetch, Org, device, wg_keypair
 
@@ -67,7 +68,7 @@ def test_drift_is_corrected(agent) -> None:
     peers[beta] = peers[beta].__class__(beta, ("10.99.0.0/16",), None, 0)
     stranger = wg_keypair(9)[1]
     peers[stranger] = peers[beta].__class__(stranger, ("10.77.0.9/32",))
-    backend.state = ObservedInterface(**{**backend.state.__dict__, "peers": peers})
+    backend.state = replace(backend.state, peers=peers)
     result = run(config, fetch, backend)
     kinds = sorted(type(op).__name__ for op in result.operations)
     assert kinds == ["RemovePeer", "UpdatePeer"]
@@ -499,7 +500,7 @@ def test_a_pass_on_the_cached_manifest_keeps_the_last_feed(tmp_path) -> None:
 
 
 def test_a_relay_reflects_its_peers_dated_by_their_traffic(tmp_path) -> None:
-    from dataclasses import replace
+    from reconciler.structs import replace
 
     config, fetch = _hub_agent(tmp_path)
     fetch.bodies[config.source_url] = ORG.sign(ORG.manifest([
@@ -523,7 +524,7 @@ def test_a_relay_reflects_its_peers_dated_by_their_traffic(tmp_path) -> None:
 
 
 def test_a_device_that_is_not_a_relay_reports_no_observations(tmp_path) -> None:
-    from dataclasses import replace
+    from reconciler.structs import replace
 
     config, fetch = _hub_agent(tmp_path)
     backend = FakeBackend()

@@ -4,7 +4,6 @@ code (hub.views, real Ed25519), served by a fake transport."""
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 import pytest
 
@@ -15,6 +14,7 @@ from reconciler.errors import FetchError, ManifestRefused
 from reconciler.hub.views import Views
 from reconciler.model.endpoints import EndpointFeed
 from reconciler.pki.view import HeldView
+from reconciler.structs import replace
 
 from .helpers import NOW, FakeBackend, FakeFetch, Org, device, write_agent
 

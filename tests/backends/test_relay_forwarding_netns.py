@@ -7,7 +7,6 @@ pid) and deletes the namespace, tolerating "already gone".
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from converge.cases import key
 
+from reconciler import structs
 from reconciler.backends.userspace import UserspaceBackend
 from reconciler.converge import SetForwarding, plan
 from reconciler.model.wg import DesiredInterface, DesiredPeer
@@ -61,6 +61,6 @@ def test_relay_turns_forwarding_on_in_its_namespace(relay: tuple[str, str, Users
     assert backend.observe(ifname).forwarding is True
     assert plan(want, backend.observe(ifname), time.time()) == ()
     # a non-relay desired state never turns it back off
-    plain = dataclasses.replace(want, forwarding=False)
+    plain = structs.replace(want, forwarding=False)
     assert plan(plain, backend.observe(ifname), time.time()) == ()
     assert sysctl_n(ns, "net.ipv4.ip_forward") == "1"

@@ -5,7 +5,6 @@ network namespace of our own) accept the file."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from converge.cases import NOW, PRIVATE, desired, key, peer
 
+from reconciler import structs
 from reconciler.backends import open_backend
 from reconciler.backends.render import (
     INTERFACE_KEYS,
@@ -35,17 +35,17 @@ SITE = "192.168.50.0/24"
 
 def _desired():
     db = peer(2, "db-1", "203.0.113.5:51820", 25)
-    db = dataclasses.replace(db, allowed_ips=(*db.allowed_ips, SITE))  # db-1 advertises SITE
+    db = structs.replace(db, allowed_ips=(*db.allowed_ips, SITE))  # db-1 advertises SITE
     return desired(peer(3, "laptop-7"), db, routes=(SITE,))
 
 
 def _relay():
-    return dataclasses.replace(_desired(), forwarding=True, addresses=("10.0.0.1/24", "fd00::1/64"))
+    return structs.replace(_desired(), forwarding=True, addresses=("10.0.0.1/24", "fd00::1/64"))
 
 
 def _variants():
     """Several interfaces: a mesh, a relay, IPv6 endpoints, no peers, no port or MTU."""
-    v6 = dataclasses.replace(peer(4, "v6", "[2001:db8::4]:51820", 15),
+    v6 = structs.replace(peer(4, "v6", "[2001:db8::4]:51820", 15),
                              allowed_ips=("fd00::4/128", "10.0.0.4/32"))
     return {
         "mesh": _desired(),
@@ -139,7 +139,7 @@ def test_golden_render_relay() -> None:
     assert "# meshops: forwarding: this device relays; turn on net.ipv4.ip_forward=1 and " \
         "net.ipv6.conf.all.forwarding=1\n" in text
     assert "forwarding" not in render_wg_quick(_desired())  # only relays
-    v4_only = dataclasses.replace(_relay(), addresses=("10.0.0.1/24", "fe80::1/64"))
+    v4_only = structs.replace(_relay(), addresses=("10.0.0.1/24", "fe80::1/64"))
     assert "ipv6" not in render_wg_quick(v4_only)
 
 
@@ -151,7 +151,7 @@ def test_render_backend_converges_a_relay(tmp_path: Path) -> None:
     assert backend.observe(d.name).forwarding is True
     assert plan(d, backend.observe(d.name), NOW) == ()
     assert (tmp_path / "wg-mesh.conf").read_text() == render_wg_quick(d)
-    plain = dataclasses.replace(d, forwarding=False)  # never turned off
+    plain = structs.replace(d, forwarding=False)  # never turned off
     assert plan(plain, backend.observe(d.name), NOW) == ()
 
 
@@ -177,7 +177,7 @@ def test_render_backend_converges_and_file_is_private(tmp_path: Path) -> None:
     assert path.read_text() == render_wg_quick(d)
     assert plan(d, backend.observe(d.name), NOW) == ()
 
-    changed = dataclasses.replace(d, peers={key(4): peer(4, "printer")}, private_key=key(8),
+    changed = structs.replace(d, peers={key(4): peer(4, "printer")}, private_key=key(8),
                                   routes=())
     backend.apply(plan(changed, backend.observe(d.name), NOW))
     assert plan(changed, backend.observe(d.name), NOW) == ()

@@ -9,7 +9,6 @@ back independently with ``wg show IF dump``.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 from converge.cases import key
 
+from reconciler import structs
 from reconciler.backends.userspace import UserspaceBackend
 from reconciler.converge import CreateInterface, plan, public_key
 from reconciler.errors import BackendUnavailable
@@ -192,7 +192,7 @@ def test_busy_listen_port_is_temporary_and_fixed_next_pass(lab: Lab) -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
-        moved = dataclasses.replace(want, listen_port=51830)
+        moved = structs.replace(want, listen_port=51830)
         with pytest.raises(BackendUnavailable, match="in use"):
             backend.apply(plan(moved, backend.observe(ifname), time.time()))
         assert backend.observe(ifname).listen_port == 0  # wireguard-go left it without a port
@@ -265,9 +265,9 @@ def test_real_wireguard_go_accepts_the_batch_in_one_transaction(lab: Lab, monkey
     monkeypatch.setattr(backend, "_apply_singly", no_fallback)
     want = desired_for(ifname, n_peers=200)
     converge(backend, want)
-    moved = dataclasses.replace(
+    moved = structs.replace(
         want, private_key=key(77), listen_port=51822,
-        peers={k: dataclasses.replace(p, keepalive=0) for k, p in want.peers.items()},
+        peers={k: structs.replace(p, keepalive=0) for k, p in want.peers.items()},
     )
     assert converge(backend, moved) == 2 + 200
     device, peers = wg_dump(ns, ifname)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
+from reconciler.structs import replace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.helpers import NOW, FakeBackend, Org, device, wg_keypair
@@ -38,7 +39,7 @@ def enrolled(tmp_path, monkeypatch, capsys):
 
     def publish(serial: int, peers=("beta",), signer=ORG) -> None:
         alpha = device("alpha", 1, "10.77.0.1")
-        alpha = alpha.__class__(**{**alpha.__dict__, "wireguard_public_key": wg_pub})
+        alpha = replace(alpha, wireguard_public_key=wg_pub)
         others = [device(n, i + 2, f"10.77.0.{i + 2}") for i, n in enumerate(peers)]
         (pub / "manifest.json").write_bytes(signer.sign(ORG.manifest([alpha, *others],
                                                                      serial=serial)))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from reconciler.converge import (
     AddPolicyRule,
     AddTableRoute,
@@ -15,6 +13,7 @@ from reconciler.converge import (
 )
 from reconciler.model.firewall import EMPTY, Chain, Match, NamedSet, Rule, Ruleset
 from reconciler.model.routing import NO_ROUTING, PolicyRouting, PolicyRule, TableRoute
+from reconciler.structs import replace
 
 SRC = NamedSet("r0_src_4", "ipv4_addr", ("10.10.0.2/32",))
 RULE = Rule((Match("ip saddr", ("@r0_src_4",)), Match("tcp dport", ("8080",))), "accept",

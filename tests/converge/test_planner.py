@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 
 from converge.cases import NOW, PRIVATE, desired, key, observed_from, peer
+from reconciler import structs
 from reconciler.converge import (
     AddPeer,
     RemovePeer,
@@ -29,8 +29,8 @@ def _cases() -> dict[str, tuple]:
     p2 = base.peers[key(2)]
     return {
         "fresh-interface": (
-            dataclasses.replace(base, routes=("192.168.50.0/24",)),
-            dataclasses.replace(ABSENT, name="wg-mesh"),
+            structs.replace(base, routes=("192.168.50.0/24",)),
+            structs.replace(ABSENT, name="wg-mesh"),
         ),
         "converged": (base, seen),
         "peer-added-removed": (
@@ -39,14 +39,14 @@ def _cases() -> dict[str, tuple]:
         ),
         "peer-fields-changed": (
             desired(
-                dataclasses.replace(p2, allowed_ips=("10.0.0.2/32", "192.168.7.0/24")),
-                dataclasses.replace(peer(3, "laptop-7"), keepalive=15),
+                structs.replace(p2, allowed_ips=("10.0.0.2/32", "192.168.7.0/24")),
+                structs.replace(peer(3, "laptop-7"), keepalive=15),
             ),
             seen,
         ),
         "device-drift": (
             base,
-            dataclasses.replace(
+            structs.replace(
                 seen,
                 public_key=None,
                 listen_port=0,
@@ -57,16 +57,16 @@ def _cases() -> dict[str, tuple]:
             ),
         ),
         "key-rotated": (
-            dataclasses.replace(base, private_key=key(9)),
+            structs.replace(base, private_key=key(9)),
             seen,
         ),
         "relay-forwarding-off": (
-            dataclasses.replace(base, forwarding=True),
-            dataclasses.replace(seen, forwarding=False, up=False),
+            structs.replace(base, forwarding=True),
+            structs.replace(seen, forwarding=False, up=False),
         ),
         "relay-fresh-interface": (
-            dataclasses.replace(base, forwarding=True),
-            dataclasses.replace(ABSENT, name="wg-mesh"),
+            structs.replace(base, forwarding=True),
+            structs.replace(ABSENT, name="wg-mesh"),
         ),
     }
 
@@ -101,12 +101,12 @@ class TestForwarding:
         d = desired(peer(2))  # not a relay
         assert plan(d, observed_from(d, forwarding=True), NOW) == ()
         assert not any(isinstance(op, SetForwarding)
-                       for op in plan(d, dataclasses.replace(ABSENT, name="wg-mesh"), NOW))
+                       for op in plan(d, structs.replace(ABSENT, name="wg-mesh"), NOW))
 
     def test_forwarding_comes_after_link_up_before_peer_updates(self) -> None:
         d = desired(peer(2), forwarding=True)
         seen = observed_from(d, up=False, forwarding=False)
-        seen = dataclasses.replace(seen, peers={key(2): ObservedPeer(key(2), ())})
+        seen = structs.replace(seen, peers={key(2): ObservedPeer(key(2), ())})
         names = [type(op).__name__ for op in plan(d, seen, NOW)]
         assert names == ["SetLinkUp", "SetForwarding", "UpdatePeer"]
 
@@ -125,7 +125,7 @@ def test_converged_plans_nothing_and_ignores_link_local() -> None:
 
 
 def test_order_is_removals_updates_additions_each_sorted() -> None:
-    d = desired(peer(5), peer(7), dataclasses.replace(peer(3), keepalive=9), peer(4))
+    d = desired(peer(5), peer(7), structs.replace(peer(3), keepalive=9), peer(4))
     obs = observed_from(desired(peer(3), peer(9), peer(8)))
     ops = plan(d, obs, NOW)
     kinds = [type(op).__name__ for op in ops]
@@ -136,17 +136,17 @@ def test_order_is_removals_updates_additions_each_sorted() -> None:
 
 
 def test_update_carries_only_changed_fields() -> None:
-    d = desired(dataclasses.replace(peer(2), keepalive=25))
+    d = desired(structs.replace(peer(2), keepalive=25))
     (op,) = plan(d, observed_from(desired(peer(2))), NOW)
     assert op == UpdatePeer("wg-mesh", key(2), None, None, 25, "dev-2")
 
 
 def test_allowed_ips_compared_as_canonical_sets() -> None:
-    d = desired(dataclasses.replace(peer(2), allowed_ips=("10.0.0.2/32", "10.1.0.0/16")))
+    d = desired(structs.replace(peer(2), allowed_ips=("10.0.0.2/32", "10.1.0.0/16")))
     obs = observed_from(d)
-    obs = dataclasses.replace(
+    obs = structs.replace(
         obs,
-        peers={key(2): dataclasses.replace(obs.peers[key(2)], allowed_ips=("10.1.0.0/16", "10.0.0.2"))},
+        peers={key(2): structs.replace(obs.peers[key(2)], allowed_ips=("10.1.0.0/16", "10.0.0.2"))},
     )
     assert plan(d, obs, NOW) == ()
 
@@ -155,7 +155,7 @@ class TestEndpointRule:
     def _plan(self, want: str | None, have: str | None, handshake: float | None):
         d = desired(peer(2, endpoint=want))
         obs = observed_from(d)
-        obs = dataclasses.replace(
+        obs = structs.replace(
             obs,
             peers={key(2): ObservedPeer(key(2), ("10.0.0.2/32",), have, 0, handshake)},
         )
@@ -184,8 +184,8 @@ class TestEndpointRule:
 
 
 def test_private_key_never_printed() -> None:
-    d = dataclasses.replace(desired(peer(2)), private_key=key(9))
-    ops = plan(d, dataclasses.replace(ABSENT, name="wg-mesh"), NOW)
+    d = structs.replace(desired(peer(2)), private_key=key(9))
+    ops = plan(d, structs.replace(ABSENT, name="wg-mesh"), NOW)
     ops += (SetPrivateKey("wg-mesh", PRIVATE),)
     for op in ops:
         assert key(9) not in str(op) and key(9) not in repr(op)
@@ -200,5 +200,5 @@ def test_absent_interface_starts_with_create() -> None:
 
 def test_listen_port_zero_and_mtu_zero_mean_dont_care() -> None:
     d = desired(peer(2), listen_port=0, mtu=0)
-    obs = dataclasses.replace(observed_from(d), listen_port=43210, mtu=1380)
+    obs = structs.replace(observed_from(d), listen_port=43210, mtu=1380)
     assert plan(d, obs, NOW) == ()

@@ -187,7 +187,7 @@ class FakePipeline:
         gone = self.removed.get(org.name, set())
         if not gone:
             return snap
-        from dataclasses import replace
+        from reconciler.structs import replace
 
         return replace(snap, devices=snap.devices - gone, relays=snap.relays - gone,
                        certs={n: p for n, p in snap.certs.items() if n not in gone},

@@ -11,6 +11,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from reconciler import structs
 from reconciler.config import load
 from reconciler.hub.gate import (
     ENROLL_ISSUER,
@@ -241,33 +242,31 @@ def test_trust_comes_from_the_published_model_and_the_bootstrap():
 
 
 def test_owners_are_role_owner_or_listed_and_not_disabled():
-    import dataclasses
 
     repo = load(EXAMPLE_REPO).repo
     acme = repo.orgs["acme"]
     users = dict(acme.users)
-    users["alice"] = dataclasses.replace(users["alice"], pgp_fingerprint=ALICE.lower())
-    users["bob"] = dataclasses.replace(users["bob"], pgp_fingerprint=EVE)  # admin, not owner
-    users["carol"] = dataclasses.replace(users["carol"], pgp_fingerprint=DANA, role="owner",
+    users["alice"] = structs.replace(users["alice"], pgp_fingerprint=ALICE.lower())
+    users["bob"] = structs.replace(users["bob"], pgp_fingerprint=EVE)  # admin, not owner
+    users["carol"] = structs.replace(users["carol"], pgp_fingerprint=DANA, role="owner",
                                          disabled=True)
-    assert owners_of(dataclasses.replace(acme, users=users)) == {ALICE}
-    org = dataclasses.replace(acme.organization, owners=("alice", "bob"))
-    assert owners_of(dataclasses.replace(acme, users=users, organization=org)) == {ALICE, EVE}
+    assert owners_of(structs.replace(acme, users=users)) == {ALICE}
+    org = structs.replace(acme.organization, owners=("alice", "bob"))
+    assert owners_of(structs.replace(acme, users=users, organization=org)) == {ALICE, EVE}
 
 
 def test_an_enrolled_device_has_the_orgs_lifetime():
-    import dataclasses
 
     repo = load(EXAMPLE_REPO).repo
     acme = repo.orgs["acme"]
-    org = dataclasses.replace(acme.organization, defaults=dataclasses.replace(
+    org = structs.replace(acme.organization, defaults=structs.replace(
         acme.organization.defaults, device_lifetime_days=90))
-    repo = dataclasses.replace(repo, orgs={**repo.orgs,
-                                           "acme": dataclasses.replace(acme, organization=org)})
+    repo = structs.replace(repo, orgs={**repo.orgs,
+                                           "acme": structs.replace(acme, organization=org)})
     facts = _enroll()
-    without = dataclasses.replace(facts, scoped=dataclasses.replace(facts.scoped, parent=repo))
+    without = structs.replace(facts, scoped=structs.replace(facts.scoped, parent=repo))
     refusal = judge(without, TRUST)
     assert refusal is not None and "expires" in refusal.message
-    with_expiry = dataclasses.replace(without, scoped=dataclasses.replace(
+    with_expiry = structs.replace(without, scoped=structs.replace(
         without.scoped, after={**ENROLLED, "expires": "2027-01-01T00:00:00Z"}))
     assert judge(with_expiry, TRUST) is None

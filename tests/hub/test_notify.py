@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from reconciler import structs
 from reconciler.errors import TemporaryError
 from reconciler.hub.daemon import Running, ServeConfig, start
 from reconciler.hub.feedstore import FEED_CHANNEL, FeedListener, FeedStore
@@ -458,13 +458,13 @@ def test_a_feed_long_poll_waits_only_the_rest_of_the_rebuild_window(
         hub, first = await _laptop_hub(tmp_path)
         try:
             # the last build was 0.4 s ago; a report moves the change counter now
-            hub._feeds["acme"] = dataclasses.replace(first, built_at=first.built_at - 0.4)
+            hub._feeds["acme"] = structs.replace(first, built_at=first.built_at - 0.4)
             now = int(time.time())
             second, pauses = await _report_and_long_poll(
                 hub, monkeypatch, first.revision, "203.0.113.30:51820", now)
             assert len(pauses) == 1 and 0 < pauses[0] <= FEED_MIN_INTERVAL - 0.4 + 0.01
             # long after the last build: rebuilt at once, no pause at all
-            hub._feeds["acme"] = dataclasses.replace(second, built_at=second.built_at - 5)
+            hub._feeds["acme"] = structs.replace(second, built_at=second.built_at - 5)
             _, pauses = await _report_and_long_poll(
                 hub, monkeypatch, second.revision, "203.0.113.31:51820", now + 1)
             assert pauses == []
@@ -489,7 +489,7 @@ def test_feed_waiters_sleep_until_a_rebuild_is_allowed_and_never_spin(
     async def go() -> None:
         hub, first = await _laptop_hub(tmp_path)
         try:
-            hub._feeds["acme"] = dataclasses.replace(
+            hub._feeds["acme"] = structs.replace(
                 first, built_at=first.built_at - 0.6, build_s=0.5)
             _, pauses = await _report_and_long_poll(
                 hub, monkeypatch, first.revision, "203.0.113.40:51820", int(time.time()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import structs
 from reconciler.errors import ManifestRefused, PkiError, ValidationError
 from reconciler.hub.publish import Publisher, publish
 from reconciler.hub.store import open_store
@@ -72,7 +72,7 @@ def test_same_commit_same_state_same_manifest(tmp_path, example_repo, example_gn
         ma, mb = a.orgs[org].manifest, b.orgs[org].manifest
         assert mb.serial > ma.serial
         strip = {"serial": 0, "issued_at": 0, "not_after": 0}
-        assert dataclasses.replace(ma, **strip) == dataclasses.replace(mb, **strip)
+        assert structs.replace(ma, **strip) == structs.replace(mb, **strip)
         assert b.orgs[org].issued == ()
         assert a.orgs[org].certs == b.orgs[org].certs
 

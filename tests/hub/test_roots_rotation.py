@@ -5,7 +5,6 @@ after the overlap; and every way a chain in git can be refused."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import structs
 from reconciler.errors import ManifestRefused, PkiError, UsageError, ValidationError
 from reconciler.hub.carotate import rotate_org_keys
 from reconciler.hub.publish import Publisher, decrypt_org_keys, publish
@@ -400,7 +400,7 @@ def test_hub_tls_accepts_both_cas_in_the_overlap_then_only_the_new(
     # the overlap is over; a handshake checks validity by the real clock, so move the
     # end of the overlap to now instead of moving the clock to it
     assert rot.overlap_until > now
-    ended = dataclasses.replace(keys, previous=dataclasses.replace(
+    ended = structs.replace(keys, previous=structs.replace(
         keys.previous, overlap_until=int(time.time()) - 1))
     tls.update({"acme": ended}, time.time())
     assert _handshake(tls, new_ca_pem, None, tmp_path)[0]

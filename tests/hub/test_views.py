@@ -12,7 +12,6 @@ verified on every step.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 
 import pytest
 from agent.helpers import Org, device
@@ -30,6 +29,7 @@ from reconciler.pki.view import (
     open_view,
 )
 from reconciler.policy import peers_allowed
+from reconciler.structs import replace
 
 ORG = Org()
 TRUST = load_trust(ORG.trust)

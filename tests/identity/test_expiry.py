@@ -3,7 +3,6 @@ and what ``meshops plan`` and ``meshops validate`` print."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import structs
 from reconciler.cli import main
 from reconciler.config import load
 from reconciler.config.expiry import expiry_warnings, without_expired
@@ -76,9 +76,9 @@ def test_filters_and_the_warning_window(repo):
     assert w1.line == loaded.orgs["acme"].devices["web-1"].source.line("expires")
     # a disabled device is out anyway and is not listed
     devices = dict(loaded.orgs["acme"].devices)
-    devices["web-1"] = dataclasses.replace(devices["web-1"], disabled=True)
-    acme = dataclasses.replace(loaded.orgs["acme"], devices=devices)
-    assert [e.device for e in expiring(dataclasses.replace(
+    devices["web-1"] = structs.replace(devices["web-1"], disabled=True)
+    acme = structs.replace(loaded.orgs["acme"], devices=devices)
+    assert [e.device for e in expiring(structs.replace(
         loaded, orgs={**loaded.orgs, "acme": acme}), now)] == ["phone-dana"]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import ssl
 import threading
@@ -13,6 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from reconciler import structs
 from reconciler.errors import PkiError
 from reconciler.pki import certs
 from reconciler.pki.keys import private_to_pem
@@ -43,7 +43,7 @@ def test_profile(keys, devices):
     assert ident.identity_public_key == dev.identity_public_key
     assert ident.not_after == int(NOW) + 30 * DAY
     assert certs.matches_device(pem, dev)
-    assert not certs.matches_device(pem, dataclasses.replace(dev, tunnel_ips=("10.9.0.8",)))
+    assert not certs.matches_device(pem, structs.replace(dev, tunnel_ips=("10.9.0.8",)))
 
 
 def test_fingerprint_is_base64url_sha256(keys, devices):
@@ -84,8 +84,8 @@ def rogue_issue(monkeypatch, *args):
 
 
 def test_hand_check_enforces_name_constraints(keys, devices, monkeypatch):
-    evil = dataclasses.replace(keys, org="evil")
-    pem = rogue_issue(monkeypatch, evil, dataclasses.replace(devices("x", 1), org="evil"), 5, NOW)
+    evil = structs.replace(keys, org="evil")
+    pem = rogue_issue(monkeypatch, evil, structs.replace(devices("x", 1), org="evil"), 5, NOW)
     with pytest.raises(PkiError, match="name constraints"):
         certs.check_device_cert(pem, keys.ca_pem, NOW)
     outside = devices("y", 2, tunnel_ips=("10.10.0.1",))
@@ -95,11 +95,11 @@ def test_hand_check_enforces_name_constraints(keys, devices, monkeypatch):
 
 
 def test_issue_refuses_bad_keys(keys, devices):
-    dev = dataclasses.replace(devices("a", 1), identity_public_key="AAAA")
+    dev = structs.replace(devices("a", 1), identity_public_key="AAAA")
     with pytest.raises(PkiError, match="identity public key"):
         certs.issue_device_cert(keys, dev, 1, NOW)
     with pytest.raises(PkiError, match="belongs to org"):
-        certs.issue_device_cert(keys, dataclasses.replace(devices("b", 2), org="x"), 1, NOW)
+        certs.issue_device_cert(keys, structs.replace(devices("b", 2), org="x"), 1, NOW)
 
 
 # -- real TLS 1.3 mTLS with Python's ssl (OpenSSL 3); OpenSSL checks validity against the
@@ -221,9 +221,9 @@ def test_openssl_enforces_uri_name_constraint(tmp_path, keys, devices, monkeypat
         certs.issue_device_cert(keys, a, 1, time.time()),
         devices.identity_keys["alpha"],
     )
-    evil_dev = dataclasses.replace(devices("x", 5), org="evil")
+    evil_dev = structs.replace(devices("x", 5), org="evil")
     evil_pem = rogue_issue(
-        monkeypatch, dataclasses.replace(keys, org="evil"), evil_dev, 4, time.time()
+        monkeypatch, structs.replace(keys, org="evil"), evil_dev, 4, time.time()
     )
     ce = _files(tmp_path, "e", evil_pem, devices.identity_keys["x"])
     out = _handshake(_ctx(True, ca_, str(ca_file)), _ctx(False, ce, str(ca_file)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,6 +22,7 @@ from reconciler.pki.manifest import (
     manifest_to_dict,
     sign_manifest,
 )
+from reconciler.structs import replace
 
 NOW = 1_780_000_000
 ORG = Organization(name="acme", cidr_v4="10.9.0.0/16")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 from pathlib import Path
 
 import jsonschema
 import pytest
 
+from reconciler import structs
 from reconciler.config.schema import ecma_validator
 from reconciler.errors import ManifestRefused
 from reconciler.pki import manifest as pm
@@ -234,7 +234,7 @@ def test_expired(keys, org_state):
 
 def test_another_orgs_manifest(keys, org_state, devices):
     beta_keys = make_keys(make_org("beta"))
-    beta_state = dataclasses.replace(org_state, organization=make_org("beta"))
+    beta_state = structs.replace(org_state, organization=make_org("beta"))
     data = _signed(beta_keys, _build(beta_state))
     assert _refused(data, _trust(keys, beta_keys)) == "wrong-org"
     assert _refused(data, _trust(keys)) == "unknown-key"
@@ -277,27 +277,27 @@ def test_trust_with_mismatched_keyid_is_refused(keys):
 
 def test_tag_labels_implied_by_tags_are_not_repeated(org_state):
     policy = {"version": 1, "rules": [{"src": ["t:web"], "dst": ["g:ops"], "proto": "any"}]}
-    alpha = dataclasses.replace(_build(org_state).devices[0], labels=("g:ops", "t:web"))
+    alpha = structs.replace(_build(org_state).devices[0], labels=("g:ops", "t:web"))
     assert alpha.tags == ("web",)
-    m = dataclasses.replace(_build(org_state), policy=policy, devices=(alpha,))
+    m = structs.replace(_build(org_state), policy=policy, devices=(alpha,))
     d = pm.manifest_to_dict(m)
     assert d["devices"][0]["labels"] == ["g:ops"]
     assert pm.manifest_from_dict(json.loads(pm.canonical_json(d))) == m
     assert pm.encode_manifest(m, {}) == pm.canonical_json(d)
     # a non-canonical label list is kept verbatim
-    odd = dataclasses.replace(m, devices=(dataclasses.replace(alpha, labels=("t:web", "g:ops")),))
+    odd = structs.replace(m, devices=(structs.replace(alpha, labels=("t:web", "g:ops")),))
     assert pm.manifest_to_dict(odd)["devices"][0]["labels"] == ["t:web", "g:ops"]
 
 
 def test_every_optional_field_passes_both_checks(org_state):
-    full = dataclasses.replace(
+    full = structs.replace(
         _build(org_state).devices[1],
         routes=("192.168.50.0/24",),
         labels=("g:ops",),
         keepalive=15,
         exit_node=True,
     )
-    m = dataclasses.replace(
+    m = structs.replace(
         _build(org_state),
         devices=(full,),
         policy={"version": 1, "rules": []},

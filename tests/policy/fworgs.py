@@ -3,14 +3,13 @@ exit node, a relay and a few laptops, plus the policies the golden files use."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from policyorgs import dev as _dev
 from policyorgs import ports, rules, user
 
 from reconciler.model.manifest import Manifest
 from reconciler.model.repo import Group, Organization, OrgState, Policy, Rule
 from reconciler.pki.manifest import build_manifest
+from reconciler.structs import replace
 
 FP = "A" * 43
 USERS = ("alice", "bob", "carol", "ops")

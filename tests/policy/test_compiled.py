@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 from policyorgs import ACME_DEVICES, dev, manifest_of, org_state
 
+from reconciler import structs
 from reconciler.policy import compile_policy, evaluate, evaluate_compiled, peers_allowed
 
 ACME = org_state()
@@ -79,7 +79,7 @@ def test_peers_allowed_either_direction():
     # ICMP from * to * makes everyone a peer of everyone in ACME; drop that rule.
     assert peers_allowed(m, "web-1") == everyone - {"web-1"}
     rules = [r for r in m.policy["rules"] if r.get("name") != "ping"]
-    m2 = dataclasses.replace(m, policy={"version": 1, "rules": rules})
+    m2 = structs.replace(m, policy={"version": 1, "rules": rules})
     assert peers_allowed(m2, "web-1") == {"laptop-a", "laptop-b", "db-1", "relay-1", "printer"}
     assert peers_allowed(m2, "printer") == everyone - {"printer"}  # * -> printers
     assert peers_allowed(m2, "laptop-a") == {"web-1", "db-1", "relay-1", "printer"}

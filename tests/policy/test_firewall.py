@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from reconciler.model.repo import Policy
 from reconciler.model.repo import Rule as PolicyRule
 from reconciler.net.nftables import render
 from reconciler.policy.firewall import canonical_host, desired_ruleset, elements
+from reconciler.structs import replace
 
 GOLDEN = Path(__file__).parent / "golden" / "firewall"
 CASES = [

@@ -6,7 +6,6 @@ Regenerate the golden files after an intended change with
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from policyorgs import ACME_DEVICES, ACME_GROUPS, ACME_RULES, dev, org_state, ports, repo
 
+from reconciler import structs
 from reconciler.model.repo import Organization, Policy, Rule
 from reconciler.policy import Access
 from reconciler.policy.render import MAX_ROWS
@@ -34,13 +34,13 @@ def base_repo():
 
 def head_repo():
     devices = {d.name: d for d in ACME_DEVICES}
-    devices["db-1"] = dataclasses.replace(devices["db-1"], tags=("db", "prod"),
+    devices["db-1"] = structs.replace(devices["db-1"], tags=("db", "prod"),
                                           description="primary")
-    devices["web-1"] = dataclasses.replace(devices["web-1"], disabled=True)
-    devices["db-2"] = dataclasses.replace(devices["db-2"], disabled=False)
+    devices["web-1"] = structs.replace(devices["web-1"], disabled=True)
+    devices["db-2"] = structs.replace(devices["db-2"], disabled=False)
     devices["laptop-c"] = dev("laptop-c", "bob", "10.10.0.9")
     rules = list(ACME_RULES)
-    rules[1] = dataclasses.replace(rules[1], ports=ports(5432, 6432))
+    rules[1] = structs.replace(rules[1], ports=ports(5432, 6432))
     acme = org_state(devices=tuple(devices.values()),
                      policy=Policy(groups=ACME_GROUPS, rules=tuple(rules)))
     initech = org_state(devices=(dev("i-1", "alice", "10.30.0.2", org="initech"),),
@@ -114,7 +114,7 @@ def test_no_changes():
 def test_org_field_and_removed_org():
     head = base_repo()
     acme = head.orgs["acme"]
-    acme2 = dataclasses.replace(acme, organization=Organization(
+    acme2 = structs.replace(acme, organization=Organization(
         name="acme", cidr_v4="10.10.0.0/23", owners=("alice",)))
     report = review_diff(base_repo(), repo(acme2, commit="c" * 40))
     assert [(o.org, o.status) for o in report.orgs] == [("acme", "changed"),
@@ -148,7 +148,7 @@ def test_markdown_caps_rows_and_escapes_pipes():
     md = render_markdown(review_diff(repo(base), repo(head)))
     assert "_…and 19 more rows; run `meshops plan --format json`._" in md
     assert md.count("\n| `n") == MAX_ROWS
-    desc = dataclasses.replace(devices[0], description="a | b")
+    desc = structs.replace(devices[0], description="a | b")
     md2 = render_markdown(review_diff(repo(base), repo(org_state(
         devices=(desc,) + devices[1:], policy=Policy(), cidr="10.10.0.0/16"))))
     assert "| changed | `n000` | description: (none) → a \\| b |" in md2

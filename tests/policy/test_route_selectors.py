@@ -3,8 +3,6 @@ peering, validation with file:line, and the exit-node routing decision."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from fworgs import POLICIES, devices, manifest, org
 from hypothesis import given, settings
@@ -16,6 +14,7 @@ from reconciler.model.repo import Policy, Rule, Source
 from reconciler.model.routing import EXIT_FWMARK, EXIT_TABLE, NO_ROUTING, PolicyRule, TableRoute
 from reconciler.policy import compile_policy, evaluate, evaluate_compiled, peers_allowed
 from reconciler.policy.exitroute import exit_node_of, exit_routing
+from reconciler.structs import replace
 
 STATE = org(POLICIES["routes-exit"])
 

@@ -10,7 +10,6 @@ documents, in YAML and JSON, and with tampering each side must notice.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from test_sops_binary import _docs, norm  # the same documents as the default-mode tests
 
+from reconciler import structs
 from reconciler.errors import SecretsError
 from reconciler.secrets import formats, goyaml, sops
 from reconciler.secrets.gpg import Gpg
@@ -84,7 +84,7 @@ def test_we_encrypt_sops_decrypts(doc, flag, value, rules, gpg: Gpg, run_sops,
                                   tmp_path: Path) -> None:
     ours = tmp_path / "ours.enc.yaml"
     ours.write_text(sops.encrypt(doc, [FP_MAIN], gpg=gpg, now=NOW,
-                                 rules=dataclasses.replace(rules, mac_only_encrypted=True)))
+                                 rules=structs.replace(rules, mac_only_encrypted=True)))
     assert norm(goyaml.load(run_sops("--decrypt", str(ours)))) == norm(doc)
 
 
