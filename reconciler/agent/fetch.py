@@ -3,7 +3,8 @@
 ``Fetcher.get(url, etag=..., wait=..., kind=...)`` reads ``file://`` paths and
 ``http(s)://`` URLs (ETag / If-None-Match, gzip, ``?wait=N`` long-poll, a
 client certificate for mTLS); ``Fetcher.post_json`` sends endpoint reports;
-``Fetcher.reset_tls`` drops the TLS context. ``FetchLike`` is that contract
+``Fetcher.reset_tls`` drops the TLS context and the kept-open connection,
+``Fetcher.close`` the connection. ``FetchLike`` is that contract
 as a Protocol: the agent's pass depends on it, tests pass fakes. All network
 I/O goes through one ``Transport`` callable, so tests swap in a fake and run
 without sockets (the httpx pattern). Stdlib only (http.client + ssl): an
@@ -49,8 +50,21 @@ the watchdog checks every ``LIVENESS_STEP`` seconds that the connection's
 local address is still the one the routing table picks towards the server.
 When the device moved (its LAN address is gone or another one is used) the
 request fails at once with ``FetchError`` instead of waiting for a NAT that
-forgot the connection. There is no persistent connection: every request
-opens (and closes) its own.
+forgot the connection.
+
+Kept-open connections: a connection whose request ended cleanly (the whole
+body read, no ``Connection: close``, no error, no watchdog trip) is kept, one
+per server, and the next request to that server reuses it. ``agent run``
+therefore long-polls, reports and long-polls again on one TLS connection:
+no handshake per request for the device or the hub, and the hub answers the
+agent's next long-poll in its own wake round (docs/api.md, "Answers before
+re-polls"). A kept connection is dropped, never reused, when it is idle
+longer than ``KEEP_IDLE`` (the hub closes idle ones at 75 s), when anything
+can be read from it while idle (the server closed it, or sent bytes nobody
+asked for: they are never taken as the next answer), after ``reset_tls``
+(a renewed certificate or a move), and by ``close``. A GET that fails on a
+reused connection before any answer arrived (the server closed it at that
+moment) is sent once more on a new connection; a POST is not sent twice.
 
 TLS: the context is verified against ``TlsConfig.ca`` (or the system store)
 with ``ssl.VERIFY_X509_STRICT``, as Python 3.13's default context does, so an
@@ -81,6 +95,7 @@ CONNECT_TIMEOUT = 2.0  # TCP connect + TLS handshake
 LONG_POLL_MARGIN = 2.0  # a long-poll may take ``wait`` plus this
 LIVENESS_STEP = 0.25  # seconds between watchdog checks while a request is in flight
 READ_CHUNK = 64 * 1024
+KEEP_IDLE = 60.0  # seconds a kept-open connection may idle before it is dropped
 
 Kind = Literal["manifest", "feed", "cert", "report", "root"]
 MiB = 1024 * 1024
@@ -165,6 +180,10 @@ class FetchLike(Protocol):
         and starts without a session (after a renewal or a move)."""
         ...
 
+    def close(self) -> None:
+        """Close a kept-open connection (the agent is done with the server)."""
+        ...
+
 
 def route_source(host: str, port: int) -> str | None:
     """The source IP the routing table picks towards ``host`` (no packet is sent)."""
@@ -240,22 +259,79 @@ class Watchdog:
         self._thread.join()
 
 
+class _Kept(Record):
+    """An idle kept-open connection (``HttpTransport``)."""
+
+    origin: tuple[str, str, int]  # scheme, host, port
+    conn: Any  # http.client.HTTPConnection whose ``sock`` is open
+    since: float  # idle since (transport clock)
+
+
 class HttpTransport:
-    """http.client transport with one TLS context (client cert when configured)."""
+    """http.client transport with one TLS context (client cert when configured)
+    and at most one kept-open connection (see the module docstring)."""
 
     def __init__(self, tls: TlsConfig | None = None, *,
                  connect_timeout: float = CONNECT_TIMEOUT,
                  clock: Callable[[], float] = time.monotonic,
-                 getaddrinfo: Callable[..., list[Any]] | None = None) -> None:
+                 getaddrinfo: Callable[..., list[Any]] | None = None,
+                 keep_idle: float = KEEP_IDLE) -> None:
+        import threading
+
         self._tls = tls or TlsConfig()
         self._getaddrinfo = getaddrinfo
         self._context: Any = None
         self.connect_timeout = connect_timeout
         self._clock = clock
+        self.keep_idle = keep_idle
+        self._kept: _Kept | None = None
+        self._lock = threading.Lock()
+        self.connections = 0  # opened so far (tests and ``agent status`` read it)
 
     def reset(self) -> None:
-        """Drop the TLS context: the next request reloads the certificate files."""
+        """Drop the TLS context and the kept connection: the next request
+        reloads the certificate files and connects afresh."""
         self._context = None
+        self.close()
+
+    def close(self) -> None:
+        """Close the kept-open connection, if any."""
+        with self._lock:
+            kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.conn.close()
+
+    def _take(self, origin: tuple[str, str, int]) -> Any:
+        """The kept connection to ``origin`` when it may be reused, else None
+        (a kept connection that may not is closed)."""
+        import select
+
+        with self._lock:
+            kept, self._kept = self._kept, None
+        if kept is None:
+            return None
+        sock = kept.conn.sock
+        fresh = kept.origin == origin and sock is not None and \
+            self._clock() - kept.since < self.keep_idle
+        if fresh:
+            try:  # readable while idle: closed by the server, or bytes nobody asked for
+                fresh = not select.select([sock], [], [], 0)[0] and \
+                    not getattr(sock, "pending", lambda: 0)()
+                remote = sock.getpeername()  # and still the route's source address
+                fresh = fresh and route_source(remote[0], remote[1]) == sock.getsockname()[0]
+            except (OSError, ValueError):
+                fresh = False
+        if not fresh:
+            kept.conn.close()
+            return None
+        return kept.conn
+
+    def _keep(self, origin: tuple[str, str, int], conn: Any) -> bool:
+        with self._lock:
+            if self._kept is not None:  # another thread's: keep the newer one
+                self._kept.conn.close()
+            self._kept = _Kept(origin, conn, self._clock())
+        return True
 
     def ssl_context(self) -> Any:
         """The client context: system or ``ca`` trust, strict X.509, mTLS cert if present."""
@@ -284,14 +360,31 @@ class HttpTransport:
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None,
         timeout: float, max_bytes: int,
     ) -> tuple[int, Mapping[str, str], bytes]:
+        deadline = self._clock() + timeout
+        try:
+            return self._request(method, url, headers=headers, body=body, timeout=timeout,
+                                 max_bytes=max_bytes, deadline=deadline, reuse=True)
+        except _StaleKept:  # closed by the server as the request went out: once more, afresh
+            return self._request(method, url, headers=headers, body=body, timeout=timeout,
+                                 max_bytes=max_bytes, deadline=deadline, reuse=False)
+
+    def _request(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None,
+        timeout: float, max_bytes: int, deadline: float, reuse: bool,
+    ) -> tuple[int, Mapping[str, str], bytes]:
         # imported here: a file:// agent never pays for http.client, email and ssl
         import socket
         import ssl
-        from http.client import HTTPConnection, HTTPException, HTTPSConnection, IncompleteRead
+        from http.client import (
+            HTTPConnection,
+            HTTPException,
+            HTTPSConnection,
+            IncompleteRead,
+            RemoteDisconnected,
+        )
 
-        deadline = self._clock() + timeout
         parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
+        where = f"{parts.scheme}://{parts.netloc}"
         https = parts.scheme == "https"
         host = parts.hostname or ""
         try:
@@ -300,8 +393,11 @@ class HttpTransport:
             raise ConfigError(f"{url}: {exc}") from exc
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         context = self.ssl_context() if https else None
-        conn = HTTPSConnection(host, port, context=context) if https \
-            else HTTPConnection(host, port)
+        origin = (parts.scheme, host, port)
+        reused = self._take(origin) if reuse else None
+        conn = reused or (HTTPSConnection(host, port, context=context) if https
+                          else HTTPConnection(host, port))
+        kept = False
 
         def remaining() -> float:
             left = deadline - self._clock()
@@ -313,21 +409,31 @@ class HttpTransport:
         watch: socket.socket | None = None
         resp: Any = None
         try:
-            sock = self._connect(host, port, remaining)
-            conn.sock = sock  # http.client sends on it as is; close() closes it
-            local, remote = sock.getsockname()[0], sock.getpeername()
-            watch = sock.dup()
+            if reused is None:
+                self.connections += 1
+                sock = self._connect(host, port, remaining)
+                conn.sock = sock  # http.client sends on it as is; close() closes it
+            # a plain socket on a copy of the descriptor, for the watchdog's shutdown
+            # (an SSLSocket cannot be dup()ed; shutdown(2) reaches the TLS layer too)
+            watch = socket.socket(fileno=os.dup(conn.sock.fileno()))
+            local, remote = conn.sock.getsockname()[0], conn.sock.getpeername()
             dog = Watchdog(watch, lambda: route_source(remote[0], remote[1]) == local,
                            deadline=deadline, clock=self._clock)
             with dog:
-                if context is not None:
+                if context is not None and reused is None:
                     sni = self._tls.server_name or host
-                    sock.settimeout(min(self.connect_timeout, remaining()))
-                    conn.sock = context.wrap_socket(sock, server_hostname=sni)
+                    conn.sock.settimeout(min(self.connect_timeout, remaining()))
+                    conn.sock = context.wrap_socket(conn.sock, server_hostname=sni)
                 live = conn.sock  # getresponse() drops conn.sock when the server closes
                 live.settimeout(remaining())
-                conn.request(method, target, body=body, headers=dict(headers))
-                resp = conn.getresponse()
+                try:
+                    conn.request(method, target, body=body, headers=dict(headers))
+                    resp = conn.getresponse()
+                except (RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                        ConnectionAbortedError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                    if reused is not None and method == "GET" and not dog.tripped:
+                        raise _StaleKept() from None
+                    raise
                 resp_headers = {k.lower(): v for k, v in resp.getheaders()}
                 declared = resp.length  # None when chunked or unframed
                 if declared is not None and declared > max_bytes:
@@ -354,28 +460,32 @@ class HttpTransport:
                 # unframed: only EOF ends it, so a head cut short looks like this
                 raise FetchError(f"{url}: truncated answer: the connection closed before "
                                  "any body (no Content-Length)")
+            # the whole answer, and the server keeps the connection: keep it too
+            kept = resp.isclosed() and not resp.will_close and conn.sock is not None \
+                and self._keep(origin, conn)
             return resp.status, resp_headers, bytes(data)
         except ssl.SSLCertVerificationError as exc:
-            raise ConfigError(f"{origin}: TLS verification failed: "
+            raise ConfigError(f"{where}: TLS verification failed: "
                               f"{exc.verify_message}") from exc
         except (OSError, HTTPException) as exc:  # TimeoutError is an OSError
             if (dog is not None and dog.reason == "deadline") or str(exc) == "deadline" \
                     or (isinstance(exc, TimeoutError) and self._clock() >= deadline - 0.05):
-                raise FetchError(f"{origin}: no complete answer within the {timeout:g} s "
+                raise FetchError(f"{where}: no complete answer within the {timeout:g} s "
                                  "deadline (the server is too slow or stalled); request "
                                  "abandoned") from exc
             if dog is not None and dog.reason == "moved":
-                raise FetchError(f"{origin}: the local address of the connection is gone "
+                raise FetchError(f"{where}: the local address of the connection is gone "
                                  "(the device moved or lost its network); request "
                                  "abandoned") from exc
             if isinstance(exc, IncompleteRead):
                 raise FetchError(f"{url}: truncated answer: the connection closed inside "
                                  "the body") from exc
-            raise FetchError(f"{origin}: {exc or type(exc).__name__}") from exc
+            raise FetchError(f"{where}: {exc or type(exc).__name__}") from exc
         finally:
-            if resp is not None:
-                resp.close()
-            conn.close()
+            if not kept:
+                if resp is not None:
+                    resp.close()
+                conn.close()
             if watch is not None:
                 watch.close()
 
@@ -399,6 +509,10 @@ class HttpTransport:
                 if str(exc) == "deadline":
                     break
         raise error
+
+
+class _StaleKept(Exception):
+    """A reused connection failed before any answer: the server had closed it."""
 
 
 def resolve(host: str, port: int, timeout: float,
@@ -459,6 +573,12 @@ class Fetcher:
         reset = getattr(self.transport, "reset", None)  # a fake transport has none
         if reset is not None:
             reset()
+
+    def close(self) -> None:
+        """Close the kept-open connection (``agent run`` on its way out)."""
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            close()
 
     def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
             params: Mapping[str, Any] | None = None, kind: Kind = "manifest") -> Response:

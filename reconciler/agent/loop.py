@@ -222,3 +222,6 @@ class _MarkWaits:
 
     def reset_tls(self) -> None:
         self._inner.reset_tls()
+
+    def close(self) -> None:
+        self._inner.close()

@@ -318,8 +318,11 @@ def _apply(args: argparse.Namespace) -> int:
         routing.close()
     for warning in result.warnings:
         print(f"meshops: warning: {warning}", file=sys.stderr)
-    if config.key_rotation_days and not args.dry_run and result.requeue_after is None:
-        _report_rotation(config, fetch, time.time())
+    try:
+        if config.key_rotation_days and not args.dry_run and result.requeue_after is None:
+            _report_rotation(config, fetch, time.time())
+    finally:
+        fetch.close()  # the kept-open connection to the hub, if any
     if args.format == "json":
         doc: dict[str, Any] = {"operations": len(result.operations) if args.dry_run
                                else result.applied, "serial": result.serial,
@@ -391,7 +394,8 @@ def run(args: argparse.Namespace) -> int:
     def on_error(exc: Exception) -> None:
         print(f"meshops: {exc}", file=sys.stderr, flush=True)
 
-    loop = AgentLoop(config, fetch=make_fetcher(config), backend=backend, clock=time.time,
+    fetch = make_fetcher(config)
+    loop = AgentLoop(config, fetch=fetch, backend=backend, clock=time.time,
                      sleep=lambda s: stop.wait(s), rng=random.Random(),
                      discover=make_discover(config), on_result=on_result, on_error=on_error,
                      firewall=firewall, routing=routing,
@@ -410,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
     except _Terminated:
         pass
     finally:
+        fetch.close()
         backend.close()
         routing.close()
     return 0

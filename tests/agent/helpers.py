@@ -76,6 +76,7 @@ class FakeFetch:
     calls: list[tuple[str, str | None, int | None]] = field(default_factory=list)
     posts: list[tuple[str, Any]] = field(default_factory=list)
     resets: int = 0
+    closed: int = 0
 
     def get(self, url: str, *, etag: str | None = None, wait: int | None = None,
             params: Any = None, kind: str = "manifest") -> Response:
@@ -94,6 +95,9 @@ class FakeFetch:
 
     def reset_tls(self) -> None:
         self.resets += 1
+
+    def close(self) -> None:
+        self.closed += 1
 
 
 class FakeBackend:

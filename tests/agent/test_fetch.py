@@ -172,7 +172,7 @@ def test_the_fetcher_is_what_the_pass_expects() -> None:
 
     from reconciler.agent.fetch import FetchLike
 
-    for name in ("get", "post_json", "reset_tls"):
+    for name in ("get", "post_json", "reset_tls", "close"):
         want = inspect.signature(getattr(FetchLike, name))
         have = inspect.signature(getattr(Fetcher, name))
         assert list(want.parameters) == list(have.parameters), name

@@ -79,9 +79,12 @@ class KeepServer:
             raw.settimeout(5)
             if self.tls is not None:
                 conn = self.tls.wrap_socket(raw, server_side=True)
+            conn.settimeout(0.1)  # the stop event is checked between reads
             buf = b""
             while not self.stop.is_set():
                 while b"\r\n\r\n" not in buf:
+                    if self.stop.is_set():
+                        return
                     try:
                         data = conn.recv(65536)
                     except TimeoutError:
@@ -186,6 +189,7 @@ def test_a_get_on_a_connection_closed_as_it_went_out_is_sent_again_once() -> Non
         second = fetch.get(server.url()).json()
         assert second == {"request": 2, "connection": 2}
         assert [r[0] for r in server.requests] == [1, 1, 2]
+        assert transport.connections == 2
 
 
 def test_a_post_is_never_sent_twice() -> None:
@@ -202,9 +206,12 @@ def test_bytes_nobody_asked_for_are_never_taken_as_the_next_answer() -> None:
     with KeepServer({0: EXTRA}) as server:
         fetch, transport = fetcher()
         assert fetch.get(server.url()).json() == {"request": 0, "connection": 1}
-        second = fetch.get(server.url()).json()
-        assert second == {"request": 1, "connection": 2}  # not {"forged": true}
-        assert transport.connections == 2
+        # The forged answer is either still in the socket (the idle connection is
+        # readable: dropped) or was read ahead into the first answer's buffer, which
+        # went with it; either way the second request gets the server's real answer.
+        for n in range(1, 4):
+            assert fetch.get(server.url()).json()["request"] == n
+        assert len(server.requests) == 4 and transport.connections <= 2
 
 
 def test_an_idle_connection_past_keep_idle_is_dropped() -> None:

@@ -67,12 +67,16 @@ class FakeFetch:
         self.answer = answer if answer is not None else {"status": "committed",
                                                          "commit": "a" * 40, "branch": "main"}
         self.error = error
+        self.closed = False
 
     def post_json(self, url: str, obj: object) -> object:
         self.posts.append((url, obj))
         if self.error is not None:
             raise self.error
         return self.answer
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def test_the_request_is_signed_by_the_identity_key_and_names_the_device(tmp_path):

@@ -173,6 +173,7 @@ def test_apply_starts_a_due_key_rotation_after_its_pass(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     pending = Path(next_key_path(doc["private_key"])).read_text().strip()
     assert len(fetch.posts) == 1 and "meshops: key rotation started (the key is 31.0 days" in err
+    assert fetch.closed  # the hub connection is closed once the rotation request is sent
     assert pending not in err
     assert main(["agent", "apply", "--config", str(config)]) == 0  # pending: nothing new
     assert len(fetch.posts) == 1 and "key rotation" not in capsys.readouterr().err

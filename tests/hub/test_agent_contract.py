@@ -61,6 +61,16 @@ def test_agent_fetcher_talks_to_hub_serve(tmp_path: Path) -> None:
             assert entries["server"].candidates[0].kind == "reflected"
             doc = await asyncio.to_thread(fetcher.get, f"{base}/devices/laptop/cert")
             assert json.loads(doc.body)["cert"] == laptop.cert_pem
+            # all of it over one kept-open mTLS connection (agent.fetch keeps it)
+            assert fetcher.transport.connections == 1
+
+            def open_device_connections() -> float | None:
+                return running.hub.metrics.registry.get_sample_value(
+                    "meshops_hub_connections", {"kind": "device"})
+
+            assert open_device_connections() == 1
+            fetcher.close()
+            await wait_for(lambda: open_device_connections() == 0)
         finally:
             await running.stop()
 
