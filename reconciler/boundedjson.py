@@ -64,12 +64,10 @@ def nesting_depth(data: bytes) -> int:
     return rounds + deepest
 
 
-def loads(data: bytes | str, *, what: str, max_bytes: int,
-          max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
-    """Parse ``data`` as JSON, refusing more than ``max_bytes`` bytes, nesting
-    deeper than ``max_depth``, invalid UTF-8 and invalid JSON (including
-    ``NaN``/``Infinity``, which JSON does not have)."""
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+def check(raw: bytes, *, what: str, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    """Refuse (``InputRefused``) more than ``max_bytes`` bytes or nesting deeper
+    than ``max_depth``, without parsing: for a caller whose own typed reader
+    parses the bytes next (``agent.memory.Memory.decode``)."""
     if len(raw) > max_bytes:
         raise InputRefused("too-large", f"{what}: {len(raw)} bytes is over the limit of "
                                         f"{max_bytes} bytes")
@@ -77,6 +75,15 @@ def loads(data: bytes | str, *, what: str, max_bytes: int,
     if depth > max_depth:
         raise InputRefused("too-deep", f"{what}: JSON nested {depth} levels deep, over the "
                                        f"limit of {max_depth}")
+
+
+def loads(data: bytes | str, *, what: str, max_bytes: int,
+          max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """Parse ``data`` as JSON, refusing more than ``max_bytes`` bytes, nesting
+    deeper than ``max_depth``, invalid UTF-8 and invalid JSON (including
+    ``NaN``/``Infinity``, which JSON does not have)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    check(raw, what=what, max_bytes=max_bytes, max_depth=max_depth)
     try:  # the fast parser (``structs``) first; it is stricter than the standard one
         return json_loads(raw)
     except ValueError:

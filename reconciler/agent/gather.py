@@ -180,15 +180,21 @@ def read_memory_and_feed(state: StateDir, warnings: list[str]
     """``peering.json`` and ``feed.json`` through their typed readers (the state
     dir checks only their size and nesting: at 10,000 peers a generic schema
     walk costs half a second); a file they refuse counts as absent, named in a
-    warning."""
-    raw_memory, raw_feed = state.load_peering(), state.load_feed()
-    memory = Memory.parse(raw_memory) if raw_memory else Memory()
+    warning. ``peering.json`` is read straight into ``Memory``
+    (``Memory.decode``); only when that fails is it parsed again, to say why."""
+    data = state.load_peering_bytes()
+    memory = Memory.decode(data) if data is not None else None
+    raw_memory: dict[str, Any] | None = None
+    if data is not None and memory is None:  # corrupt (the state dir says so) or mistyped
+        raw_memory = state.load_peering()
+        memory = Memory.parse(raw_memory) if raw_memory else None
+    raw_feed = state.load_feed()
     feed = endpoints_mod.feed_from_dict(raw_feed) if raw_feed else None
     for name, raw, parsed in ((PEERING, raw_memory, memory), (FEED, raw_feed, feed)):
         if raw and parsed is None:
             warnings.append(f"{state.path / name}: wrong types; treated as absent (the "
                             "next pass rewrites it)")
-    return memory or Memory(), feed, memory is not None and bool(raw_memory)
+    return memory or Memory(), feed, memory is not None
 
 
 def discover_own(me: str, own: SelfEndpoints, discover: Callable[[int], Any] | None,

@@ -23,6 +23,7 @@ or sockets.
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -34,7 +35,9 @@ from reconciler.agent.fetch import FetchLike
 from reconciler.agent.gather import Effects, Firewall, Routing, gather
 from reconciler.backends.base import Backend
 
-__all__ = ["FetchLike", "Result", "paused_gc", "reconcile_once"]
+__all__ = ["FetchLike", "Result", "paused_gc", "quick_handoffs", "reconcile_once"]
+
+HANDOFF = 0.0005  # seconds: the interpreter's switch interval during a pass (default 0.005)
 
 
 @contextmanager
@@ -51,6 +54,23 @@ def paused_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+@contextmanager
+def quick_handoffs(interval: float = HANDOFF) -> Iterator[None]:
+    """A short interpreter switch interval inside: the pass's host reads run in
+    threads (``reconciler.background``) that mostly wait on other processes
+    (wireguard-go, ``ip``, ``nft``), and each time one of them comes back from
+    a system call it needs the interpreter back from the busy main thread. At
+    the default 5 ms a thread waits up to that long per system call; at
+    10,000 peers the interface read then took 190 ms instead of 130-150 ms.
+    The previous interval is restored when the block ends."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def reconcile_once(
@@ -75,7 +95,7 @@ def reconcile_once(
     effects = Effects(fetch=fetch, backend=backend, discover=discover, report=report,
                       local_ip=local_ip, resolve=resolve, firewall=firewall, routing=routing,
                       public_fetch=public_fetch)
-    with paused_gc():
+    with paused_gc(), quick_handoffs():
         inputs = gather(config, effects, now, wait=wait)
         decision = decide(inputs, now)
         if dry_run:

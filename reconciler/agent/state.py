@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.boundedjson import check as check_bounds
 from reconciler.boundedjson import loads as bounded_loads
 from reconciler.errors import InputRefused, ManifestRefused
 from reconciler.fsio import atomic_write
@@ -376,6 +377,20 @@ class StateDir:
 
     def load_peering(self) -> dict[str, Any]:
         return self._json(PEERING, typed_by_reader=True) or {}
+
+    def load_peering_bytes(self) -> bytes | None:
+        """``peering.json``'s bytes within the size and nesting bounds, for
+        ``agent.memory.Memory.decode`` to read and type; None when absent or
+        refused (with a warning)."""
+        raw = self._read(PEERING, MAX_STATE_BYTES)
+        if raw is None:
+            return None
+        try:
+            check_bounds(raw, what=PEERING, max_bytes=MAX_STATE_BYTES, max_depth=MAX_STATE_DEPTH)
+        except InputRefused as exc:
+            self._warn(PEERING, f"corrupt ({exc})")
+            return None
+        return raw
 
     def save_peering(self, data: dict[str, Any]) -> None:
         self._save_json(PEERING, data)

@@ -313,12 +313,30 @@ class UapiClient:
         piece (5 ms each, ``sys.getswitchinterval``), and the read took 3-5x
         as long as wireguard-go needs to answer. ``timeout`` bounds the connect
         and the send, and each wait for data (``SO_RCVTIMEO``)."""
+        return self.receive(self.send(data))
+
+    def send(self, data: bytes) -> socket.socket:
+        """Connect, send ``data`` and shut the write side: the daemon starts
+        answering while the caller does something else; ``receive`` reads the
+        reply (and closes the socket). ``BackendUnavailable`` when nothing
+        listens (the daemon is not running) or the send fails."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout)
-                sock.connect(self.path)
-                sock.sendall(data)
-                sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, OSError):
+                raise self._unavailable(exc) from exc
+            raise
+        return sock
+
+    def receive(self, sock: socket.socket) -> str:
+        """The whole reply to what ``send`` sent on ``sock``, which it closes."""
+        try:
+            with sock:
                 sock.settimeout(None)  # blocking: MSG_WAITALL waits in the kernel ...
                 seconds = max(self.timeout, 0.001)  # ... at most this long (0 would be none)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack(
@@ -326,14 +344,17 @@ class UapiClient:
                 chunks: list[bytes] = []
                 while chunk := sock.recv(1 << 22, socket.MSG_WAITALL):
                     chunks.append(chunk)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise BackendUnavailable(f"wireguard-go is not listening on {self.path}") from exc
-        except BlockingIOError as exc:  # SO_RCVTIMEO expired with nothing read
-            raise BackendUnavailable(f"UAPI socket {self.path}: no reply within "
-                                     f"{self.timeout:g} s") from exc
         except OSError as exc:
-            raise BackendUnavailable(f"UAPI socket {self.path}: {exc.strerror or exc}") from exc
+            raise self._unavailable(exc) from exc
         return b"".join(chunks).decode("ascii", errors="replace")
+
+    def _unavailable(self, exc: OSError) -> BackendUnavailable:
+        if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+            return BackendUnavailable(f"wireguard-go is not listening on {self.path}")
+        if isinstance(exc, BlockingIOError):  # SO_RCVTIMEO expired with nothing read
+            return BackendUnavailable(f"UAPI socket {self.path}: no reply within "
+                                      f"{self.timeout:g} s")
+        return BackendUnavailable(f"UAPI socket {self.path}: {exc.strerror or exc}")
 
     def get(self, name: str) -> ObservedInterface:
         return decode_get(name, self.request(encode_get()))

@@ -38,3 +38,43 @@ def test_the_file_keeps_the_keys_agents_wrote_before() -> None:
 ])
 def test_garbage_is_an_empty_memory(junk) -> None:
     assert Memory.from_dict(junk) == Memory()
+
+
+def test_decode_reads_the_file_bytes_as_from_dict_reads_the_dict() -> None:
+    mem = sample()
+    data = json.dumps(mem.to_dict()).encode()
+    assert Memory.decode(data) == mem == Memory.from_dict(json.loads(data))
+    assert Memory.decode(json.dumps(Memory().to_dict()).encode()) == Memory()
+    assert Memory.decode(b"{}") == Memory()
+    assert Memory.decode(b'{"version": 1, "future": [1, {"x": 2}]}') == Memory()  # skipped
+
+
+@pytest.mark.parametrize("junk", [
+    b"", b"{garbage", b"[]", b'"x"', b"null", b'{"paths": []}',
+    b'{"paths": {"b": {"nope": 1}}}', b'{"liveness": {"b": ["x", 1]}}',
+    b'{"liveness": {"b": [1, NaN]}}', b'{"liveness": {"b": [1, 1e400]}}',
+    b'{"situation": {"b": [1, "m", null, "m"]}}', b'{"situation": {"b": ["only-one"]}}',
+    b'{"changed_at": {"b": true}}', b'{"relays": {"r": {"since": "soon"}}}',
+])
+def test_decode_refuses_what_parse_refuses(junk) -> None:
+    assert Memory.decode(junk) is None
+    try:
+        doc = json.loads(junk)
+    except ValueError:
+        return  # not JSON at all: the state dir reports the file as corrupt
+    assert Memory.parse(doc) is None
+
+
+def test_what_only_the_lenient_reader_takes_is_still_read(tmp_path) -> None:
+    """A count written as 1.0: ``decode`` is strict, so ``agent.gather`` falls
+    back to ``parse``, which takes it, and the memory is kept."""
+    from reconciler.agent.gather import read_memory_and_feed
+    from reconciler.agent.state import PEERING, StateDir
+
+    doc = sample().to_dict()
+    doc["paths"]["b"]["failures"] = 2.0
+    (tmp_path / PEERING).write_text(json.dumps(doc))
+    assert Memory.decode((tmp_path / PEERING).read_bytes()) is None
+    warnings: list[str] = []
+    memory, _, stored = read_memory_and_feed(StateDir(tmp_path), warnings)
+    assert memory == sample() and stored and warnings == []

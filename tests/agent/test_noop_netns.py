@@ -15,7 +15,8 @@ as a plain device and as a relay:
   next pass.
 
 Behaviour only, never timings (``scripts/bench agent_apply_noop_10k`` has
-those). The UAPI requests are recorded by wrapping ``UapiClient.request`` and
+those). The UAPI requests are recorded by wrapping ``UapiClient.send`` (every
+request, ``get`` and ``set``, goes out through it) and
 the nft runs by the ``Nftables`` runner; both still reach the real daemons.
 Teardown deletes the namespace and stops only the wireguard-go this test
 started (its pid file).
@@ -76,17 +77,17 @@ def world(tmp_path, monkeypatch):
     config = write_agent(tmp_path, org, netns=NS, interface=IFACE, stun_servers=())
     requests: list[str] = []
     nft_runs: list[list[str]] = []
-    real_request = uapi.UapiClient.request
+    real_send = uapi.UapiClient.send
 
-    def recording_request(self: uapi.UapiClient, data: bytes) -> str:
+    def recording_send(self: uapi.UapiClient, data: bytes) -> Any:
         requests.append(data.decode("ascii"))
-        return real_request(self, data)
+        return real_send(self, data)
 
     def recording_nft(cmd: list[str], stdin: str | None) -> Any:
         nft_runs.append(cmd)
         return nftables._run(cmd, stdin)
 
-    monkeypatch.setattr(uapi.UapiClient, "request", recording_request)
+    monkeypatch.setattr(uapi.UapiClient, "send", recording_send)
     state = Path(config.state_dir)
     world = {"org": org, "config": config, "tmp": tmp_path, "state": state,
              "requests": requests, "nft": nft_runs, "recording_nft": recording_nft}

@@ -733,3 +733,32 @@ def test_a_rotated_key_waits_for_the_manifest_then_switches_in_one_pass(agent) -
     assert Path(config.private_key).read_text().strip() == new_private
     assert oct(Path(config.private_key).stat().st_mode & 0o777) == "0o600"
     assert run(config, fetch, backend).applied == 0
+
+
+def test_a_pass_hands_the_interpreter_over_quickly_and_restores_it(agent) -> None:
+    """``quick_handoffs``: the host reads run in threads, and each needs the
+    interpreter back after every system call; the pass shortens the switch
+    interval while it runs (also when it fails) and puts the old one back."""
+    import gc
+    import sys
+
+    from reconciler.agent.reconcile import HANDOFF
+
+    config, fetch, backend = agent
+    seen: list[tuple[float, bool]] = []
+    observe = backend.observe
+
+    def recording(name: str) -> ObservedInterface:
+        seen.append((sys.getswitchinterval(), gc.isenabled()))
+        return observe(name)
+
+    backend.observe = recording  # type: ignore[method-assign]
+    before = sys.getswitchinterval()
+    run(config, fetch, backend)
+    assert seen and all(s == (pytest.approx(HANDOFF), False) for s in seen)
+    assert sys.getswitchinterval() == before and gc.isenabled()
+    fetch.bodies[config.source_url] = FetchError("hub down")
+    (StateDir(config.state_dir).path / "manifest.dsse").unlink()  # no cache to fall back on
+    with pytest.raises(FetchError):
+        run(config, fetch, backend)
+    assert sys.getswitchinterval() == before and gc.isenabled()
