@@ -1,7 +1,5 @@
 """``python -m reconciler`` is ``meshops``."""
 
-import sys
+from reconciler.cli import run
 
-from reconciler.cli import main
-
-sys.exit(main())
+run()

@@ -106,6 +106,16 @@ def _sort_canonical(cidrs: set[str]) -> tuple[str, ...]:
     return tuple(cidrs) if len(cidrs) == 1 else sort_cidrs(cidrs)
 
 
+def _merge(layout: dict[str, tuple[str, ...] | set[str]], name: str,
+           cidrs: Iterable[str]) -> None:
+    """Add ``cidrs`` (canonical) to ``name``'s allowed IPs in ``layout``."""
+    have = layout.get(name)
+    if type(have) is set:
+        have.update(cidrs)
+    else:
+        layout[name] = set(have or ()) | set(cidrs)
+
+
 def interface_addresses(manifest: Manifest, device: ManifestDevice) -> tuple[str, ...]:
     out = []
     for ip in device.tunnel_ips:
@@ -188,7 +198,9 @@ def compute_desired(
     if my_relay is not None and (mine.relay or my_relay == me or
                                  manifest.device(my_relay) is None):
         my_relay = None
-    layout: dict[str, set[str]] = {}
+    # peer -> its allowed IPs: a 1-tuple for the common case (one IPv4 address of
+    # its own, final as it is), a set once anything is merged into the entry
+    layout: dict[str, tuple[str, ...] | set[str]] = {}
     endpoints: dict[str, str | None] = {}
     summaries = []
     routes: set[str] = set()
@@ -204,32 +216,30 @@ def compute_desired(
                 # no usable relay (or one side is a relay itself): try direct
                 choice, via = PeerPath(name, "direct", choice.endpoint), None
         ips = dev.tunnel_ips
-        if len(ips) == 1 and canonical_v4(ips[0]) is not None:
-            own = {ips[0] + "/32"}  # host_network's common case, inline
+        endpoints[name] = choice.endpoint
+        if via is None and not dev.routes and len(ips) == 1 and name not in layout \
+                and canonical_v4(ips[0]) is not None:
+            layout[name] = (ips[0] + "/32",)  # host_network's common case, inline
         else:
             own = {host_network(ip) for ip in ips}
-        if dev.routes:
-            advertised = {canonical(r) for r in dev.routes}
-            own |= advertised
-            routes |= advertised
-        endpoints[name] = choice.endpoint
-        if via is None:
-            if name in layout:
-                layout[name] |= own
-            else:
-                layout[name] = own
-        else:  # sent through its relay; the peer entry stays (no allowed IPs) for probing
-            layout.setdefault(name, set())
-            layout.setdefault(via, set()).update(own)
+            if dev.routes:
+                advertised = {canonical(r) for r in dev.routes}
+                own |= advertised
+                routes |= advertised
+            if via is None:
+                _merge(layout, name, own)
+            else:  # sent through its relay; the peer entry stays (no allowed IPs) for probing
+                _merge(layout, name, ())
+                _merge(layout, via, own)
         summaries.append(PeerSummary(
-            name=name, public_key=dev.wireguard_public_key, tunnel_ips=tuple(dev.tunnel_ips),
+            name=name, public_key=dev.wireguard_public_key, tunnel_ips=ips,
             path=choice.path, via=via, endpoint=choice.endpoint))
     if my_relay is not None:  # relayed traffic from anyone reaches me through my relay
-        layout.setdefault(my_relay, set()).update(org_cidrs(manifest))
+        _merge(layout, my_relay, org_cidrs(manifest))
     if exit_node is not None and exit_node in layout:
         # the default route goes through the exit node (policy routing sends
         # everything unmarked into the tunnel; longer prefixes still win)
-        layout[exit_node].update(("0.0.0.0/0", "::/0"))
+        _merge(layout, exit_node, ("0.0.0.0/0", "::/0"))
     peers: dict[str, DesiredPeer] = {}
     for name in sorted(layout):
         dev = device(name)
@@ -238,8 +248,10 @@ def compute_desired(
             relay_path = paths.get(name)
             endpoints[name] = relay_path.endpoint if relay_path else _literal(dev.endpoint)
         key = dev.wireguard_public_key
-        peers[key] = DesiredPeer(key, _sort_canonical(layout[name]), endpoints[name],
-                                 keepalive, name)
+        allowed = layout[name]
+        peers[key] = DesiredPeer(
+            key, allowed if type(allowed) is tuple else _sort_canonical(allowed),
+            endpoints[name], keepalive, name)
     addresses = interface_addresses(manifest, mine)
     on_link = {str(ipaddress.ip_interface(a).network) for a in addresses}
     desired = DesiredInterface(

@@ -101,6 +101,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from reconciler.errors import MeshopsError, TemporaryError, UsageError
 
+    global _quick_exit
+    _quick_exit = False  # a handler asks again (exit_quickly) in each call
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(words)
     args = parser.parse_args(words)
@@ -123,5 +125,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+# Set by a handler whose process ends with a large heap and nothing left to
+# clean up (``agent apply``): ``run`` then leaves without the interpreter's
+# teardown, which frees every object one by one (~25-30 ms after a
+# 10,000-peer pass).
+_quick_exit = False
+
+
+def exit_quickly() -> None:
+    """Ask ``run`` to end the process without the interpreter's teardown:
+    output is flushed and logging shut down first; atexit handlers and
+    finalizers do not run, so only a handler with nothing left open calls it."""
+    global _quick_exit
+    _quick_exit = True
+
+
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    if _quick_exit:
+        import os
+
+        try:
+            if "logging" in sys.modules:
+                logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BrokenPipeError:
+            code = code or 1
+        os._exit(code)
+    sys.exit(code)

@@ -323,6 +323,9 @@ def _apply(args: argparse.Namespace) -> int:
             _report_rotation(config, fetch, time.time())
     finally:
         fetch.close()  # the kept-open connection to the hub, if any
+    from reconciler.cli import exit_quickly
+
+    exit_quickly()  # everything is written and closed (reconciler.cli.run)
     if args.format == "json":
         doc: dict[str, Any] = {"operations": len(result.operations) if args.dry_run
                                else result.applied, "serial": result.serial,

@@ -188,11 +188,17 @@ def plan(desired: DesiredInterface, observed: ObservedInterface, now: float, *,
         ops.append(SetLinkUp(name))
     if desired.forwarding and observed.forwarding is not True:
         ops.append(SetForwarding(name, True))
-    for key in sorted(desired.peers.keys() & observed.peers.keys()):
-        update = _diff_peer(name, desired.peers[key], observed.peers[key], now,
-                            key in repoint)
+    updates = []
+    have_peer = observed.peers.get
+    for key, d in desired.peers.items():  # 10,000 a pass: the unchanged peer costs little
+        o = have_peer(key)
+        if o is None or (d.allowed_ips == o.allowed_ips and d.keepalive == o.keepalive
+                         and (d.endpoint is None or d.endpoint == o.endpoint)):
+            continue  # to be added; or exactly as wanted (what _diff_peer would find)
+        update = _diff_peer(name, d, o, now, key in repoint)
         if update is not None:
-            ops.append(update)
+            updates.append(update)
+    ops.extend(sorted(updates, key=lambda u: u.public_key))
 
     # 3. additions
     for key in sorted(desired.peers.keys() - observed.peers.keys()):

@@ -58,3 +58,40 @@ def test_agent_apply_loads_no_other_command_group() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout.strip().splitlines()[-1]
     assert out == "['reconciler.cli.agent']"
+
+
+QUICK = """
+import atexit, sys
+from reconciler import cli
+atexit.register(lambda: sys.stderr.write("atexit ran\\n"))
+def main():
+    print("x" * 200_000)
+    print("to stderr", file=sys.stderr)
+    if sys.argv[1] == "quick":
+        cli.exit_quickly()
+    return 3
+cli.main = main
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("how", ["quick", "normal"])
+def test_run_leaves_quickly_only_when_asked_and_loses_no_output(how) -> None:
+    """``exit_quickly`` (``agent apply``): the process ends without the
+    interpreter's teardown, but with its exit code and all of its output."""
+    done = subprocess.run([sys.executable, "-c", QUICK, how], capture_output=True,
+                          text=True, check=False, timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "x" * 200_000 + "\n"
+    assert done.stderr.startswith("to stderr\n")
+    assert ("atexit ran" in done.stderr) == (how == "normal")
+
+
+def test_main_forgets_an_earlier_quick_exit(tmp_path) -> None:
+    """In one process (tests), a quick exit asked for by one call is not left
+    behind for the next one."""
+    from reconciler import cli
+
+    cli.exit_quickly()
+    assert cli.main(["agent", "status", "--config", str(tmp_path / "none.json")]) != 0
+    assert cli._quick_exit is False
