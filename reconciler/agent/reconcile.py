@@ -88,16 +88,24 @@ def reconcile_once(
     firewall: Firewall | None = None,
     routing: Routing | None = None,
     public_fetch: FetchLike | None = None,
+    retain: list[Any] | None = None,
 ) -> Result:
     """One whole pass. Raises ``ManifestRefused`` (interface untouched),
     ``FetchError`` (no usable manifest), ``ConfigError``, backend errors, or
-    ``NotConverged`` with the residual operations."""
+    ``NotConverged`` with the residual operations.
+
+    ``retain``: the pass's inputs and decision are appended to it, so they
+    live as long as the caller's list. ``agent apply`` passes one and leaves
+    with ``os._exit`` (``cli.exit_quickly``): at 10,000 peers, freeing them
+    object by object when the pass returns costs ~20 ms."""
     effects = Effects(fetch=fetch, backend=backend, discover=discover, report=report,
                       local_ip=local_ip, resolve=resolve, firewall=firewall, routing=routing,
                       public_fetch=public_fetch)
     with paused_gc(), quick_handoffs():
         inputs = gather(config, effects, now, wait=wait)
         decision = decide(inputs, now)
+        if retain is not None:
+            retain += (inputs, decision)
         if dry_run:
             return Result.of(inputs, decision, applied=0)
         return commit(inputs, decision, effects, state_dir=config.state_dir,

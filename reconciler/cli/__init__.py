@@ -14,6 +14,7 @@ Exit codes: 0 success, 1 invalid/refused/permanent error, 2 usage (cannot run),
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import sys
@@ -99,10 +100,24 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command in this process (tests, other Python code): what a
+    handler set up for its process's exit is undone afterwards (a quick exit
+    asked for, values kept for it, the cyclic collector switched off)."""
+    global _quick_exit, _kept
+    collecting = gc.isenabled()
+    try:
+        return _main(argv)
+    finally:
+        _quick_exit, _kept = False, ()
+        if collecting:
+            gc.enable()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from reconciler.errors import MeshopsError, TemporaryError, UsageError
 
-    global _quick_exit
-    _quick_exit = False  # a handler asks again (exit_quickly) in each call
+    global _quick_exit, _kept
+    _quick_exit, _kept = False, ()  # a handler asks again (exit_quickly) in each call
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(words)
     args = parser.parse_args(words)
@@ -130,18 +145,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 # teardown, which frees every object one by one (~25-30 ms after a
 # 10,000-peer pass).
 _quick_exit = False
+_kept: tuple[object, ...] = ()
 
 
-def exit_quickly() -> None:
+def exit_quickly(*keep: object) -> None:
     """Ask ``run`` to end the process without the interpreter's teardown:
     output is flushed and logging shut down first; atexit handlers and
-    finalizers do not run, so only a handler with nothing left open calls it."""
-    global _quick_exit
-    _quick_exit = True
+    finalizers do not run, so only a handler with nothing left open calls it.
+    ``keep``: values to leave alive until then (not freed one by one when the
+    handler returns)."""
+    global _quick_exit, _kept
+    _quick_exit, _kept = True, keep
 
 
 def run() -> None:
-    code = main()
+    """The ``meshops`` console script: one command, then the process ends
+    (without the interpreter's teardown when the handler asked for it)."""
+    code = _main(None)
     if _quick_exit:
         import os
 

@@ -64,13 +64,13 @@ QUICK = """
 import atexit, sys
 from reconciler import cli
 atexit.register(lambda: sys.stderr.write("atexit ran\\n"))
-def main():
+def main(argv):
     print("x" * 200_000)
     print("to stderr", file=sys.stderr)
     if sys.argv[1] == "quick":
         cli.exit_quickly()
     return 3
-cli.main = main
+cli._main = main
 cli.run()
 """
 
@@ -95,3 +95,21 @@ def test_main_forgets_an_earlier_quick_exit(tmp_path) -> None:
     cli.exit_quickly()
     assert cli.main(["agent", "status", "--config", str(tmp_path / "none.json")]) != 0
     assert cli._quick_exit is False
+
+
+def test_main_undoes_what_a_handler_set_up_for_its_exit(monkeypatch) -> None:
+    """``agent apply`` switches the cyclic collector off and keeps its values for
+    a quick exit; called in-process, ``main`` puts both back."""
+    import gc
+
+    from reconciler import cli
+
+    def handler(argv):
+        gc.disable()
+        cli.exit_quickly(["a big value"])
+        return 0
+
+    monkeypatch.setattr(cli, "_main", handler)
+    assert gc.isenabled()
+    assert cli.main([]) == 0
+    assert gc.isenabled() and cli._quick_exit is False and cli._kept == ()
