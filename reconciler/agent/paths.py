@@ -57,17 +57,13 @@ def literal_endpoint(endpoint: str | None, resolved: Resolved) -> str | None:
 def peer_info(dev: ManifestDevice, entry: FeedEntry | None, resolved: Resolved) -> \
         peering.PeerInfo:
     static = literal_endpoint(dev.endpoint, resolved) if dev.endpoint else None
+    if entry is None:  # 10,000 a pass; fields in order: name ... candidates
+        return peering.PeerInfo(dev.name, dev.relay, static is not None, peering.UNKNOWN, None,
+                                (Candidate("static", static),) if static else ())
     candidates = [Candidate("static", static)] if static else []
-    if entry is not None:
-        candidates.extend(c for c in entry.candidates if c.kind != "static")
-    return peering.PeerInfo(  # 10,000 a pass
-        name=dev.name,
-        relay=dev.relay,
-        public=static is not None,
-        mapping=entry.mapping if entry is not None else peering.UNKNOWN,
-        public_ip=entry.public_ip if entry is not None else None,
-        candidates=tuple(candidates),
-    )
+    candidates.extend(c for c in entry.candidates if c.kind != "static")
+    return peering.PeerInfo(dev.name, dev.relay, static is not None, entry.mapping,
+                            entry.public_ip, tuple(candidates))
 
 
 def hysteresis_config(options: Mapping[str, Any] | None) -> peering.HysteresisConfig:
@@ -96,13 +92,19 @@ def decide_paths(
     if mine is None:
         return PathDecision({}, None, memory)
     entries = {e.device: e for e in feed.entries} if feed else {}
-    names_by_key = {d.wireguard_public_key: d.name for d in manifest.devices}
+    entry_of = entries.get
+    names_by_key: dict[str, str] = {}
+    others: list[peering.PeerInfo] = []
+    relays: list[str] = []
+    for d in manifest.devices:  # one walk over the 10,000 devices
+        names_by_key[d.wireguard_public_key] = d.name
+        if d.relay:
+            relays.append(d.name)
+        if d.name != me:
+            others.append(peer_info(d, entry_of(d.name), resolved))
     heard = last_seen(observed, names_by_key, memory.heard, now)
     handshakes = {name: h.at for name, h in heard.items()}
-    others = [peer_info(d, entries.get(d.name), resolved) for d in manifest.devices
-              if d.name != me]
-    relays = [d.name for d in manifest.devices if d.relay]
-    me_info = peer_info(mine, entries.get(me), resolved)
+    me_info = peer_info(mine, entry_of(me), resolved)
     if own is not None and (own.candidates or own.mapping != peering.UNKNOWN):
         # this device's own, fresh discovery beats what the feed said last time
         extra = tuple(c for c in own.candidates if c not in me_info.candidates)
@@ -113,7 +115,8 @@ def decide_paths(
     # A pair whose situation changed (either side's public IP or mapping: a
     # move) starts afresh: its hysteresis is forgotten, and handshakes from
     # before the change do not vouch for the new path.
-    sits = {p.name: situation(me_info, p) for p in others}
+    my_ip, my_mapping = me_info.public_ip, me_info.mapping  # situation(), inline
+    sits = {p.name: (my_ip, my_mapping, p.public_ip, p.mapping) for p in others}
     changed = {name for name, sit in sits.items()
                if name in memory.situations and memory.situations[name] != sit}
     changed_at = {**memory.changed_at, **{name: now for name in changed}}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Collection, Mapping, Sequence
+from operator import attrgetter
 
 from reconciler.model.endpoint import host_of
 from reconciler.model.endpoints import Candidate
@@ -267,7 +268,7 @@ def decide(
     # relay is computed once per key; with none at all it is None
     relay_of = (lambda _key: None) if not relays else \
         (lambda key: choose_relay(key, relays, down))
-    for peer in sorted(peers, key=lambda p: p.name):  # 10,000 times a pass
+    for peer in sorted(peers, key=attrgetter("name")):  # 10,000 times a pass
         name = peer.name
         choice = choose_path(me, peer, relays, down)
         if choice.kind != RELAY and not (me.relay or peer.relay):
