@@ -126,6 +126,20 @@ def test_manifest_devices_build_every_field():
     assert manifest == manifest_from_dict(doc)  # the name index is not compared
 
 
+def test_a_device_with_only_the_required_keys_gets_every_default() -> None:
+    doc = {"version": 1, "org": "o", "serial": 1, "commit": "c", "issued_at": 0,
+           "not_after": 1, "cidr_v4": "10.0.0.0/24", "listen_port": 51820, "keepalive": 25,
+           "devices": [{"name": "a", "wg": "A" * 43 + "=", "ips": ["10.0.0.1"], "fp": "A" * 43},
+                       {"name": "b", "wg": "A" * 42 + "E=", "ips": ["10.0.0.2"], "fp": "B" * 43,
+                        "keep_sources": True, "exit": True, "tags": ["t"]}]}
+    a, b = manifest_from_dict(doc).devices
+    assert a == ManifestDevice(
+        name="a", wireguard_public_key="A" * 43 + "=", tunnel_ips=("10.0.0.1",),
+        cert_sha256="A" * 43, routes=(), relay=False, endpoint=None, tags=(), labels=(),
+        keepalive=None, exit_node=False, use_exit_node=None, masquerade_routes=True)
+    assert (b.masquerade_routes, b.exit_node, b.tags) == (False, True, ("t",))
+
+
 @pytest.mark.parametrize("doc", [
     {"b": [1, 2.5, None, True], "a": {"z": "é", "y": ""}}, [], "x", 0, -1, 10 ** 30,
 ])

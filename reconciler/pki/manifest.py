@@ -488,10 +488,8 @@ def _labels(x: Mapping[str, Any], used: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(set(explicit) | implied))
 
 
-# ManifestDevice fields a device dict leaves out, and how each optional key maps
-_DEVICE_DEFAULTS: dict[str, Any] = {
-    "routes": (), "relay": False, "endpoint": None, "tags": (), "labels": (),
-    "keepalive": None, "exit_node": False, "use_exit_node": None, "masquerade_routes": True}
+# How each optional key of a device dict maps to a ManifestDevice field (a key
+# left out leaves the field's default: tests/test_structs.py checks they agree)
 _OPTIONAL_FIELD: dict[str, tuple[str, Any]] = {
     "routes": ("routes", tuple), "relay": ("relay", bool), "endpoint": ("endpoint", None),
     "tags": ("tags", tuple), "keepalive": ("keepalive", None), "exit": ("exit_node", bool),
@@ -502,15 +500,15 @@ _OPTIONAL_FIELD: dict[str, tuple[str, Any]] = {
 def _device(x: Mapping[str, Any], used: frozenset[str]) -> ManifestDevice:
     """One device dict (schema-checked) as a ``ManifestDevice``: the defaults,
     then only the keys the dict has (10,000 devices a pass)."""
-    values = {**_DEVICE_DEFAULTS, "name": x["name"], "wireguard_public_key": x["wg"],
-              "tunnel_ips": tuple(x["ips"]), "cert_sha256": x["fp"]}
-    if len(x) > 4:  # beyond name, wg, ips and fp
-        for key, value in x.items():
-            mapped = _OPTIONAL_FIELD.get(key)
-            if mapped is not None:
-                values[mapped[0]] = value if mapped[1] is None else mapped[1](value)
-        values["labels"] = _labels(x, used)
-    return ManifestDevice(**values)
+    if len(x) == 4:  # only name, wg, ips and fp: every other field its default
+        return ManifestDevice(x["name"], x["wg"], tuple(x["ips"]), x["fp"])
+    extra: dict[str, Any] = {}
+    for key, value in x.items():
+        mapped = _OPTIONAL_FIELD.get(key)
+        if mapped is not None:
+            extra[mapped[0]] = value if mapped[1] is None else mapped[1](value)
+    extra["labels"] = _labels(x, used)
+    return ManifestDevice(x["name"], x["wg"], tuple(x["ips"]), x["fp"], **extra)
 
 
 def manifest_from_dict(d: Mapping[str, Any], *, check: bool = True) -> Manifest:
