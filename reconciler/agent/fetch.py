@@ -286,7 +286,7 @@ class HttpTransport:
         self.keep_idle = keep_idle
         self._kept: _Kept | None = None
         self._lock = threading.Lock()
-        self.connections = 0  # opened so far (tests and ``agent status`` read it)
+        self.connections = 0  # connections opened so far (the tests count them)
 
     def reset(self) -> None:
         """Drop the TLS context and the kept connection: the next request
