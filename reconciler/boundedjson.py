@@ -86,8 +86,13 @@ def loads(data: bytes | str, *, what: str, max_bytes: int,
     check(raw, what=what, max_bytes=max_bytes, max_depth=max_depth)
     try:  # the fast parser (``structs``) first; it is stricter than the standard one
         return json_loads(raw)
-    except ValueError:
-        pass  # not JSON, or JSON it does not take: the standard parser decides, and names why
+    except ValueError:  # not JSON, or JSON it does not take
+        return _standard_loads(raw, what)
+
+
+def _standard_loads(raw: bytes, what: str) -> Any:
+    """The standard library's parser: it decides what the fast one refused,
+    and names why it refuses (line and column)."""
     try:
         text = raw.decode("utf-8")
         return json.loads(text, parse_constant=_refuse_constant)

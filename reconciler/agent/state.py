@@ -226,7 +226,7 @@ class StateDir:
     def _json(self, name: str, *, typed_by_reader: bool = False) -> dict[str, Any] | None:
         """``name`` parsed within bounds and checked against ``SCHEMAS`` — unless
         ``typed_by_reader``: the caller's own typed reader checks every field
-        anyway (``agent.memory.Memory.from_dict``, ``endpoints.feed_from_dict``),
+        anyway (``agent.memory.Memory.parse``, ``endpoints.feed_from_dict``),
         and at 10,000 peers the generic check costs half a second."""
         raw = self._read(name, MAX_STATE_BYTES)
         if raw is None:

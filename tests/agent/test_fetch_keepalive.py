@@ -10,14 +10,14 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 import pytest
 
 from reconciler.agent.fetch import Fetcher, HttpTransport, TlsConfig
 from reconciler.errors import FetchError
 
-from .test_hostile_server import _pki
+from .test_hostile_server import HostileServer, _pki
 
 # What the server does with the n-th request it reads (counted across connections):
 OK = "ok"  # answer, keep the connection
@@ -28,52 +28,26 @@ EXTRA = "extra"  # answer, then a forged second answer nobody asked for
 STALL = "stall"  # read the request, answer nothing, keep the connection open
 
 
-class KeepServer:
+class KeepServer(HostileServer):
     """HTTP/1.1 on 127.0.0.1 with as many requests per connection as the client
-    sends; ``plan[n]`` (default ``OK``) says what happens to request ``n``."""
+    sends; ``plan[n]`` (default ``OK``) says what happens to request ``n``.
+    Accepting, the ``with`` block and joining every thread are
+    ``HostileServer``'s; ``connections`` counts the connections accepted."""
 
     def __init__(self, plan: dict[int, str] | None = None, tls: Any = None) -> None:
+        super().__init__(lambda conn, stop: None, tls)
         self.plan = plan or {}
-        self.tls = tls
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
         self.lock = threading.Lock()
         self.connections = 0
-        self.requests: list[tuple[int, str]] = []  # (connection number, request line)
-        self.threads: list[threading.Thread] = []
-        self._accept = threading.Thread(target=self._serve, daemon=True)
+        self.requests: list[tuple[int, str]] = []  # type: ignore[assignment]  # (connection, line)
 
-    def url(self, path: str = "/v1/orgs/acme/manifest") -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
+    def _handle(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.connections += 1
+            number = self.connections
+        self._serve_connection(conn, number)
 
-    def __enter__(self) -> Self:
-        self._accept.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self._accept.join(5)
-        self.listener.close()
-        for t in self.threads:
-            t.join(5)
-        assert not any(t.is_alive() for t in self.threads), "a server thread did not end"
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            with self.lock:
-                self.connections += 1
-                number = self.connections
-            t = threading.Thread(target=self._handle, args=(conn, number), daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def _handle(self, raw: socket.socket, number: int) -> None:
+    def _serve_connection(self, raw: socket.socket, number: int) -> None:
         conn: Any = raw
         try:
             raw.settimeout(5)
