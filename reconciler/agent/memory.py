@@ -1,9 +1,9 @@
 """What the agent remembers between passes about its peers: one typed value.
 
 ``Memory`` is read by ``agent.gather`` (``Memory.decode`` of
-``peering.json``'s bytes; ``Memory.parse`` of the dict when that fails), advanced by the pure ``agent.decide`` (through
-``agent.paths``), and written once by ``agent.commit``
-(``Memory.to_dict``). Nothing else reads or writes its parts. It holds:
+``peering.json``'s bytes; ``Memory.parse`` of the dict when that fails),
+advanced by the pure ``agent.decide`` (through ``agent.paths``), and written
+once by ``agent.commit`` (``Memory.to_dict``). Nothing else reads or writes its parts. It holds:
 
 * ``peering``: the direct/relay hysteresis and relay health
   (``agent.peering.PeeringState``);
