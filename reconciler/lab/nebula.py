@@ -318,11 +318,29 @@ class NebulaLab:
                                     what=f"nebula-cert print {name}", max_bytes=1 << 20)
         self.fingerprint[name] = str(printed["fingerprint"])
 
+    def lists_relays(self, name: str) -> bool:
+        """``name`` lists the relays in ``relay.relays``, so peers may reach it through them."""
+        site = self.sites.get(name)
+        return site is not None and (self.relay_users == "natted" or self.topo.site(site).symmetric)
+
+    def possible_kinds(self, a: str, b: str, expected: str) -> frozenset[str]:
+        """The paths Nebula 1.6.1 may settle on for a pair whose NAT types give
+        ``expected`` (``runner.expected_kind``). Nebula sends its relay requests
+        alongside the first direct handshake and keeps whichever completes first, and
+        it never moves a relayed tunnel back to direct. So where hole punching works
+        but one side lists relays, the pair may end up relayed, depending on which
+        relay tunnels already exist; where neither side lists one, only the punched
+        path is possible; where punching cannot work (``relay``), only a relay."""
+        if expected in ("relay", "none"):
+            return frozenset({expected})
+        if self.lists_relays(a) or self.lists_relays(b):
+            return frozenset({expected, "relay"})
+        return frozenset({expected})
+
     def _config(self, name: str) -> Path:
         d = self.node_dir(name)
         lighthouse = name == LIGHTHOUSE
-        site = None if lighthouse else self.sites.get(name)
-        lists_relays = site is not None and (self.relay_users == "natted" or self.topo.site(site).symmetric)
+        lists_relays = not lighthouse and self.lists_relays(name)
         node = next((n for n in self.topo.nodes if n.name == name), None)
         values = {
             "dir": str(d),

@@ -5,11 +5,11 @@ The e2e part (root; CI) builds the lab's topology twice, first with meshops
 config ``scripts/benchmarks/nebula/node.yml``, firewall from the lab org's
 policy), and asserts each system's matrix: every pair the policy allows
 connects, each path is confirmed by traffic, and the split follows the NAT
-types (``runner.expected_kind``). Why Nebula is expected to take the same split
-as meshops, and when it does not, is in docs/benchmarks.md ("meshops beside
-Nebula"): from a cold start, Nebula's parallel direct and relay handshakes
-resolve to direct wherever hole punching can work, because no relay tunnel
-exists yet. The timed comparison is ``scripts/bench lab_vs_nebula``.
+types (``runner.expected_kind``), exactly for meshops, and for Nebula as far as
+its design fixes the path (``NebulaLab.possible_kinds``): Nebula races its direct
+and relay handshakes and keeps the first, so a pair where one side lists relays
+may come up relayed even where hole punching works (docs/benchmarks.md, "meshops
+beside Nebula"). The timed comparison is ``scripts/bench lab_vs_nebula``.
 
 The rest are fast checks of the driver's pure parts (policy -> firewall, host
 map parsing, the relay-counter reading) and, with the real ``nebula`` and
@@ -226,6 +226,27 @@ def test_unknown_relay_users_is_refused():
 
 
 @needs_nebula
+def test_only_pairs_where_a_relay_may_serve_can_race_to_one(tmp_path):
+    """Nebula keeps whichever of its direct and relay handshakes completes first: a
+    pair may end up relayed only where one side lists relays; a symmetric pair only
+    relayed; two nodes that list none only on the punched path."""
+    topo = Topology(prefix="mo-pk", wg_prefix="pk")
+    by_users = {users: nebula.NebulaLab(topo, tmp_path / users, templates=TEMPLATES, relay_users=users)
+                for users in nebula.RELAY_USERS}
+    natted, symmetric = by_users["natted"], by_users["symmetric"]
+    assert natted.possible_kinds("a1", "d1", "direct") == {"direct", "relay"}  # cone <-> cone
+    assert natted.possible_kinds("a1", "a2", "lan") == {"lan", "relay"}
+    assert natted.possible_kinds("pub", "a1", "direct") == {"direct", "relay"}
+    assert natted.possible_kinds("pub", "relay1", "direct") == {"direct"}  # both public: no relay listed
+    assert natted.possible_kinds("b1", "c1", "relay") == {"relay"}
+    assert natted.possible_kinds("a1", "relay2", "none") == {"none"}  # the policy forbids it
+    # Told the NAT types, cone nodes list no relay: their pairs can only be punched.
+    assert symmetric.possible_kinds("a1", "d1", "direct") == {"direct"}
+    assert symmetric.possible_kinds("pub", "a1", "direct") == {"direct"}
+    assert symmetric.possible_kinds("pub", "b1", "direct") == {"direct", "relay"}
+    assert [n for n in natted.members if natted.lists_relays(n)] == [n.name for n in topo.nodes if n.site]
+
+
 @pytest.mark.parametrize("relay_users", nebula.RELAY_USERS)
 def test_every_rendered_config_passes_nebula_test(tmp_path, relay_users):
     """prepare() signs real certificates and checks each config with `nebula -test`;
@@ -350,5 +371,12 @@ def test_nebula_matrix(lab_policy, tmp_path):
     assert not {ns for ns in existing_namespaces() if ns.startswith(f"mo-tn{tag}n-")}
     assert not [p.pid for p in procs if Path(f"/proc/{p.pid}").exists() and is_ours(p)]
     got = {(r.src, r.dst): r.kind if r.ok else "none" for r in rows}
-    assert {p: (got[p], k) for p, k in expected.items() if got[p] != k} == {}, "pair: (observed, expected)"
+    possible = {p: lab.possible_kinds(*p, k) for p, k in expected.items()}
+    assert {p: (got[p], sorted(ks)) for p, ks in possible.items() if got[p] not in ks} == {}, \
+        "pair: (observed, possible)"
     assert [f"{r.src}->{r.dst}: {r.path} vs {r.traffic}" for r in rows if r.ok and not r.confirmed] == []
+    # Every pair whose only possible path is relayed, or which no relay may serve, is
+    # pinned above; the raced ones are reported (docs/benchmarks.md, "meshops beside Nebula").
+    raced = sorted(p for p, ks in possible.items() if len(ks) > 1 and got[p] != expected[p])
+    print(f"nebula: {len(raced)} raced pair(s) relayed instead of {'/'.join(sorted({expected[p] for p in raced}))}: "
+          f"{raced}" if raced else "nebula: every raced pair took the punched path")
