@@ -148,7 +148,20 @@ class Netns:
         proc = Proc(name=name, pid=popen.pid, ns=ns, argv0=os.path.basename(argv[0]), log=str(log))
         self.ledger.procs.append(proc)
         self.ledger.save()
+        _until_exec(popen, proc)
         return proc
+
+
+def _until_exec(popen: subprocess.Popen, proc: Proc, timeout: float = 5.0) -> None:
+    """Wait (milliseconds) until ``ip netns exec`` has become the program, or ended.
+    While it execs, its command line can read empty, and a teardown in that moment
+    would take it for a stranger and leave the program running."""
+    deadline = time.monotonic() + timeout
+    while popen.poll() is None and time.monotonic() < deadline:
+        argv = _cmdline(proc.pid)
+        if argv and argv[:4] != ["ip", "netns", "exec", proc.ns] and started_as(argv, proc):
+            return
+        time.sleep(0.002)
 
 
 def existing_namespaces() -> set[str]:
@@ -166,8 +179,18 @@ def _cmdline(pid: int) -> list[str]:
 
 def is_ours(proc: Proc) -> bool:
     """The pid is still the process we started (not a recycled pid)."""
-    argv = _cmdline(proc.pid)
-    return any(os.path.basename(a) == proc.argv0 or a.endswith(proc.argv0) for a in argv[:3])
+    return started_as(_cmdline(proc.pid), proc)
+
+
+def started_as(argv: Sequence[str], proc: Proc) -> bool:
+    """``argv`` (a command line) is ``proc``'s: its program, or, in the moment after
+    ``spawn`` and before ``ip netns exec`` execs it, the ``ip netns exec <ns> <program>``
+    that will become it. Without the second form a teardown right after a spawn took
+    the process for a stranger and left it running (the program then lived on in a
+    namespace without a name)."""
+    if len(argv) > 4 and os.path.basename(argv[0]) == "ip" and list(argv[1:4]) == ["netns", "exec", proc.ns]:
+        argv = argv[4:]
+    return any(os.path.basename(a) == proc.argv0 for a in argv[:3])
 
 
 def stop_proc(proc: Proc, *, grace: float = 3.0) -> None:

@@ -70,20 +70,25 @@ class Pinger:
                   lab.tunnel_ip[dst]), stdout=subprocess.PIPE, text=True)
 
     def longest_gap(self) -> float:
+        """The longest silence between two answers, or from the last answer to now
+        (an outage still going on when the pinger stops counts too)."""
+        ended = time.time()
         self.proc.terminate()
         out, _ = self.proc.communicate(timeout=10)
         stamps = [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\].*icmp_seq", out,
                                                          re.MULTILINE)]
         assert len(stamps) > 10, out[-500:]
-        return max(b - a for a, b in itertools.pairwise(stamps))
+        return max(ended - stamps[-1], *(b - a for a, b in itertools.pairwise(stamps)))
 
 
 def test_trust_root_rotation_with_agents_running(lab, timings):
     """Issue 12: rotate the signing key, then the CA, while agents run; one agent
-    is stopped before both rotations and started after them."""
+    is stopped before both rotations and started after them. Every pair of running
+    nodes is pinged throughout (one ``ping`` each way of each pair), so an outage
+    anywhere shows, with its pair and its length."""
     lab.stop_agent("d1")
-    pingers = {pair: Pinger(lab, *pair) for pair in (("a1", "pub"), ("b1", "c1"))}
     running = [n for n in lab.keys if n != "d1"]
+    pingers = {pair: Pinger(lab, *pair) for pair in lab.pairs(running)}
     started = time.monotonic()
     try:
         for signing, ca in ((True, False), (False, True)):
@@ -93,14 +98,13 @@ def test_trust_root_rotation_with_agents_running(lab, timings):
             t = lab.wait_until(lambda v=newest: all(lab.root_version(n) >= v for n in running),
                                90, step=0.5)
             assert t is not None, {n: lab.root_version(n) for n in running}
-            assert all(lab.probe(a, b).ok for a, b in lab.pairs(running))
     finally:
-        gaps = {f"{a}->{b}": p.longest_gap() for (a, b), p in pingers.items()}
+        gaps = {f"{a}->{b}": round(p.longest_gap(), 2) for (a, b), p in pingers.items()}
         lab.start_agent("d1")
     timings["lab.rotation_longest_ping_gap"] = max(gaps.values())
     timings["lab.rotation_two_rotations"] = time.monotonic() - started
     # one pass of the lab's agents is about a second; a lost pass shows as ~2 s
-    assert max(gaps.values()) <= 2.5, gaps
+    assert {pair: gap for pair, gap in gaps.items() if gap > 2.5} == {}, gaps
     # the agent stopped through both rotations walks the chain and converges
     t = lab.wait_until(lambda: lab.root_version("d1") >= newest and lab.probe("d1", "pub").ok,
                        60, step=0.5)
