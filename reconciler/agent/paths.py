@@ -15,7 +15,7 @@ Pure: static endpoints that are host names were resolved by ``agent.gather``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from reconciler.agent import peering
@@ -128,6 +128,13 @@ def decide_paths(
     previous = replace(memory.peering, paths={k: v for k, v in memory.peering.paths.items()
                                               if k not in changed}) \
         if changed else memory.peering
+    # A peer heard last pass and not on the interface under its key now (its key
+    # rotated, or the interface was re-created) gets a new entry this pass: a new
+    # direct attempt, not a failed one. Only that transition restarts the grace
+    # period, so a peer that is never on the interface does not rewrite the memory.
+    missing = memory.heard.keys() - heard.keys()
+    if missing:
+        previous = restarted(previous, missing, now)
     out = peering.decide(me_info, others, relays, handshakes, now, previous,
                          hysteresis_config(hysteresis))
     paths = {name: PeerPath(name, c.kind, c.endpoint, c.via)
@@ -137,6 +144,24 @@ def decide_paths(
     repoint = frozenset(name for name in changed_at
                         if paths.get(name) is not None and paths[name].path != "relay")
     return PathDecision(paths, out.my_relay, Memory(out.state, heard, sits, changed_at), repoint)
+
+
+def restarted(state: peering.PeeringState, names: Iterable[str], now: float
+              ) -> peering.PeeringState:
+    """``state`` with the direct attempts and relay grace periods of ``names`` begun
+    at ``now``: their entries are new, so silence so far says nothing about them.
+    A peer held on the relay stays there (its retry is scheduled) and a relay that
+    is down stays down."""
+    paths = dict(state.paths)
+    relays = dict(state.relays)
+    for name in names:
+        path = paths.get(name)
+        if path is not None and path.mode == peering.DIRECT:
+            paths[name] = replace(path, since=now)
+        relay = relays.get(name)
+        if relay is not None and not relay.down_until > now:
+            relays[name] = replace(relay, since=now)
+    return peering.PeeringState(paths, relays)
 
 
 def situation(me: peering.PeerInfo, peer: peering.PeerInfo) -> Situation:

@@ -132,3 +132,91 @@ def test_a_peer_that_moved_is_repointed_until_it_is_heard_from_again() -> None:
     heard = decide(manifest(), "alpha", observed=observed(NOW + 41, 500), feed=moved,
                    state=second.memory, now=NOW + 42, resolve=True)
     assert heard.paths["gamma"].path == "direct" and heard.repoint == frozenset()
+
+
+def _observed_under(key, handshake, rx=100):
+    return ObservedInterface("mo-acme", True, peers={
+        key: ObservedPeer(key, ("10.77.0.3/32",), endpoint="203.0.113.3:40003",
+                          last_handshake=handshake, rx_bytes=rx)})
+
+
+def _rekeyed(name="gamma", n=33, ip="10.77.0.3", **kw):
+    """The manifest after ``name`` rotated its WireGuard key (key number ``n``)."""
+    devices = [device("alpha", 1, "10.77.0.1"), device("beta", 2, "10.77.0.2"),
+               device("gamma", 3, "10.77.0.3"),
+               device("relay-1", 4, "10.77.0.4", relay=True, endpoint="relay.example:51820")]
+    return ORG.manifest([device(name, n, ip, **kw) if d.name == name else d for d in devices])
+
+
+def _settled(now):
+    """alpha, direct to gamma for a long time, heard from just now."""
+    old = wg_keypair(3)[1]
+    first = decide(manifest(), "alpha", observed=_observed_under(old, now - 2000), feed=FEED,
+                   state={}, now=now - 1000, resolve=True)
+    return decide(manifest(), "alpha", observed=_observed_under(old, now - 5, 500), feed=FEED,
+                  state=first.memory, now=now, resolve=True)
+
+
+def test_a_rotated_key_starts_a_new_direct_attempt_not_a_failed_one() -> None:
+    """The pass that first sees gamma's new key still observes the old entry (the
+    new one is added by this pass): gamma is not heard under its key, which is not
+    a failed direct path. Counting it as one sent gamma through the relay for a pass
+    while the new entry had no allowed IPs (a ping gap of 5 s in the lab once)."""
+    settled = _settled(NOW)
+    assert settled.paths["gamma"].path == "direct"
+    old, new = wg_keypair(3)[1], wg_keypair(33)[1]
+    switch = decide(_rekeyed(), "alpha", observed=_observed_under(old, NOW - 5, 500), feed=FEED,
+                    state=settled.memory, now=NOW + 1, resolve=True)
+    assert switch.paths["gamma"].path == "direct"
+    assert switch.paths["gamma"].endpoint == "203.0.113.3:40003"
+    # the next pass: the new entry exists, no handshake yet, within the grace period
+    added = decide(_rekeyed(), "alpha", observed=_observed_under(new, None, 0), feed=FEED,
+                   state=switch.memory, now=NOW + 5, resolve=True)
+    assert added.paths["gamma"].path == "direct"
+    # a new key that never handshakes is still a failed direct path
+    late = decide(_rekeyed(), "alpha", observed=_observed_under(new, None, 0), feed=FEED,
+                  state=added.memory, now=NOW + 40, resolve=True)
+    assert late.paths["gamma"].path == "relay"
+
+
+def test_a_recreated_interface_keeps_every_settled_path_direct() -> None:
+    """wireguard-go restarted: no peer on the interface for a pass, then fresh entries."""
+    settled = _settled(NOW)
+    gone = decide(manifest(), "alpha", observed=ObservedInterface("mo-acme", False), feed=FEED,
+                  state=settled.memory, now=NOW + 1, resolve=True)
+    assert gone.paths["gamma"].path == "direct"
+    fresh = decide(manifest(), "alpha", observed=_observed_under(wg_keypair(3)[1], None, 0),
+                   feed=FEED, state=gone.memory, now=NOW + 3, resolve=True)
+    assert fresh.paths["gamma"].path == "direct"
+
+
+def test_a_relay_that_rotated_its_key_is_not_taken_down() -> None:
+    relay_old = wg_keypair(4)[1]
+
+    def observed(key, handshake):
+        return ObservedInterface("mo-acme", True, peers={
+            key: ObservedPeer(key, ("10.77.0.0/24",), endpoint="203.0.113.4:51820",
+                              last_handshake=handshake, rx_bytes=100)})
+
+    first = decide(manifest(), "alpha", observed=observed(relay_old, NOW - 2000), feed=FEED,
+                   state={}, now=NOW - 1000, resolve=True)
+    settled = decide(manifest(), "alpha", observed=observed(relay_old, NOW - 5), feed=FEED,
+                     state=first.memory, now=NOW, resolve=True)
+    assert settled.my_relay == "relay-1"
+    rekeyed = _rekeyed("relay-1", 44, "10.77.0.4", relay=True, endpoint="relay.example:51820")
+    switch = decide(rekeyed, "alpha", observed=observed(relay_old, NOW - 5), feed=FEED,
+                    state=settled.memory, now=NOW + 1, resolve=True)
+    assert switch.my_relay == "relay-1"
+    assert switch.memory.peering.relays["relay-1"].down_until == 0.0
+    assert switch.paths["beta"].via == "relay-1"
+
+
+def test_a_device_never_on_the_interface_does_not_rewrite_the_memory_each_pass() -> None:
+    """Only a peer heard last pass and missing now restarts its attempt: one that
+    was never there (say, one the policy keeps off the interface) keeps its state,
+    so a pass that changes nothing still writes nothing."""
+    first = decide(manifest(), "alpha", observed=ObservedInterface("mo-acme", True), feed=FEED,
+                   state={}, now=NOW, resolve=True)
+    again = decide(manifest(), "alpha", observed=ObservedInterface("mo-acme", True), feed=FEED,
+                   state=first.memory, now=NOW + 1, resolve=True)
+    assert again.memory == first.memory
