@@ -326,12 +326,11 @@ class HttpTransport:
             return None
         return kept.conn
 
-    def _keep(self, origin: tuple[str, str, int], conn: Any) -> bool:
+    def _keep(self, origin: tuple[str, str, int], conn: Any) -> None:
         with self._lock:
             if self._kept is not None:  # another thread's: keep the newer one
                 self._kept.conn.close()
             self._kept = _Kept(origin, conn, self._clock())
-        return True
 
     def ssl_context(self) -> Any:
         """The client context: system or ``ca`` trust, strict X.509, mTLS cert if present."""
@@ -461,8 +460,9 @@ class HttpTransport:
                 raise FetchError(f"{url}: truncated answer: the connection closed before "
                                  "any body (no Content-Length)")
             # the whole answer, and the server keeps the connection: keep it too
-            kept = resp.isclosed() and not resp.will_close and conn.sock is not None \
-                and self._keep(origin, conn)
+            kept = resp.isclosed() and not resp.will_close and conn.sock is not None
+            if kept:
+                self._keep(origin, conn)
             return resp.status, resp_headers, bytes(data)
         except ssl.SSLCertVerificationError as exc:
             raise ConfigError(f"{where}: TLS verification failed: "

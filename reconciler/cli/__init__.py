@@ -166,8 +166,7 @@ def run() -> None:
         import os
 
         try:
-            if "logging" in sys.modules:
-                logging.shutdown()
+            logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
         except BrokenPipeError:
